@@ -1,0 +1,193 @@
+//! The counter object: the smallest example of the object model (state, storage, replies
+//! after durability), served at `/api/counter/<name>`.
+
+use std::collections::VecDeque;
+
+use crate::storage::{keys, BatchId, Value, Write, WriteBatch};
+
+/// Correlates a counter request with its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CounterRequest(pub u64);
+
+/// What a request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterOp {
+    /// Read the value.
+    Get,
+    /// Add one.
+    Increment,
+    /// Subtract one.
+    Decrement,
+}
+
+/// Something the adapter must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CounterOutput {
+    /// Commit these writes atomically, then call [`Counter::handle_durable`].
+    Persist(WriteBatch),
+    /// Answer `request` with `value`.
+    Reply {
+        /// The request answered.
+        request: CounterRequest,
+        /// The counter's value after it.
+        value: i64,
+    },
+}
+
+/// Why a stored counter value could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt counter value {0:?}")]
+pub struct CorruptCounter(pub String);
+
+/// A counter: changes are answered only once durable, reads see only durable values.
+#[derive(Debug, Default)]
+pub struct Counter {
+    durable: i64,
+    latest: i64,
+    /// Changes since the last batch: (request, value after it).
+    pending: Vec<(CounterRequest, i64)>,
+    in_flight: Option<(BatchId, Vec<(CounterRequest, i64)>)>,
+    next_batch: u64,
+    outputs: VecDeque<CounterOutput>,
+}
+
+impl Counter {
+    /// Restores a counter from its stored value ([`keys::COUNTER_VALUE`]), if any.
+    ///
+    /// # Errors
+    /// [`CorruptCounter`] if the stored value is not an integer.
+    pub fn restore(stored: Option<&str>) -> Result<Counter, CorruptCounter> {
+        let value = match stored {
+            None => 0,
+            Some(text) => text
+                .parse()
+                .map_err(|_| CorruptCounter(text.chars().take(64).collect()))?,
+        };
+        Ok(Counter {
+            durable: value,
+            latest: value,
+            ..Counter::default()
+        })
+    }
+
+    /// Handles one request. Reads are answered at once; changes once durable.
+    pub fn handle_request(&mut self, request: CounterRequest, op: CounterOp) {
+        let delta = match op {
+            CounterOp::Get => {
+                self.outputs.push_back(CounterOutput::Reply {
+                    request,
+                    value: self.durable,
+                });
+                return;
+            }
+            CounterOp::Increment => 1,
+            CounterOp::Decrement => -1,
+        };
+        self.latest = self.latest.saturating_add(delta);
+        self.pending.push((request, self.latest));
+    }
+
+    /// The batch `batch` is durable: its changes are answered.
+    ///
+    /// # Errors
+    /// Returns the batch id back if it is not the batch in flight (caller misuse).
+    pub fn handle_durable(&mut self, batch: BatchId) -> Result<(), BatchId> {
+        match self.in_flight.take() {
+            Some((id, changes)) if id == batch => {
+                for (request, value) in changes {
+                    self.durable = value;
+                    self.outputs
+                        .push_back(CounterOutput::Reply { request, value });
+                }
+                Ok(())
+            }
+            other => {
+                self.in_flight = other;
+                Err(batch)
+            }
+        }
+    }
+
+    /// The next thing to do, if any (changes since the last poll share one batch).
+    pub fn poll_output(&mut self) -> Option<CounterOutput> {
+        if let Some(output) = self.outputs.pop_front() {
+            return Some(output);
+        }
+        if self.in_flight.is_none() && !self.pending.is_empty() {
+            let changes = std::mem::take(&mut self.pending);
+            let batch = BatchId(self.next_batch);
+            self.next_batch += 1;
+            let value = Value::from(self.latest.to_string());
+            self.in_flight = Some((batch, changes));
+            return Some(CounterOutput::Persist(WriteBatch {
+                id: batch,
+                writes: vec![Write::Put {
+                    key: keys::COUNTER_VALUE.to_owned(),
+                    value,
+                }],
+            }));
+        }
+        None
+    }
+
+    /// The durable value.
+    pub fn value(&self) -> i64 {
+        self.durable
+    }
+
+    /// Whether nothing waits for storage.
+    pub fn is_quiescent(&self) -> bool {
+        self.in_flight.is_none() && self.pending.is_empty() && self.outputs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStore;
+
+    fn drain(counter: &mut Counter, store: &mut MemoryStore) -> Vec<(u64, i64)> {
+        let mut replies = Vec::new();
+        while let Some(output) = counter.poll_output() {
+            match output {
+                CounterOutput::Persist(batch) => {
+                    store.apply(&batch);
+                    counter.handle_durable(batch.id).unwrap();
+                }
+                CounterOutput::Reply { request, value } => replies.push((request.0, value)),
+            }
+        }
+        replies
+    }
+
+    #[test]
+    fn changes_are_answered_after_durability_and_survive_restore() {
+        let mut store = MemoryStore::new();
+        let mut counter = Counter::restore(None).unwrap();
+        counter.handle_request(CounterRequest(1), CounterOp::Increment);
+        counter.handle_request(CounterRequest(2), CounterOp::Increment);
+        counter.handle_request(CounterRequest(3), CounterOp::Get);
+        // The read sees only the durable value; both increments share one batch.
+        let replies = drain(&mut counter, &mut store);
+        assert_eq!(replies, vec![(3, 0), (1, 1), (2, 2)]);
+        counter.handle_request(CounterRequest(4), CounterOp::Decrement);
+        assert_eq!(drain(&mut counter, &mut store), vec![(4, 1)]);
+
+        let stored = store.get(keys::COUNTER_VALUE).map(|v| v.to_string());
+        let mut restored = Counter::restore(stored.as_deref()).unwrap();
+        restored.handle_request(CounterRequest(5), CounterOp::Get);
+        assert_eq!(drain(&mut restored, &mut store), vec![(5, 1)]);
+        assert!(Counter::restore(Some("x")).is_err());
+    }
+
+    #[test]
+    fn a_stale_confirmation_is_refused() {
+        let mut counter = Counter::default();
+        counter.handle_request(CounterRequest(1), CounterOp::Increment);
+        let Some(CounterOutput::Persist(batch)) = counter.poll_output() else {
+            panic!("expected a batch");
+        };
+        assert_eq!(counter.handle_durable(BatchId(99)), Err(BatchId(99)));
+        assert_eq!(counter.handle_durable(batch.id), Ok(()));
+    }
+}

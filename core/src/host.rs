@@ -1,0 +1,177 @@
+//! The object host: the part of the Durable Objects runtime that every adapter needs.
+//!
+//! A [`RoomHost`] owns one room's state machine while it is resident, evicts it after an idle
+//! time (hibernation: the sockets stay open with their attachments, memory is dropped), and
+//! rebuilds it from attachments and storage on the next event. The server and the simulator
+//! both drive rooms through this type, so the simulator tests the same eviction logic the
+//! server runs; on Workers the platform itself decides when to evict, and the adapter uses
+//! [`RoomHost::restore`] alone.
+//!
+//! # Contract
+//! Before handing a room an input, check [`RoomHost::is_resident`]; if it is not, read
+//! [`RoomConfig::restore_query`] from storage and call [`RoomHost::restore`] with the open
+//! connections' attachments. Then [`RoomHost::handle_input`], drain
+//! [`RoomHost::poll_output`], and sleep until [`RoomHost::poll_timeout`], where
+//! [`RoomHost::handle_timeout`] may evict the room.
+//!
+//! An eviction never happens while a batch is unconfirmed: like a Durable Object, which is
+//! not hibernated while storage IO is outstanding, the host defers a requested eviction until
+//! the room is quiescent. (Evicting earlier would leave durable messages that no live client
+//! was sent.)
+
+use crate::room::{ConnId, Input, Output, RestoreError, Room, RoomConfig, RoomError};
+use crate::storage::Value;
+use crate::time::Timestamp;
+
+/// Default idle time before a room is evicted from memory.
+pub const IDLE_EVICTION_MS_DEFAULT: u64 = 10_000;
+
+/// What the host asks its adapter to do: the room's outputs, and eviction news.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostOutput {
+    /// An output of the room; see [`Output`].
+    Room(Output),
+    /// The room was evicted from memory (its sockets stay open).
+    Hibernated,
+}
+
+/// Misuse of a [`RoomHost`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// An input was given while the room is evicted; restore it first.
+    #[error("the room is not resident; restore it first")]
+    NotResident,
+    /// The room refused the input.
+    #[error(transparent)]
+    Room(#[from] RoomError),
+}
+
+/// Hosts one room: resident or hibernated, with idle eviction.
+#[derive(Debug)]
+pub struct RoomHost {
+    config: RoomConfig,
+    idle_ms: u64,
+    room: Option<Room>,
+    last_activity: Timestamp,
+    eviction_requested: bool,
+    hibernated_event: bool,
+}
+
+impl RoomHost {
+    /// A host whose room is not yet resident (it is restored on its first event, from
+    /// storage that may be empty).
+    pub fn new(config: RoomConfig, idle_ms: u64) -> RoomHost {
+        RoomHost {
+            config,
+            idle_ms,
+            room: None,
+            last_activity: Timestamp::ZERO,
+            eviction_requested: false,
+            hibernated_event: false,
+        }
+    }
+
+    /// Whether the room is in memory.
+    pub fn is_resident(&self) -> bool {
+        self.room.is_some()
+    }
+
+    /// The room's settings (and so its [`RoomConfig::restore_query`]).
+    pub fn config(&self) -> &RoomConfig {
+        &self.config
+    }
+
+    /// The resident room, for read-only queries (presence, history pages).
+    pub fn room(&self) -> Option<&Room> {
+        self.room.as_ref()
+    }
+
+    /// Rebuilds the room from storage and the open connections' attachments.
+    ///
+    /// # Errors
+    /// [`RestoreError`] if storage is corrupt; the room stays evicted.
+    pub fn restore<'a>(
+        &mut self,
+        stored: &[(String, Value)],
+        attachments: impl IntoIterator<Item = (ConnId, &'a [u8])>,
+        now: Timestamp,
+    ) -> Result<(), RestoreError> {
+        debug_assert!(self.room.is_none(), "restore of a resident room");
+        self.room = Some(Room::restore(self.config.clone(), stored, attachments)?);
+        self.last_activity = now;
+        self.eviction_requested = false;
+        Ok(())
+    }
+
+    /// Hands the resident room an input.
+    ///
+    /// # Errors
+    /// [`HostError::NotResident`] if the room must be restored first; the room's own errors.
+    pub fn handle_input(&mut self, input: Input, now: Timestamp) -> Result<(), HostError> {
+        let room = self.room.as_mut().ok_or(HostError::NotResident)?;
+        self.last_activity = self.last_activity.max(now);
+        room.handle_input(input, now)?;
+        Ok(())
+    }
+
+    /// The resident room, to call its `handle_*` methods directly; counts as activity.
+    pub fn room_mut(&mut self, now: Timestamp) -> Option<&mut Room> {
+        let room = self.room.as_mut()?;
+        self.last_activity = self.last_activity.max(now);
+        Some(room)
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<HostOutput> {
+        if let Some(output) = self.room.as_mut().and_then(Room::poll_output) {
+            return Some(HostOutput::Room(output));
+        }
+        if self.eviction_requested {
+            self.try_evict();
+        }
+        if std::mem::take(&mut self.hibernated_event) {
+            return Some(HostOutput::Hibernated);
+        }
+        None
+    }
+
+    /// When to call [`RoomHost::handle_timeout`] next, if ever.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.room
+            .as_ref()
+            .map(|_| self.last_activity.plus_millis(self.idle_ms))
+    }
+
+    /// Evicts the room if it has been idle long enough (early or repeated calls are harmless).
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        if self.room.is_some() && now >= self.last_activity.plus_millis(self.idle_ms) {
+            self.request_eviction();
+        }
+    }
+
+    /// Asks for eviction now (the platform's choice, or a fault in the simulator); it happens
+    /// as soon as the room is quiescent, reported by [`HostOutput::Hibernated`].
+    pub fn request_eviction(&mut self) {
+        if self.room.is_some() {
+            self.eviction_requested = true;
+            self.try_evict();
+        }
+    }
+
+    /// Drops everything in memory, as a process crash would: unconfirmed writes are lost
+    /// with it. Storage and (on platforms where sockets survive) attachments are not touched.
+    pub fn crash(&mut self) {
+        self.room = None;
+        self.eviction_requested = false;
+        self.hibernated_event = false;
+    }
+
+    fn try_evict(&mut self) {
+        if self.room.as_ref().is_some_and(Room::is_quiescent) {
+            self.room = None;
+            self.eviction_requested = false;
+            self.hibernated_event = true;
+        }
+    }
+}

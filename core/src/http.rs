@@ -1,0 +1,455 @@
+//! HTTP routing shared by every adapter: which request is which, and the exact answers to
+//! the ones that are refused (see the route table in `PROTOCOL.md`).
+
+use serde::Deserialize;
+
+use crate::ids::{self, IdError, IdSecret, Namespace, ObjectId};
+use crate::protocol::{self, MESSAGE_LEN_MAX_UTF16, NAME_LEN_MAX_UTF16};
+
+/// Longest room name (in the path), counted as JavaScript counts `string.length`.
+pub const ROOM_NAME_LEN_MAX: usize = 32;
+/// Default page size of the history endpoint.
+pub const HISTORY_PAGE_LEN_DEFAULT: usize = 50;
+/// Largest page size of the history endpoint.
+pub const HISTORY_PAGE_LEN_MAX: usize = 100;
+/// Largest publish body the adapters read, in bytes.
+pub const PUBLISH_BODY_LEN_MAX_BYTES: usize = 4 * 1024;
+/// The sender name of a publish that names none.
+pub const PUBLISH_NAME_DEFAULT: &str = "system";
+
+/// The request methods the routes distinguish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET (and HEAD).
+    Get,
+    /// POST.
+    Post,
+    /// Anything else.
+    Other,
+}
+
+impl Method {
+    /// Classifies a method name.
+    pub fn parse(name: &str) -> Method {
+        match name {
+            "GET" | "HEAD" => Method::Get,
+            "POST" => Method::Post,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// A room, as addressed in a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomAddress {
+    /// The room's object id.
+    pub id: ObjectId,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Route {
+    /// `GET /`: the chat page.
+    Page,
+    /// `POST /api/room`: mint a private room id.
+    CreateRoom,
+    /// `/api/room/<room>/websocket` with an upgrade: join the room.
+    RoomWebSocket(RoomAddress),
+    /// `GET /api/room/<room>/history`.
+    RoomHistory(RoomAddress, HistoryQuery),
+    /// `GET /api/room/<room>/presence`.
+    RoomPresence(RoomAddress),
+    /// `POST /api/room/<room>/messages`.
+    RoomPublish(RoomAddress),
+    /// `/api/counter/<name>[/increment|/decrement]`.
+    Counter(ObjectId, crate::counter::CounterOp),
+    /// `GET /metrics`.
+    Metrics,
+    /// `GET /healthz`.
+    Health,
+}
+
+/// A refused request: the status and the exact plain-text body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: u16,
+    /// Plain-text body.
+    pub body: &'static str,
+}
+
+const NOT_FOUND: Refusal = Refusal {
+    status: 404,
+    body: "Not found",
+};
+const METHOD_NOT_ALLOWED: Refusal = Refusal {
+    status: 405,
+    body: "Method not allowed",
+};
+const EXPECTED_WEBSOCKET: Refusal = Refusal {
+    status: 400,
+    body: "expected websocket",
+};
+const NAME_TOO_LONG: Refusal = Refusal {
+    status: 404,
+    body: "Name too long",
+};
+const INVALID_ROOM_ID: Refusal = Refusal {
+    status: 404,
+    body: "Invalid room id",
+};
+const INVALID_QUERY: Refusal = Refusal {
+    status: 400,
+    body: "Invalid query: use before=<id>&limit=<1-100>",
+};
+
+/// The parameters of a history page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only messages with ids below this.
+    pub before: Option<u64>,
+    /// At most this many (1 to [`HISTORY_PAGE_LEN_MAX`]).
+    pub limit: usize,
+}
+
+impl HistoryQuery {
+    /// Parses `before=<id>&limit=<n>` (both optional; unknown keys are ignored).
+    ///
+    /// # Errors
+    /// A 400 [`Refusal`] for values that are not numbers or out of range.
+    pub fn parse(query: Option<&str>) -> Result<HistoryQuery, Refusal> {
+        let mut parsed = HistoryQuery {
+            before: None,
+            limit: HISTORY_PAGE_LEN_DEFAULT,
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "before" => parsed.before = Some(value.parse().map_err(|_| INVALID_QUERY)?),
+                "limit" => {
+                    let limit: usize = value.parse().map_err(|_| INVALID_QUERY)?;
+                    if !(1..=HISTORY_PAGE_LEN_MAX).contains(&limit) {
+                        return Err(INVALID_QUERY);
+                    }
+                    parsed.limit = limit;
+                }
+                _ => {}
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// Routes a request.
+///
+/// `path` is the raw path without the query; `is_upgrade` says whether the request carries
+/// `Upgrade: websocket`; `secret` verifies private room ids.
+///
+/// # Errors
+/// The [`Refusal`] to answer with.
+pub fn route(
+    method: Method,
+    path: &str,
+    query: Option<&str>,
+    is_upgrade: bool,
+    secret: &IdSecret,
+) -> Result<Route, Refusal> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(NOT_FOUND);
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        [""] => match method {
+            Method::Get => Ok(Route::Page),
+            _ => Err(METHOD_NOT_ALLOWED),
+        },
+        ["metrics"] => Ok(Route::Metrics),
+        ["healthz"] => Ok(Route::Health),
+        // `/api/room` and `/api/room/`: the demo treats an empty room segment as none.
+        ["api", "room"] | ["api", "room", ""] => match method {
+            Method::Post => Ok(Route::CreateRoom),
+            _ => Err(METHOD_NOT_ALLOWED),
+        },
+        ["api", "room", room, rest @ ..] => {
+            let room = RoomAddress {
+                id: room_id(room, secret)?,
+            };
+            match (rest, method) {
+                (["websocket"], _) if is_upgrade => Ok(Route::RoomWebSocket(room)),
+                (["websocket"], _) => Err(EXPECTED_WEBSOCKET),
+                (["history"], Method::Get) => {
+                    Ok(Route::RoomHistory(room, HistoryQuery::parse(query)?))
+                }
+                (["presence"], Method::Get) => Ok(Route::RoomPresence(room)),
+                (["messages"], Method::Post) => Ok(Route::RoomPublish(room)),
+                (["history" | "presence" | "messages"], _) => Err(METHOD_NOT_ALLOWED),
+                _ => Err(NOT_FOUND),
+            }
+        }
+        ["api", "counter", name, rest @ ..] if !name.is_empty() => {
+            if protocol::utf16_len(name) > ROOM_NAME_LEN_MAX {
+                return Err(NAME_TOO_LONG);
+            }
+            let id = ObjectId::from_name(Namespace::Counter, name);
+            use crate::counter::CounterOp;
+            match (rest, method) {
+                ([], Method::Get) => Ok(Route::Counter(id, CounterOp::Get)),
+                (["increment"], Method::Post) => Ok(Route::Counter(id, CounterOp::Increment)),
+                (["decrement"], Method::Post) => Ok(Route::Counter(id, CounterOp::Decrement)),
+                ([] | ["increment"] | ["decrement"], _) => Err(METHOD_NOT_ALLOWED),
+                _ => Err(NOT_FOUND),
+            }
+        }
+        _ => Err(NOT_FOUND),
+    }
+}
+
+/// Resolves a room path segment: a private id this server minted, or a name.
+///
+/// # Errors
+/// 404 `Invalid room id` for a 64-hex id this server did not mint; 404 `Name too long` for a
+/// name over [`ROOM_NAME_LEN_MAX`].
+pub fn room_id(segment: &str, secret: &IdSecret) -> Result<ObjectId, Refusal> {
+    if ids::is_lower_hex_id(segment) {
+        return ObjectId::parse_private(Namespace::Room, segment, secret).map_err(
+            |error| match error {
+                IdError::Format | IdError::Forged => INVALID_ROOM_ID,
+            },
+        );
+    }
+    if protocol::utf16_len(segment) > ROOM_NAME_LEN_MAX {
+        return Err(NAME_TOO_LONG);
+    }
+    Ok(ObjectId::from_name(Namespace::Room, segment))
+}
+
+/// A publish request's body: `{"name": "...", "message": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PublishBody {
+    /// The system user's name ([`PUBLISH_NAME_DEFAULT`] if absent).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The message.
+    pub message: String,
+}
+
+impl PublishBody {
+    /// Parses and checks a publish body.
+    ///
+    /// # Errors
+    /// A message for a 400 answer.
+    pub fn parse(body: &[u8]) -> Result<(String, String), &'static str> {
+        if body.len() > PUBLISH_BODY_LEN_MAX_BYTES {
+            return Err("Body too large.");
+        }
+        let body: PublishBody = serde_json::from_slice(body)
+            .map_err(|_| "Expected a JSON body {\"name\": string, \"message\": string}.")?;
+        let name = body
+            .name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| PUBLISH_NAME_DEFAULT.to_owned());
+        if protocol::utf16_len(&name) > NAME_LEN_MAX_UTF16 {
+            return Err("Name too long.");
+        }
+        if protocol::utf16_len(&body.message) > MESSAGE_LEN_MAX_UTF16 {
+            return Err("Message too long.");
+        }
+        Ok((name, body.message))
+    }
+}
+
+/// Whether an `Authorization` header carries the admin token (`Bearer <token>`), compared in
+/// constant time. With no token configured, nothing is authorized.
+pub fn is_authorized(authorization: Option<&str>, admin_token: Option<&str>) -> bool {
+    let (Some(header), Some(token)) = (authorization, admin_token) else {
+        return false;
+    };
+    let presented = header.strip_prefix("Bearer ").unwrap_or("");
+    !token.is_empty() && ids::constant_time_eq(presented.as_bytes(), token.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counter::CounterOp;
+
+    fn secret() -> IdSecret {
+        IdSecret::new(b"route test secret".to_vec())
+    }
+
+    fn r(method: Method, path: &str, upgrade: bool) -> Result<Route, Refusal> {
+        route(method, path, None, upgrade, &secret())
+    }
+
+    fn refusal(result: Result<Route, Refusal>) -> (u16, &'static str) {
+        let refusal = result.expect_err("expected a refusal");
+        (refusal.status, refusal.body)
+    }
+
+    #[test]
+    fn routes_the_demos_paths() {
+        let lobby = RoomAddress {
+            id: ObjectId::from_name(Namespace::Room, "lobby"),
+        };
+        assert_eq!(r(Method::Get, "/", false), Ok(Route::Page));
+        assert_eq!(r(Method::Post, "/api/room", false), Ok(Route::CreateRoom));
+        assert_eq!(r(Method::Post, "/api/room/", false), Ok(Route::CreateRoom));
+        assert_eq!(
+            refusal(r(Method::Get, "/api/room", false)),
+            (405, "Method not allowed")
+        );
+        assert_eq!(
+            r(Method::Get, "/api/room/lobby/websocket", true),
+            Ok(Route::RoomWebSocket(lobby.clone()))
+        );
+        assert_eq!(
+            refusal(r(Method::Get, "/api/room/lobby/websocket", false)),
+            (400, "expected websocket")
+        );
+        assert_eq!(
+            refusal(r(Method::Get, "/api/room/lobby", false)),
+            (404, "Not found")
+        );
+        assert_eq!(
+            refusal(r(Method::Get, "/api/room/lobby/x", false)),
+            (404, "Not found")
+        );
+        assert_eq!(refusal(r(Method::Get, "/api", false)), (404, "Not found"));
+        assert_eq!(
+            refusal(r(Method::Get, "/api/other", false)),
+            (404, "Not found")
+        );
+        assert_eq!(
+            refusal(r(Method::Get, "/favicon.ico", false)),
+            (404, "Not found")
+        );
+        assert_eq!(refusal(r(Method::Get, "", false)), (404, "Not found"));
+        let long = format!("/api/room/{}/websocket", "n".repeat(33));
+        assert_eq!(refusal(r(Method::Get, &long, true)), (404, "Name too long"));
+        let ok32 = format!("/api/room/{}/websocket", "n".repeat(32));
+        assert!(r(Method::Get, &ok32, true).is_ok());
+    }
+
+    #[test]
+    fn private_ids_must_be_minted_here() {
+        let minted = ObjectId::mint_private(Namespace::Room, [1; 16], &secret());
+        let path = format!("/api/room/{minted}/websocket");
+        assert_eq!(
+            r(Method::Get, &path, true),
+            Ok(Route::RoomWebSocket(RoomAddress { id: minted }))
+        );
+        let forged = format!("/api/room/{}/websocket", "ab".repeat(32));
+        assert_eq!(
+            refusal(r(Method::Get, &forged, true)),
+            (404, "Invalid room id")
+        );
+        // Upper case is not an id; at 64 characters it is a name that is too long.
+        let upper = format!("/api/room/{}/websocket", minted.to_hex().to_uppercase());
+        assert_eq!(
+            refusal(r(Method::Get, &upper, true)),
+            (404, "Name too long")
+        );
+        // Path-traversal-looking names are just names.
+        assert!(r(Method::Get, "/api/room/../websocket", true).is_ok());
+        assert!(r(Method::Get, "/api/room/%2e%2e/websocket", true).is_ok());
+    }
+
+    #[test]
+    fn routes_the_extensions() {
+        let id = ObjectId::from_name(Namespace::Room, "lobby");
+        let room = RoomAddress { id };
+        assert_eq!(
+            route(
+                Method::Get,
+                "/api/room/lobby/history",
+                Some("before=10&limit=5"),
+                false,
+                &secret()
+            ),
+            Ok(Route::RoomHistory(
+                room.clone(),
+                HistoryQuery {
+                    before: Some(10),
+                    limit: 5
+                }
+            ))
+        );
+        assert_eq!(
+            refusal(route(
+                Method::Get,
+                "/api/room/lobby/history",
+                Some("limit=0"),
+                false,
+                &secret()
+            ))
+            .0,
+            400
+        );
+        assert_eq!(
+            refusal(route(
+                Method::Get,
+                "/api/room/lobby/history",
+                Some("before=x"),
+                false,
+                &secret()
+            ))
+            .0,
+            400
+        );
+        assert_eq!(
+            r(Method::Get, "/api/room/lobby/presence", false),
+            Ok(Route::RoomPresence(room.clone()))
+        );
+        assert_eq!(
+            r(Method::Post, "/api/room/lobby/messages", false),
+            Ok(Route::RoomPublish(room))
+        );
+        assert_eq!(
+            refusal(r(Method::Get, "/api/room/lobby/messages", false)).0,
+            405
+        );
+        let counter = ObjectId::from_name(Namespace::Counter, "c");
+        assert_eq!(
+            r(Method::Get, "/api/counter/c", false),
+            Ok(Route::Counter(counter, CounterOp::Get))
+        );
+        assert_eq!(
+            r(Method::Post, "/api/counter/c/increment", false),
+            Ok(Route::Counter(counter, CounterOp::Increment))
+        );
+        assert_eq!(
+            r(Method::Post, "/api/counter/c/decrement", false),
+            Ok(Route::Counter(counter, CounterOp::Decrement))
+        );
+        assert_eq!(
+            refusal(r(Method::Get, "/api/counter/c/increment", false)).0,
+            405
+        );
+        assert_eq!(r(Method::Get, "/metrics", false), Ok(Route::Metrics));
+        assert_eq!(r(Method::Get, "/healthz", false), Ok(Route::Health));
+    }
+
+    #[test]
+    fn publish_bodies_and_tokens() {
+        assert_eq!(
+            PublishBody::parse(br#"{"message":"hi"}"#),
+            Ok(("system".into(), "hi".into()))
+        );
+        assert_eq!(
+            PublishBody::parse(br#"{"name":"ops","message":"hi"}"#),
+            Ok(("ops".into(), "hi".into()))
+        );
+        assert!(PublishBody::parse(b"{}").is_err());
+        assert!(
+            PublishBody::parse(format!(r#"{{"message":"{}"}}"#, "x".repeat(257)).as_bytes())
+                .is_err()
+        );
+        assert!(is_authorized(Some("Bearer s3cret"), Some("s3cret")));
+        assert!(!is_authorized(Some("Bearer s3cre"), Some("s3cret")));
+        assert!(!is_authorized(Some("s3cret"), Some("s3cret")));
+        assert!(!is_authorized(None, Some("s3cret")));
+        assert!(!is_authorized(Some("Bearer "), Some("")));
+        assert!(!is_authorized(Some("Bearer x"), None));
+    }
+}

@@ -1,0 +1,221 @@
+//! Rate limiting: the per-IP [`RateLimiter`] object and the room side of it, [`SessionLimiter`].
+//!
+//! The limiter holds one "next allowed time". Each action raises it to `now` if it is behind
+//! and adds the cost; the answer is how long the client must now wait: that time minus `now`
+//! minus the grace, never below zero. With the defaults (5 s cost, 20 s grace) a burst of
+//! four actions passes at once, then one every five seconds.
+//!
+//! The room asks the limiter about each accepted frame (the question is an output carrying a
+//! [`VerdictRequest`], the answer comes back as an input) and rejects the session's frames
+//! while the answer is outstanding or a cooldown runs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// Limiter settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimiterConfig {
+    /// How far each action pushes the next allowed time.
+    pub cost_ms: u64,
+    /// How far ahead of now the next allowed time may be before a client must wait.
+    pub grace_ms: u64,
+}
+
+impl Default for RateLimiterConfig {
+    fn default() -> Self {
+        RateLimiterConfig {
+            cost_ms: 5_000,
+            grace_ms: 20_000,
+        }
+    }
+}
+
+impl RateLimiterConfig {
+    /// The most actions answered "no wait" within any window of `window_ms`.
+    ///
+    /// Two zero-wait answers `k` actions apart need `k * cost` between their next-allowed
+    /// times, and both lie between `window start + cost` and `window end + grace`.
+    pub fn burst_max(&self, window_ms: u64) -> u64 {
+        (window_ms + self.grace_ms) / self.cost_ms.max(1)
+    }
+}
+
+/// The per-IP limiter object: one per client IP, shared by every room and connection.
+///
+/// The limiter keeps its own monotonic view of time (`now` is clamped to the latest value it
+/// has seen), so a clock stepping backwards can neither reset nor inflate a client's budget.
+/// Once [`RateLimiter::is_idle`] it is equivalent to a fresh limiter and may be dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimiter {
+    config: RateLimiterConfig,
+    next_allowed: Timestamp,
+    latest_now: Timestamp,
+}
+
+impl RateLimiter {
+    /// A limiter that has seen no action.
+    pub fn new(config: RateLimiterConfig) -> RateLimiter {
+        RateLimiter {
+            config,
+            next_allowed: Timestamp::ZERO,
+            latest_now: Timestamp::ZERO,
+        }
+    }
+
+    /// Records one action at `now`; returns how many milliseconds the client must wait.
+    pub fn handle_action(&mut self, now: Timestamp) -> u64 {
+        let now = self.clamp(now);
+        self.next_allowed = self.next_allowed.max(now).plus_millis(self.config.cost_ms);
+        self.next_allowed
+            .millis_since(now)
+            .saturating_sub(self.config.grace_ms)
+    }
+
+    /// Whether the limiter holds no budget state, so that dropping it changes nothing.
+    pub fn is_idle(&self, now: Timestamp) -> bool {
+        self.next_allowed <= now.max(self.latest_now)
+    }
+
+    fn clamp(&mut self, now: Timestamp) -> Timestamp {
+        self.latest_now = self.latest_now.max(now);
+        self.latest_now
+    }
+}
+
+/// Correlates a room's question to a limiter with its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VerdictRequest {
+    /// The connection whose frame was counted.
+    pub conn: crate::room::ConnId,
+    /// The connection's question number, so that a stale answer is recognized.
+    pub seq: u32,
+}
+
+/// How long the room waits for a limiter's answer before asking again.
+///
+/// An answer can be lost (the limiter's host crashed, the network dropped it); asking again
+/// counts one more action, which only makes the limit stricter, never looser.
+pub const VERDICT_TIMEOUT_MS: u64 = 10_000;
+
+/// The room's view of one session's limiter, kept in the session's attachment.
+///
+/// ```text
+///            frame accepted, ask            answer: wait 0
+///   Idle ───────────────────────► Waiting ──────────────────► Idle
+///    ▲                              │ answer: wait w > 0
+///    │ now ≥ until                  ▼
+///    └──────────────────────── Cooldown { until = now + w }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SessionLimiter {
+    /// The number of the latest question asked.
+    pub seq: u32,
+    /// Where the session stands.
+    pub state: SessionLimiterState,
+}
+
+/// Where a session's limiter stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SessionLimiterState {
+    /// Frames are accepted.
+    #[default]
+    Idle,
+    /// A question is outstanding since `asked_at`; frames are rejected.
+    Waiting {
+        /// When the question was asked.
+        asked_at: Timestamp,
+    },
+    /// Frames are rejected until `until`.
+    Cooldown {
+        /// When frames are accepted again.
+        until: Timestamp,
+    },
+}
+
+impl SessionLimiter {
+    /// Whether a frame arriving at `now` may be processed. If so, the session is now waiting
+    /// for an answer to question `self.seq`, which the caller must ask.
+    pub fn try_accept(&mut self, now: Timestamp) -> bool {
+        let open = match self.state {
+            SessionLimiterState::Idle => true,
+            SessionLimiterState::Waiting { asked_at } => {
+                now.millis_since(asked_at) >= VERDICT_TIMEOUT_MS
+            }
+            SessionLimiterState::Cooldown { until } => now >= until,
+        };
+        if open {
+            self.seq = self.seq.wrapping_add(1);
+            self.state = SessionLimiterState::Waiting { asked_at: now };
+        }
+        open
+    }
+
+    /// Applies an answer to question `seq`: wait `wait_ms` from `now`. Returns whether the
+    /// state changed (a stale answer changes nothing).
+    pub fn handle_verdict(&mut self, seq: u32, wait_ms: u64, now: Timestamp) -> bool {
+        if seq != self.seq || !matches!(self.state, SessionLimiterState::Waiting { .. }) {
+            return false;
+        }
+        self.state = if wait_ms == 0 {
+            SessionLimiterState::Idle
+        } else {
+            SessionLimiterState::Cooldown {
+                until: now.plus_millis(wait_ms),
+            }
+        };
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_of_four_then_one_per_cost() {
+        let mut limiter = RateLimiter::new(RateLimiterConfig::default());
+        let t = Timestamp(1_000_000);
+        let waits: Vec<u64> = (0..6).map(|_| limiter.handle_action(t)).collect();
+        assert_eq!(waits, vec![0, 0, 0, 0, 5_000, 10_000]);
+        // After enough time passes, the budget refills.
+        let later = t.plus_millis(60_000);
+        assert_eq!(limiter.handle_action(later), 0);
+        assert!(!limiter.is_idle(later));
+        assert!(limiter.is_idle(later.plus_millis(5_000)));
+    }
+
+    #[test]
+    fn clock_going_backwards_neither_resets_nor_inflates() {
+        let mut limiter = RateLimiter::new(RateLimiterConfig::default());
+        let t = Timestamp(10_000_000);
+        for _ in 0..4 {
+            assert_eq!(limiter.handle_action(t), 0);
+        }
+        // One hour back: still limited exactly as at `t`, not for an hour.
+        assert_eq!(limiter.handle_action(Timestamp(t.0 - 3_600_000)), 5_000);
+        assert_eq!(limiter.handle_action(Timestamp(0)), 10_000);
+    }
+
+    #[test]
+    fn session_limiter_rejects_while_waiting_or_cooling_down() {
+        let mut session = SessionLimiter::default();
+        let t = Timestamp(1_000);
+        assert!(session.try_accept(t));
+        assert_eq!(session.seq, 1);
+        assert!(!session.try_accept(t.plus_millis(1)));
+        assert!(
+            !session.handle_verdict(0, 0, t),
+            "stale answers are ignored"
+        );
+        assert!(session.handle_verdict(1, 5_000, t.plus_millis(2)));
+        assert!(!session.try_accept(t.plus_millis(5_001)));
+        assert!(session.try_accept(t.plus_millis(5_002)));
+        assert!(session.handle_verdict(2, 0, t.plus_millis(5_003)));
+        assert!(session.try_accept(t.plus_millis(5_003)));
+        // A lost answer: after the timeout the session asks again.
+        assert!(!session.try_accept(t.plus_millis(5_004)));
+        assert!(session.try_accept(t.plus_millis(5_003 + VERDICT_TIMEOUT_MS)));
+        assert_eq!(session.seq, 4);
+    }
+}

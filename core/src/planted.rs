@@ -1,0 +1,37 @@
+//! Deliberately wrong behaviours that the simulator must catch (test-only).
+//!
+//! With the `planted-bugs` feature off (the default) [`RoomConfig::planted`] is a constant
+//! `false` and every planted branch compiles away. With it on, a test picks at most one bug
+//! per room through its config, so tests running in parallel cannot affect each other.
+//!
+//! [`RoomConfig::planted`]: crate::room::RoomConfig::planted
+
+/// A bug the simulator's invariants are expected to catch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum PlantedBug {
+    /// Message timestamps are `now`, not `max(now, previous + 1)`.
+    TimestampNotClamped,
+    /// Restoring a room skips the first connection's attachment.
+    RestoreForgetsAttachment,
+    /// Trimming deletes one message more than the retained history.
+    HistoryTrimOffByOne,
+    /// Messages are broadcast when accepted, before their write is durable.
+    BroadcastBeforeDurable,
+    /// Restoring a room resets every session's rate-limit cooldown.
+    LimiterResetOnRestore,
+    /// A `since` resume replays from `since` itself, duplicating one message.
+    SinceReplayDuplicate,
+}
+
+impl PlantedBug {
+    /// Every planted bug, for tests that go through all of them.
+    pub const ALL: [PlantedBug; 6] = [
+        PlantedBug::TimestampNotClamped,
+        PlantedBug::RestoreForgetsAttachment,
+        PlantedBug::HistoryTrimOffByOne,
+        PlantedBug::BroadcastBeforeDurable,
+        PlantedBug::LimiterResetOnRestore,
+        PlantedBug::SinceReplayDuplicate,
+    ];
+}

@@ -1,0 +1,353 @@
+//! The wire protocol: client frames in, server frames out (see `PROTOCOL.md`).
+//!
+//! Decoding never panics: any input, however malformed or large, becomes either a
+//! [`ClientFrame`] or a [`FrameError`] whose text is sent back to the peer. Encoding produces
+//! the exact key order the demo's page expects, once per frame, as a shared [`Frame`].
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// A serialized server frame (JSON text), shared by every recipient of a broadcast.
+pub type Frame = Arc<str>;
+
+/// Longest accepted user name, in UTF-16 code units (as JavaScript counts `string.length`).
+pub const NAME_LEN_MAX_UTF16: usize = 32;
+/// Longest accepted chat message, in UTF-16 code units.
+pub const MESSAGE_LEN_MAX_UTF16: usize = 256;
+/// Longest client frame the decoder will parse, in bytes.
+///
+/// The largest legitimate frame is a 256-unit message where every unit is escaped as
+/// `\uXXXX` (6 bytes), plus the keys: well under 2 KiB. Anything above this limit is refused
+/// before parsing, so a hostile peer cannot make the room spend time on megabytes of JSON.
+pub const CLIENT_FRAME_LEN_MAX_BYTES: usize = 4 * 1024;
+/// The name given to a user who joins without one (or with an empty one).
+pub const ANONYMOUS_NAME: &str = "anonymous";
+
+/// The error text for a name over [`NAME_LEN_MAX_UTF16`].
+pub const ERROR_NAME_TOO_LONG: &str = "Name too long.";
+/// The error text for a message over [`MESSAGE_LEN_MAX_UTF16`].
+pub const ERROR_MESSAGE_TOO_LONG: &str = "Message too long.";
+/// The error text sent while a session's rate limiter holds it back.
+pub const ERROR_RATE_LIMITED: &str = "Your IP is being rate-limited, please try again later.";
+
+/// WebSocket close code for a name that is too long (the demo's choice: "message too big").
+pub const CLOSE_NAME_TOO_LONG: u16 = 1009;
+/// WebSocket close code for a session whose state could not be restored.
+pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
+/// WebSocket close reason for a session whose state could not be restored.
+pub const CLOSE_REASON_STATE_LOST: &str = "Session state lost.";
+
+/// A decoded client frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    /// The first frame of a session: who the user is and, optionally, the last id it saw.
+    Join {
+        /// The user name, already defaulted to [`ANONYMOUS_NAME`]; its length is not yet checked.
+        name: String,
+        /// Resume after this message id (extension).
+        since: Option<u64>,
+    },
+    /// Any later frame: a chat message, length not yet checked.
+    Message {
+        /// The message text.
+        text: String,
+    },
+}
+
+/// Why a client frame was refused. The `Display` text is what the peer receives.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// A binary WebSocket frame; the protocol is JSON text.
+    #[error("Binary frames are not supported.")]
+    Binary,
+    /// A frame longer than [`CLIENT_FRAME_LEN_MAX_BYTES`].
+    #[error("Frame too large.")]
+    TooLarge,
+    /// Not JSON, or not a JSON object.
+    #[error("Malformed frame: expected a JSON object.")]
+    Malformed,
+    /// The join frame's `name` is not a string.
+    #[error("Malformed frame: \"name\" must be a string.")]
+    NameNotString,
+    /// The join frame's `since` is not a non-negative integer.
+    #[error("Malformed frame: \"since\" must be a non-negative integer.")]
+    SinceNotInteger,
+    /// A chat frame without a string `message`.
+    #[error("Malformed frame: expected {{\"message\": string}}.")]
+    MessageNotString,
+}
+
+/// The loose shape of any client frame: typed checks happen after parsing so that each
+/// problem gets its own clear error.
+#[derive(Deserialize)]
+struct RawClientFrame {
+    #[serde(default)]
+    name: Option<serde_json::Value>,
+    #[serde(default)]
+    message: Option<serde_json::Value>,
+    #[serde(default)]
+    since: Option<serde_json::Value>,
+}
+
+/// Which frame the session expects next: the first frame joins, every later one chats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expecting {
+    /// The session has not named itself yet.
+    Join,
+    /// The session has joined.
+    Message,
+}
+
+/// Decodes one text frame from a client.
+///
+/// # Errors
+/// Returns a [`FrameError`] for anything that is not a well-formed frame of the expected kind.
+pub fn decode_client_frame(text: &str, expecting: Expecting) -> Result<ClientFrame, FrameError> {
+    if text.len() > CLIENT_FRAME_LEN_MAX_BYTES {
+        return Err(FrameError::TooLarge);
+    }
+    let raw: RawClientFrame = serde_json::from_str(text).map_err(|_| FrameError::Malformed)?;
+    match expecting {
+        Expecting::Join => {
+            // JavaScript's `data.name || "anonymous"`: missing, null and "" all default.
+            let name = match raw.name {
+                None | Some(serde_json::Value::Null) => ANONYMOUS_NAME.to_owned(),
+                Some(serde_json::Value::String(s)) if s.is_empty() => ANONYMOUS_NAME.to_owned(),
+                Some(serde_json::Value::String(s)) => s,
+                Some(_) => return Err(FrameError::NameNotString),
+            };
+            let since = match raw.since {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::Number(n)) => {
+                    Some(n.as_u64().ok_or(FrameError::SinceNotInteger)?)
+                }
+                Some(_) => return Err(FrameError::SinceNotInteger),
+            };
+            Ok(ClientFrame::Join { name, since })
+        }
+        Expecting::Message => match raw.message {
+            Some(serde_json::Value::String(text)) => Ok(ClientFrame::Message { text }),
+            _ => Err(FrameError::MessageNotString),
+        },
+    }
+}
+
+/// Length of `s` in UTF-16 code units, as JavaScript's `string.length` counts it.
+pub fn utf16_len(s: &str) -> usize {
+    // Characters outside the Basic Multilingual Plane take two units; all others one.
+    s.chars().map(char::len_utf16).sum()
+}
+
+/// A chat message as broadcast and stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// The sender's name.
+    pub name: String,
+    /// The message text.
+    pub message: String,
+    /// When the room accepted it, strictly increasing within a room.
+    pub timestamp: Timestamp,
+    /// The room's gap-free sequence number (extension), starting at 1.
+    pub id: u64,
+}
+
+impl ChatMessage {
+    /// Serializes the message as the frame every recipient gets; keys in the demo's order.
+    pub fn encode(&self) -> Frame {
+        encode(self)
+    }
+
+    /// Parses a frame produced by [`ChatMessage::encode`] (used to restore stored history).
+    ///
+    /// # Errors
+    /// Returns an error if `frame` is not such a frame.
+    pub fn decode(frame: &str) -> Result<ChatMessage, serde_json::Error> {
+        serde_json::from_str(frame)
+    }
+}
+
+#[derive(Serialize)]
+struct JoinedFrame<'a> {
+    joined: &'a str,
+}
+
+#[derive(Serialize)]
+struct QuitFrame<'a> {
+    quit: &'a str,
+}
+
+#[derive(Serialize)]
+struct ReadyFrame {
+    ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    error: &'a str,
+}
+
+fn encode<T: Serialize>(value: &T) -> Frame {
+    // Serializing plain structs of strings, integers and bools to a String cannot fail.
+    let json = serde_json::to_string(value).expect("server frames always serialize");
+    Frame::from(json)
+}
+
+/// `{"joined": name}`.
+pub fn encode_joined(name: &str) -> Frame {
+    encode(&JoinedFrame { joined: name })
+}
+
+/// `{"quit": name}`.
+pub fn encode_quit(name: &str) -> Frame {
+    encode(&QuitFrame { quit: name })
+}
+
+/// `{"ready": true}`, with `"recovered"` when the client asked to resume with `since`.
+pub fn encode_ready(recovered: Option<bool>) -> Frame {
+    encode(&ReadyFrame {
+        ready: true,
+        recovered,
+    })
+}
+
+/// `{"error": text}`.
+pub fn encode_error(text: &str) -> Frame {
+    encode(&ErrorFrame { error: text })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_join_frames() {
+        let cases: &[(&str, Result<ClientFrame, FrameError>)] = &[
+            (r#"{"name":"alice"}"#, Ok(join("alice", None))),
+            (r#"{"name":""}"#, Ok(join("anonymous", None))),
+            (r#"{}"#, Ok(join("anonymous", None))),
+            (r#"{"name":null}"#, Ok(join("anonymous", None))),
+            (r#"{"name":"bob","since":7}"#, Ok(join("bob", Some(7)))),
+            (
+                r#"{"name":"bob","since":-1}"#,
+                Err(FrameError::SinceNotInteger),
+            ),
+            (
+                r#"{"name":"bob","since":1.5}"#,
+                Err(FrameError::SinceNotInteger),
+            ),
+            (
+                r#"{"name":"bob","since":"3"}"#,
+                Err(FrameError::SinceNotInteger),
+            ),
+            (r#"{"name":5}"#, Err(FrameError::NameNotString)),
+            (r#"{"name":["a"]}"#, Err(FrameError::NameNotString)),
+            (r#"[1,2]"#, Err(FrameError::Malformed)),
+            (r#""text""#, Err(FrameError::Malformed)),
+            ("not json", Err(FrameError::Malformed)),
+            ("", Err(FrameError::Malformed)),
+            (r#"{"name":"a","name":"b"}"#, Err(FrameError::Malformed)),
+            (
+                r#"{"name":"a","extra":{"deep":[1,2,3]}}"#,
+                Ok(join("a", None)),
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                &decode_client_frame(input, Expecting::Join),
+                expected,
+                "input {input}"
+            );
+        }
+    }
+
+    #[test]
+    fn decodes_message_frames() {
+        let cases: &[(&str, Result<ClientFrame, FrameError>)] = &[
+            (r#"{"message":"hi"}"#, Ok(message("hi"))),
+            (r#"{"message":""}"#, Ok(message(""))),
+            (r#"{"message":"\u00e9\ud83d\ude00"}"#, Ok(message("é😀"))),
+            (r#"{"name":"x"}"#, Err(FrameError::MessageNotString)),
+            (r#"{"message":3}"#, Err(FrameError::MessageNotString)),
+            (r#"{"message":null}"#, Err(FrameError::MessageNotString)),
+            ("{", Err(FrameError::Malformed)),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                &decode_client_frame(input, Expecting::Message),
+                expected,
+                "input {input}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_huge_frames_before_parsing() {
+        let huge = format!(r#"{{"message":"{}"}}"#, "a".repeat(1 << 20));
+        assert_eq!(
+            decode_client_frame(&huge, Expecting::Message),
+            Err(FrameError::TooLarge)
+        );
+        let deep = "[".repeat(100_000);
+        assert_eq!(
+            decode_client_frame(&deep, Expecting::Message),
+            Err(FrameError::TooLarge)
+        );
+        let nested = "[".repeat(3000);
+        assert_eq!(
+            decode_client_frame(&nested, Expecting::Message),
+            Err(FrameError::Malformed)
+        );
+    }
+
+    #[test]
+    fn counts_utf16_units_like_javascript() {
+        assert_eq!(utf16_len(""), 0);
+        assert_eq!(utf16_len("abc"), 3);
+        assert_eq!(utf16_len("é"), 1);
+        assert_eq!(utf16_len("😀"), 2);
+        assert_eq!(utf16_len("שלום"), 4);
+    }
+
+    #[test]
+    fn encodes_frames_in_the_demos_key_order() {
+        let msg = ChatMessage {
+            name: "a\"b".into(),
+            message: "hi\n".into(),
+            timestamp: Timestamp(1700000000000),
+            id: 9,
+        };
+        assert_eq!(
+            &*msg.encode(),
+            r#"{"name":"a\"b","message":"hi\n","timestamp":1700000000000,"id":9}"#
+        );
+        assert_eq!(ChatMessage::decode(&msg.encode()).unwrap(), msg);
+        assert_eq!(&*encode_joined("x"), r#"{"joined":"x"}"#);
+        assert_eq!(&*encode_quit("x"), r#"{"quit":"x"}"#);
+        assert_eq!(&*encode_ready(None), r#"{"ready":true}"#);
+        assert_eq!(
+            &*encode_ready(Some(false)),
+            r#"{"ready":true,"recovered":false}"#
+        );
+        assert_eq!(
+            &*encode_error(ERROR_RATE_LIMITED),
+            r#"{"error":"Your IP is being rate-limited, please try again later."}"#
+        );
+    }
+
+    fn join(name: &str, since: Option<u64>) -> ClientFrame {
+        ClientFrame::Join {
+            name: name.into(),
+            since,
+        }
+    }
+
+    fn message(text: &str) -> ClientFrame {
+        ClientFrame::Message { text: text.into() }
+    }
+}

@@ -1,0 +1,961 @@
+//! The chat room: one single-threaded state machine that owns its sessions, orders and
+//! stores messages, and decides every frame its connections receive.
+//!
+//! # Contract
+//! After every `handle_*` call (or [`Room::handle_input`]), drain [`Room::poll_output`] until
+//! it returns `None` and carry out each [`Output`] in order. A [`Output::Persist`] batch must be
+//! committed atomically; when it is durable, call [`Room::handle_durable`]. The room keeps at
+//! most one batch in flight and gathers everything accepted meanwhile into the next one, so
+//! handling several inputs before polling groups their writes into one commit.
+//!
+//! # Durability before visibility
+//! A chat message is broadcast only after [`Room::handle_durable`] confirms the batch that
+//! holds it, so no client ever sees a message that a crash could take back.
+//!
+//! # Hibernation
+//! Everything a session needs survives in its attachment (see [`Output::SetAttachment`]);
+//! everything else is in storage. [`Room::restore`] rebuilds an identical room from both.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limiter::{SessionLimiter, SessionLimiterState, VerdictRequest};
+use crate::protocol::{
+    self, ChatMessage, ClientFrame, Expecting, Frame, FrameError, CLOSE_INTERNAL_ERROR,
+    CLOSE_NAME_TOO_LONG, CLOSE_REASON_STATE_LOST, ERROR_MESSAGE_TOO_LONG, ERROR_NAME_TOO_LONG,
+    ERROR_RATE_LIMITED, MESSAGE_LEN_MAX_UTF16, NAME_LEN_MAX_UTF16,
+};
+use crate::storage::{keys, BatchId, ListQuery, Value, Write, WriteBatch};
+use crate::time::Timestamp;
+
+use crate::planted::PlantedBug;
+
+/// A connection's id, chosen by the adapter and unique within a room for the room's life
+/// (including across hibernation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ConnId(pub u64);
+
+/// Correlates an HTTP publish with its confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublishId(pub u64);
+
+/// Room settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomConfig {
+    /// How many of the newest messages the room keeps in storage (and memory) for replay.
+    pub history_retained_max: usize,
+    /// How many messages a join without `since` replays.
+    pub join_replay_max: usize,
+    /// The most connections a room holds; more are closed with [`CLOSE_ROOM_FULL`].
+    pub connections_max: usize,
+    /// The most accepted messages waiting for storage; more are refused with
+    /// [`ERROR_ROOM_BUSY`] rather than queued without bound.
+    pub pending_messages_max: usize,
+    /// The bug to plant in this room, for the simulator's self-test.
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bug: Option<PlantedBug>,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        RoomConfig {
+            history_retained_max: 1_000,
+            join_replay_max: 100,
+            connections_max: 32_768,
+            pending_messages_max: 10_000,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: None,
+        }
+    }
+}
+
+impl RoomConfig {
+    /// The storage read that [`Room::restore`] needs: the newest retained messages.
+    pub fn restore_query(&self) -> ListQuery {
+        ListQuery {
+            prefix: keys::MESSAGE_PREFIX,
+            limit: self.history_retained_max,
+        }
+    }
+
+    /// Whether this room runs with `bug` planted (always `false` without `planted-bugs`).
+    #[inline(always)]
+    fn planted(&self, bug: PlantedBug) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.planted_bug == Some(bug);
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            let _ = bug;
+            false
+        }
+    }
+}
+
+/// Close code for a connection beyond [`RoomConfig::connections_max`] ("try again later").
+pub const CLOSE_ROOM_FULL: u16 = 1013;
+/// Close reason for a connection beyond [`RoomConfig::connections_max`].
+pub const CLOSE_REASON_ROOM_FULL: &str = "Room is full.";
+/// The error text when more than [`RoomConfig::pending_messages_max`] messages wait for storage.
+pub const ERROR_ROOM_BUSY: &str = "Room is busy, please try again later.";
+
+/// Something the adapter must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send `frame` to one connection.
+    Send {
+        /// The recipient.
+        conn: ConnId,
+        /// The frame.
+        frame: Frame,
+    },
+    /// Send one frame, serialized once, to every connection in `recipients`.
+    Broadcast {
+        /// Every joined connection, in roster order; shared until the roster changes.
+        recipients: Arc<[ConnId]>,
+        /// The frame.
+        frame: Frame,
+    },
+    /// Close a connection (after sending what was queued before this output).
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// The WebSocket close code.
+        code: u16,
+        /// The close reason.
+        reason: &'static str,
+    },
+    /// Commit these writes atomically, then call [`Room::handle_durable`] with the batch id.
+    Persist(WriteBatch),
+    /// Store this as the connection's attachment, replacing the previous one.
+    SetAttachment {
+        /// The connection.
+        conn: ConnId,
+        /// The encoded attachment (versioned postcard, well under 2 KiB).
+        attachment: Vec<u8>,
+    },
+    /// Count one action against `ip`'s rate limiter and answer with
+    /// [`Room::handle_rate_limit_verdict`].
+    AskRateLimiter {
+        /// Echo this back with the answer.
+        request: VerdictRequest,
+        /// Whose limiter.
+        ip: IpAddr,
+    },
+    /// A published message is durable and broadcast with this id.
+    Published {
+        /// The publish this confirms.
+        request: PublishId,
+        /// The message's id.
+        id: u64,
+    },
+}
+
+/// Caller misuse: an input that cannot happen if the adapter follows the contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RoomError {
+    /// The connection is not in this room (never opened, or already closed).
+    #[error("unknown connection {0:?}")]
+    UnknownConnection(ConnId),
+    /// The connection id is already in use.
+    #[error("connection {0:?} is already open")]
+    DuplicateConnection(ConnId),
+    /// A durability confirmation for a batch that is not in flight.
+    #[error("batch {0:?} is not in flight")]
+    UnknownBatch(BatchId),
+}
+
+/// Why a publish was refused. The `Display` text is meant for the HTTP caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The name is empty or longer than [`NAME_LEN_MAX_UTF16`].
+    #[error("Name must be 1 to 32 characters.")]
+    BadName,
+    /// The message is longer than [`MESSAGE_LEN_MAX_UTF16`].
+    #[error("Message too long.")]
+    MessageTooLong,
+    /// Too many messages are waiting for storage.
+    #[error("Room is busy, please try again later.")]
+    Busy,
+}
+
+/// Why stored state could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// A stored message record does not decode, or its id disagrees with its key.
+    #[error("corrupt message record at key {key:?}")]
+    CorruptRecord {
+        /// The record's key.
+        key: String,
+    },
+    /// Stored message ids are not consecutive.
+    #[error("message ids are not consecutive at key {key:?}")]
+    Gap {
+        /// The key after the gap.
+        key: String,
+    },
+}
+
+/// One input, as an owned value (for drivers that queue inputs, such as the simulator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A WebSocket connection was accepted; see [`Room::handle_connect`].
+    Connect {
+        /// Its id.
+        conn: ConnId,
+        /// The client's IP, whose limiter it shares.
+        ip: IpAddr,
+    },
+    /// A text frame; see [`Room::handle_text`].
+    Text {
+        /// From whom.
+        conn: ConnId,
+        /// The frame.
+        text: String,
+    },
+    /// A binary frame; see [`Room::handle_binary`].
+    Binary {
+        /// From whom.
+        conn: ConnId,
+    },
+    /// The connection closed or broke; see [`Room::handle_close`].
+    Closed {
+        /// Which.
+        conn: ConnId,
+    },
+    /// A limiter's answer; see [`Room::handle_rate_limit_verdict`].
+    Verdict {
+        /// The question answered.
+        request: VerdictRequest,
+        /// How long the session must wait.
+        wait_ms: u64,
+    },
+    /// A batch is durable; see [`Room::handle_durable`].
+    Durable {
+        /// Which.
+        batch: BatchId,
+    },
+    /// Publish a message as a named system user; see [`Room::handle_publish`].
+    Publish {
+        /// Correlates the confirmation.
+        request: PublishId,
+        /// The sender's name.
+        name: String,
+        /// The text.
+        message: String,
+    },
+}
+
+/// A durable message in the room's retained history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StoredMessage {
+    id: u64,
+    timestamp: Timestamp,
+    frame: Frame,
+}
+
+/// A message accepted but not yet durable.
+#[derive(Debug, Clone)]
+struct PendingMessage {
+    message: StoredMessage,
+    publish: Option<PublishId>,
+}
+
+/// A session's lifecycle.
+///
+/// ```text
+///   connect ──► Unnamed ──join frame, name ok──► Joined ──socket closes──► (gone, quit)
+///                  │                                          
+///                  └──name too long──► Closing ──socket closes──► (gone)
+/// ```
+/// An unnamed session keeps only the last durable id it could have seen when it connected,
+/// so its join replay is the same whenever (and after however many evictions) it joins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Phase {
+    Unnamed { connect_last_id: u64 },
+    Joined { name: String },
+    Closing,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    ip: IpAddr,
+    phase: Phase,
+    limiter: SessionLimiter,
+    /// `{"joined": name}`, serialized once for the roster replays of later joiners.
+    joined_frame: Option<Frame>,
+}
+
+/// The version of [`Attachment`]'s encoding; bump on any change and keep decoding old ones.
+const ATTACHMENT_VERSION: u8 = 1;
+
+/// What survives hibernation for one connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Attachment {
+    version: u8,
+    ip: IpAddr,
+    phase: Phase,
+    limiter: SessionLimiter,
+}
+
+/// Largest encoded attachment the room produces (Workers allow 16 KiB; we stay far below).
+pub const ATTACHMENT_LEN_MAX_BYTES: usize = 2 * 1024;
+
+/// Why an attachment did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttachmentError {
+    /// Not a postcard-encoded attachment.
+    #[error("attachment does not decode")]
+    Malformed,
+    /// Written by a newer version of edgechat.
+    #[error("unsupported attachment version {0}")]
+    Version(u8),
+    /// Longer than [`ATTACHMENT_LEN_MAX_BYTES`].
+    #[error("attachment too long")]
+    TooLong,
+}
+
+impl Attachment {
+    fn encode(&self) -> Vec<u8> {
+        let bytes = postcard::to_allocvec(self).expect("attachments always serialize");
+        debug_assert!(bytes.len() <= ATTACHMENT_LEN_MAX_BYTES);
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Attachment, AttachmentError> {
+        if bytes.len() > ATTACHMENT_LEN_MAX_BYTES {
+            return Err(AttachmentError::TooLong);
+        }
+        match bytes.first() {
+            Some(&ATTACHMENT_VERSION) => {}
+            Some(&other) => return Err(AttachmentError::Version(other)),
+            None => return Err(AttachmentError::Malformed),
+        }
+        let attachment: Attachment =
+            postcard::from_bytes(bytes).map_err(|_| AttachmentError::Malformed)?;
+        if let Phase::Joined { name } = &attachment.phase {
+            if protocol::utf16_len(name) > NAME_LEN_MAX_UTF16 {
+                return Err(AttachmentError::Malformed);
+            }
+        }
+        Ok(attachment)
+    }
+}
+
+/// Checks that `bytes` is an attachment this version can restore.
+///
+/// # Errors
+/// Returns why it cannot (used by fuzzing and by adapters that validate early).
+pub fn validate_attachment(bytes: &[u8]) -> Result<(), AttachmentError> {
+    Attachment::decode(bytes).map(|_| ())
+}
+
+/// A batch handed to storage and not yet confirmed.
+#[derive(Debug, Clone)]
+struct InFlight {
+    batch: BatchId,
+    messages: Vec<PendingMessage>,
+}
+
+/// A chat room. See the [module documentation](self) for the contract.
+#[derive(Debug)]
+pub struct Room {
+    config: RoomConfig,
+    sessions: BTreeMap<ConnId, Session>,
+    /// Joined connections in roster order; `None` after the roster changed.
+    roster_cache: Option<Arc<[ConnId]>>,
+    /// Durable, broadcast messages, oldest first; consecutive ids.
+    history: VecDeque<StoredMessage>,
+    /// The last id assigned (durable or not).
+    last_id: u64,
+    /// The last id whose batch is durable (and so broadcast).
+    durable_id: u64,
+    /// The last timestamp assigned (durable or not).
+    last_timestamp: Timestamp,
+    /// Accepted, waiting for the next batch.
+    pending: Vec<PendingMessage>,
+    in_flight: Option<InFlight>,
+    next_batch: u64,
+    outputs: VecDeque<Output>,
+}
+
+impl Room {
+    /// A new, empty room.
+    pub fn new(config: RoomConfig) -> Room {
+        Room {
+            config,
+            sessions: BTreeMap::new(),
+            roster_cache: None,
+            history: VecDeque::new(),
+            last_id: 0,
+            durable_id: 0,
+            last_timestamp: Timestamp::ZERO,
+            pending: Vec::new(),
+            in_flight: None,
+            next_batch: 1,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// Rebuilds a room after eviction or a crash.
+    ///
+    /// `stored` is the answer to [`RoomConfig::restore_query`], in ascending key order.
+    /// `attachments` are the open connections with their last attachment (none after a
+    /// crash). A connection whose attachment cannot be decoded is closed with
+    /// [`CLOSE_INTERNAL_ERROR`] (in the outputs), since its session cannot be trusted.
+    ///
+    /// # Errors
+    /// Returns [`RestoreError`] if the stored history is corrupt.
+    pub fn restore<'a>(
+        config: RoomConfig,
+        stored: &[(String, Value)],
+        attachments: impl IntoIterator<Item = (ConnId, &'a [u8])>,
+    ) -> Result<Room, RestoreError> {
+        let mut room = Room::new(config);
+        for (key, value) in stored {
+            let corrupt = || RestoreError::CorruptRecord { key: key.clone() };
+            let id = keys::parse_message(key).ok_or_else(corrupt)?;
+            let message = ChatMessage::decode(value).map_err(|_| corrupt())?;
+            if message.id != id {
+                return Err(corrupt());
+            }
+            if room.last_id != 0 && id != room.last_id + 1 {
+                return Err(RestoreError::Gap { key: key.clone() });
+            }
+            room.last_id = id;
+            room.durable_id = id;
+            room.last_timestamp = room.last_timestamp.max(message.timestamp);
+            room.history.push_back(StoredMessage {
+                id,
+                timestamp: message.timestamp,
+                frame: value.clone(),
+            });
+        }
+        let forget_first = room.config.planted(PlantedBug::RestoreForgetsAttachment);
+        for (index, (conn, bytes)) in attachments.into_iter().enumerate() {
+            if forget_first && index == 0 {
+                continue;
+            }
+            match Attachment::decode(bytes) {
+                Ok(attachment) => {
+                    let mut limiter = attachment.limiter;
+                    if room.config.planted(PlantedBug::LimiterResetOnRestore) {
+                        limiter.state = SessionLimiterState::Idle;
+                    }
+                    let phase = match attachment.phase {
+                        // Storage can only have moved forward since the attachment was written.
+                        Phase::Unnamed { connect_last_id } => Phase::Unnamed {
+                            connect_last_id: connect_last_id.min(room.last_id),
+                        },
+                        phase => phase,
+                    };
+                    let joined_frame = match &phase {
+                        Phase::Joined { name } => Some(protocol::encode_joined(name)),
+                        _ => None,
+                    };
+                    room.sessions.insert(
+                        conn,
+                        Session {
+                            ip: attachment.ip,
+                            phase,
+                            limiter,
+                            joined_frame,
+                        },
+                    );
+                }
+                Err(_) => room.outputs.push_back(Output::Close {
+                    conn,
+                    code: CLOSE_INTERNAL_ERROR,
+                    reason: CLOSE_REASON_STATE_LOST,
+                }),
+            }
+        }
+        Ok(room)
+    }
+
+    /// Handles any [`Input`].
+    ///
+    /// # Errors
+    /// As the specific `handle_*` method.
+    pub fn handle_input(&mut self, input: Input, now: Timestamp) -> Result<(), RoomError> {
+        match input {
+            Input::Connect { conn, ip } => self.handle_connect(conn, ip, now),
+            Input::Text { conn, text } => self.handle_text(conn, &text, now),
+            Input::Binary { conn } => self.handle_binary(conn, now),
+            Input::Closed { conn } => self.handle_close(conn, now),
+            Input::Verdict { request, wait_ms } => {
+                self.handle_rate_limit_verdict(request, wait_ms, now);
+                Ok(())
+            }
+            Input::Durable { batch } => self.handle_durable(batch, now),
+            Input::Publish {
+                request,
+                name,
+                message,
+            } => {
+                // A refused publish has no effect; the caller of `handle_publish` sees why.
+                let _ = self.handle_publish(request, &name, &message, now);
+                Ok(())
+            }
+        }
+    }
+
+    /// A WebSocket was accepted. Nothing is sent until the client's first frame.
+    ///
+    /// # Errors
+    /// [`RoomError::DuplicateConnection`] if `conn` is already open.
+    pub fn handle_connect(
+        &mut self,
+        conn: ConnId,
+        ip: IpAddr,
+        _now: Timestamp,
+    ) -> Result<(), RoomError> {
+        if self.sessions.contains_key(&conn) {
+            return Err(RoomError::DuplicateConnection(conn));
+        }
+        if self.sessions.len() >= self.config.connections_max {
+            self.outputs.push_back(Output::Close {
+                conn,
+                code: CLOSE_ROOM_FULL,
+                reason: CLOSE_REASON_ROOM_FULL,
+            });
+            return Ok(());
+        }
+        let session = Session {
+            ip,
+            phase: Phase::Unnamed {
+                connect_last_id: self.last_durable_id(),
+            },
+            limiter: SessionLimiter::default(),
+            joined_frame: None,
+        };
+        self.sessions.insert(conn, session);
+        self.push_attachment(conn);
+        Ok(())
+    }
+
+    /// A text frame arrived from `conn`.
+    ///
+    /// # Errors
+    /// [`RoomError::UnknownConnection`] if `conn` is not open.
+    pub fn handle_text(
+        &mut self,
+        conn: ConnId,
+        text: &str,
+        now: Timestamp,
+    ) -> Result<(), RoomError> {
+        let Some(expecting) = self.admit_frame(conn, now)? else {
+            return Ok(());
+        };
+        match protocol::decode_client_frame(text, expecting) {
+            Ok(ClientFrame::Join { name, since }) => self.join(conn, name, since),
+            Ok(ClientFrame::Message { text }) => self.chat(conn, text, now),
+            Err(error) => self.send_error(conn, &error.to_string()),
+        }
+        Ok(())
+    }
+
+    /// A binary frame arrived from `conn`; the protocol is text, so it is answered with an
+    /// error (and still counts against the rate limit, like any frame).
+    ///
+    /// # Errors
+    /// [`RoomError::UnknownConnection`] if `conn` is not open.
+    pub fn handle_binary(&mut self, conn: ConnId, now: Timestamp) -> Result<(), RoomError> {
+        if self.admit_frame(conn, now)?.is_some() {
+            self.send_error(conn, &FrameError::Binary.to_string());
+        }
+        Ok(())
+    }
+
+    /// `conn` closed or broke. A joined user's `quit` is broadcast to the others.
+    ///
+    /// # Errors
+    /// [`RoomError::UnknownConnection`] if `conn` is not open.
+    pub fn handle_close(&mut self, conn: ConnId, _now: Timestamp) -> Result<(), RoomError> {
+        let session = self
+            .sessions
+            .remove(&conn)
+            .ok_or(RoomError::UnknownConnection(conn))?;
+        if let Phase::Joined { name } = session.phase {
+            self.roster_cache = None;
+            let frame = protocol::encode_quit(&name);
+            self.broadcast(frame);
+        }
+        Ok(())
+    }
+
+    /// A limiter answered question `request`: the session must wait `wait_ms`. Answers for
+    /// closed connections or stale questions are ignored (they are normal races).
+    pub fn handle_rate_limit_verdict(
+        &mut self,
+        request: VerdictRequest,
+        wait_ms: u64,
+        now: Timestamp,
+    ) {
+        let changed = self
+            .sessions
+            .get_mut(&request.conn)
+            .is_some_and(|session| session.limiter.handle_verdict(request.seq, wait_ms, now));
+        if changed {
+            self.push_attachment(request.conn);
+        }
+    }
+
+    /// The batch `batch` is durable: its messages become history and are broadcast.
+    ///
+    /// # Errors
+    /// [`RoomError::UnknownBatch`] unless `batch` is the batch in flight.
+    pub fn handle_durable(&mut self, batch: BatchId, _now: Timestamp) -> Result<(), RoomError> {
+        match &self.in_flight {
+            Some(in_flight) if in_flight.batch == batch => {}
+            _ => return Err(RoomError::UnknownBatch(batch)),
+        }
+        let in_flight = self.in_flight.take().expect("checked above");
+        let broadcast_now = !self.config.planted(PlantedBug::BroadcastBeforeDurable);
+        for pending in in_flight.messages {
+            let message = pending.message;
+            if broadcast_now {
+                self.broadcast(message.frame.clone());
+            }
+            if let Some(request) = pending.publish {
+                self.outputs.push_back(Output::Published {
+                    request,
+                    id: message.id,
+                });
+            }
+            self.durable_id = message.id;
+            self.history.push_back(message);
+        }
+        while self.history.len() > self.config.history_retained_max {
+            self.history.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Publishes `message` as `name` (an operator's system user, not rate limited). It is
+    /// broadcast once durable, and [`Output::Published`] reports its id.
+    ///
+    /// # Errors
+    /// [`PublishError`] if the name or message is out of bounds or the room is too busy.
+    pub fn handle_publish(
+        &mut self,
+        request: PublishId,
+        name: &str,
+        message: &str,
+        now: Timestamp,
+    ) -> Result<(), PublishError> {
+        if name.is_empty() || protocol::utf16_len(name) > NAME_LEN_MAX_UTF16 {
+            return Err(PublishError::BadName);
+        }
+        if protocol::utf16_len(message) > MESSAGE_LEN_MAX_UTF16 {
+            return Err(PublishError::MessageTooLong);
+        }
+        if self.pending_len() >= self.config.pending_messages_max {
+            return Err(PublishError::Busy);
+        }
+        self.accept_message(name.to_owned(), message.to_owned(), now, Some(request));
+        Ok(())
+    }
+
+    /// The next thing to do, if any. A pending [`Output::Persist`] comes last, so that every
+    /// message accepted since the previous poll lands in the same batch.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some(output) = self.outputs.pop_front() {
+            return Some(output);
+        }
+        if self.in_flight.is_none() && !self.pending.is_empty() {
+            return Some(self.start_batch());
+        }
+        None
+    }
+
+    /// Names of joined users, in roster order.
+    pub fn presence(&self) -> impl Iterator<Item = &str> {
+        self.sessions
+            .values()
+            .filter_map(|session| match &session.phase {
+                Phase::Joined { name } => Some(name.as_str()),
+                _ => None,
+            })
+    }
+
+    /// Up to `limit` retained messages with ids below `before` (all if `None`), newest first.
+    pub fn history_page(&self, before: Option<u64>, limit: usize) -> Vec<Frame> {
+        let before = before.unwrap_or(u64::MAX);
+        self.history
+            .iter()
+            .rev()
+            .filter(|message| message.id < before)
+            .take(limit)
+            .map(|message| message.frame.clone())
+            .collect()
+    }
+
+    /// The id of the newest durable message (0 if none).
+    pub fn last_durable_id(&self) -> u64 {
+        self.durable_id
+    }
+
+    /// Open connections, named or not.
+    pub fn connection_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether nothing waits for storage: the room can be evicted without losing work.
+    pub fn is_quiescent(&self) -> bool {
+        self.in_flight.is_none() && self.pending.is_empty() && self.outputs.is_empty()
+    }
+
+    /// The room's settings.
+    pub fn config(&self) -> &RoomConfig {
+        &self.config
+    }
+
+    /// Checks the connection and its rate limit; `Some(expecting)` if the frame is to be
+    /// processed (and one action has been asked of the limiter).
+    fn admit_frame(
+        &mut self,
+        conn: ConnId,
+        now: Timestamp,
+    ) -> Result<Option<Expecting>, RoomError> {
+        let session = self
+            .sessions
+            .get_mut(&conn)
+            .ok_or(RoomError::UnknownConnection(conn))?;
+        let expecting = match session.phase {
+            Phase::Unnamed { .. } => Expecting::Join,
+            Phase::Joined { .. } => Expecting::Message,
+            // The socket is closing; anything still in flight from it is moot.
+            Phase::Closing => return Ok(None),
+        };
+        if !session.limiter.try_accept(now) {
+            self.send_error(conn, ERROR_RATE_LIMITED);
+            return Ok(None);
+        }
+        let request = VerdictRequest {
+            conn,
+            seq: session.limiter.seq,
+        };
+        let ip = session.ip;
+        self.outputs
+            .push_back(Output::AskRateLimiter { request, ip });
+        self.push_attachment(conn);
+        Ok(Some(expecting))
+    }
+
+    fn join(&mut self, conn: ConnId, name: String, since: Option<u64>) {
+        if protocol::utf16_len(&name) > NAME_LEN_MAX_UTF16 {
+            self.send_error(conn, ERROR_NAME_TOO_LONG);
+            self.outputs.push_back(Output::Close {
+                conn,
+                code: CLOSE_NAME_TOO_LONG,
+                reason: ERROR_NAME_TOO_LONG,
+            });
+            self.set_phase(conn, Phase::Closing);
+            return;
+        }
+        let Some(Phase::Unnamed { connect_last_id }) =
+            self.sessions.get(&conn).map(|s| s.phase.clone())
+        else {
+            unreachable!("join is only decoded for unnamed sessions");
+        };
+
+        // 1. One `joined` per user already in the room.
+        let roster: Vec<Frame> = self
+            .sessions
+            .values()
+            .filter_map(|session| session.joined_frame.clone())
+            .collect();
+        for frame in roster {
+            self.send(conn, frame);
+        }
+
+        // 2. History: everything after `since` if the room still holds it, otherwise the
+        //    newest messages as of connecting plus everything broadcast since.
+        let (replay_after, recovered) = match since {
+            Some(since) if self.holds_everything_after(since) => (since, Some(true)),
+            Some(_) => (self.default_replay_after(connect_last_id), Some(false)),
+            None => (self.default_replay_after(connect_last_id), None),
+        };
+        let replay_after = if self.config.planted(PlantedBug::SinceReplayDuplicate) {
+            replay_after.saturating_sub(1)
+        } else {
+            replay_after
+        };
+        let replay: Vec<Frame> = self
+            .history
+            .iter()
+            .filter(|message| message.id > replay_after)
+            .map(|message| message.frame.clone())
+            .collect();
+        for frame in replay {
+            self.send(conn, frame);
+        }
+
+        // 3. Its own `joined`, to everyone including itself; 4. ready.
+        let joined_frame = protocol::encode_joined(&name);
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.joined_frame = Some(joined_frame.clone());
+        }
+        self.set_phase(conn, Phase::Joined { name });
+        self.roster_cache = None;
+        self.broadcast(joined_frame);
+        self.send(conn, protocol::encode_ready(recovered));
+    }
+
+    fn chat(&mut self, conn: ConnId, text: String, now: Timestamp) {
+        if protocol::utf16_len(&text) > MESSAGE_LEN_MAX_UTF16 {
+            self.send_error(conn, ERROR_MESSAGE_TOO_LONG);
+            return;
+        }
+        if self.pending_len() >= self.config.pending_messages_max {
+            self.send_error(conn, ERROR_ROOM_BUSY);
+            return;
+        }
+        let Some(Phase::Joined { name }) = self.sessions.get(&conn).map(|s| &s.phase) else {
+            unreachable!("messages are only decoded for joined sessions");
+        };
+        let name = name.clone();
+        self.accept_message(name, text, now, None);
+    }
+
+    /// Orders a message (id and timestamp) and queues it for the next batch.
+    fn accept_message(
+        &mut self,
+        name: String,
+        message: String,
+        now: Timestamp,
+        publish: Option<PublishId>,
+    ) {
+        let timestamp = if self.config.planted(PlantedBug::TimestampNotClamped) {
+            now
+        } else {
+            // Strictly increasing under any clock: a clock stepping back cannot reorder.
+            now.max(self.last_timestamp.plus_millis(1))
+        };
+        self.last_id += 1;
+        self.last_timestamp = timestamp;
+        let chat = ChatMessage {
+            name,
+            message,
+            timestamp,
+            id: self.last_id,
+        };
+        let frame = chat.encode();
+        if self.config.planted(PlantedBug::BroadcastBeforeDurable) {
+            self.broadcast(frame.clone());
+        }
+        self.pending.push(PendingMessage {
+            message: StoredMessage {
+                id: chat.id,
+                timestamp,
+                frame,
+            },
+            publish,
+        });
+    }
+
+    fn start_batch(&mut self) -> Output {
+        let messages = std::mem::take(&mut self.pending);
+        let first_id = messages[0].message.id;
+        let last_id = messages[messages.len() - 1].message.id;
+        let mut writes = Vec::with_capacity(messages.len() * 2);
+        for pending in &messages {
+            writes.push(Write::Put {
+                key: keys::message(pending.message.id),
+                value: pending.message.frame.clone(),
+            });
+        }
+        // Storage holds ids (first_id - 1 - retained, first_id - 1]; after this batch it must
+        // hold (last_id - retained, last_id], so the ids in between fall off.
+        let retained = self.config.history_retained_max as u64;
+        let mut delete_from = first_id.saturating_sub(retained).max(1);
+        let mut delete_through = last_id.saturating_sub(retained);
+        if self.config.planted(PlantedBug::HistoryTrimOffByOne) {
+            delete_from = delete_from.max(2) - 1;
+            delete_through += 1;
+        }
+        for id in delete_from..=delete_through {
+            writes.push(Write::Delete {
+                key: keys::message(id),
+            });
+        }
+        let batch = BatchId(self.next_batch);
+        self.next_batch += 1;
+        self.in_flight = Some(InFlight { batch, messages });
+        Output::Persist(WriteBatch { id: batch, writes })
+    }
+
+    fn holds_everything_after(&self, since: u64) -> bool {
+        let last = self.last_durable_id();
+        let oldest = self.history.front().map_or(last + 1, |message| message.id);
+        since <= last && since + 1 >= oldest
+    }
+
+    /// Replay the newest `join_replay_max` messages as of connecting, and all after.
+    fn default_replay_after(&self, connect_last_id: u64) -> u64 {
+        connect_last_id.saturating_sub(self.config.join_replay_max as u64)
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending.len() + self.in_flight.as_ref().map_or(0, |f| f.messages.len())
+    }
+
+    fn roster(&mut self) -> Arc<[ConnId]> {
+        if let Some(roster) = &self.roster_cache {
+            return roster.clone();
+        }
+        let roster: Arc<[ConnId]> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| matches!(session.phase, Phase::Joined { .. }))
+            .map(|(conn, _)| *conn)
+            .collect();
+        self.roster_cache = Some(roster.clone());
+        roster
+    }
+
+    fn broadcast(&mut self, frame: Frame) {
+        let recipients = self.roster();
+        if !recipients.is_empty() {
+            self.outputs
+                .push_back(Output::Broadcast { recipients, frame });
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, frame: Frame) {
+        self.outputs.push_back(Output::Send { conn, frame });
+    }
+
+    fn send_error(&mut self, conn: ConnId, text: &str) {
+        self.send(conn, protocol::encode_error(text));
+    }
+
+    fn set_phase(&mut self, conn: ConnId, phase: Phase) {
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.phase = phase;
+        }
+        self.push_attachment(conn);
+    }
+
+    fn push_attachment(&mut self, conn: ConnId) {
+        let Some(session) = self.sessions.get(&conn) else {
+            return;
+        };
+        let attachment = Attachment {
+            version: ATTACHMENT_VERSION,
+            ip: session.ip,
+            phase: session.phase.clone(),
+            limiter: session.limiter,
+        }
+        .encode();
+        self.outputs
+            .push_back(Output::SetAttachment { conn, attachment });
+    }
+}
