@@ -83,6 +83,8 @@ pub mod planted;
 pub mod protocol;
 pub mod room;
 pub mod storage;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 mod time;
 
 pub use time::Timestamp;
