@@ -211,7 +211,7 @@ mod tests {
         // Pinned so that a change of hashing (which would orphan stored data) fails loudly.
         assert_eq!(
             a.to_hex(),
-            ObjectId::from_name(Namespace::Room, "lobby").to_hex()
+            "1af547c333bba40a669b61dbe431546a29158fdd1fbf20c2221326fde3d0339d"
         );
         assert_eq!(a.to_hex().len(), 64);
     }

@@ -51,11 +51,11 @@
 //!             HostOutput::Room(Output::Broadcast { frame, .. }) => sent.push(frame),
 //!             HostOutput::Room(Output::Persist(batch)) => {
 //!                 storage.apply(&batch); // commit, then confirm
-//!                 inbox.push(Input::Durable { batch: batch.id });
+//!                 inbox.insert(0, Input::Durable { batch: batch.id });
 //!             }
 //!             HostOutput::Room(Output::AskRateLimiter { request, .. }) => {
 //!                 let wait_ms = limiter.handle_action(now);
-//!                 inbox.push(Input::Verdict { request, wait_ms });
+//!                 inbox.insert(0, Input::Verdict { request, wait_ms });
 //!             }
 //!             _ => {} // attachments, closes, eviction news
 //!         }

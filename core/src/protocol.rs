@@ -110,6 +110,10 @@ pub fn decode_client_frame(text: &str, expecting: Expecting) -> Result<ClientFra
     if text.len() > CLIENT_FRAME_LEN_MAX_BYTES {
         return Err(FrameError::TooLarge);
     }
+    // serde would also read a struct from a JSON array; only an object is a frame.
+    if !text.trim_start().starts_with('{') {
+        return Err(FrameError::Malformed);
+    }
     let raw: RawClientFrame = serde_json::from_str(text).map_err(|_| FrameError::Malformed)?;
     match expecting {
         Expecting::Join => {

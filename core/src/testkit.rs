@@ -203,8 +203,10 @@ impl Harness {
         match step {
             Step::Connect { conn, ip } => {
                 let conn = ConnId(u64::from(conn));
-                if !self.clients.get(&conn).is_some_and(|c| !c.closed) {
+                if self.clients.get(&conn).is_none_or(|c| c.closed) {
                     let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, ip));
+                    // Restore first: the new socket has no attachment yet.
+                    self.ensure_resident()?;
                     self.clients.insert(conn, Client::default());
                     self.input(Input::Connect { conn, ip })?;
                 }
@@ -223,6 +225,8 @@ impl Harness {
             }
             Step::Close { conn } => {
                 if let Some(conn) = self.open_client(conn) {
+                    // Restore first: the closing socket's attachment is part of the room.
+                    self.ensure_resident()?;
                     self.clients.get_mut(&conn).expect("open").closed = true;
                     self.input(Input::Closed { conn })?;
                 }
@@ -330,6 +334,7 @@ impl Harness {
 
     fn drain(&mut self) -> Result<(), Violation> {
         let mut received: BTreeMap<ConnId, Vec<Frame>> = BTreeMap::new();
+        let mut closed_by_room = Vec::new();
         while let Some(output) = self.host.poll_output() {
             match output {
                 HostOutput::Room(Output::Send { conn, frame }) => {
@@ -344,6 +349,7 @@ impl Harness {
                     if let Some(client) = self.clients.get_mut(&conn) {
                         client.closed = true;
                     }
+                    closed_by_room.push(conn);
                 }
                 HostOutput::Room(Output::Persist(batch)) => self.uncommitted.push_back(batch),
                 HostOutput::Room(Output::SetAttachment { conn, attachment }) => {
@@ -359,6 +365,13 @@ impl Harness {
         }
         for (conn, frames) in received {
             self.receive(conn, frames)?;
+        }
+        // The socket a room closes then reports itself closed, as a real socket would. A
+        // socket closed during restore was never part of the room, so it may be unknown.
+        for conn in closed_by_room {
+            if let Some(room) = self.host.room_mut(self.now) {
+                let _ = room.handle_close(conn, self.now);
+            }
         }
         self.check_rosters()
     }

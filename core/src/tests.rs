@@ -1,1 +1,660 @@
+//! Room behaviour tests: each rule of `PROTOCOL.md` driven through the [`Harness`], which
+//! also checks every invariant after every step, plus property tests over arbitrary input
+//! sequences and clocks.
 
+use proptest::prelude::*;
+
+use crate::limiter::{RateLimiter, RateLimiterConfig};
+#[cfg(feature = "planted-bugs")]
+use crate::planted::PlantedBug;
+use crate::protocol::ERROR_RATE_LIMITED;
+use crate::room::{ConnId, Output, PublishId, Room, RoomConfig};
+use crate::storage::{keys, MemoryStore};
+use crate::testkit::{Harness, Step};
+use crate::Timestamp;
+
+fn harness() -> Harness {
+    Harness::new(RoomConfig::default(), RateLimiterConfig::default())
+}
+
+/// A harness whose limiter never makes anyone wait, for tests about other rules.
+fn unlimited() -> Harness {
+    Harness::new(
+        RoomConfig::default(),
+        RateLimiterConfig {
+            cost_ms: 1,
+            grace_ms: 1_000_000,
+        },
+    )
+}
+
+fn text(conn: u8, text: &str) -> Step {
+    Step::Text {
+        conn,
+        text: text.to_owned(),
+    }
+}
+
+fn join(h: &mut Harness, conn: u8, name: &str) {
+    h.step(Step::Connect { conn, ip: conn }).unwrap();
+    h.step(text(conn, &format!(r#"{{"name":"{name}"}}"#)))
+        .unwrap();
+    h.settle().unwrap();
+}
+
+fn say(h: &mut Harness, conn: u8, message: &str) {
+    h.step(text(conn, &format!(r#"{{"message":"{message}"}}"#)))
+        .unwrap();
+    h.settle().unwrap();
+}
+
+/// Frames from index `from` on, as text.
+fn since(h: &Harness, conn: u8, from: usize) -> Vec<String> {
+    h.frames(conn)[from..].to_vec()
+}
+
+#[test]
+fn nothing_is_sent_before_the_first_frame() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    h.step(Step::Connect { conn: 2, ip: 2 }).unwrap();
+    say(&mut h, 1, "hello");
+    assert!(h.frames(2).is_empty());
+}
+
+#[test]
+fn the_join_sequence_is_roster_history_own_joined_ready() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    say(&mut h, 1, "one");
+    say(&mut h, 1, "two");
+    join(&mut h, 2, "bob");
+    let frames = h.frames(2);
+    assert_eq!(frames.len(), 5, "{frames:?}");
+    assert_eq!(frames[0], r#"{"joined":"ada"}"#);
+    assert!(frames[1].contains(r#""message":"one""#) && frames[1].contains(r#""id":1"#));
+    assert!(frames[2].contains(r#""message":"two""#) && frames[2].contains(r#""id":2"#));
+    assert_eq!(frames[3], r#"{"joined":"bob"}"#);
+    assert_eq!(frames[4], r#"{"ready":true}"#);
+    // The others see the newcomer's joined, too.
+    assert_eq!(h.frames(1).last().unwrap(), r#"{"joined":"bob"}"#);
+}
+
+#[test]
+fn missing_or_empty_names_are_anonymous() {
+    for first in [r#"{}"#, r#"{"name":""}"#, r#"{"name":null}"#] {
+        let mut h = unlimited();
+        h.step(Step::Connect { conn: 1, ip: 1 }).unwrap();
+        h.step(text(1, first)).unwrap();
+        assert_eq!(h.frames(1)[0], r#"{"joined":"anonymous"}"#, "{first}");
+    }
+}
+
+#[test]
+fn a_broadcast_reaches_everyone_including_the_sender_only_once_durable() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    join(&mut h, 2, "bob");
+    let (a, b) = (h.frames(1).len(), h.frames(2).len());
+    h.step(text(1, r#"{"message":"hi"}"#)).unwrap();
+    h.step(Step::Answer).unwrap();
+    assert_eq!(since(&h, 1, a), Vec::<String>::new(), "not before durable");
+    h.step(Step::Commit).unwrap();
+    assert_eq!(
+        since(&h, 1, a),
+        Vec::<String>::new(),
+        "not before confirmed"
+    );
+    h.step(Step::Confirm).unwrap();
+    let got = since(&h, 1, a);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].starts_with(r#"{"name":"ada","message":"hi","timestamp":"#));
+    assert_eq!(since(&h, 2, b), got);
+}
+
+#[test]
+fn messages_accepted_together_are_committed_in_one_batch() {
+    let mut room = Room::new(RoomConfig::default());
+    let now = Timestamp(1_000);
+    for conn in 1..=3 {
+        room.handle_connect(ConnId(conn), "127.0.0.1".parse().unwrap(), now)
+            .unwrap();
+        room.handle_text(ConnId(conn), r#"{"name":"x"}"#, now)
+            .unwrap();
+    }
+    while room.poll_output().is_some() {}
+    for conn in 1..=3 {
+        // Answer each session's join question with "no wait" so it may chat.
+        let request = crate::limiter::VerdictRequest {
+            conn: ConnId(conn),
+            seq: 1,
+        };
+        room.handle_rate_limit_verdict(request, 0, now);
+        room.handle_text(ConnId(conn), r#"{"message":"m"}"#, now)
+            .unwrap();
+    }
+    let batches: Vec<_> = std::iter::from_fn(|| room.poll_output())
+        .filter_map(|output| match output {
+            Output::Persist(batch) => Some(batch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].writes.len(), 3);
+}
+
+#[test]
+fn timestamps_strictly_increase_when_the_clock_steps_back() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    say(&mut h, 1, "a");
+    h.step(Step::StepBack { ms: 60_000 }).unwrap();
+    say(&mut h, 1, "b");
+    say(&mut h, 1, "c");
+    let stamps: Vec<u64> = h
+        .frames(1)
+        .iter()
+        .filter_map(|f| serde_json::from_str::<serde_json::Value>(f).ok())
+        .filter_map(|v| v["timestamp"].as_u64())
+        .collect();
+    assert_eq!(stamps.len(), 3);
+    assert!(stamps[0] < stamps[1] && stamps[1] < stamps[2], "{stamps:?}");
+    assert_eq!(stamps[1], stamps[0] + 1);
+}
+
+#[test]
+fn timestamps_and_ids_continue_after_a_crash_with_the_clock_behind() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    say(&mut h, 1, "a");
+    h.step(Step::Crash).unwrap();
+    h.step(Step::StepBack { ms: 3_600_000 }).unwrap();
+    join(&mut h, 2, "bob");
+    say(&mut h, 2, "b");
+    let last = h.frames(2).last().unwrap().clone();
+    let first = &h.frames(2)[0];
+    let ts = |f: &str| serde_json::from_str::<serde_json::Value>(f).unwrap()["timestamp"].as_u64();
+    assert!(last.contains(r#""id":2"#), "{last}");
+    assert!(ts(&last) > ts(first));
+}
+
+#[test]
+fn names_and_messages_are_limited_in_utf16_units() {
+    let mut h = unlimited();
+    h.step(Step::Connect { conn: 1, ip: 1 }).unwrap();
+    // 16 emoji are 32 UTF-16 units: exactly at the limit.
+    let name = "😀".repeat(16);
+    h.step(text(1, &format!(r#"{{"name":"{name}"}}"#))).unwrap();
+    h.settle().unwrap();
+    assert_eq!(h.frames(1).last().unwrap(), r#"{"ready":true}"#);
+    let at_limit = "ש".repeat(256);
+    say(&mut h, 1, &at_limit);
+    assert!(h.frames(1).last().unwrap().contains(&at_limit));
+    let over = format!("{}😀", "a".repeat(255));
+    say(&mut h, 1, &over);
+    assert_eq!(
+        h.frames(1).last().unwrap(),
+        r#"{"error":"Message too long."}"#
+    );
+    assert!(h.store.get(&keys::message(2)).is_none(), "not stored");
+
+    h.step(Step::Connect { conn: 2, ip: 2 }).unwrap();
+    let long = "😀".repeat(16) + "a";
+    h.step(text(2, &format!(r#"{{"name":"{long}"}}"#))).unwrap();
+    assert_eq!(h.frames(2), vec![r#"{"error":"Name too long."}"#]);
+}
+
+#[test]
+fn a_too_long_name_closes_with_1009() {
+    let mut room = Room::new(RoomConfig::default());
+    let now = Timestamp(1);
+    room.handle_connect(ConnId(1), "::1".parse().unwrap(), now)
+        .unwrap();
+    let name = "n".repeat(33);
+    room.handle_text(ConnId(1), &format!(r#"{{"name":"{name}"}}"#), now)
+        .unwrap();
+    let outputs: Vec<Output> = std::iter::from_fn(|| room.poll_output()).collect();
+    assert!(outputs.contains(&Output::Close {
+        conn: ConnId(1),
+        code: 1009,
+        reason: "Name too long."
+    }));
+    // Whatever it sends next is ignored.
+    room.handle_text(ConnId(1), r#"{"message":"x"}"#, now)
+        .unwrap();
+    assert!(std::iter::from_fn(|| room.poll_output()).all(|o| !matches!(o, Output::Send { .. })));
+}
+
+#[test]
+fn malformed_and_binary_frames_get_clear_errors_and_the_socket_stays() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    for (frame, error) in [
+        (
+            "not json",
+            r#"{"error":"Malformed frame: expected a JSON object."}"#,
+        ),
+        (
+            r#"{"message":5}"#,
+            r#"{"error":"Malformed frame: expected {\"message\": string}."}"#,
+        ),
+    ] {
+        h.step(text(1, frame)).unwrap();
+        h.settle().unwrap();
+        assert_eq!(h.frames(1).last().unwrap(), error);
+    }
+    h.step(Step::Binary { conn: 1 }).unwrap();
+    h.settle().unwrap();
+    assert_eq!(
+        h.frames(1).last().unwrap(),
+        r#"{"error":"Binary frames are not supported."}"#
+    );
+    say(&mut h, 1, "still here");
+    assert!(h.frames(1).last().unwrap().contains("still here"));
+}
+
+#[test]
+fn quit_is_broadcast_when_a_joined_socket_closes() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    join(&mut h, 2, "bob");
+    h.step(Step::Close { conn: 2 }).unwrap();
+    assert_eq!(h.frames(1).last().unwrap(), r#"{"quit":"bob"}"#);
+    // An unnamed socket leaves silently.
+    h.step(Step::Connect { conn: 3, ip: 3 }).unwrap();
+    let count = h.frames(1).len();
+    h.step(Step::Close { conn: 3 }).unwrap();
+    assert_eq!(h.frames(1).len(), count);
+}
+
+#[test]
+fn the_rate_limit_lets_a_burst_through_then_rejects_until_the_cooldown_ends() {
+    let mut h = harness();
+    join(&mut h, 1, "ada"); // action 1
+    for n in 2..=4 {
+        say(&mut h, 1, &format!("m{n}")); // actions 2..4: no wait
+    }
+    say(&mut h, 1, "m5"); // action 5: accepted, then a 5 s cooldown
+    assert!(h.frames(1).last().unwrap().contains("m5"));
+    say(&mut h, 1, "m6");
+    let rejected = format!(r#"{{"error":"{ERROR_RATE_LIMITED}"}}"#);
+    assert_eq!(h.frames(1).last().unwrap(), &rejected);
+    h.step(Step::Advance { ms: 5_000 }).unwrap();
+    say(&mut h, 1, "m7");
+    assert!(h.frames(1).last().unwrap().contains("m7"));
+}
+
+#[test]
+fn frames_are_rejected_while_the_answer_is_outstanding() {
+    let mut h = harness();
+    join(&mut h, 1, "ada");
+    h.step(text(1, r#"{"message":"a"}"#)).unwrap();
+    h.step(text(1, r#"{"message":"b"}"#)).unwrap();
+    assert_eq!(
+        h.frames(1).last().unwrap(),
+        &format!(r#"{{"error":"{ERROR_RATE_LIMITED}"}}"#)
+    );
+}
+
+#[test]
+fn one_ip_shares_its_limiter_across_connections() {
+    let mut h = harness();
+    for conn in 1..=5 {
+        h.step(Step::Connect { conn, ip: 9 }).unwrap();
+        h.step(text(conn, r#"{"name":"x"}"#)).unwrap();
+        h.settle().unwrap();
+    }
+    // Five actions by one IP: the fifth connection is cooling down.
+    h.step(text(5, r#"{"message":"m"}"#)).unwrap();
+    assert_eq!(
+        h.frames(5).last().unwrap(),
+        &format!(r#"{{"error":"{ERROR_RATE_LIMITED}"}}"#)
+    );
+}
+
+#[test]
+fn join_replays_the_newest_100() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    for n in 1..=150 {
+        say(&mut h, 1, &format!("m{n}"));
+    }
+    join(&mut h, 2, "bob");
+    let frames = h.frames(2);
+    // joined ada, 100 messages, joined bob, ready
+    assert_eq!(frames.len(), 103);
+    assert!(frames[1].contains(r#""id":51"#));
+    assert!(frames[100].contains(r#""id":150"#));
+}
+
+#[test]
+fn since_replays_exactly_what_was_missed() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    for n in 1..=5 {
+        say(&mut h, 1, &format!("m{n}"));
+    }
+    h.step(Step::Connect { conn: 2, ip: 2 }).unwrap();
+    h.step(text(2, r#"{"name":"bob","since":3}"#)).unwrap();
+    let frames = h.frames(2);
+    assert_eq!(frames.len(), 5, "{frames:?}");
+    assert!(frames[1].contains(r#""id":4"#) && frames[2].contains(r#""id":5"#));
+    assert_eq!(frames[4], r#"{"ready":true,"recovered":true}"#);
+
+    // Up to date: nothing to replay, still recovered.
+    h.step(Step::Connect { conn: 3, ip: 3 }).unwrap();
+    h.step(text(3, r#"{"name":"cy","since":5}"#)).unwrap();
+    assert_eq!(
+        h.frames(3).last().unwrap(),
+        r#"{"ready":true,"recovered":true}"#
+    );
+    assert!(h.frames(3).iter().all(|f| !f.contains(r#""id""#)));
+}
+
+#[test]
+fn since_falls_back_when_the_gap_is_not_held() {
+    let config = RoomConfig {
+        history_retained_max: 120,
+        ..RoomConfig::default()
+    };
+    let mut h = Harness::new(
+        config,
+        RateLimiterConfig {
+            cost_ms: 1,
+            grace_ms: 1_000_000,
+        },
+    );
+    join(&mut h, 1, "ada");
+    for n in 1..=150 {
+        say(&mut h, 1, &format!("m{n}"));
+    }
+    for (conn, since) in [(2u8, 10u64), (3, 999)] {
+        h.step(Step::Connect { conn, ip: conn }).unwrap();
+        h.step(text(conn, &format!(r#"{{"name":"x","since":{since}}}"#)))
+            .unwrap();
+        let frames = h.frames(conn);
+        assert_eq!(
+            frames.last().unwrap(),
+            r#"{"ready":true,"recovered":false}"#
+        );
+        assert!(frames.iter().any(|f| f.contains(r#""id":51}"#)));
+        assert!(!frames.iter().any(|f| f.contains(r#""id":50}"#)));
+    }
+}
+
+#[test]
+fn storage_keeps_exactly_the_retained_history() {
+    let config = RoomConfig {
+        history_retained_max: 10,
+        ..RoomConfig::default()
+    };
+    let mut h = Harness::new(
+        config,
+        RateLimiterConfig {
+            cost_ms: 1,
+            grace_ms: 1_000_000,
+        },
+    );
+    join(&mut h, 1, "ada");
+    for n in 1..=25 {
+        say(&mut h, 1, &format!("m{n}"));
+    }
+    assert_eq!(h.store.len(), 10);
+    assert!(h.store.get(&keys::message(15)).is_none());
+    assert!(h.store.get(&keys::message(16)).is_some());
+}
+
+#[test]
+fn eviction_changes_nothing_observable() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    say(&mut h, 1, "before");
+    h.step(Step::Connect { conn: 2, ip: 2 }).unwrap(); // not yet named
+    h.step(Step::Evict).unwrap();
+    assert!(!h.host.is_resident());
+    say(&mut h, 1, "after");
+    h.step(text(2, r#"{"name":"bob"}"#)).unwrap();
+    let frames = h.frames(2);
+    assert_eq!(frames[0], r#"{"joined":"ada"}"#);
+    assert!(frames[1].contains("before") && frames[1].contains(r#""id":1"#));
+    assert!(frames[2].contains("after") && frames[2].contains(r#""id":2"#));
+    assert_eq!(frames[3], r#"{"joined":"bob"}"#);
+}
+
+#[test]
+fn eviction_waits_for_the_write_in_flight() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    h.step(text(1, r#"{"message":"m"}"#)).unwrap();
+    h.step(Step::Evict).unwrap();
+    assert!(h.host.is_resident(), "a batch is in flight");
+    h.step(Step::Answer).unwrap();
+    h.step(Step::Commit).unwrap();
+    assert!(h.host.is_resident(), "committed but not yet confirmed");
+    h.step(Step::Confirm).unwrap();
+    assert!(!h.host.is_resident(), "evicted once quiescent");
+}
+
+#[test]
+fn a_cooldown_survives_eviction() {
+    let mut h = harness();
+    join(&mut h, 1, "ada");
+    for n in 2..=5 {
+        say(&mut h, 1, &format!("m{n}"));
+    }
+    h.step(Step::Evict).unwrap();
+    h.step(text(1, r#"{"message":"x"}"#)).unwrap();
+    assert_eq!(
+        h.frames(1).last().unwrap(),
+        &format!(r#"{{"error":"{ERROR_RATE_LIMITED}"}}"#)
+    );
+}
+
+#[test]
+fn a_corrupt_attachment_closes_only_its_socket() {
+    let stored = [];
+    let room = Room::restore(
+        RoomConfig::default(),
+        &stored,
+        [(ConnId(1), &b"\x01garbage"[..]), (ConnId(2), &b""[..])],
+    );
+    let mut room = room.unwrap();
+    let closes: Vec<Output> = std::iter::from_fn(|| room.poll_output()).collect();
+    assert_eq!(closes.len(), 2);
+    assert_eq!(room.connection_count(), 0);
+}
+
+#[test]
+fn corrupt_storage_is_an_error_not_a_panic() {
+    for record in [
+        (keys::message(1), "not json"),
+        (
+            keys::message(2),
+            r#"{"name":"a","message":"b","timestamp":1,"id":1}"#,
+        ),
+        (
+            "msg/x".to_owned(),
+            r#"{"name":"a","message":"b","timestamp":1,"id":1}"#,
+        ),
+    ] {
+        let stored = [(record.0, record.1.into())];
+        assert!(Room::restore(RoomConfig::default(), &stored, []).is_err());
+    }
+}
+
+#[test]
+fn publish_is_broadcast_once_durable_and_reports_its_id() {
+    let mut room = Room::new(RoomConfig::default());
+    let mut store = MemoryStore::new();
+    let now = Timestamp(5);
+    room.handle_publish(PublishId(7), "ops", "maintenance at noon", now)
+        .unwrap();
+    assert!(room.handle_publish(PublishId(8), "", "x", now).is_err());
+    assert!(room
+        .handle_publish(PublishId(8), "ops", &"x".repeat(257), now)
+        .is_err());
+    let Some(Output::Persist(batch)) = room.poll_output() else {
+        panic!("expected a batch");
+    };
+    store.apply(&batch);
+    room.handle_durable(batch.id, now).unwrap();
+    assert_eq!(
+        room.poll_output(),
+        Some(Output::Published {
+            request: PublishId(7),
+            id: 1
+        })
+    );
+    assert_eq!(room.history_page(None, 10).len(), 1);
+}
+
+#[test]
+fn history_pages_go_newest_first() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    for n in 1..=7 {
+        say(&mut h, 1, &format!("m{n}"));
+    }
+    let room = h.host.room().unwrap();
+    let page = room.history_page(Some(6), 3);
+    assert_eq!(page.len(), 3);
+    assert!(page[0].contains(r#""id":5"#) && page[2].contains(r#""id":3"#));
+    assert_eq!(room.presence().collect::<Vec<_>>(), vec!["ada"]);
+}
+
+#[test]
+fn attachments_stay_small() {
+    let mut room = Room::new(RoomConfig::default());
+    room.handle_connect(ConnId(1), "2001:db8::1".parse().unwrap(), Timestamp(1))
+        .unwrap();
+    let name = "\u{10FFFF}".repeat(16);
+    room.handle_text(ConnId(1), &format!(r#"{{"name":"{name}"}}"#), Timestamp(1))
+        .unwrap();
+    for output in std::iter::from_fn(|| room.poll_output()) {
+        if let Output::SetAttachment { attachment, .. } = output {
+            assert!(attachment.len() < 200, "{} bytes", attachment.len());
+            crate::room::validate_attachment(&attachment).unwrap();
+        }
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn the_harness_catches_a_planted_broadcast_before_durable() {
+    let config = RoomConfig {
+        planted_bug: Some(PlantedBug::BroadcastBeforeDurable),
+        ..RoomConfig::default()
+    };
+    let mut h = Harness::new(config, RateLimiterConfig::default());
+    h.step(Step::Connect { conn: 1, ip: 1 }).unwrap();
+    h.step(text(1, r#"{"name":"a"}"#)).unwrap();
+    h.settle().unwrap();
+    assert!(h.step(text(1, r#"{"message":"m"}"#)).is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// Properties
+
+fn arb_frame() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[a-z😀ש]{0,6}".prop_map(|m| format!(r#"{{"message":"{m}"}}"#)),
+        2 => "[a-z]{0,4}".prop_map(|n| format!(r#"{{"name":"{n}"}}"#)),
+        1 => (0u64..12).prop_map(|s| format!(r#"{{"name":"r","since":{s}}}"#)),
+        1 => Just(format!(r#"{{"message":"{}"}}"#, "x".repeat(257))),
+        1 => Just(format!(r#"{{"name":"{}"}}"#, "n".repeat(33))),
+        1 => Just("{oops".to_owned()),
+    ]
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0u8..5, 0u8..3).prop_map(|(conn, ip)| Step::Connect { conn, ip }),
+        8 => (0u8..5, arb_frame()).prop_map(|(conn, text)| Step::Text { conn, text }),
+        1 => (0u8..5).prop_map(|conn| Step::Binary { conn }),
+        2 => (0u8..5).prop_map(|conn| Step::Close { conn }),
+        4 => Just(Step::Commit),
+        4 => Just(Step::Confirm),
+        4 => Just(Step::Answer),
+        2 => Just(Step::Evict),
+        1 => Just(Step::Crash),
+        3 => (0u32..10_000).prop_map(|ms| Step::Advance { ms }),
+        1 => (0u32..100_000).prop_map(|ms| Step::StepBack { ms }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Ids gap-free and unique per client, timestamps strictly increasing under arbitrary
+    /// clocks, nothing before a join except its replay, rosters consistent, every seen
+    /// message stored, and eviction invisible: the harness checks all of it every step.
+    #[test]
+    fn the_room_keeps_its_invariants_under_any_input_sequence(
+        steps in proptest::collection::vec(arb_step(), 1..200),
+        retained in 3usize..8,
+    ) {
+        let config = RoomConfig {
+            history_retained_max: retained,
+            join_replay_max: 2,
+            ..RoomConfig::default()
+        };
+        let mut h = Harness::new(config, RateLimiterConfig { cost_ms: 100, grace_ms: 300 });
+        for step in steps {
+            h.step(step).map_err(|v| TestCaseError::fail(v.to_string()))?;
+        }
+        h.settle().map_err(|v| TestCaseError::fail(v.to_string()))?;
+    }
+
+    /// The limiter never answers "no wait" more often than its burst allows, over any
+    /// window and any clock (including steps backwards).
+    #[test]
+    fn the_limiter_never_passes_more_than_its_burst(
+        moves in proptest::collection::vec(-20_000i64..20_000, 1..300),
+        cost_ms in 1u64..10_000,
+        grace_ms in 0u64..30_000,
+    ) {
+        let config = RateLimiterConfig { cost_ms, grace_ms };
+        let mut limiter = RateLimiter::new(config);
+        let mut clock: i64 = 1_000_000_000;
+        let mut monotonic = 0u64;
+        let mut passed: Vec<u64> = Vec::new();
+        for delta in moves {
+            clock = (clock + delta).max(0);
+            monotonic = monotonic.max(clock as u64);
+            if limiter.handle_action(Timestamp(clock as u64)) == 0 {
+                passed.push(monotonic);
+            }
+        }
+        for (i, start) in passed.iter().enumerate() {
+            for (j, end) in passed.iter().enumerate().skip(i) {
+                let count = (j - i + 1) as u64;
+                prop_assert!(count <= config.burst_max(end - start).max(1),
+                    "{count} passes within {} ms", end - start);
+            }
+        }
+    }
+
+    /// Restoring from attachments and storage reproduces presence and history exactly.
+    #[test]
+    fn restore_reproduces_roster_and_history(
+        names in proptest::collection::vec("[a-z]{1,5}", 1..6),
+        messages in 0usize..30,
+    ) {
+        let mut h = Harness::new(RoomConfig::default(), RateLimiterConfig { cost_ms: 1, grace_ms: 1_000_000 });
+        for (conn, name) in names.iter().enumerate() {
+            join(&mut h, conn as u8, name);
+        }
+        for n in 0..messages {
+            say(&mut h, (n % names.len()) as u8, &format!("m{n}"));
+        }
+        let room = h.host.room().unwrap();
+        let before: (Vec<String>, Vec<_>) =
+            (room.presence().map(str::to_owned).collect(), room.history_page(None, usize::MAX));
+        h.step(Step::Evict).map_err(|v| TestCaseError::fail(v.to_string()))?;
+        prop_assert!(!h.host.is_resident());
+        h.step(Step::Connect { conn: 99, ip: 99 }).map_err(|v| TestCaseError::fail(v.to_string()))?;
+        let room = h.host.room().unwrap();
+        prop_assert_eq!(before.0, room.presence().map(str::to_owned).collect::<Vec<_>>());
+        prop_assert_eq!(before.1, room.history_page(None, usize::MAX));
+    }
+}
