@@ -422,7 +422,14 @@ impl Room {
             let corrupt = || RestoreError::CorruptRecord { key: key.clone() };
             let id = keys::parse_message(key).ok_or_else(corrupt)?;
             let message = ChatMessage::decode(value).map_err(|_| corrupt())?;
-            if message.id != id {
+            // Ids start at 1, and a record must leave room for a successor: id 0 would slip
+            // past the gap check below, and id or timestamp `u64::MAX` would make the next
+            // message overflow its id or repeat its timestamp (found by fuzzing).
+            if message.id != id
+                || id == 0
+                || id == u64::MAX
+                || message.timestamp == Timestamp(u64::MAX)
+            {
                 return Err(corrupt());
             }
             if room.last_id != 0 && id != room.last_id + 1 {

@@ -476,10 +476,35 @@ fn corrupt_storage_is_an_error_not_a_panic() {
             "msg/x".to_owned(),
             r#"{"name":"a","message":"b","timestamp":1,"id":1}"#,
         ),
+        // Found by fuzzing: records that leave no room for a next message.
+        (
+            keys::message(0),
+            r#"{"name":"a","message":"b","timestamp":1,"id":0}"#,
+        ),
+        (
+            keys::message(u64::MAX),
+            r#"{"name":"a","message":"b","timestamp":1,"id":18446744073709551615}"#,
+        ),
+        (
+            keys::message(1),
+            r#"{"name":"a","message":"b","timestamp":18446744073709551615,"id":1}"#,
+        ),
     ] {
         let stored = [(record.0, record.1.into())];
         assert!(Room::restore(RoomConfig::default(), &stored, []).is_err());
     }
+    // Id 0 used to slip past the gap check: 0 then 5 was accepted as consecutive.
+    let gap = [
+        (
+            keys::message(0),
+            r#"{"name":"a","message":"b","timestamp":1,"id":0}"#.into(),
+        ),
+        (
+            keys::message(5),
+            r#"{"name":"a","message":"b","timestamp":2,"id":5}"#.into(),
+        ),
+    ];
+    assert!(Room::restore(RoomConfig::default(), &gap, []).is_err());
 }
 
 #[test]
