@@ -171,9 +171,15 @@ async fn request_inner(
         .await
         .with_context(|| format!("connecting to {}", url.authority()))?;
     let mut head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        "{method} {target} HTTP/1.1\r\nHost: {}\r\n",
         url.authority()
     );
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("connection"))
+    {
+        head.push_str("Connection: close\r\n");
+    }
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }

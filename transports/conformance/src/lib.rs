@@ -244,6 +244,22 @@ impl Target {
         Ok((client, joined))
     }
 
+    /// Sends a WebSocket upgrade request for `room` as plain HTTP and returns the answer as
+    /// is (`101` if accepted; the connection is then dropped).
+    ///
+    /// # Errors
+    /// As [`Target::http`].
+    pub async fn upgrade_raw(&self, room: &str) -> Result<Response> {
+        let headers = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ];
+        self.http("GET", &format!("/api/room/{room}/websocket"), &headers, b"")
+            .await
+    }
+
     /// Sends an HTTP request to `path_and_query` under the base URL, from a fresh client IP.
     ///
     /// # Errors
