@@ -1,0 +1,365 @@
+//! HTTP: one catch-all warp filter that hands every request to the core's
+//! [`route`](edgechat_core::http::route) and carries out the answer.
+//!
+//! Routing and refusals are the core's; this module only translates requests and replies.
+//! The one route of its own is `POST /admin/hibernate` (admin token), an operations hook
+//! that evicts every room now, so that tests can force hibernation deterministically.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use edgechat_core::counter::CounterOp;
+use edgechat_core::http::{
+    is_authorized, route, HistoryQuery, Method, PublishBody, Route, PUBLISH_BODY_LEN_MAX_BYTES,
+};
+use edgechat_core::ids::{Namespace, ObjectId, PRIVATE_ID_RANDOM_LEN_BYTES};
+use edgechat_core::protocol::ChatMessage;
+use edgechat_core::room::PublishError;
+use futures_util::{Stream, StreamExt as _};
+use tokio::sync::oneshot;
+use warp::filters::path::FullPath;
+use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
+use warp::hyper::body::{Buf, Body};
+use warp::reply::Response;
+use warp::ws::Ws;
+use warp::{Filter, Reply as _};
+
+use crate::counter::CounterMsg;
+use crate::objects::Shared;
+use crate::room::RoomMsg;
+use crate::socket::ConnectionGuard;
+
+/// The chat page, one HTML file with no build step.
+const PAGE: &str = include_str!("../../web/index.html");
+const ADMIN_HIBERNATE_PATH: &str = "/admin/hibernate";
+
+/// The filter serving every route.
+pub(crate) fn routes(
+    shared: Arc<Shared>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    // Optional parts: a request without them is still routed (and refused by the core).
+    let ws = warp::ws().map(Some).or(warp::any().map(|| None)).unify();
+    let query = warp::query::raw()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify();
+    warp::any()
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(query)
+        .and(warp::header::headers_cloned())
+        .and(warp::addr::remote())
+        .and(ws)
+        .and(warp::body::stream())
+        .then(
+            move |method: warp::http::Method,
+                  path: FullPath,
+                  query: Option<String>,
+                  headers: HeaderMap,
+                  remote: Option<SocketAddr>,
+                  ws: Option<Ws>,
+                  body| {
+                let shared = shared.clone();
+                async move {
+                    let request = Request {
+                        method,
+                        path,
+                        query,
+                        headers,
+                        remote,
+                    };
+                    handle(shared, request, ws, body).await
+                }
+            },
+        )
+}
+
+struct Request {
+    method: warp::http::Method,
+    path: FullPath,
+    query: Option<String>,
+    headers: HeaderMap,
+    remote: Option<SocketAddr>,
+}
+
+impl Request {
+    fn header(&self, name: impl header::AsHeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    fn is_authorized(&self, shared: &Shared) -> bool {
+        is_authorized(
+            self.header(header::AUTHORIZATION),
+            shared.config.admin_token.as_deref(),
+        )
+    }
+
+    /// The client's IP: the trusted proxy header if configured and valid, else the peer.
+    fn client_ip(&self, shared: &Shared) -> IpAddr {
+        let forwarded = shared
+            .config
+            .trust_proxy_header
+            .as_deref()
+            .and_then(|name| self.header(name))
+            // `X-Forwarded-For: client, proxy1, proxy2`: the first entry is the client.
+            .and_then(|value| value.split(',').next())
+            .and_then(|first| first.trim().parse().ok());
+        forwarded
+            .or(self.remote.map(|remote| remote.ip()))
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+}
+
+async fn handle<S, B>(shared: Arc<Shared>, request: Request, ws: Option<Ws>, body: S) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let method = Method::parse(request.method.as_str());
+    if request.path.as_str() == ADMIN_HIBERNATE_PATH {
+        return admin_hibernate(&shared, &request, method).await;
+    }
+    let is_upgrade = request
+        .header(header::UPGRADE)
+        .is_some_and(|value| value.eq_ignore_ascii_case("websocket"));
+    let routed = route(
+        method,
+        request.path.as_str(),
+        request.query.as_deref(),
+        is_upgrade,
+        &shared.secret,
+    );
+    let route = match routed {
+        Ok(route) => route,
+        Err(refusal) => return text(refusal.status, refusal.body),
+    };
+    match route {
+        Route::Page => {
+            let mut response = Response::new(Body::from(PAGE));
+            set_content_type(&mut response, "text/html;charset=UTF-8");
+            response
+        }
+        Route::CreateRoom => {
+            let random: [u8; PRIVATE_ID_RANDOM_LEN_BYTES] = rand::random();
+            let id = ObjectId::mint_private(Namespace::Room, random, &shared.secret);
+            let mut response = text(200, &id.to_hex());
+            response.headers_mut().insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+            response
+        }
+        Route::RoomWebSocket(room) => upgrade(&shared, &request, ws, room.id),
+        Route::RoomHistory(room, query) => history(&shared, room.id, query).await,
+        Route::RoomPresence(room) => {
+            let (reply, answer) = oneshot::channel();
+            let msg = RoomMsg::Presence { reply };
+            match ask_room(&shared, room.id, msg, answer).await {
+                Some(users) => json(200, &serde_json::json!({ "users": users }).to_string()),
+                None => unavailable(),
+            }
+        }
+        Route::RoomPublish(room) => publish(&shared, &request, room.id, body).await,
+        Route::Counter(id, op) => counter(&shared, id, op).await,
+        Route::Metrics => {
+            let mut response = Response::new(Body::from(shared.metrics.render()));
+            set_content_type(&mut response, "text/plain; version=0.0.4; charset=utf-8");
+            response
+        }
+        Route::Health => text(200, "ok"),
+        // A route this adapter does not serve yet.
+        _ => text(404, "Not found"),
+    }
+}
+
+fn upgrade(shared: &Arc<Shared>, request: &Request, ws: Option<Ws>, room: ObjectId) -> Response {
+    // The core saw `Upgrade: websocket`, but the rest of the handshake is missing.
+    let Some(ws) = ws else {
+        return text(400, "expected websocket");
+    };
+    if *shared.shutdown.borrow() {
+        return text(503, "Server shutting down");
+    }
+    let Some(guard) = ConnectionGuard::try_new(&shared.metrics, shared.config.max_connections)
+    else {
+        crate::metrics::inc(&shared.metrics.connections_refused);
+        return text(503, "Too many connections");
+    };
+    let ip = request.client_ip(shared);
+    let shared = shared.clone();
+    let limit = shared.config.max_frame_bytes;
+    ws.max_frame_size(limit)
+        .max_message_size(limit)
+        .on_upgrade(move |socket| crate::socket::serve(socket, shared, room, ip, guard))
+        .into_response()
+}
+
+async fn history(shared: &Arc<Shared>, room: ObjectId, query: HistoryQuery) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let Some(frames) = ask_room(shared, room, RoomMsg::History { query, reply }, answer).await
+    else {
+        return unavailable();
+    };
+    // A full page may have older messages behind it; the client pages on with
+    // `before=<next_before>` until `next_before` is null.
+    let next_before = if frames.len() == query.limit {
+        frames
+            .last()
+            .and_then(|frame| ChatMessage::decode(frame).ok())
+            .map(|message| message.id)
+    } else {
+        None
+    };
+    // The frames are JSON objects already: splice them in as they were broadcast.
+    let mut body = String::with_capacity(64 + frames.iter().map(|f| f.len() + 1).sum::<usize>());
+    body.push_str("{\"messages\":[");
+    for (index, frame) in frames.iter().enumerate() {
+        if index > 0 {
+            body.push(',');
+        }
+        body.push_str(frame);
+    }
+    body.push_str("],\"next_before\":");
+    match next_before {
+        Some(id) => body.push_str(&id.to_string()),
+        None => body.push_str("null"),
+    }
+    body.push('}');
+    json(200, &body)
+}
+
+async fn publish<S, B>(shared: &Arc<Shared>, request: &Request, room: ObjectId, body: S) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    if !request.is_authorized(shared) {
+        return unauthorized();
+    }
+    let Some(body) = read_body(body, PUBLISH_BODY_LEN_MAX_BYTES).await else {
+        return text(400, "Could not read the body.");
+    };
+    let (name, message) = match PublishBody::parse(&body) {
+        Ok(parsed) => parsed,
+        Err(why) => return text(400, why),
+    };
+    let (reply, answer) = oneshot::channel();
+    let msg = RoomMsg::Publish {
+        name,
+        message,
+        reply,
+    };
+    match ask_room(shared, room, msg, answer).await {
+        Some(Ok(id)) => json(200, &serde_json::json!({ "id": id }).to_string()),
+        Some(Err(error @ PublishError::Busy)) => text(503, &error.to_string()),
+        Some(Err(error)) => text(400, &error.to_string()),
+        None => unavailable(),
+    }
+}
+
+async fn counter(shared: &Arc<Shared>, id: ObjectId, op: CounterOp) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if shared
+        .send_counter(id, CounterMsg::Request { op, reply })
+        .await
+        .is_err()
+    {
+        return unavailable();
+    }
+    match answer.await {
+        Ok(value) => json(200, &serde_json::json!({ "counter": value }).to_string()),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn admin_hibernate(shared: &Arc<Shared>, request: &Request, method: Method) -> Response {
+    if method != Method::Post {
+        return text(405, "Method not allowed");
+    }
+    if !request.is_authorized(shared) {
+        return unauthorized();
+    }
+    let mut answers = Vec::new();
+    for inbox in shared.rooms.inboxes() {
+        let (reply, answer) = oneshot::channel();
+        if inbox.send(RoomMsg::Hibernate { reply }).await.is_ok() {
+            answers.push(answer);
+        }
+    }
+    let rooms = answers.len();
+    let mut hibernated = 0;
+    for answer in answers {
+        if answer.await.unwrap_or(true) {
+            hibernated += 1;
+        }
+    }
+    json(
+        200,
+        &serde_json::json!({ "rooms": rooms, "hibernated": hibernated }).to_string(),
+    )
+}
+
+/// Sends `msg` to a room and waits for its answer; `None` if the room could not answer.
+async fn ask_room<T>(
+    shared: &Arc<Shared>,
+    room: ObjectId,
+    msg: RoomMsg,
+    answer: oneshot::Receiver<T>,
+) -> Option<T> {
+    shared.send_room(room, msg).await.ok()?;
+    answer.await.ok()
+}
+
+/// Reads at most `limit + 1` bytes (enough for the core to see that a body is too large).
+async fn read_body<S, B>(body: S, limit: usize) -> Option<Vec<u8>>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.ok()?;
+        while chunk.has_remaining() && bytes.len() <= limit {
+            let piece = chunk.chunk();
+            let take = piece.len().min(limit + 1 - bytes.len());
+            bytes.extend_from_slice(&piece[..take]);
+            chunk.advance(take);
+        }
+        if bytes.len() > limit {
+            break;
+        }
+    }
+    Some(bytes)
+}
+
+fn set_content_type(response: &mut Response, value: &'static str) {
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+}
+
+fn text(status: u16, body: &str) -> Response {
+    let mut response = Response::new(Body::from(body.to_owned()));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    set_content_type(&mut response, "text/plain;charset=UTF-8");
+    response
+}
+
+fn json(status: u16, body: &str) -> Response {
+    let mut response = text(status, body);
+    set_content_type(&mut response, "application/json");
+    response
+}
+
+fn unauthorized() -> Response {
+    let mut response = text(401, "Unauthorized");
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn unavailable() -> Response {
+    text(503, "Unavailable, please try again later.")
+}

@@ -1,0 +1,132 @@
+//! `edgechat`: the standalone chat server. `edgechat serve --help` lists every setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use edgechat_core::limiter::RateLimiterConfig;
+use edgechat_server::{Config, Server};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgechat",
+    version,
+    about = "A real-time chat-room server speaking the Cloudflare edge-chat demo's protocol."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the chat page, the room WebSockets and the HTTP API.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the chosen address is printed).
+    #[arg(long, env = "EDGECHAT_LISTEN", default_value = edgechat_server::LISTEN_DEFAULT)]
+    listen: SocketAddr,
+    /// SQLite database file holding every room's history and every counter (created if
+    /// missing; WAL mode adds `-wal` and `-shm` files beside it while running).
+    #[arg(long, env = "EDGECHAT_DATA", default_value = edgechat_server::DATA_PATH_DEFAULT)]
+    data: PathBuf,
+    /// Milliseconds without events after which a room hibernates: its memory is dropped
+    /// while its sockets stay open, and the next event rebuilds it from storage.
+    #[arg(long, env = "EDGECHAT_IDLE_MS", default_value_t = edgechat_core::host::IDLE_EVICTION_MS_DEFAULT)]
+    idle_ms: u64,
+    /// Largest WebSocket frame or message a client may send, in bytes (larger: close 1009).
+    #[arg(long, env = "EDGECHAT_MAX_FRAME_BYTES", default_value_t = edgechat_server::MAX_FRAME_BYTES_DEFAULT)]
+    max_frame_bytes: usize,
+    /// Most open WebSocket connections; further upgrades get 503.
+    #[arg(long, env = "EDGECHAT_MAX_CONNECTIONS", default_value_t = edgechat_server::MAX_CONNECTIONS_DEFAULT)]
+    max_connections: usize,
+    /// Frames queued per connection before a client too slow to read is closed (1008).
+    #[arg(long, env = "EDGECHAT_OUTBOUND_QUEUE", default_value_t = edgechat_server::OUTBOUND_QUEUE_LEN_DEFAULT)]
+    outbound_queue: usize,
+    /// Take the client IP (for rate limiting) from this header, e.g. X-Forwarded-For. Only
+    /// set this behind a proxy that overwrites the header; otherwise clients could forge it.
+    /// Without it, the TCP peer address is the client IP.
+    #[arg(long, env = "EDGECHAT_TRUST_PROXY_HEADER")]
+    trust_proxy_header: Option<String>,
+    /// Token for the admin endpoints (publish into a room, force hibernation), sent as
+    /// `Authorization: Bearer <token>`. Without it those endpoints always answer 401.
+    #[arg(long, env = "EDGECHAT_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// PEM certificate chain: serve HTTPS and WSS (requires --tls-key).
+    #[arg(long, env = "EDGECHAT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "EDGECHAT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Rate limit: milliseconds each action of a client IP costs.
+    #[arg(long, env = "EDGECHAT_RATE_LIMIT_COST_MS", default_value_t = RateLimiterConfig::default().cost_ms)]
+    rate_limit_cost_ms: u64,
+    /// Rate limit: milliseconds of cost a client IP may run ahead before it must wait
+    /// (grace / cost is roughly the burst size).
+    #[arg(long, env = "EDGECHAT_RATE_LIMIT_GRACE_MS", default_value_t = RateLimiterConfig::default().grace_ms)]
+    rate_limit_grace_ms: u64,
+    /// Milliseconds between keepalive pings; a client silent for two intervals is closed.
+    #[arg(long, env = "EDGECHAT_PING_INTERVAL_MS", default_value_t = edgechat_server::PING_INTERVAL_MS_DEFAULT)]
+    ping_interval_ms: u64,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Config {
+        Config {
+            listen: self.listen,
+            data_path: self.data,
+            idle_ms: self.idle_ms,
+            max_frame_bytes: self.max_frame_bytes,
+            max_connections: self.max_connections,
+            outbound_queue_len: self.outbound_queue,
+            trust_proxy_header: self.trust_proxy_header,
+            admin_token: self.admin_token,
+            rate_limit: RateLimiterConfig {
+                cost_ms: self.rate_limit_cost_ms,
+                grace_ms: self.rate_limit_grace_ms,
+            },
+            ping_interval_ms: self.ping_interval_ms,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            ..Config::default()
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("EDGECHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Serve(args) = Cli::parse().command;
+    let tls = args.tls_cert.is_some();
+    let server = Server::start(args.into_config()).await?;
+    // One line on stdout, for people and for scripts that asked for port 0.
+    let scheme = if tls { "https" } else { "http" };
+    println!("edgechat listening on {scheme}://{}", server.local_addr());
+    wait_for_signal().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,516 @@
+//! Room objects: one task per room drives a core [`RoomHost`] and keeps the socket table.
+//!
+//! # The loop
+//! ```text
+//!   select (biased) ─┬─ a reply (storage confirmed a batch, a limiter answered)
+//!                    ├─ an input, plus up to 64 more already queued, so that their writes
+//!                    │  group into one batch
+//!                    └─ the host's timeout (idle eviction)
+//!   then drain every output: frames into bounded per-connection queues, batches to the
+//!   storage thread (the confirmation comes back as a reply; the loop never waits for it),
+//!   questions to rate limiters, attachments into the socket table.
+//! ```
+//! The socket table outlives the core room: on eviction (hibernation) the [`RoomHost`]
+//! drops the room, the table keeps each connection's queue and attachment, and the next
+//! event restores the room from storage and those attachments. An evicted room with no
+//! sockets retires its task altogether.
+//!
+//! Replies arrive on an unbounded channel that is bounded by construction: one batch in
+//! flight per room, and one outstanding limiter question per session.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use edgechat_core::host::{HostOutput, RoomHost};
+use edgechat_core::http::HistoryQuery;
+use edgechat_core::ids::ObjectId;
+use edgechat_core::limiter::VerdictRequest;
+use edgechat_core::protocol::{self, Frame, ERROR_RATE_LIMITED};
+use edgechat_core::room::{ConnId, Input, Output, PublishError, PublishId};
+use edgechat_core::storage::{keys, BatchId, Write};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::{dec, inc};
+use crate::objects::{now, until, Shared};
+
+/// Inbox size of one room.
+pub(crate) const ROOM_INBOX_LEN: usize = 1_024;
+/// Most queued inputs handled before the outputs are drained (bounds one turn's latency
+/// while letting a burst of messages share one storage batch).
+const INPUTS_PER_TURN_MAX: usize = 64;
+/// Close code for a consumer too slow to keep up ("policy violation").
+pub(crate) const CLOSE_TOO_SLOW: u16 = 1008;
+/// Close reason for a consumer too slow to keep up.
+pub(crate) const CLOSE_REASON_TOO_SLOW: &str = "Too slow: outbound queue full";
+/// Close code when a room's storage cannot be read.
+const CLOSE_ROOM_UNAVAILABLE: u16 = 1011;
+/// Close reason when a room's storage cannot be read.
+const CLOSE_REASON_ROOM_UNAVAILABLE: &str = "Room unavailable.";
+
+/// What a connection's writer sends, in order.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A text frame, serialized once and shared by every recipient.
+    Frame(Frame),
+    /// A close frame after everything queued before it.
+    Close { code: u16, reason: &'static str },
+}
+
+/// A request to close a connection at once, ahead of its queue.
+pub(crate) type CloseNow = (u16, &'static str);
+
+/// A message to a room task.
+#[derive(Debug)]
+pub(crate) enum RoomMsg {
+    /// A WebSocket was accepted; `ack` answers once the room holds it.
+    Connect {
+        conn: ConnId,
+        ip: IpAddr,
+        outbound: mpsc::Sender<Outbound>,
+        close_now: mpsc::Sender<CloseNow>,
+        ack: oneshot::Sender<()>,
+    },
+    /// A text frame from `conn`.
+    Text { conn: ConnId, text: String },
+    /// A binary frame from `conn`.
+    Binary { conn: ConnId },
+    /// `conn` closed or broke.
+    Closed { conn: ConnId },
+    /// Publish as a system user; answered with the id once durable.
+    Publish {
+        name: String,
+        message: String,
+        reply: oneshot::Sender<Result<u64, PublishError>>,
+    },
+    /// A page of history, newest first.
+    History {
+        query: HistoryQuery,
+        reply: oneshot::Sender<Vec<Frame>>,
+    },
+    /// The joined users' names.
+    Presence { reply: oneshot::Sender<Vec<String>> },
+    /// Evict now (admin); answers whether the room is now evicted.
+    Hibernate { reply: oneshot::Sender<bool> },
+    /// Finish outstanding writes, then answer and stop.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// An answer to something the room asked for.
+#[derive(Debug)]
+pub(crate) enum RoomReply {
+    /// Storage committed this batch.
+    Durable(BatchId),
+    /// A rate limiter answered.
+    Verdict {
+        request: VerdictRequest,
+        wait_ms: u64,
+    },
+}
+
+/// One open connection, as the room task sees it.
+#[derive(Debug)]
+struct Socket {
+    outbound: mpsc::Sender<Outbound>,
+    close_now: mpsc::Sender<CloseNow>,
+    /// The core's last attachment for this connection (what survives hibernation).
+    attachment: Vec<u8>,
+}
+
+/// Starts the task of room `id`.
+pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, inbox: mpsc::Receiver<RoomMsg>) {
+    // A new task starts evicted; it restores on its first event.
+    inc(&shared.metrics.rooms_hibernated);
+    let (replies, replies_rx) = mpsc::unbounded_channel();
+    let task = RoomTask {
+        host: RoomHost::new(shared.config.room.clone(), shared.config.idle_ms),
+        shared,
+        id,
+        sockets: BTreeMap::new(),
+        replies,
+        publishes: BTreeMap::new(),
+        next_publish: 1,
+        in_flight_messages: 0,
+        counted_resident: false,
+        stopping: Vec::new(),
+        rate_limited_frame: protocol::encode_error(ERROR_RATE_LIMITED),
+    };
+    tokio::spawn(task.run(inbox, replies_rx));
+}
+
+struct RoomTask {
+    shared: Arc<Shared>,
+    id: ObjectId,
+    host: RoomHost,
+    sockets: BTreeMap<ConnId, Socket>,
+    replies: mpsc::UnboundedSender<RoomReply>,
+    publishes: BTreeMap<PublishId, oneshot::Sender<Result<u64, PublishError>>>,
+    next_publish: u64,
+    /// Chat messages in the batch in flight (for the messages metric).
+    in_flight_messages: u64,
+    /// Whether the gauges count this room as resident.
+    counted_resident: bool,
+    stopping: Vec<oneshot::Sender<()>>,
+    /// The rate-limit error frame, to count rate-limited frames as they are sent.
+    rate_limited_frame: Frame,
+}
+
+impl RoomTask {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<RoomMsg>,
+        mut replies: mpsc::UnboundedReceiver<RoomReply>,
+    ) {
+        loop {
+            // While a deferred eviction waits for a batch, the confirmation will wake the
+            // loop; re-arming an already past deadline would only spin.
+            let timeout = match self.host.room() {
+                Some(room) if !room.is_quiescent() => None,
+                _ => self.host.poll_timeout(),
+            };
+            tokio::select! {
+                biased;
+                Some(reply) = replies.recv() => {
+                    self.handle_reply(reply).await;
+                    while let Ok(reply) = replies.try_recv() {
+                        self.handle_reply(reply).await;
+                    }
+                }
+                msg = inbox.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.handle_msg(msg).await;
+                    for _ in 0..INPUTS_PER_TURN_MAX {
+                        match inbox.try_recv() {
+                            Ok(msg) => self.handle_msg(msg).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = sleep_until(timeout) => self.host.handle_timeout(now()),
+            }
+            self.drain_outputs();
+            self.count_residency();
+            if self.finish_stopping() {
+                break;
+            }
+            if !self.host.is_resident() && self.sockets.is_empty() && self.publishes.is_empty()
+            {
+                tracing::debug!(room = %self.id, "evicted room with no sockets: task retires");
+                break;
+            }
+        }
+        self.retire(inbox).await;
+    }
+
+    async fn handle_msg(&mut self, msg: RoomMsg) {
+        match msg {
+            RoomMsg::Connect {
+                conn,
+                ip,
+                outbound,
+                close_now,
+                ack,
+            } => {
+                // Restore first: the new connection is not part of the hibernated state.
+                if !self.ensure_resident().await {
+                    return; // dropping `ack` tells the connection the room is unavailable
+                }
+                self.sockets.insert(
+                    conn,
+                    Socket {
+                        outbound,
+                        close_now,
+                        attachment: Vec::new(),
+                    },
+                );
+                self.input(Input::Connect { conn, ip });
+                let _ = ack.send(());
+            }
+            RoomMsg::Text { conn, text } => {
+                if self.sockets.contains_key(&conn) && self.ensure_resident().await {
+                    self.input(Input::Text { conn, text });
+                }
+            }
+            RoomMsg::Binary { conn } => {
+                if self.sockets.contains_key(&conn) && self.ensure_resident().await {
+                    self.input(Input::Binary { conn });
+                }
+            }
+            RoomMsg::Closed { conn } => {
+                // Unknown: already closed by the room (slow consumer), nothing to do.
+                if self.sockets.contains_key(&conn) {
+                    // Restore before removing: the restored room must know the session to
+                    // broadcast its `quit`.
+                    let resident = self.ensure_resident().await;
+                    self.sockets.remove(&conn);
+                    if resident {
+                        self.input(Input::Closed { conn });
+                    }
+                }
+            }
+            RoomMsg::Publish {
+                name,
+                message,
+                reply,
+            } => {
+                if !self.ensure_resident().await {
+                    return;
+                }
+                let request = PublishId(self.next_publish);
+                self.next_publish += 1;
+                let at = now();
+                let room = self.host.room_mut(at).expect("restored above");
+                match room.handle_publish(request, &name, &message, at) {
+                    Ok(()) => {
+                        self.publishes.insert(request, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            RoomMsg::History { query, reply } => {
+                if self.ensure_resident().await {
+                    let room = self.host.room().expect("restored above");
+                    let _ = reply.send(room.history_page(query.before, query.limit));
+                }
+            }
+            RoomMsg::Presence { reply } => {
+                if self.ensure_resident().await {
+                    let room = self.host.room().expect("restored above");
+                    let _ = reply.send(room.presence().map(str::to_owned).collect());
+                }
+            }
+            RoomMsg::Hibernate { reply } => {
+                self.host.request_eviction();
+                self.drain_outputs();
+                let _ = reply.send(!self.host.is_resident());
+            }
+            RoomMsg::Shutdown { reply } => self.stopping.push(reply),
+        }
+    }
+
+    async fn handle_reply(&mut self, reply: RoomReply) {
+        match reply {
+            RoomReply::Durable(batch) => {
+                // The host never evicts with a batch in flight, so the room is resident.
+                if self.host.is_resident() {
+                    self.shared
+                        .metrics
+                        .messages
+                        .fetch_add(self.in_flight_messages, std::sync::atomic::Ordering::Relaxed);
+                    self.in_flight_messages = 0;
+                    self.input(Input::Durable { batch });
+                } else {
+                    tracing::error!(room = %self.id, ?batch, "confirmation for an evicted room");
+                }
+            }
+            RoomReply::Verdict { request, wait_ms } => {
+                // An answer can outlive a residency (evictions do not wait for limiters);
+                // like any event it wakes the room, so that the session's cooldown is the
+                // same as if the room had never been evicted.
+                if self.sockets.contains_key(&request.conn) && self.ensure_resident().await {
+                    self.input(Input::Verdict { request, wait_ms });
+                }
+            }
+        }
+    }
+
+    /// Restores the room if it is evicted; `false` if storage could not be read.
+    async fn ensure_resident(&mut self) -> bool {
+        if self.host.is_resident() {
+            return true;
+        }
+        let query = self.host.config().restore_query();
+        let stored = match self.shared.store.list(self.id, query).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::error!(room = %self.id, %error, "reading a room failed");
+                return false;
+            }
+        };
+        let attachments = self
+            .sockets
+            .iter()
+            .map(|(conn, socket)| (*conn, socket.attachment.as_slice()));
+        match self.host.restore(&stored, attachments, now()) {
+            Ok(()) => {
+                inc(&self.shared.metrics.restores);
+                tracing::debug!(
+                    room = %self.id,
+                    messages = stored.len(),
+                    sockets = self.sockets.len(),
+                    "room restored"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::error!(room = %self.id, %error, "room storage is corrupt");
+                for socket in self.sockets.values() {
+                    let _ = socket
+                        .close_now
+                        .try_send((CLOSE_ROOM_UNAVAILABLE, CLOSE_REASON_ROOM_UNAVAILABLE));
+                }
+                false
+            }
+        }
+    }
+
+    /// Hands the resident room an input (the caller has restored it).
+    fn input(&mut self, input: Input) {
+        if let Err(error) = self.host.handle_input(input, now()) {
+            // Only a broken adapter invariant gets here; the room's state is unchanged.
+            tracing::error!(room = %self.id, %error, "room refused an input");
+        }
+    }
+
+    fn drain_outputs(&mut self) {
+        while let Some(output) = self.host.poll_output() {
+            match output {
+                HostOutput::Room(output) => self.carry_out(output),
+                HostOutput::Hibernated => {
+                    inc(&self.shared.metrics.hibernations);
+                    tracing::info!(room = %self.id, sockets = self.sockets.len(), "room hibernated");
+                }
+            }
+        }
+    }
+
+    fn carry_out(&mut self, output: Output) {
+        match output {
+            Output::Send { conn, frame } => {
+                if frame == self.rate_limited_frame {
+                    inc(&self.shared.metrics.rate_limited);
+                }
+                self.deliver(conn, Outbound::Frame(frame));
+            }
+            Output::Broadcast { recipients, frame } => {
+                for conn in recipients.iter() {
+                    self.deliver(*conn, Outbound::Frame(frame.clone()));
+                }
+            }
+            Output::Close { conn, code, reason } => {
+                self.deliver(conn, Outbound::Close { code, reason });
+            }
+            Output::Persist(batch) => {
+                self.in_flight_messages = batch
+                    .writes
+                    .iter()
+                    .filter(|write| {
+                        matches!(write, Write::Put { key, .. } if keys::parse_message(key).is_some())
+                    })
+                    .count() as u64;
+                let replies = self.replies.clone();
+                let id = batch.id;
+                self.shared.store.write(
+                    self.id,
+                    batch,
+                    Box::new(move || drop(replies.send(RoomReply::Durable(id)))),
+                );
+            }
+            Output::SetAttachment { conn, attachment } => {
+                if let Some(socket) = self.sockets.get_mut(&conn) {
+                    socket.attachment = attachment;
+                }
+            }
+            Output::AskRateLimiter { request, ip } => {
+                crate::limiter::ask(&self.shared, ip, request, self.replies.clone());
+            }
+            Output::Published { request, id } => {
+                if let Some(reply) = self.publishes.remove(&request) {
+                    let _ = reply.send(Ok(id));
+                }
+            }
+        }
+    }
+
+    /// Queues `item` for `conn` without waiting; a full queue closes the connection.
+    fn deliver(&mut self, conn: ConnId, item: Outbound) {
+        let Some(socket) = self.sockets.get(&conn) else {
+            return;
+        };
+        match socket.outbound.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.close_slow_consumer(conn),
+            // The connection is gone; its reader reports `Closed` on its own.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Closes a connection that does not read fast enough, rather than buffer without limit.
+    fn close_slow_consumer(&mut self, conn: ConnId) {
+        let Some(socket) = self.sockets.remove(&conn) else {
+            return;
+        };
+        inc(&self.shared.metrics.slow_consumers_closed);
+        tracing::warn!(room = %self.id, conn = conn.0, "closing a slow consumer");
+        let _ = socket
+            .close_now
+            .try_send((CLOSE_TOO_SLOW, CLOSE_REASON_TOO_SLOW));
+        // The room is resident: outputs only come from a resident room.
+        self.input(Input::Closed { conn });
+    }
+
+    /// Keeps the resident/hibernated gauges in step with the host.
+    fn count_residency(&mut self) {
+        let resident = self.host.is_resident();
+        if resident != self.counted_resident {
+            let metrics = &self.shared.metrics;
+            if resident {
+                inc(&metrics.rooms_resident);
+                dec(&metrics.rooms_hibernated);
+            } else {
+                dec(&metrics.rooms_resident);
+                inc(&metrics.rooms_hibernated);
+            }
+            self.counted_resident = resident;
+        }
+    }
+
+    /// During shutdown: once nothing waits for storage, answer and stop.
+    fn finish_stopping(&mut self) -> bool {
+        if self.stopping.is_empty() {
+            return false;
+        }
+        let quiescent = self.host.room().is_none_or(|room| room.is_quiescent());
+        if !quiescent || !self.publishes.is_empty() {
+            return false;
+        }
+        for reply in self.stopping.drain(..) {
+            let _ = reply.send(());
+        }
+        true
+    }
+
+    async fn retire(self, mut inbox: mpsc::Receiver<RoomMsg>) {
+        self.shared.rooms.retire(self.id, &mut inbox);
+        if self.counted_resident {
+            dec(&self.shared.metrics.rooms_resident);
+        } else {
+            dec(&self.shared.metrics.rooms_hibernated);
+        }
+        // Messages that raced with the retirement go to a fresh task. None of them can be
+        // from an open connection of this room (the socket table is empty), and the ones
+        // that need an answer carry their reply channel along.
+        let mut leftovers = Vec::new();
+        while let Some(msg) = inbox.recv().await {
+            leftovers.push(msg);
+        }
+        let id = self.id;
+        let shared = self.shared.clone();
+        drop(self);
+        for msg in leftovers {
+            match msg {
+                RoomMsg::Shutdown { reply } => drop(reply.send(())),
+                msg => drop(shared.send_room(id, msg).await),
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<edgechat_core::Timestamp>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep(until(deadline)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,169 @@
+//! The black-box conformance suite (`transports/conformance`) against an in-process server.
+//!
+//! Each case is its own test with its own server on 127.0.0.1:0 and its own data directory.
+//! The server trusts `CF-Connecting-IP` so that every connection of a case claims its own
+//! client IP (the real limiter, default settings, applies to each), and has an admin token
+//! for publishing and forced hibernation. One more test runs every case against a server
+//! that hibernates rooms after 25 ms of idleness, so evictions also happen mid-case.
+
+// The suite's source is compiled in as a module rather than taken as a dev-dependency, so
+// this crate's manifest needs nothing for it (it uses only crates these tests already have).
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../conformance/src/lib.rs"]
+mod conformance;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use conformance::{cases, run_case, Outcome, Target};
+use edgechat_server::{Config, Server};
+
+const ADMIN_TOKEN: &str = "conformance-admin-token";
+const IP_HEADER: &str = "CF-Connecting-IP";
+const CASE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A data directory removed when dropped.
+struct DataDir(PathBuf);
+
+impl DataDir {
+    fn new() -> DataDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "edgechat-conformance-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("creating a temporary data directory");
+        DataDir(path)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn start(idle_ms: Option<u64>) -> (Server, Target, DataDir) {
+    let dir = DataDir::new();
+    let mut config = Config {
+        data_path: dir.0.join("db"),
+        listen: "127.0.0.1:0".parse().expect("a socket address"),
+        trust_proxy_header: Some(IP_HEADER.into()),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        ..Config::default()
+    };
+    if let Some(idle_ms) = idle_ms {
+        config.idle_ms = idle_ms;
+    }
+    let server = Server::start(config).await.expect("the server starts");
+    let addr = server.local_addr();
+    let target = Target {
+        base_url: format!("http://{addr}"),
+        client_ip_header: Some(IP_HEADER.into()),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        hibernate: Some(format!("http://{addr}/admin/hibernate")),
+    };
+    (server, target, dir)
+}
+
+/// Runs the case called `name` against a fresh server; panics with the case's failure.
+async fn run_named(name: &str) {
+    let case = cases()
+        .into_iter()
+        .find(|case| case.name == name)
+        .unwrap_or_else(|| panic!("no conformance case called {name}"));
+    let (server, target, _dir) = start(None).await;
+    let outcome = run_case(&case, &target, CASE_TIMEOUT).await;
+    server.shutdown().await;
+    match outcome {
+        Outcome::Passed => {}
+        Outcome::Skipped(why) => {
+            panic!("{name} skipped, but this target is fully configured: {why}")
+        }
+        Outcome::Failed(why) => panic!("{name} failed: {why}"),
+    }
+}
+
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                run_named(stringify!($name)).await;
+            }
+        )*
+
+        const TESTED: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+conformance_tests!(
+    page_is_html,
+    create_room_mints_private_id,
+    room_route_other_methods_405,
+    websocket_route_without_upgrade_400,
+    unknown_paths_404,
+    room_name_length_limit,
+    forged_private_id_refused,
+    uppercase_private_id_is_a_long_name,
+    private_room_create_and_join,
+    room_names_are_case_sensitive,
+    nothing_before_first_frame,
+    join_sequence,
+    broadcast_reaches_everyone_in_order,
+    anonymous_default_name,
+    name_length_limit,
+    message_length_limit,
+    malformed_frames_get_short_errors,
+    binary_frames_get_short_errors,
+    quit_when_joined_socket_closes,
+    close_handshake_completed,
+    rate_limit_rapid_frames,
+    rate_limit_shared_across_rooms_and_connections,
+    history_replays_newest_100,
+    since_resumes_exactly,
+    since_in_future_falls_back,
+    since_too_old_falls_back,
+    hibernation_changes_nothing,
+    hibernation_keeps_unnamed_socket_join_sequence,
+    hibernation_keeps_rate_limits,
+    history_endpoint_pages,
+    presence_endpoint,
+    publish_refused_without_token,
+    publish_with_token,
+    counter,
+    health_and_metrics,
+);
+
+#[test]
+fn every_case_has_a_test() {
+    let all: Vec<&str> = cases().iter().map(|case| case.name).collect();
+    let missing: Vec<&&str> = all.iter().filter(|name| !TESTED.contains(name)).collect();
+    assert!(
+        missing.is_empty(),
+        "add these cases to conformance_tests!: {missing:?}"
+    );
+}
+
+/// Every case again, against a server that evicts rooms after 25 ms without traffic: the
+/// same answers must come whether or not a room was rebuilt between two frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_under_constant_hibernation() {
+    let (server, target, _dir) = start(Some(25)).await;
+    let mut failures = Vec::new();
+    for case in cases() {
+        let outcome = run_case(&case, &target, CASE_TIMEOUT).await;
+        println!("{} ... {outcome}", case.name);
+        if let Outcome::Failed(why) = outcome {
+            failures.push(format!("{}: {why}", case.name));
+        }
+    }
+    server.shutdown().await;
+    assert!(
+        failures.is_empty(),
+        "with 25 ms idle hibernation:\n{}",
+        failures.join("\n")
+    );
+}
