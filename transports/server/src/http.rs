@@ -19,7 +19,7 @@ use futures_util::{Stream, StreamExt as _};
 use tokio::sync::oneshot;
 use warp::filters::path::FullPath;
 use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
-use warp::hyper::body::{Buf, Body};
+use warp::hyper::body::{Body, Buf};
 use warp::reply::Response;
 use warp::ws::Ws;
 use warp::{Filter, Reply as _};
@@ -341,7 +341,8 @@ fn set_content_type(response: &mut Response, value: &'static str) {
 
 fn text(status: u16, body: &str) -> Response {
     let mut response = Response::new(Body::from(body.to_owned()));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     set_content_type(&mut response, "text/plain;charset=UTF-8");
     response
 }

@@ -103,22 +103,102 @@ impl Metrics {
     pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let rows: [(&str, &str, &str, &AtomicU64); 16] = [
-            ("edgechat_connections", "gauge", "Open WebSocket connections.", &self.connections),
-            ("edgechat_connections_accepted_total", "counter", "WebSocket connections accepted.", &self.connections_accepted),
-            ("edgechat_connections_refused_total", "counter", "WebSocket upgrades refused at max_connections.", &self.connections_refused),
-            ("edgechat_slow_consumers_closed_total", "counter", "Connections closed because their outbound queue was full.", &self.slow_consumers_closed),
-            ("edgechat_rooms_resident", "gauge", "Rooms whose state is in memory.", &self.rooms_resident),
-            ("edgechat_rooms_hibernated", "gauge", "Rooms alive with their state evicted from memory.", &self.rooms_hibernated),
-            ("edgechat_room_hibernations_total", "counter", "Room evictions (hibernations).", &self.hibernations),
-            ("edgechat_room_restores_total", "counter", "Rooms rebuilt from storage and attachments.", &self.restores),
-            ("edgechat_messages_total", "counter", "Chat messages made durable and broadcast.", &self.messages),
-            ("edgechat_rate_limited_total", "counter", "Frames refused by the rate limiter.", &self.rate_limited),
-            ("edgechat_limiter_asks_dropped_total", "counter", "Rate-limiter questions dropped because the limiter was overloaded.", &self.limiter_asks_dropped),
-            ("edgechat_rate_limiters", "gauge", "Per-IP rate-limiter objects alive.", &self.limiters),
-            ("edgechat_counters", "gauge", "Counter objects alive.", &self.counters),
-            ("edgechat_storage_commits_total", "counter", "SQLite transactions committed.", &self.storage_commits),
-            ("edgechat_storage_batches_total", "counter", "Object write batches committed.", &self.storage_batches),
-            ("edgechat_storage_errors_total", "counter", "Failed (and retried) commit attempts.", &self.storage_errors),
+            (
+                "edgechat_connections",
+                "gauge",
+                "Open WebSocket connections.",
+                &self.connections,
+            ),
+            (
+                "edgechat_connections_accepted_total",
+                "counter",
+                "WebSocket connections accepted.",
+                &self.connections_accepted,
+            ),
+            (
+                "edgechat_connections_refused_total",
+                "counter",
+                "WebSocket upgrades refused at max_connections.",
+                &self.connections_refused,
+            ),
+            (
+                "edgechat_slow_consumers_closed_total",
+                "counter",
+                "Connections closed because their outbound queue was full.",
+                &self.slow_consumers_closed,
+            ),
+            (
+                "edgechat_rooms_resident",
+                "gauge",
+                "Rooms whose state is in memory.",
+                &self.rooms_resident,
+            ),
+            (
+                "edgechat_rooms_hibernated",
+                "gauge",
+                "Rooms alive with their state evicted from memory.",
+                &self.rooms_hibernated,
+            ),
+            (
+                "edgechat_room_hibernations_total",
+                "counter",
+                "Room evictions (hibernations).",
+                &self.hibernations,
+            ),
+            (
+                "edgechat_room_restores_total",
+                "counter",
+                "Rooms rebuilt from storage and attachments.",
+                &self.restores,
+            ),
+            (
+                "edgechat_messages_total",
+                "counter",
+                "Chat messages made durable and broadcast.",
+                &self.messages,
+            ),
+            (
+                "edgechat_rate_limited_total",
+                "counter",
+                "Frames refused by the rate limiter.",
+                &self.rate_limited,
+            ),
+            (
+                "edgechat_limiter_asks_dropped_total",
+                "counter",
+                "Rate-limiter questions dropped because the limiter was overloaded.",
+                &self.limiter_asks_dropped,
+            ),
+            (
+                "edgechat_rate_limiters",
+                "gauge",
+                "Per-IP rate-limiter objects alive.",
+                &self.limiters,
+            ),
+            (
+                "edgechat_counters",
+                "gauge",
+                "Counter objects alive.",
+                &self.counters,
+            ),
+            (
+                "edgechat_storage_commits_total",
+                "counter",
+                "SQLite transactions committed.",
+                &self.storage_commits,
+            ),
+            (
+                "edgechat_storage_batches_total",
+                "counter",
+                "Object write batches committed.",
+                &self.storage_batches,
+            ),
+            (
+                "edgechat_storage_errors_total",
+                "counter",
+                "Failed (and retried) commit attempts.",
+                &self.storage_errors,
+            ),
         ];
         for (name, kind, help, value) in rows {
             let _ = writeln!(

@@ -193,8 +193,7 @@ impl RoomTask {
             if self.finish_stopping() {
                 break;
             }
-            if !self.host.is_resident() && self.sockets.is_empty() && self.publishes.is_empty()
-            {
+            if !self.host.is_resident() && self.sockets.is_empty() && self.publishes.is_empty() {
                 tracing::debug!(room = %self.id, "evicted room with no sockets: task retires");
                 break;
             }
@@ -295,10 +294,10 @@ impl RoomTask {
             RoomReply::Durable(batch) => {
                 // The host never evicts with a batch in flight, so the room is resident.
                 if self.host.is_resident() {
-                    self.shared
-                        .metrics
-                        .messages
-                        .fetch_add(self.in_flight_messages, std::sync::atomic::Ordering::Relaxed);
+                    self.shared.metrics.messages.fetch_add(
+                        self.in_flight_messages,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     self.in_flight_messages = 0;
                     self.input(Input::Durable { batch });
                 } else {

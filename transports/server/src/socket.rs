@@ -115,7 +115,16 @@ pub(crate) async fn serve(
     let joined = shared.send_room(room, connect).await.is_ok() && acked.await.is_ok();
     if joined {
         tracing::debug!(conn = conn.0, %ip, room = %room, "connection open");
-        read_loop(stream, &shared, room, conn, &close_now, writer_done_rx, ping_every).await;
+        read_loop(
+            stream,
+            &shared,
+            room,
+            conn,
+            &close_now,
+            writer_done_rx,
+            ping_every,
+        )
+        .await;
         let _ = shared.send_room(room, RoomMsg::Closed { conn }).await;
     } else {
         let _ = close_now.try_send((CLOSE_INTERNAL_ERROR, CLOSE_REASON_UNAVAILABLE));

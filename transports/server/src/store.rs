@@ -166,9 +166,11 @@ impl Store {
 
 fn load_or_create_secret(conn: &mut Connection) -> anyhow::Result<IdSecret> {
     let stored: Option<Vec<u8>> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'id_secret'", [], |row| {
-            row.get(0)
-        })
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'id_secret'",
+            [],
+            |row| row.get(0),
+        )
         .optional()?;
     if let Some(secret) = stored {
         return Ok(IdSecret::new(secret));
@@ -369,7 +371,13 @@ mod tests {
                     value: Value::from(format!("{object:?}{id}")),
                 }],
             };
-            store.write(object, batch, Box::new(move || drop(tx.send(id))));
+            store.write(
+                object,
+                batch,
+                Box::new(move || {
+                    let _ = tx.send(id);
+                }),
+            );
         }
         for _ in 0..3 {
             rx.recv().await.unwrap();
