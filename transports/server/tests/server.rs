@@ -534,3 +534,67 @@ async fn publish_needs_the_admin_token() {
     assert_eq!(frame["id"], 1);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_peer_that_never_answers_pings_is_closed() {
+    let dir = DataDir::new("ping");
+    let server = start(edgechat_server::Config {
+        ping_interval_ms: 100,
+        ..config(&dir.db())
+    })
+    .await;
+    let addr = server.local_addr();
+    let mut ada = TcpClient::connect(addr, "ping").await;
+    ada.join("ada").await;
+    // Never read again, so tungstenite on this side never answers a ping.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(addr, "edgechat_connections").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a silent peer was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A peer that does read (and so answers pings) stays, idle as it may be.
+    let mut bob = TcpClient::connect(addr, "ping").await;
+    bob.join("bob").await;
+    let idle = tokio::time::timeout(Duration::from_millis(800), bob.next()).await;
+    assert!(idle.is_err(), "bob got {idle:?} while idle");
+    assert_eq!(metric(addr, "edgechat_connections").await, 1);
+    drop(ada);
+    server.shutdown().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_closes_sockets_with_1001_and_exits_0() {
+    let dir = DataDir::new("sigterm");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgechat"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.db())
+        .env("EDGECHAT_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the server binary");
+    let mut line = String::new();
+    let stdout = child.stdout.take().unwrap();
+    tokio::time::timeout(WAIT, BufReader::new(stdout).read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    let addr = line.trim().rsplit("://").next().unwrap().parse().unwrap();
+    let mut ada = TcpClient::connect(addr, "term").await;
+    ada.join("ada").await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(ada.closed().await.map(|(code, _)| code), Some(1001));
+    let exit = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit}");
+}
