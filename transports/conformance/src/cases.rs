@@ -749,7 +749,7 @@ async fn message_length_limit(t: Target) -> Result<()> {
         "the watcher saw {texts:?}"
     );
     watcher
-        .expect_silence(SILENCE, "too-long messages are not broadcast")
+        .expect_no_chat(SILENCE, "too-long messages are not broadcast")
         .await?;
     let (_late, joined) = t.join(&room, "late").await?;
     same_frames(&joined.history(), &seen, "too-long messages are not stored")?;
@@ -919,7 +919,7 @@ async fn rate_limit_rapid_frames(t: Target) -> Result<()> {
         "refused frames are not broadcast",
     )?;
     watcher
-        .expect_silence(SILENCE, "refused frames are not broadcast")
+        .expect_no_chat(SILENCE, "refused frames are not broadcast")
         .await?;
     // The socket stays open: it still answers.
     client
@@ -1477,7 +1477,7 @@ async fn publish_refused_without_token(t: Target) -> Result<()> {
             response.text()
         );
     }
-    ann.expect_silence(SILENCE, "a refused publish is not broadcast")
+    ann.expect_no_chat(SILENCE, "a refused publish is not broadcast")
         .await?;
     let (_late, joined) = t.join(&room, "late").await?;
     ensure!(
@@ -1544,7 +1544,7 @@ async fn publish_with_token(t: Target) -> Result<()> {
             response.text()
         );
     }
-    ann.expect_silence(SILENCE, "refused publishes are not broadcast")
+    ann.expect_no_chat(SILENCE, "refused publishes are not broadcast")
         .await?;
     Ok(())
 }

@@ -450,6 +450,24 @@ impl Client {
         }
     }
 
+    /// Fails if a chat message arrives within `timeout`; other frames are queued.
+    ///
+    /// # Errors
+    /// Names the unexpected message.
+    pub async fn expect_no_chat(&mut self, timeout: Duration, why: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read_socket(left).await? {
+                None => return Ok(()),
+                Some(Event::Text(frame)) if frame.is_chat() => {
+                    bail!("{}: expected no message ({why}), got {frame}", self.label)
+                }
+                Some(event) => self.backlog.push_back(event),
+            }
+        }
+    }
+
     /// Sends `outgoing` and returns the text of the error frame it draws.
     ///
     /// Non-error frames that arrive meanwhile stay queued. A rate-limit error is retried
