@@ -3,7 +3,7 @@
 //
 //   cd transports/web/test && npm install && node --test
 //
-// EDGECHAT_BIN names the server binary (default ../../../target/debug/edgechat, built by
+// EDGECHAT_BIN names the server binary (default <repo>/target/debug/edgechat, built by
 // `cargo build -p edgechat-server`); CHROMIUM the browser (default /usr/bin/chromium).
 // SCREENSHOT_DIR (default /tmp) receives edgechat-browser-*.png.
 
@@ -100,8 +100,8 @@ async function openUser(name, room) {
   page.on("pageerror", (e) => problems.push(String(e)));
   page.on("console", (m) => { if (m.type() === "error") problems.push(m.text()); });
   await page.goto(`http://127.0.0.1:${port}/#${room}`);
-  await page.getByLabel("Your name").fill(name);
-  assert.equal(await page.getByLabel("Room").inputValue(), room, "the room comes from the URL hash");
+  await page.getByLabel("Your name", { exact: true }).fill(name);
+  assert.equal(await page.getByLabel("Room", { exact: true }).inputValue(), room, "the room comes from the URL hash");
   await page.getByRole("button", { name: "Join room" }).click();
   await waitLive(page);
   return { name, context, page, problems };
@@ -121,7 +121,7 @@ async function shown(page) {
 }
 
 async function say(user, text) {
-  await user.page.getByLabel("Message").fill(text);
+  await user.page.getByRole("textbox", { name: "Message" }).fill(text);
   await user.page.getByRole("button", { name: "Send" }).click();
   await waitForText(user.page, text);
 }
@@ -192,9 +192,9 @@ test("two users chat; reloads and a server restart lose and double nothing", { t
   assertExactlyOnce(await shown(ada.page), texts, "Ada after the restart");
   assertExactlyOnce(await shown(bob.page), texts, "Bob after the restart");
 
-  await ada.page.screenshot({ path: join(SHOTS, "edgechat-browser-ada.png") });
+  await ada.page.screenshot({ path: join(SHOTS, "edgechat-browser-ada.png"), animations: "disabled" });
   await bob.page.setViewportSize({ width: 390, height: 760 });
-  await bob.page.screenshot({ path: join(SHOTS, "edgechat-browser-bob-narrow.png") });
+  await bob.page.screenshot({ path: join(SHOTS, "edgechat-browser-bob-narrow.png"), animations: "disabled" });
 
   assert.deepEqual(ada.problems, [], "no script errors in Ada's tab");
   assert.deepEqual(bob.problems.filter((p) => !/WebSocket/.test(p)), [], "no script errors in Bob's tab");
