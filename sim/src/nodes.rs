@@ -1,0 +1,1045 @@
+//! The nodes of a run (room hosts, the limiter, clients), the network helpers that carry
+//! their messages, and the supervisor that injects faults.
+
+use std::cmp::max;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use edgechat_core::host::{HostOutput, RoomHost};
+use edgechat_core::limiter::{RateLimiter, SessionLimiter, VerdictRequest};
+use edgechat_core::protocol::{Frame, ERROR_RATE_LIMITED};
+use edgechat_core::room::{ConnId, Input, Output};
+use edgechat_core::storage::{keys, WriteBatch};
+use edgechat_core::Timestamp;
+use madsim::rand::{thread_rng, Rng};
+use madsim::time::{sleep, sleep_until};
+use serde::Deserialize;
+
+use crate::mailbox::Mailbox;
+use crate::world::{
+    client_ip, newest_id, ClientConn, ClientEvent, FaultKind, HostEvent, LimiterAsk, Shared, World,
+    SETTLE_MS,
+};
+
+/// Presence and retained history: what an eviction must not change.
+type RoomView = (Vec<String>, Vec<Frame>);
+
+/// How often a host evicts a room right after an input, when evictions are on.
+const EVICT_AFTER_INPUT_P: f64 = 0.08;
+
+fn lock(world: &Shared) -> std::sync::MutexGuard<'_, World> {
+    world.lock().expect("world lock")
+}
+
+fn random_ms(range: (u64, u64)) -> Duration {
+    Duration::from_millis(thread_rng().gen_range(range.0..=range.1))
+}
+
+// ---------------------------------------------------------------------------------------
+// The network.
+
+/// Sends `event` from a client to its host over connection `conn` (ordered, reliable, or
+/// the connection breaks).
+fn to_host(shared: &Shared, w: &mut World, conn: ConnId, event: HostEvent) {
+    let Some(info) = w.conns.get(&conn).cloned() else {
+        return;
+    };
+    if !info.open {
+        return;
+    }
+    let slot = &w.hosts[info.host];
+    if slot.incarnation != info.incarnation || slot.inbox.is_none() {
+        w.break_conn(conn, "host down");
+        return;
+    }
+    if let Some(why) = link_breaks(w, info.client) {
+        w.break_conn(conn, why);
+        return;
+    }
+    let latency = random_ms(w.client_latency_ms);
+    let at = w.elapsed() + latency;
+    let info = w.conns.get_mut(&conn).expect("exists");
+    let at = max(at, info.last_to_host + Duration::from_micros(1));
+    info.last_to_host = at;
+    let deadline = w.instant(at);
+    // Tasks woken at the same instant run in any order, so each delivery takes the oldest
+    // frame of its connection rather than its own: the stream stays in order.
+    w.to_host_queue.entry(conn).or_default().push_back(event);
+    let shared = shared.clone();
+    madsim::task::spawn(async move {
+        sleep_until(deadline).await;
+        let mut w = lock(&shared);
+        let Some(event) = w.to_host_queue.get_mut(&conn).and_then(|q| q.pop_front()) else {
+            return;
+        };
+        let Some(info) = w.conns.get(&conn) else {
+            return;
+        };
+        let slot = &w.hosts[info.host];
+        if info.open && slot.incarnation == info.incarnation {
+            if let Some(inbox) = &slot.inbox {
+                inbox.push(event);
+            }
+        }
+    });
+}
+
+/// Sends `event` from a host to the client of `conn`.
+fn to_client(shared: &Shared, w: &mut World, conn: ConnId, event: ClientEvent) {
+    let Some(info) = w.conns.get(&conn).cloned() else {
+        return;
+    };
+    if !info.open {
+        return;
+    }
+    if let Some(why) = link_breaks(w, info.client) {
+        w.break_conn(conn, why);
+        return;
+    }
+    let latency = random_ms(w.client_latency_ms);
+    let at = w.elapsed() + latency;
+    let info = w.conns.get_mut(&conn).expect("exists");
+    let at = max(at, info.last_to_client + Duration::from_micros(1));
+    info.last_to_client = at;
+    let client = info.client;
+    let deadline = w.instant(at);
+    w.to_client_queue.entry(conn).or_default().push_back(event);
+    let shared = shared.clone();
+    madsim::task::spawn(async move {
+        sleep_until(deadline).await;
+        let mut w = lock(&shared);
+        if let Some(event) = w.to_client_queue.get_mut(&conn).and_then(|q| q.pop_front()) {
+            w.clients[client].inbox.push(event);
+        }
+    });
+}
+
+/// Whether sending on a client's connection breaks it now, and why.
+fn link_breaks(w: &mut World, client: usize) -> Option<&'static str> {
+    if w.cut_ips.contains(&w.clients[client].ip) {
+        return Some("partition");
+    }
+    if w.client_break_p > 0.0 && thread_rng().gen_bool(w.client_break_p) {
+        w.count_fault(FaultKind::LossClient.name());
+        return Some("loss");
+    }
+    None
+}
+
+/// Whether a datagram between a host and the limiter is dropped now.
+fn limiter_link_drops(w: &mut World) -> bool {
+    if w.limiter_cut {
+        return true;
+    }
+    if w.limiter_loss_p > 0.0 && thread_rng().gen_bool(w.limiter_loss_p) {
+        w.count_fault(FaultKind::LossLimiter.name());
+        return true;
+    }
+    false
+}
+
+fn to_limiter(shared: &Shared, w: &mut World, ask: LimiterAsk) {
+    if limiter_link_drops(w) {
+        w.trace(format_args!("drop ask {:?}", ask.request));
+        return;
+    }
+    let latency = random_ms(w.limiter_latency_ms);
+    let shared = shared.clone();
+    madsim::task::spawn(async move {
+        sleep(latency).await;
+        if let Some(inbox) = lock(&shared).limiter.clone() {
+            inbox.push(ask);
+        }
+    });
+}
+
+fn verdict_to_host(shared: &Shared, w: &mut World, ask: &LimiterAsk, wait_ms: u64) {
+    if limiter_link_drops(w) {
+        w.trace(format_args!("drop verdict {:?}", ask.request));
+        return;
+    }
+    let latency = random_ms(w.limiter_latency_ms);
+    let shared = shared.clone();
+    let (host, room, request) = (ask.host, ask.room, ask.request);
+    madsim::task::spawn(async move {
+        sleep(latency).await;
+        if let Some(inbox) = lock(&shared).hosts[host].inbox.clone() {
+            inbox.push(HostEvent::Verdict {
+                room,
+                request,
+                wait_ms,
+            });
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// The room host.
+
+/// An open WebSocket as the host process holds it: it outlives the room's eviction.
+#[derive(Debug)]
+struct Socket {
+    room: usize,
+    attachment: Vec<u8>,
+    /// The session's limiter as the rules say it must be, to check that no frame is
+    /// processed during a cooldown (or while an answer is outstanding).
+    shadow: SessionLimiter,
+}
+
+/// One incarnation of a host process: everything here is lost in a crash.
+struct Host {
+    world: Shared,
+    index: usize,
+    inbox: Mailbox<HostEvent>,
+    incarnation: u64,
+    rooms: BTreeMap<usize, RoomHost>,
+    sockets: BTreeMap<ConnId, Socket>,
+    in_flight: BTreeMap<usize, WriteBatch>,
+    views: BTreeMap<usize, RoomView>,
+    wakes: BTreeMap<usize, Timestamp>,
+}
+
+async fn host_main(world: Shared, index: usize) {
+    let inbox = Mailbox::new();
+    let (incarnation, rooms) = {
+        let mut w = lock(&world);
+        w.hosts[index].inbox = Some(inbox.clone());
+        let line = format!(
+            "host {index} up (incarnation {})",
+            w.hosts[index].incarnation
+        );
+        w.trace(line);
+        let rooms = (0..w.sc.rooms)
+            .filter(|room| room % w.sc.hosts == index)
+            .map(|room| (room, RoomHost::new(w.sc.room.clone(), w.sc.idle_ms)))
+            .collect();
+        (w.hosts[index].incarnation, rooms)
+    };
+    let mut host = Host {
+        world,
+        index,
+        inbox,
+        incarnation,
+        rooms,
+        sockets: BTreeMap::new(),
+        in_flight: BTreeMap::new(),
+        views: BTreeMap::new(),
+        wakes: BTreeMap::new(),
+    };
+    loop {
+        let event = host.inbox.recv().await;
+        host.handle(event);
+    }
+}
+
+impl Host {
+    fn now(&self) -> Timestamp {
+        lock(&self.world).host_now(self.index)
+    }
+
+    fn handle(&mut self, event: HostEvent) {
+        let now = self.now();
+        let room = match event {
+            HostEvent::Connect { conn, room, ip } => {
+                self.trace(format_args!("h{} r{room} connect {conn:?}", self.index));
+                self.ensure_resident(room);
+                self.sockets.insert(
+                    conn,
+                    Socket {
+                        room,
+                        attachment: Vec::new(),
+                        shadow: SessionLimiter::default(),
+                    },
+                );
+                self.input(room, Input::Connect { conn, ip });
+                room
+            }
+            HostEvent::Text { conn, text } => {
+                let Some(room) = self.sockets.get(&conn).map(|s| s.room) else {
+                    return;
+                };
+                self.trace(format_args!("h{} r{room} {conn:?} -> {text}", self.index));
+                self.input(room, Input::Text { conn, text });
+                room
+            }
+            HostEvent::Closed { conn } => {
+                let Some(room) = self.sockets.get(&conn).map(|s| s.room) else {
+                    return;
+                };
+                self.trace(format_args!("h{} r{room} closed {conn:?}", self.index));
+                // The runtime wakes a hibernated room with the closing socket still attached.
+                self.ensure_resident(room);
+                self.sockets.remove(&conn);
+                lock(&self.world).conn_closed(conn);
+                self.input(room, Input::Closed { conn });
+                room
+            }
+            HostEvent::Verdict {
+                room,
+                request,
+                wait_ms,
+            } => {
+                self.trace(format_args!(
+                    "h{} r{room} verdict {request:?} wait {wait_ms}",
+                    self.index
+                ));
+                if let Some(socket) = self.sockets.get_mut(&request.conn) {
+                    socket.shadow.handle_verdict(request.seq, wait_ms, now);
+                }
+                self.input(room, Input::Verdict { request, wait_ms });
+                room
+            }
+            HostEvent::Durable { room, batch } => {
+                self.trace(format_args!("h{} r{room} durable {batch:?}", self.index));
+                match self.in_flight.remove(&room) {
+                    Some(in_flight) if in_flight.id == batch => {
+                        lock(&self.world).acknowledge(room, &in_flight);
+                    }
+                    other => lock(&self.world).violate(
+                        "host-contract",
+                        format!("durable {batch:?} for room {room}, in flight {other:?}"),
+                    ),
+                }
+                self.input(room, Input::Durable { batch });
+                room
+            }
+            HostEvent::Wake { room } => {
+                self.wakes.remove(&room);
+                let host = self.rooms.get_mut(&room).expect("room on this host");
+                host.handle_timeout(now);
+                self.drain(room);
+                room
+            }
+            HostEvent::Evict { room } => {
+                self.evict(room);
+                room
+            }
+            HostEvent::Probe { room } => {
+                self.ensure_resident(room);
+                self.drain(room);
+                room
+            }
+        };
+        let evict_now = {
+            let w = lock(&self.world);
+            w.fault_on(FaultKind::Evict) && thread_rng().gen_bool(EVICT_AFTER_INPUT_P)
+        };
+        if evict_now {
+            self.evict(room);
+        }
+        self.schedule_wakes(now);
+    }
+
+    /// The platform asks for eviction. It is deferred until the room is quiescent (no batch
+    /// awaiting confirmation), as a Durable Object is not hibernated with storage IO
+    /// outstanding; the sim asks at any point, including mid-join and between a write and
+    /// its confirmation, and checks that nothing observable changes.
+    fn evict(&mut self, room: usize) {
+        let host = self.rooms.get_mut(&room).expect("room on this host");
+        if !host.is_resident() {
+            return;
+        }
+        let mut w = lock(&self.world);
+        w.count_fault(FaultKind::Evict.name());
+        w.trace(format_args!("h{} r{room} eviction requested", self.index));
+        drop(w);
+        host.request_eviction();
+        self.drain(room);
+    }
+
+    fn trace(&self, line: std::fmt::Arguments<'_>) {
+        lock(&self.world).trace(line);
+    }
+
+    fn ensure_resident(&mut self, room: usize) {
+        let now = self.now();
+        let host = self.rooms.get_mut(&room).expect("room on this host");
+        if host.is_resident() {
+            return;
+        }
+        let stored = {
+            let mut w = lock(&self.world);
+            let stored = w.stores[room].list(host.config().restore_query());
+            w.restored(room, &stored);
+            stored
+        };
+        let attachments: Vec<(ConnId, &[u8])> = self
+            .sockets
+            .iter()
+            .filter(|(_, socket)| socket.room == room)
+            .map(|(conn, socket)| (*conn, socket.attachment.as_slice()))
+            .collect();
+        let restored = host.restore(&stored, attachments, now);
+        let mut w = lock(&self.world);
+        w.trace(format_args!(
+            "h{} r{room} restored ({} stored)",
+            self.index,
+            stored.len()
+        ));
+        if let Err(error) = restored {
+            w.violate("restore", format!("room {room}: {error}"));
+            return;
+        }
+        if let Some(before) = self.views.remove(&room) {
+            let after = view(host);
+            if Some(&before) != after.as_ref() {
+                w.violate(
+                    "eviction-invisible",
+                    format!("room {room}: eviction changed {before:?} into {after:?}"),
+                );
+            }
+        }
+        drop(w);
+        self.drain(room);
+    }
+
+    fn input(&mut self, room: usize, input: Input) {
+        self.ensure_resident(room);
+        let now = self.now();
+        let host = self.rooms.get_mut(&room).expect("room on this host");
+        if !host.is_resident() {
+            return; // restore failed; already reported
+        }
+        let description = format!("{input:?}");
+        if let Err(error) = host.handle_input(input, now) {
+            lock(&self.world).violate(
+                "host-contract",
+                format!("room {room} refused {description}: {error}"),
+            );
+        }
+        self.drain(room);
+    }
+
+    fn drain(&mut self, room: usize) {
+        let now = self.now();
+        let shared = self.world.clone();
+        let mut quiescent_view = None;
+        loop {
+            let host = self.rooms.get_mut(&room).expect("room on this host");
+            if quiescent_view.is_none() && host.room().is_some_and(|r| r.is_quiescent()) {
+                quiescent_view = view(host);
+            }
+            let Some(output) = host.poll_output() else {
+                break;
+            };
+            let mut w = lock(&shared);
+            match output {
+                HostOutput::Room(Output::Send { conn, frame }) => {
+                    to_client(&shared, &mut w, conn, ClientEvent::Frame { conn, frame });
+                }
+                HostOutput::Room(Output::Broadcast { recipients, frame }) => {
+                    for conn in recipients.iter() {
+                        let event = ClientEvent::Frame {
+                            conn: *conn,
+                            frame: frame.clone(),
+                        };
+                        to_client(&shared, &mut w, *conn, event);
+                    }
+                }
+                HostOutput::Room(Output::Close { conn, code, reason }) => {
+                    w.trace(format_args!("r{room} close {conn:?} {code} {reason}"));
+                    to_client(&shared, &mut w, conn, ClientEvent::Closed { conn });
+                    self.inbox.push(HostEvent::Closed { conn });
+                }
+                HostOutput::Room(Output::Persist(batch)) => {
+                    w.trace(format_args!(
+                        "r{room} persist {:?} ({} writes)",
+                        batch.id,
+                        batch.writes.len()
+                    ));
+                    self.in_flight.insert(room, batch.clone());
+                    let commit = if w.sc.faults.contains(&FaultKind::Latency) {
+                        random_ms((1, 300))
+                    } else {
+                        random_ms((1, 20))
+                    };
+                    let (shared, inbox) = (shared.clone(), self.inbox.clone());
+                    let (index, incarnation) = (self.index, self.incarnation);
+                    madsim::task::spawn(async move {
+                        sleep(commit).await;
+                        let mut w = lock(&shared);
+                        if w.hosts[index].incarnation != incarnation {
+                            return; // the process died with the write
+                        }
+                        w.check_batch(room, &batch);
+                        w.stores[room].apply(&batch);
+                        w.check_store(room);
+                        w.trace(format_args!("r{room} committed {:?}", batch.id));
+                        inbox.push(HostEvent::Durable {
+                            room,
+                            batch: batch.id,
+                        });
+                    });
+                }
+                HostOutput::Room(Output::SetAttachment { conn, attachment }) => {
+                    if let Some(socket) = self.sockets.get_mut(&conn) {
+                        socket.attachment = attachment;
+                    }
+                }
+                HostOutput::Room(Output::AskRateLimiter { request, ip }) => {
+                    self.check_admission(&mut w, request, ip, now);
+                    let ask = LimiterAsk {
+                        host: self.index,
+                        room,
+                        request,
+                        ip,
+                    };
+                    to_limiter(&shared, &mut w, ask);
+                }
+                HostOutput::Room(Output::Published { .. }) => {}
+                HostOutput::Hibernated => {
+                    w.trace(format_args!("h{} r{room} hibernated", self.index));
+                    w.count_fault("hibernated");
+                    if let Some(view) = quiescent_view.take() {
+                        self.views.insert(room, view);
+                    }
+                }
+            }
+        }
+        let host = &self.rooms[&room];
+        if let Some(r) = host.room() {
+            lock(&shared).rooms[room].presence = r.presence().map(str::to_owned).collect();
+        }
+    }
+
+    /// A frame was processed (one limiter action): the session's cooldown must be over.
+    fn check_admission(
+        &mut self,
+        w: &mut World,
+        request: VerdictRequest,
+        ip: IpAddr,
+        now: Timestamp,
+    ) {
+        let at_ms = w.elapsed_ms();
+        w.accepts.entry(ip).or_default().push((at_ms, request.conn));
+        let Some(socket) = self.sockets.get_mut(&request.conn) else {
+            return;
+        };
+        let before = socket.shadow;
+        if !socket.shadow.try_accept(now) || socket.shadow.seq != request.seq {
+            w.violate(
+                "rate-limit",
+                format!(
+                    "{:?} had frame {} processed at {} while its limiter was {before:?}",
+                    request.conn, request.seq, now.0
+                ),
+            );
+        }
+    }
+
+    fn schedule_wakes(&mut self, now: Timestamp) {
+        for (room, host) in &self.rooms {
+            let Some(deadline) = host.poll_timeout() else {
+                continue;
+            };
+            if self.wakes.get(room).is_some_and(|at| *at <= deadline) {
+                continue;
+            }
+            self.wakes.insert(*room, deadline);
+            let delay = Duration::from_millis(deadline.millis_since(now).max(1));
+            let (inbox, room) = (self.inbox.clone(), *room);
+            madsim::task::spawn(async move {
+                sleep(delay).await;
+                inbox.push(HostEvent::Wake { room });
+            });
+        }
+    }
+}
+
+fn view(host: &RoomHost) -> Option<RoomView> {
+    let room = host.room()?;
+    Some((
+        room.presence().map(str::to_owned).collect(),
+        room.history_page(None, usize::MAX),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// The rate limiter.
+
+async fn limiter_main(world: Shared) {
+    let inbox = Mailbox::new();
+    lock(&world).limiter = Some(inbox.clone());
+    let mut limiters: BTreeMap<IpAddr, RateLimiter> = BTreeMap::new();
+    // Each limiter clamps its own clock; mirror that per IP to record answers in its time.
+    let mut latest: BTreeMap<IpAddr, Timestamp> = BTreeMap::new();
+    loop {
+        let ask: LimiterAsk = inbox.recv().await;
+        let mut w = lock(&world);
+        let now = w.limiter_now();
+        let clamped = latest.entry(ask.ip).or_default();
+        *clamped = (*clamped).max(now);
+        let clamped = *clamped;
+        let config = w.limiter_config;
+        let wait_ms = limiters
+            .entry(ask.ip)
+            .or_insert_with(|| RateLimiter::new(config))
+            .handle_action(now);
+        if wait_ms == 0 {
+            w.zero_answers.entry(ask.ip).or_default().push(clamped.0);
+        }
+        w.trace(format_args!(
+            "limiter {} {:?} wait {wait_ms}",
+            ask.ip, ask.request
+        ));
+        verdict_to_host(&world, &mut w, &ask, wait_ms);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients.
+
+#[derive(Debug, Deserialize)]
+struct AnyFrame {
+    #[serde(default)]
+    joined: Option<String>,
+    #[serde(default)]
+    quit: Option<String>,
+    #[serde(default)]
+    ready: Option<bool>,
+    #[serde(default)]
+    recovered: Option<bool>,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    timestamp: Option<u64>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+fn schedule_tick(inbox: &Mailbox<ClientEvent>, delay: Duration) {
+    let inbox = inbox.clone();
+    madsim::task::spawn(async move {
+        sleep(delay).await;
+        inbox.push(ClientEvent::Tick);
+    });
+}
+
+async fn client_main(world: Shared, index: usize) {
+    let inbox = lock(&world).clients[index].inbox.clone();
+    schedule_tick(&inbox, random_ms((1, 2_000)));
+    loop {
+        let event = inbox.recv().await;
+        let mut w = lock(&world);
+        match event {
+            ClientEvent::Tick => {
+                client_act(&world, &mut w, index);
+                let next = if w.settling {
+                    random_ms((500, 3_000))
+                } else if w.clients[index].burst_left > 0 {
+                    random_ms((1, 400))
+                } else {
+                    random_ms((100, 6_000))
+                };
+                schedule_tick(&inbox, next);
+            }
+            ClientEvent::Disconnect => {
+                if let Some(conn) = w.clients[index].current.conn {
+                    w.count_fault(FaultKind::Disconnect.name());
+                    w.trace(format_args!("u{index} disconnects {conn:?}"));
+                    to_host(&world, &mut w, conn, HostEvent::Closed { conn });
+                    w.clients[index].current = ClientConn::default();
+                }
+            }
+            ClientEvent::Closed { conn } => {
+                if w.clients[index].current.conn == Some(conn) {
+                    w.trace(format_args!("u{index} lost {conn:?}"));
+                    w.clients[index].current = ClientConn::default();
+                }
+            }
+            ClientEvent::Frame { conn, frame } => {
+                if w.clients[index].current.conn == Some(conn) {
+                    client_frame(&mut w, index, conn, &frame);
+                }
+            }
+        }
+    }
+}
+
+fn client_act(shared: &Shared, w: &mut World, index: usize) {
+    let mut rng = thread_rng();
+    let client = &w.clients[index];
+    let Some(conn) = client.current.conn else {
+        // Connect (again), usually resuming from the last message seen.
+        let since = client.last_seen.filter(|_| rng.gen_bool(0.85));
+        let (room, ip, name) = (client.room, client.ip, client.name.clone());
+        let conn = w.open_conn(index);
+        let slot = &mut w.clients[index];
+        slot.connects += 1;
+        slot.current = ClientConn {
+            conn: Some(conn),
+            since,
+            ..ClientConn::default()
+        };
+        w.trace(format_args!("u{index} connects {conn:?} since {since:?}"));
+        to_host(shared, w, conn, HostEvent::Connect { conn, room, ip });
+        to_host(shared, w, conn, join_frame(conn, &name, since));
+        return;
+    };
+    if !client.current.ready {
+        if client.current.join_rejected {
+            let (name, since) = (client.name.clone(), client.current.since);
+            w.clients[index].current.join_rejected = false;
+            to_host(shared, w, conn, join_frame(conn, &name, since));
+        }
+        return;
+    }
+    if w.settling {
+        return;
+    }
+    let roll: f64 = rng.gen();
+    if w.clients[index].burst_left > 0 || roll < 0.55 {
+        let slot = &mut w.clients[index];
+        slot.burst_left = match slot.burst_left {
+            0 => rng.gen_range(0..=8),
+            left => left - 1,
+        };
+        slot.sent += 1;
+        let text = format!(r#"{{"message":"{}#{}"}}"#, slot.name, slot.sent);
+        to_host(shared, w, conn, HostEvent::Text { conn, text });
+    } else if roll < 0.58 {
+        let text = format!(r#"{{"message":"{}"}}"#, "x".repeat(300));
+        to_host(shared, w, conn, HostEvent::Text { conn, text });
+    } else if roll < 0.66 && w.fault_on(FaultKind::Disconnect) {
+        w.clients[index].inbox.push(ClientEvent::Disconnect);
+    }
+}
+
+fn join_frame(conn: ConnId, name: &str, since: Option<u64>) -> HostEvent {
+    let text = match since {
+        Some(since) => format!(r#"{{"name":"{name}","since":{since}}}"#),
+        None => format!(r#"{{"name":"{name}"}}"#),
+    };
+    HostEvent::Text { conn, text }
+}
+
+/// A client received `frame` on its current connection: check it against everything seen.
+fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
+    let Ok(parsed) = serde_json::from_str::<AnyFrame>(frame) else {
+        w.violate("frames", format!("u{index} got unparsable {frame}"));
+        return;
+    };
+    let room = w.clients[index].room;
+    if let Some(error) = parsed.error {
+        w.trace(format_args!("u{index} {conn:?} <- error {error}"));
+        let current = &mut w.clients[index].current;
+        if !current.ready && error == ERROR_RATE_LIMITED {
+            current.join_rejected = true;
+        }
+        return;
+    }
+    if let Some(name) = parsed.joined {
+        w.trace(format_args!("u{index} {conn:?} <- joined {name}"));
+        w.clients[index].current.roster.push(name);
+    }
+    if let Some(name) = parsed.quit {
+        w.trace(format_args!("u{index} {conn:?} <- quit {name}"));
+        let roster = &mut w.clients[index].current.roster;
+        match roster.iter().position(|n| *n == name) {
+            Some(at) => {
+                roster.remove(at);
+            }
+            None => w.violate("roster", format!("u{index} got quit of absent {name}")),
+        }
+    }
+    if parsed.ready.is_some() {
+        w.trace(format_args!(
+            "u{index} {conn:?} <- ready recovered {:?}",
+            parsed.recovered
+        ));
+        let current = &mut w.clients[index].current;
+        if current.ready {
+            w.violate("frames", format!("u{index} got ready twice on {conn:?}"));
+            return;
+        }
+        current.ready = true;
+        if let (Some(since), Some(true)) = (current.since, parsed.recovered) {
+            match current.first_id {
+                Some(first) if first != since + 1 => {
+                    let detail = format!(
+                        "u{index} resumed since {since} (recovered) but replay began at {first}"
+                    );
+                    w.violate("since-no-duplicate", detail);
+                }
+                Some(_) => {}
+                None => current.last_id = Some(since),
+            }
+        }
+    }
+    let (Some(id), Some(timestamp)) = (parsed.id, parsed.timestamp) else {
+        return;
+    };
+    w.trace(format_args!("u{index} {conn:?} <- #{id}"));
+    // One total order: the same frame for the same id everywhere, timestamps increasing.
+    let mut problem = None;
+    match w.rooms[room].seen.get(&id) {
+        Some((seen, _)) if seen != frame => {
+            problem = Some(("one-total-order", format!("id {id} is {frame} and {seen}")));
+        }
+        Some(_) => {}
+        None => {
+            let seen = &w.rooms[room].seen;
+            if let Some((before, (_, earlier))) = seen.range(..id).next_back() {
+                if *earlier >= timestamp {
+                    problem = Some((
+                        "timestamps-increasing",
+                        format!("id {id} at {timestamp} is not after id {before} at {earlier}"),
+                    ));
+                }
+            }
+            if let Some((after, (_, later))) = seen.range(id + 1..).next() {
+                if *later <= timestamp {
+                    problem = Some((
+                        "timestamps-increasing",
+                        format!("id {id} at {timestamp} is not before id {after} at {later}"),
+                    ));
+                }
+            }
+            w.rooms[room].seen.insert(id, (frame.clone(), timestamp));
+        }
+    }
+    // Durability before visibility: what a client sees is committed (unless trimmed since).
+    let retained = w.sc.room.history_retained_max as u64;
+    let store = &w.stores[room];
+    if newest_id(store) < id + retained
+        && store.get(&keys::message(id)).map(|v| &**v) != Some(&**frame)
+    {
+        problem = Some((
+            "durable-before-visible",
+            format!("u{index} saw id {id} before it was committed"),
+        ));
+    }
+    // Each connection sees a gap-free run of ids.
+    let current = &mut w.clients[index].current;
+    match current.last_id {
+        Some(last) if id != last + 1 => {
+            problem = Some((
+                "gap-free",
+                format!("u{index} on {conn:?} saw id {id} after {last}"),
+            ));
+        }
+        Some(_) => {}
+        None => current.first_id = Some(id),
+    }
+    current.last_id = Some(id);
+    let slot = &mut w.clients[index];
+    slot.last_seen = max(slot.last_seen, Some(id));
+    if let Some((invariant, detail)) = problem {
+        w.violate(invariant, format!("room {room}: {detail}"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The supervisor.
+
+/// Builds the world's nodes, injects faults, settles, and runs the final checks.
+pub(crate) async fn supervise(world: Shared) {
+    let handle = madsim::runtime::Handle::current();
+    let (sc, client_ips) = {
+        let w = lock(&world);
+        let ips: Vec<IpAddr> = w.clients.iter().map(|c| c.ip).collect();
+        (w.sc.clone(), ips)
+    };
+    {
+        let w2 = world.clone();
+        handle
+            .create_node()
+            .name("limiter")
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)))
+            .init(move || limiter_main(w2.clone()))
+            .build();
+    }
+    for index in 0..sc.hosts {
+        let w2 = world.clone();
+        let node = handle
+            .create_node()
+            .name(format!("host-{index}"))
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10 + index as u8)))
+            .init(move || host_main(w2.clone(), index))
+            .build();
+        lock(&world).hosts[index].node = Some(node);
+    }
+    for ip_index in 0..sc.ips {
+        let ip = client_ip(ip_index);
+        let node = handle
+            .create_node()
+            .name(format!("clients-{ip}"))
+            .ip(ip)
+            .build();
+        for (client, _) in client_ips.iter().enumerate().filter(|(_, c)| **c == ip) {
+            node.spawn(client_main(world.clone(), client));
+        }
+    }
+    {
+        let mut w = lock(&world);
+        let skewed = w.host_offset_ms.iter().filter(|o| **o != 0).count()
+            + usize::from(w.limiter_offset_ms != 0);
+        for _ in 0..skewed {
+            w.count_fault(FaultKind::ClockSkew.name());
+        }
+        let line = format!("scenario {:?}", w.sc);
+        w.trace(line);
+    }
+
+    // Faults.
+    let kinds: Vec<FaultKind> = sc
+        .faults
+        .iter()
+        .copied()
+        .filter(|kind| {
+            !matches!(
+                kind,
+                FaultKind::LossClient | FaultKind::LossLimiter | FaultKind::ClockSkew
+            )
+        })
+        .collect();
+    loop {
+        sleep(random_ms((200, 4_000))).await;
+        {
+            let w = lock(&world);
+            if w.violation.is_some() || w.elapsed_ms() >= sc.fault_ms {
+                break;
+            }
+        }
+        if kinds.is_empty() {
+            continue;
+        }
+        let kind = kinds[thread_rng().gen_range(0..kinds.len())];
+        inject(&world, &handle, kind);
+    }
+
+    // Settle: faults off, network healed, crashed hosts back.
+    {
+        let mut w = lock(&world);
+        w.settling = true;
+        w.cut_ips.clear();
+        w.limiter_cut = false;
+        w.client_break_p = 0.0;
+        w.limiter_loss_p = 0.0;
+        w.client_latency_ms = (1, 3);
+        w.limiter_latency_ms = (1, 3);
+        w.trace("settling");
+    }
+    let mut waited = 0;
+    while waited < SETTLE_MS {
+        sleep(Duration::from_secs(10)).await;
+        waited += 10_000;
+        if lock(&world).violation.is_some() {
+            return;
+        }
+    }
+    {
+        let w = lock(&world);
+        for room in 0..sc.rooms {
+            if let Some(inbox) = &w.hosts[room % sc.hosts].inbox {
+                inbox.push(HostEvent::Probe { room });
+            }
+        }
+    }
+    sleep(Duration::from_secs(1)).await;
+    let mut w = lock(&world);
+    if w.violation.is_none() {
+        w.check_final();
+    }
+    w.trace("done");
+}
+
+fn inject(world: &Shared, handle: &madsim::runtime::Handle, kind: FaultKind) {
+    let mut rng = thread_rng();
+    let mut w = lock(world);
+    match kind {
+        FaultKind::Evict => {
+            let room = rng.gen_range(0..w.sc.rooms);
+            if let Some(inbox) = &w.hosts[room % w.sc.hosts].inbox {
+                inbox.push(HostEvent::Evict { room });
+            }
+        }
+        FaultKind::Crash => {
+            let host = rng.gen_range(0..w.sc.hosts);
+            if w.hosts[host].inbox.is_none() {
+                return;
+            }
+            let node = w.hosts[host].node.as_ref().expect("built").id();
+            w.count_fault(kind.name());
+            w.trace(format_args!("crash host {host}"));
+            handle.kill(node);
+            w.host_crashed(host);
+            let down = random_ms((100, 5_000));
+            let (handle, world) = (handle.clone(), world.clone());
+            madsim::task::spawn(async move {
+                sleep(down).await;
+                lock(&world).trace(format_args!("restart host {host}"));
+                handle.restart(node);
+            });
+        }
+        FaultKind::Disconnect => {
+            let client = rng.gen_range(0..w.clients.len());
+            w.clients[client].inbox.push(ClientEvent::Disconnect);
+        }
+        FaultKind::PartitionClient => {
+            let ip = client_ip(rng.gen_range(0..w.sc.ips));
+            if w.cut_ips.contains(&ip) {
+                return;
+            }
+            w.count_fault(kind.name());
+            w.trace(format_args!("partition {ip} from hosts"));
+            w.cut_ip(ip);
+            let heal = random_ms((500, 20_000));
+            let world = world.clone();
+            madsim::task::spawn(async move {
+                sleep(heal).await;
+                let mut w = lock(&world);
+                w.trace(format_args!("heal {ip}"));
+                w.cut_ips.remove(&ip);
+            });
+        }
+        FaultKind::PartitionLimiter => {
+            if w.limiter_cut {
+                return;
+            }
+            w.count_fault(kind.name());
+            w.limiter_lossy = true;
+            w.limiter_cut = true;
+            w.trace("partition limiter");
+            let heal = random_ms((500, 20_000));
+            let world = world.clone();
+            madsim::task::spawn(async move {
+                sleep(heal).await;
+                let mut w = lock(&world);
+                w.trace("heal limiter");
+                if !w.settling {
+                    w.limiter_cut = false;
+                }
+            });
+        }
+        FaultKind::Latency => {
+            w.count_fault(kind.name());
+            w.client_latency_ms = (1, rng.gen_range(2..=1_000));
+            // Below the verdict timeout, so that answers are late, not lost.
+            w.limiter_latency_ms = (1, rng.gen_range(2..=4_000));
+            let line = format!(
+                "latency {:?} {:?}",
+                w.client_latency_ms, w.limiter_latency_ms
+            );
+            w.trace(line);
+        }
+        FaultKind::ClockStep => {
+            w.count_fault(kind.name());
+            w.clock_stepped = true;
+            let step = if rng.gen_bool(0.5) {
+                -rng.gen_range(1..=60_000i64)
+            } else {
+                rng.gen_range(1..=60_000i64)
+            };
+            let target = rng.gen_range(0..=w.sc.hosts);
+            if target == w.sc.hosts {
+                w.limiter_offset_ms += step;
+            } else {
+                w.host_offset_ms[target] += step;
+            }
+            w.trace(format_args!("clock step node {target} by {step} ms"));
+        }
+        FaultKind::LossClient | FaultKind::LossLimiter | FaultKind::ClockSkew => {}
+    }
+}

@@ -1,0 +1,986 @@
+//! The simulated world: its shape ([`Scenario`]), the network between nodes, per-node
+//! clocks, storage, and the oracle that checks invariants.
+//!
+//! Everything lives in one [`World`] behind a mutex that no task holds across an `.await`;
+//! madsim runs one task at a time, so the order of every access is fixed by the seed.
+//!
+//! The network. A WebSocket is an ordered, reliable stream: frames on one connection are
+//! delivered in order after a random latency, or the connection breaks (both ends are told).
+//! "Loss" between a client and its host therefore breaks the connection, as a TCP reset or
+//! timeout would; a partition breaks every connection across it and refuses new ones until
+//! it heals. Between a host and the limiter, messages are datagrams: each may be delayed
+//! (reordered), lost, or dropped by a partition; the room asks again after
+//! [`VERDICT_TIMEOUT_MS`](edgechat_core::limiter::VERDICT_TIMEOUT_MS).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgechat_core::limiter::{RateLimiterConfig, VerdictRequest};
+use edgechat_core::planted::PlantedBug;
+use edgechat_core::protocol::{ChatMessage, Frame};
+use edgechat_core::room::{ConnId, RoomConfig};
+use edgechat_core::storage::{keys, BatchId, ListQuery, MemoryStore, Write, WriteBatch};
+use edgechat_core::Timestamp;
+use madsim::rand::{thread_rng, Rng};
+
+use crate::mailbox::Mailbox;
+use crate::{fnv1a, RunReport, SimOptions, FNV_OFFSET};
+
+/// The wall-clock time at which every run starts (virtual time zero).
+pub const EPOCH_MS: u64 = 1_700_000_000_000;
+/// How long the world settles, faults off, before the final checks.
+pub const SETTLE_MS: u64 = 300_000;
+/// Trace lines kept for a failure report when the whole trace is not asked for.
+const TRACE_TAIL_LINES: usize = 400;
+
+/// The world shared by every node of a run.
+pub type Shared = Arc<Mutex<World>>;
+
+/// A kind of fault; each run switches a random subset on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// The platform evicts a room (hibernation) at random points, after any input.
+    Evict,
+    /// A room host's process crashes and restarts later.
+    Crash,
+    /// Clients close their socket and reconnect, usually with `since`.
+    Disconnect,
+    /// A client IP is cut off from the hosts for a while.
+    PartitionClient,
+    /// The hosts are cut off from the limiter for a while.
+    PartitionLimiter,
+    /// Latency up to hundreds of milliseconds, with spikes.
+    Latency,
+    /// Client connections break at random.
+    LossClient,
+    /// Limiter questions and answers are lost at random.
+    LossLimiter,
+    /// Host and limiter clocks are skewed from each other.
+    ClockSkew,
+    /// Host and limiter clocks step backwards and forwards.
+    ClockStep,
+}
+
+impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 10] = [
+        FaultKind::Evict,
+        FaultKind::Crash,
+        FaultKind::Disconnect,
+        FaultKind::PartitionClient,
+        FaultKind::PartitionLimiter,
+        FaultKind::Latency,
+        FaultKind::LossClient,
+        FaultKind::LossLimiter,
+        FaultKind::ClockSkew,
+        FaultKind::ClockStep,
+    ];
+
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Evict => "evict",
+            FaultKind::Crash => "crash",
+            FaultKind::Disconnect => "disconnect",
+            FaultKind::PartitionClient => "partition-client",
+            FaultKind::PartitionLimiter => "partition-limiter",
+            FaultKind::Latency => "latency",
+            FaultKind::LossClient => "loss-client",
+            FaultKind::LossLimiter => "loss-limiter",
+            FaultKind::ClockSkew => "clock-skew",
+            FaultKind::ClockStep => "clock-step",
+        }
+    }
+}
+
+/// The shape of one run, drawn from its seed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scenario {
+    /// Rooms.
+    pub rooms: usize,
+    /// Room hosts (room `r` lives on host `r % hosts`).
+    pub hosts: usize,
+    /// Client IPs (each its own node and its own rate limit).
+    pub ips: usize,
+    /// Clients.
+    pub clients: usize,
+    /// The fault kinds switched on.
+    pub faults: BTreeSet<FaultKind>,
+    /// How long faults are injected.
+    pub fault_ms: u64,
+    /// A room's idle time before eviction.
+    pub idle_ms: u64,
+    /// The rooms' settings.
+    pub room: RoomConfig,
+}
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which invariant (a short stable name).
+    pub invariant: &'static str,
+    /// What was observed.
+    pub detail: String,
+    /// Virtual time of the finding, in ms since the run started.
+    pub at_ms: u64,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{}] at {} ms: {}",
+            self.invariant, self.at_ms, self.detail
+        )
+    }
+}
+
+/// Events a room host handles.
+#[derive(Debug)]
+pub enum HostEvent {
+    /// A client opened a WebSocket to `room`.
+    Connect {
+        /// The connection.
+        conn: ConnId,
+        /// Its room.
+        room: usize,
+        /// The client's IP.
+        ip: IpAddr,
+    },
+    /// A text frame.
+    Text {
+        /// From.
+        conn: ConnId,
+        /// The frame.
+        text: String,
+    },
+    /// The socket closed (either end) or broke.
+    Closed {
+        /// Which.
+        conn: ConnId,
+    },
+    /// The limiter answered.
+    Verdict {
+        /// For which room.
+        room: usize,
+        /// The question.
+        request: VerdictRequest,
+        /// The answer.
+        wait_ms: u64,
+    },
+    /// A storage commit finished.
+    Durable {
+        /// Whose.
+        room: usize,
+        /// Which.
+        batch: BatchId,
+    },
+    /// A timer the host set for `room`.
+    Wake {
+        /// Which.
+        room: usize,
+    },
+    /// The platform asks to evict `room`.
+    Evict {
+        /// Which.
+        room: usize,
+    },
+    /// The end-of-run check: make `room` resident and publish its state.
+    Probe {
+        /// Which.
+        room: usize,
+    },
+}
+
+/// Events a client handles.
+#[derive(Debug)]
+pub enum ClientEvent {
+    /// A frame on `conn`.
+    Frame {
+        /// The connection.
+        conn: ConnId,
+        /// The frame.
+        frame: Frame,
+    },
+    /// `conn` closed or broke.
+    Closed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Time to act.
+    Tick,
+    /// The fault injector tells the client to drop its connection.
+    Disconnect,
+}
+
+/// Questions to the limiter.
+#[derive(Debug)]
+pub struct LimiterAsk {
+    /// The host to answer.
+    pub host: usize,
+    /// The room to answer.
+    pub room: usize,
+    /// The question.
+    pub request: VerdictRequest,
+    /// Whose budget.
+    pub ip: IpAddr,
+}
+
+/// A host slot: its inbox while it runs, and its incarnation (bumped by each crash).
+#[derive(Default)]
+pub struct HostSlot {
+    /// The running incarnation's inbox; `None` while crashed.
+    pub inbox: Option<Mailbox<HostEvent>>,
+    /// Bumped at each crash, so that nothing addressed to a dead process arrives.
+    pub incarnation: u64,
+    /// The madsim node.
+    pub node: Option<madsim::runtime::NodeHandle>,
+}
+
+impl fmt::Debug for HostSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostSlot")
+            .field("up", &self.inbox.is_some())
+            .field("incarnation", &self.incarnation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for World {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("World")
+            .field("seed", &self.seed)
+            .field("scenario", &self.sc)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One connection, as the network sees it.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client.
+    pub client: usize,
+    /// The host (and the incarnation it was opened to).
+    pub host: usize,
+    /// The host incarnation.
+    pub incarnation: u64,
+    /// Whether the network still carries it.
+    pub open: bool,
+    pub(crate) last_to_host: Duration,
+    pub(crate) last_to_client: Duration,
+}
+
+/// A client's view of its current connection.
+#[derive(Debug, Clone, Default)]
+pub struct ClientConn {
+    /// The connection.
+    pub conn: Option<ConnId>,
+    /// The `since` it joined with.
+    pub since: Option<u64>,
+    /// Whether `ready` arrived.
+    pub ready: bool,
+    /// The first chat id on this connection.
+    pub first_id: Option<u64>,
+    /// The last chat id on this connection.
+    pub last_id: Option<u64>,
+    /// Names per `joined` minus `quit`.
+    pub roster: Vec<String>,
+    /// Its join was rate limited, so it must be sent again.
+    pub join_rejected: bool,
+}
+
+/// A client's state, shared so the oracle can read it.
+#[derive(Debug, Clone)]
+pub struct ClientSlot {
+    /// Its inbox.
+    pub inbox: Mailbox<ClientEvent>,
+    /// Its IP.
+    pub ip: IpAddr,
+    /// Its room.
+    pub room: usize,
+    /// Its user name.
+    pub name: String,
+    /// Its current connection.
+    pub current: ClientConn,
+    /// The newest chat id it ever saw (for `since`).
+    pub last_seen: Option<u64>,
+    /// Messages sent.
+    pub sent: u64,
+    /// Messages left in the current burst.
+    pub burst_left: u32,
+    /// Connections opened.
+    pub connects: u64,
+}
+
+/// What the oracle knows of a room.
+#[derive(Debug, Clone, Default)]
+pub struct RoomOracle {
+    /// Every chat frame any client saw, with its timestamp: the room's one total order.
+    pub seen: BTreeMap<u64, (Frame, u64)>,
+    /// Acknowledged messages: confirmed durable, or found in storage by a restore.
+    pub acked: BTreeMap<u64, Frame>,
+    /// Presence the last time the room was resident.
+    pub presence: Vec<String>,
+}
+
+/// The world.
+pub struct World {
+    /// The seed.
+    pub seed: u64,
+    /// Its shape.
+    pub sc: Scenario,
+    /// The limiters' settings.
+    pub limiter_config: RateLimiterConfig,
+    start: madsim::time::Instant,
+    /// Per host clock offsets from true time.
+    pub host_offset_ms: Vec<i64>,
+    /// The limiter's clock offset.
+    pub limiter_offset_ms: i64,
+    /// Whether any clock stepped (the per-IP window bound assumes steady clocks).
+    pub clock_stepped: bool,
+    /// Whether limiter messages were ever lost (the window bound assumes answers arrive).
+    pub limiter_lossy: bool,
+    /// Client link latency range.
+    pub client_latency_ms: (u64, u64),
+    /// Limiter link latency range.
+    pub limiter_latency_ms: (u64, u64),
+    /// Probability that sending a frame breaks its connection.
+    pub client_break_p: f64,
+    /// Probability that a limiter message is lost.
+    pub limiter_loss_p: f64,
+    /// Client IPs cut off from the hosts.
+    pub cut_ips: BTreeSet<IpAddr>,
+    /// Whether hosts and limiter are cut off from each other.
+    pub limiter_cut: bool,
+    /// Whether faults are over.
+    pub settling: bool,
+    /// Room hosts.
+    pub hosts: Vec<HostSlot>,
+    /// The limiter's inbox.
+    pub limiter: Option<Mailbox<LimiterAsk>>,
+    /// Clients.
+    pub clients: Vec<ClientSlot>,
+    /// Connections.
+    pub conns: BTreeMap<ConnId, ConnInfo>,
+    /// Frames in flight to hosts, per connection, oldest first.
+    pub to_host_queue: BTreeMap<ConnId, VecDeque<HostEvent>>,
+    /// Frames in flight to clients, per connection, oldest first.
+    pub to_client_queue: BTreeMap<ConnId, VecDeque<ClientEvent>>,
+    next_conn: u64,
+    /// Committed storage, per room; survives host crashes.
+    pub stores: Vec<MemoryStore>,
+    /// What the oracle knows, per room.
+    pub rooms: Vec<RoomOracle>,
+    /// Frames accepted per IP (virtual ms, connection), for the window bound.
+    pub accepts: BTreeMap<IpAddr, Vec<(u64, ConnId)>>,
+    /// Zero-wait answers per IP, in the limiter's clamped clock.
+    pub zero_answers: BTreeMap<IpAddr, Vec<u64>>,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// The first violation.
+    pub violation: Option<Violation>,
+    trace_hash: u64,
+    trace: VecDeque<String>,
+    keep_trace: bool,
+    durable_messages: u64,
+}
+
+impl World {
+    /// Draws a world from the runtime's seeded randomness.
+    pub fn new(seed: u64, options: &SimOptions) -> World {
+        let mut rng = thread_rng();
+        let mut faults = BTreeSet::new();
+        // Swarm testing: each kind is on with probability 1/2, and the all-off run is
+        // replaced by a run with one kind on.
+        for kind in FaultKind::ALL {
+            if rng.gen_bool(0.5) {
+                faults.insert(kind);
+            }
+        }
+        if faults.is_empty() && rng.gen_bool(0.7) {
+            faults.insert(FaultKind::ALL[rng.gen_range(0..FaultKind::ALL.len())]);
+        }
+        let history_retained_max = rng.gen_range(4..=24);
+        let sc = Scenario {
+            rooms: rng.gen_range(1..=3),
+            hosts: rng.gen_range(1..=2),
+            ips: rng.gen_range(1..=3),
+            clients: rng.gen_range(2..=7),
+            faults,
+            fault_ms: rng.gen_range(30_000..=120_000),
+            idle_ms: rng.gen_range(1_000..=30_000),
+            room: RoomConfig {
+                history_retained_max,
+                join_replay_max: rng.gen_range(1..=history_retained_max),
+                planted_bug: options.planted,
+                ..RoomConfig::default()
+            },
+        };
+        let on = |kind| sc.faults.contains(&kind);
+        let skew = |rng: &mut madsim::rand::GlobalRng| {
+            if on(FaultKind::ClockSkew) {
+                rng.gen_range(-120_000i64..=120_000)
+            } else {
+                0
+            }
+        };
+        let host_offset_ms = (0..sc.hosts).map(|_| skew(&mut rng)).collect();
+        let limiter_offset_ms = skew(&mut rng);
+        let (client_latency_ms, limiter_latency_ms) = if on(FaultKind::Latency) {
+            ((1, rng.gen_range(2..=400)), (1, rng.gen_range(2..=2_000)))
+        } else {
+            ((1, 3), (1, 3))
+        };
+        let client_break_p = if on(FaultKind::LossClient) {
+            rng.gen_range(0.001..0.02)
+        } else {
+            0.0
+        };
+        let limiter_loss_p = if on(FaultKind::LossLimiter) {
+            rng.gen_range(0.02..0.3)
+        } else {
+            0.0
+        };
+        let clients = (0..sc.clients)
+            .map(|index| {
+                let ip_index = rng.gen_range(0..sc.ips);
+                ClientSlot {
+                    inbox: Mailbox::new(),
+                    ip: client_ip(ip_index),
+                    room: rng.gen_range(0..sc.rooms),
+                    name: format!("u{index}"),
+                    current: ClientConn::default(),
+                    last_seen: None,
+                    sent: 0,
+                    burst_left: 0,
+                    connects: 0,
+                }
+            })
+            .collect();
+        World {
+            seed,
+            // The demo's limiter scaled down five times (same burst of four, then one per
+            // second), so that a run of a minute or two carries enough traffic to trim history.
+            limiter_config: RateLimiterConfig {
+                cost_ms: 1_000,
+                grace_ms: 4_000,
+            },
+            start: madsim::time::Instant::now(),
+            host_offset_ms,
+            limiter_offset_ms,
+            clock_stepped: false,
+            limiter_lossy: limiter_loss_p > 0.0,
+            client_latency_ms,
+            limiter_latency_ms,
+            client_break_p,
+            limiter_loss_p,
+            cut_ips: BTreeSet::new(),
+            limiter_cut: false,
+            settling: false,
+            hosts: (0..sc.hosts).map(|_| HostSlot::default()).collect(),
+            limiter: None,
+            clients,
+            conns: BTreeMap::new(),
+            to_host_queue: BTreeMap::new(),
+            to_client_queue: BTreeMap::new(),
+            next_conn: 1,
+            stores: (0..sc.rooms).map(|_| MemoryStore::new()).collect(),
+            rooms: vec![RoomOracle::default(); sc.rooms],
+            accepts: BTreeMap::new(),
+            zero_answers: BTreeMap::new(),
+            faults: BTreeMap::new(),
+            violation: None,
+            trace_hash: FNV_OFFSET,
+            trace: VecDeque::new(),
+            keep_trace: options.keep_trace,
+            durable_messages: 0,
+            sc,
+        }
+    }
+
+    /// Virtual time since the run started.
+    pub fn elapsed(&self) -> Duration {
+        madsim::time::Instant::now().duration_since(self.start)
+    }
+
+    /// Virtual ms since the run started.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.elapsed().as_millis() as u64
+    }
+
+    /// The instant `at` after the start.
+    pub fn instant(&self, at: Duration) -> madsim::time::Instant {
+        self.start + at
+    }
+
+    /// Host `host`'s clock: true time plus its skew.
+    pub fn host_now(&self, host: usize) -> Timestamp {
+        skewed(EPOCH_MS + self.elapsed_ms(), self.host_offset_ms[host])
+    }
+
+    /// The limiter's clock.
+    pub fn limiter_now(&self) -> Timestamp {
+        skewed(EPOCH_MS + self.elapsed_ms(), self.limiter_offset_ms)
+    }
+
+    /// Appends a line to the trace (hashed; kept in part).
+    pub fn trace(&mut self, line: impl fmt::Display) {
+        let line = format!("{:>9} {line}", self.elapsed().as_micros());
+        self.trace_hash = fnv1a(self.trace_hash, line.as_bytes());
+        self.trace_hash = fnv1a(self.trace_hash, b"\n");
+        self.trace.push_back(line);
+        if !self.keep_trace && self.trace.len() > TRACE_TAIL_LINES {
+            self.trace.pop_front();
+        }
+    }
+
+    /// Counts one fault of `kind`.
+    pub fn count_fault(&mut self, kind: &'static str) {
+        *self.faults.entry(kind).or_default() += 1;
+    }
+
+    /// Records a broken invariant (the first one wins).
+    pub fn violate(&mut self, invariant: &'static str, detail: String) {
+        if self.violation.is_none() {
+            let at_ms = self.elapsed_ms();
+            self.trace(format_args!("VIOLATION [{invariant}] {detail}"));
+            self.violation = Some(Violation {
+                invariant,
+                detail,
+                at_ms,
+            });
+        }
+    }
+
+    /// The report of the run so far.
+    pub fn report(&self, seed: u64) -> RunReport {
+        RunReport {
+            seed,
+            scenario: self.sc.clone(),
+            trace_hash: self.trace_hash,
+            trace: self.trace.iter().cloned().collect(),
+            faults: self.faults.clone(),
+            messages_durable: self.durable_messages,
+            violation: self.violation.clone(),
+        }
+    }
+
+    /// Whether `kind` is on in this run (and faults are not over).
+    pub fn fault_on(&self, kind: FaultKind) -> bool {
+        !self.settling && self.sc.faults.contains(&kind)
+    }
+
+    /// A fresh connection id for `client`, to the host of its room.
+    pub fn open_conn(&mut self, client: usize) -> ConnId {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let host = self.clients[client].room % self.sc.hosts;
+        self.conns.insert(
+            conn,
+            ConnInfo {
+                client,
+                host,
+                incarnation: self.hosts[host].incarnation,
+                open: true,
+                last_to_host: Duration::ZERO,
+                last_to_client: Duration::ZERO,
+            },
+        );
+        conn
+    }
+
+    /// Breaks `conn`: both ends are told at once; frames still in flight are lost.
+    pub fn break_conn(&mut self, conn: ConnId, why: &str) {
+        let Some(info) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !info.open {
+            return;
+        }
+        info.open = false;
+        let info = info.clone();
+        self.trace(format_args!("break {conn:?} ({why})"));
+        self.clients[info.client]
+            .inbox
+            .push(ClientEvent::Closed { conn });
+        let slot = &self.hosts[info.host];
+        if slot.incarnation == info.incarnation {
+            if let Some(inbox) = &slot.inbox {
+                inbox.push(HostEvent::Closed { conn });
+            }
+        }
+    }
+
+    /// Marks `conn` closed once its host has handled the close.
+    pub fn conn_closed(&mut self, conn: ConnId) {
+        if let Some(info) = self.conns.get_mut(&conn) {
+            info.open = false;
+        }
+    }
+
+    /// A host crashed: it is gone, and every connection to it breaks.
+    pub fn host_crashed(&mut self, host: usize) {
+        self.hosts[host].inbox = None;
+        self.hosts[host].incarnation += 1;
+        let conns: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, info)| info.open && info.host == host)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in conns {
+            self.break_conn(conn, "host crashed");
+        }
+    }
+
+    /// Cuts `ip` off from the hosts, breaking its connections.
+    pub fn cut_ip(&mut self, ip: IpAddr) {
+        self.cut_ips.insert(ip);
+        let conns: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, info)| info.open && self.clients[info.client].ip == ip)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in conns {
+            self.break_conn(conn, "partition");
+        }
+    }
+
+    /// Checks a batch against committed storage just before it commits: the new messages'
+    /// timestamps and ids continue the stored ones.
+    pub fn check_batch(&mut self, room: usize, batch: &WriteBatch) {
+        let stored = self.stores[room].list(ListQuery {
+            prefix: keys::MESSAGE_PREFIX,
+            limit: 1,
+        });
+        let mut previous = stored
+            .first()
+            .and_then(|(key, value)| Some((keys::parse_message(key)?, decode(value)?.timestamp)));
+        for write in &batch.writes {
+            let Write::Put { key, value } = write else {
+                continue;
+            };
+            let Some(message) = decode(value) else {
+                self.violate("storage", format!("undecodable record {key}: {value}"));
+                return;
+            };
+            if let Some((id, timestamp)) = previous {
+                if message.id != id + 1 {
+                    self.violate(
+                        "ids-gap-free",
+                        format!("room {room} writes id {} after stored id {id}", message.id),
+                    );
+                }
+                if message.timestamp <= timestamp {
+                    self.violate(
+                        "timestamps-increasing",
+                        format!(
+                            "room {room} id {} has timestamp {} not after {} of id {id}",
+                            message.id, message.timestamp.0, timestamp.0
+                        ),
+                    );
+                }
+            }
+            previous = Some((message.id, message.timestamp));
+        }
+    }
+
+    /// Checks the shape of a room's storage: ids consecutive, exactly the newest retained.
+    pub fn check_store(&mut self, room: usize) {
+        let retained = self.sc.room.history_retained_max as u64;
+        let ids: Vec<u64> = self.stores[room]
+            .list(all_messages())
+            .iter()
+            .filter_map(|(key, _)| keys::parse_message(key))
+            .collect();
+        if ids.windows(2).any(|pair| pair[1] != pair[0] + 1) {
+            self.violate(
+                "stored-history",
+                format!("room {room} stores non-consecutive ids {ids:?}"),
+            );
+            return;
+        }
+        let newest = ids.last().copied().unwrap_or(0);
+        let expected = newest.min(retained) as usize;
+        if ids.len() != expected {
+            self.violate(
+                "stored-history",
+                format!(
+                    "room {room} stores {} messages ({ids:?}), expected the newest {expected}",
+                    ids.len()
+                ),
+            );
+        }
+    }
+
+    /// Records that a batch is confirmed durable: its messages are acknowledged.
+    pub fn acknowledge(&mut self, room: usize, batch: &WriteBatch) {
+        for write in &batch.writes {
+            if let Write::Put { key, value } = write {
+                if let Some(id) = keys::parse_message(key) {
+                    self.rooms[room].acked.insert(id, value.clone());
+                    self.durable_messages += 1;
+                }
+            }
+        }
+    }
+
+    /// A room was restored from storage: what it found is acknowledged (a crash may have
+    /// come between a commit and its confirmation), and every message a client saw must be
+    /// there.
+    pub fn restored(&mut self, room: usize, stored: &[(String, Frame)]) {
+        for (key, value) in stored {
+            if let Some(id) = keys::parse_message(key) {
+                self.rooms[room]
+                    .acked
+                    .entry(id)
+                    .or_insert_with(|| value.clone());
+            }
+        }
+        self.check_seen_stored(room);
+    }
+
+    /// Every message a client saw, unless trimmed as older than the retained history, is
+    /// in storage with the same frame.
+    pub fn check_seen_stored(&mut self, room: usize) {
+        let retained = self.sc.room.history_retained_max as u64;
+        let newest = newest_id(&self.stores[room]);
+        let floor = newest.saturating_sub(retained) + 1;
+        let mut problem = None;
+        for (id, (frame, _)) in self.rooms[room].seen.range(floor..) {
+            match self.stores[room].get(&keys::message(*id)) {
+                Some(stored) if stored == frame => {}
+                Some(stored) => {
+                    problem = Some(format!("id {id} was seen as {frame}, stored as {stored}"))
+                }
+                None => {
+                    problem = Some(format!(
+                        "id {id} was seen by a client but is not in storage (newest {newest})"
+                    ))
+                }
+            }
+            if problem.is_some() {
+                break;
+            }
+        }
+        if let Some(problem) = problem {
+            self.violate("seen-is-durable", format!("room {room}: {problem}"));
+        }
+    }
+
+    /// The end-of-run checks (after settling).
+    pub fn check_final(&mut self) {
+        for room in 0..self.sc.rooms {
+            self.check_store(room);
+            self.check_seen_stored(room);
+            self.check_acked_stored(room);
+            self.check_converged(room);
+            self.check_rosters(room);
+        }
+        self.check_rate_limits();
+    }
+
+    /// Storage equals the last N acknowledged messages.
+    fn check_acked_stored(&mut self, room: usize) {
+        let retained = self.sc.room.history_retained_max;
+        let stored = self.stores[room].list(all_messages());
+        let acked = &self.rooms[room].acked;
+        let expected: Vec<(String, Frame)> = acked
+            .iter()
+            .rev()
+            .take(retained)
+            .rev()
+            .map(|(id, frame)| (keys::message(*id), frame.clone()))
+            .collect();
+        if stored != expected {
+            let ids = |v: &[(String, Frame)]| -> Vec<u64> {
+                v.iter()
+                    .filter_map(|(k, _)| keys::parse_message(k))
+                    .collect()
+            };
+            self.violate(
+                "stored-is-last-acked",
+                format!(
+                    "room {room} stores ids {:?}, the last {retained} acknowledged are {:?}",
+                    ids(&stored),
+                    ids(&expected)
+                ),
+            );
+        }
+        let mut last_ts = 0;
+        for (_, value) in &stored {
+            let ts = decode(value).map_or(0, |m| m.timestamp.0);
+            if ts <= last_ts {
+                self.violate(
+                    "timestamps-increasing",
+                    format!("room {room} stores timestamp {ts} after {last_ts}"),
+                );
+                break;
+            }
+            last_ts = ts;
+        }
+    }
+
+    /// Liveness: every client is connected, joined, and has every message.
+    fn check_converged(&mut self, room: usize) {
+        let newest = newest_id(&self.stores[room]);
+        let mut problem = None;
+        for client in self.clients.iter().filter(|c| c.room == room) {
+            let current = &client.current;
+            let connected = current
+                .conn
+                .is_some_and(|conn| self.conns.get(&conn).is_some_and(|info| info.open));
+            if !connected || !current.ready {
+                problem = Some(format!(
+                    "{} did not get back in (connected {connected}, ready {})",
+                    client.name, current.ready
+                ));
+            } else if newest > 0 && current.last_id != Some(newest) {
+                problem = Some(format!(
+                    "{} has seen up to {:?}, the room is at {newest}",
+                    client.name, current.last_id
+                ));
+            }
+            if problem.is_some() {
+                break;
+            }
+        }
+        if let Some(problem) = problem {
+            self.violate("liveness", format!("room {room}: {problem}"));
+        }
+    }
+
+    /// Once settled, every client's roster and the room's presence are the same multiset.
+    fn check_rosters(&mut self, room: usize) {
+        let mut expected: Vec<String> = self
+            .clients
+            .iter()
+            .filter(|c| c.room == room && c.current.ready)
+            .map(|c| c.name.clone())
+            .collect();
+        expected.sort();
+        let mut presence = self.rooms[room].presence.clone();
+        presence.sort();
+        if presence != expected {
+            self.violate(
+                "roster",
+                format!("room {room} presence {presence:?}, joined clients {expected:?}"),
+            );
+            return;
+        }
+        for client in self.clients.iter().filter(|c| c.room == room) {
+            let mut roster = client.current.roster.clone();
+            roster.sort();
+            if client.current.ready && roster != expected {
+                let detail = format!(
+                    "room {room}: {} believes {roster:?}, joined are {expected:?}",
+                    client.name
+                );
+                self.violate("roster", detail);
+                return;
+            }
+        }
+    }
+
+    /// No IP exceeds its rate limit over any window.
+    ///
+    /// Every frame a room processes is one action on the IP's limiter, and a session only
+    /// processes its next frame once the answer's wait has passed (in the host's clock). If
+    /// the `i`-th action in a window is followed by another frame of the same session in the
+    /// window, its next-allowed time `N_i` satisfies `window start + i * cost ≤ N_i ≤ window
+    /// end + grace`, so at most `burst_max(window)` such frames; the rest are each session's
+    /// last in the window. Hence: accepted frames ≤ `burst_max(window)` + sessions. This
+    /// needs steady clocks and answers that arrive (a session re-asks after a lost answer),
+    /// so it is checked only in runs without clock steps and limiter loss or partitions; the
+    /// per-session check in the host (a shadow [`SessionLimiter`]) holds in every run.
+    ///
+    /// [`SessionLimiter`]: edgechat_core::limiter::SessionLimiter
+    fn check_rate_limits(&mut self) {
+        let config = self.limiter_config;
+        for (ip, answers) in &self.zero_answers {
+            for i in 0..answers.len() {
+                for j in i..answers.len() {
+                    let window = answers[j] - answers[i];
+                    if (j - i + 1) as u64 > config.burst_max(window) {
+                        let detail = format!(
+                            "limiter gave {ip} {} zero waits within {window} ms",
+                            j - i + 1
+                        );
+                        self.violate("rate-limit", detail);
+                        return;
+                    }
+                }
+            }
+        }
+        if self.clock_stepped || self.limiter_lossy {
+            return;
+        }
+        let mut problem = None;
+        'ips: for (ip, accepts) in &self.accepts {
+            for i in 0..accepts.len() {
+                let mut sessions = BTreeSet::new();
+                for j in i..accepts.len() {
+                    sessions.insert(accepts[j].1);
+                    let window = accepts[j].0 - accepts[i].0;
+                    let allowed = config.burst_max(window) + sessions.len() as u64;
+                    if (j - i + 1) as u64 > allowed {
+                        problem = Some(format!(
+                            "{ip} had {} frames accepted within {window} ms over {} sessions \
+                             (at most {allowed})",
+                            j - i + 1,
+                            sessions.len()
+                        ));
+                        break 'ips;
+                    }
+                }
+            }
+        }
+        if let Some(problem) = problem {
+            self.violate("rate-limit", problem);
+        }
+    }
+}
+
+/// The IP of client IP number `index`.
+pub fn client_ip(index: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1))
+}
+
+fn skewed(true_ms: u64, offset_ms: i64) -> Timestamp {
+    Timestamp(true_ms.saturating_add_signed(offset_ms))
+}
+
+fn decode(value: &Frame) -> Option<ChatMessage> {
+    ChatMessage::decode(value).ok()
+}
+
+fn all_messages() -> ListQuery {
+    ListQuery {
+        prefix: keys::MESSAGE_PREFIX,
+        limit: usize::MAX,
+    }
+}
+
+/// The newest message id in `store` (0 if none).
+pub fn newest_id(store: &MemoryStore) -> u64 {
+    store
+        .list(ListQuery {
+            prefix: keys::MESSAGE_PREFIX,
+            limit: 1,
+        })
+        .first()
+        .and_then(|(key, _)| keys::parse_message(key))
+        .unwrap_or(0)
+}
+
+/// Whether the planted bug, if any, is one that only a restore can trigger (for reports).
+pub fn needs_restore(bug: PlantedBug) -> bool {
+    matches!(
+        bug,
+        PlantedBug::RestoreForgetsAttachment | PlantedBug::LimiterResetOnRestore
+    )
+}
