@@ -1,0 +1,236 @@
+//! Connecting: the target URL, source-address spreading, the trusted IP header, joining.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// A connected WebSocket.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// How long one connect plus join may take before it counts as an error.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where to connect and how to present each client.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `host:port` as given (for the Host header).
+    pub authority: String,
+    /// The resolved server address.
+    pub addr: SocketAddr,
+    /// Spread source addresses over this many 127.x.y.z addresses (0: let the kernel pick).
+    pub spread_ips: u32,
+    /// Send each client's fake IP in this header (for a server that trusts it).
+    pub ip_header: Option<String>,
+}
+
+impl Target {
+    /// Parses `http://host:port` or `ws://host:port` (a path is ignored); refuses a
+    /// non-loopback address unless `allow_remote`.
+    ///
+    /// # Errors
+    /// On an unsupported scheme, an unresolvable host or a refused remote address.
+    pub fn parse(
+        url: &str,
+        allow_remote: bool,
+        spread_ips: u32,
+        ip_header: Option<String>,
+    ) -> anyhow::Result<Target> {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("ws://"))
+            .with_context(|| format!("{url}: only http:// or ws:// base URLs are supported"))?;
+        let authority = rest.split('/').next().unwrap_or_default().to_owned();
+        let with_port = if authority.contains(':') && !authority.ends_with(']') {
+            authority.clone()
+        } else {
+            format!("{authority}:80")
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {with_port}"))?
+            .next()
+            .with_context(|| format!("{with_port} resolves to nothing"))?;
+        if !addr.ip().is_loopback() && !allow_remote {
+            bail!("{url} is not a loopback address; pass --allow-remote to load a remote server");
+        }
+        if spread_ips > 0 && !addr.ip().is_loopback() {
+            bail!("--spread-ips only works against a loopback server");
+        }
+        Ok(Target {
+            authority,
+            addr,
+            spread_ips,
+            ip_header,
+        })
+    }
+
+    /// The source address of client `index` (127.0.0.0/8, skipping .0 and .255).
+    fn source_ip(&self, index: u64) -> Option<IpAddr> {
+        if self.spread_ips == 0 || !self.addr.is_ipv4() {
+            return None;
+        }
+        let slot = index % u64::from(self.spread_ips);
+        let b4 = slot % 254 + 1;
+        let b3 = (slot / 254) % 254 + 1;
+        let b2 = (slot / (254 * 254)) % 254 + 1;
+        Some(IpAddr::V4(Ipv4Addr::new(127, b2 as u8, b3 as u8, b4 as u8)))
+    }
+
+    /// Opens a TCP connection for client `index` (bound to its source address if spreading).
+    async fn tcp(&self, index: u64) -> anyhow::Result<TcpStream> {
+        let socket = if self.addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = self.source_ip(index) {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = socket.connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// Opens room `room`'s WebSocket for client `index`.
+    ///
+    /// # Errors
+    /// If the TCP connection or the upgrade fails.
+    pub async fn open(&self, room: &str, index: u64) -> anyhow::Result<Ws> {
+        let url = format!("ws://{}/api/room/{room}/websocket", self.authority);
+        let mut request = url.as_str().into_client_request()?;
+        if let Some(header) = &self.ip_header {
+            let fake = format!(
+                "10.{}.{}.{}",
+                (index >> 16) & 0xff,
+                (index >> 8) & 0xff,
+                index & 0xff
+            );
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(header.as_bytes())?,
+                HeaderValue::from_str(&fake)?,
+            );
+        }
+        let stream = self.tcp(index).await?;
+        let config = WebSocketConfig {
+            // Small write buffering; the generator flushes after each frame it sends.
+            write_buffer_size: 0,
+            ..WebSocketConfig::default()
+        };
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+            .await
+            .with_context(|| format!("upgrading {url}"))?;
+        Ok(ws)
+    }
+
+    /// Sends a plain HTTP request and returns the status code and body (for admin calls
+    /// and `/metrics`).
+    ///
+    /// # Errors
+    /// On a connection or parse failure.
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
+        let mut stream = TcpStream::connect(self.addr).await?;
+        let auth = bearer
+            .map(|token| format!("Authorization: Bearer {token}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.authority
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let text = String::from_utf8_lossy(&response);
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .context("malformed HTTP response")?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+}
+
+/// What a join saw before `ready`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Joined {
+    /// Chat messages replayed (history plus anything broadcast meanwhile).
+    pub messages: u64,
+    /// `joined` frames (roster and its own).
+    pub roster: u64,
+}
+
+/// Sends the join frame and reads until `{"ready":...}`.
+///
+/// # Errors
+/// On an error frame, a close, a transport error or a timeout.
+pub async fn join(ws: &mut Ws, name: &str) -> anyhow::Result<Joined> {
+    let run = async {
+        ws.send(Message::text(format!("{{\"name\":\"{name}\"}}")))
+            .await?;
+        let mut joined = Joined::default();
+        while let Some(frame) = ws.next().await {
+            match frame? {
+                Message::Text(text) => match classify(&text) {
+                    Kind::Ready => return Ok(joined),
+                    Kind::Chat => joined.messages += 1,
+                    Kind::Joined => joined.roster += 1,
+                    Kind::Error => bail!("error frame while joining: {text}"),
+                    Kind::Other => {}
+                },
+                Message::Close(close) => bail!("closed while joining: {close:?}"),
+                _ => {}
+            }
+        }
+        bail!("connection ended while joining")
+    };
+    tokio::time::timeout(JOIN_TIMEOUT, run)
+        .await
+        .context("join timed out")?
+}
+
+/// The kinds of server frame the generator tells apart, from the first key only.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `{"name":..,"message":..}`
+    Chat,
+    /// `{"joined":..}`
+    Joined,
+    /// `{"ready":..}`
+    Ready,
+    /// `{"error":..}`
+    Error,
+    /// Anything else (`quit`, unknown keys).
+    Other,
+}
+
+/// Classifies a server frame by its first key without parsing the JSON.
+pub fn classify(text: &str) -> Kind {
+    if text.starts_with("{\"name\"") {
+        Kind::Chat
+    } else if text.starts_with("{\"joined\"") {
+        Kind::Joined
+    } else if text.starts_with("{\"ready\"") {
+        Kind::Ready
+    } else if text.starts_with("{\"error\"") {
+        Kind::Error
+    } else {
+        Kind::Other
+    }
+}

@@ -1,0 +1,144 @@
+//! The idle-memory scenario: many joined, silent connections; the server's RSS before,
+//! with the rooms resident, and after they hibernate.
+//!
+//! Per connection = (RSS hibernated − RSS before) / connections. Per hibernated room is the
+//! difference between two runs with the same connections in many rooms and in few rooms
+//! (run.sh does both), divided by the difference in rooms.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use tokio::sync::{watch, Semaphore};
+
+use crate::client::{join, Target};
+use crate::load::rss_kib;
+
+/// Settings of one idle run.
+#[derive(Debug, Clone)]
+pub struct IdleConfig {
+    /// Connections in all.
+    pub connections: u64,
+    /// Rooms they are spread over (round robin).
+    pub rooms: u64,
+    /// The server's process id (for `/proc/<pid>/status`).
+    pub server_pid: u32,
+    /// Admin token: force hibernation with `POST /admin/hibernate` instead of waiting.
+    pub admin_token: Option<String>,
+    /// How long to wait for idle hibernation when there is no token.
+    pub hibernate_wait: Duration,
+    /// Connections being opened at once.
+    pub concurrency: usize,
+    /// Pause before each RSS reading, so that freed memory and queued work settle.
+    pub settle: Duration,
+    /// Room name prefix.
+    pub prefix: String,
+}
+
+/// Runs the scenario and returns its report.
+///
+/// # Errors
+/// If the server's RSS cannot be read.
+pub async fn run(target: Arc<Target>, config: IdleConfig) -> anyhow::Result<serde_json::Value> {
+    let pid = config.server_pid;
+    let rss_before = rss_kib(pid)?;
+    let ready = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let (hold_tx, hold_rx) = watch::channel(true);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for index in 0..config.connections {
+        let (target, ready, errors, slots) =
+            (target.clone(), ready.clone(), errors.clone(), slots.clone());
+        let mut hold = hold_rx.clone();
+        let room = format!("{}{}", config.prefix, index % config.rooms);
+        tasks.push(tokio::spawn(async move {
+            let opened = async {
+                let _slot = slots.acquire().await?;
+                let mut ws = target.open(&room, index).await?;
+                join(&mut ws, &format!("i{index}")).await?;
+                anyhow::Ok(ws)
+            }
+            .await;
+            let mut ws = match opened {
+                Ok(ws) => ws,
+                Err(error) => {
+                    if errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("connection {index}: {error:#}");
+                    }
+                    return;
+                }
+            };
+            ready.fetch_add(1, Ordering::Relaxed);
+            // Stay silent but keep reading (pings, later joins in the same room).
+            loop {
+                tokio::select! {
+                    frame = ws.next() => if !matches!(frame, Some(Ok(_))) { return },
+                    _ = hold.wait_for(|hold| !*hold) => return,
+                }
+            }
+        }));
+    }
+    while ready.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) < config.connections {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    let open = ready.load(Ordering::Relaxed);
+    eprintln!("{open} connections joined in {connect_secs:.1} s");
+    tokio::time::sleep(config.settle).await;
+    let rss_resident = rss_kib(pid)?;
+    let hibernated = match &config.admin_token {
+        Some(token) => {
+            let (status, body) = target.http("POST", "/admin/hibernate", Some(token)).await?;
+            anyhow::ensure!(status == 200, "hibernate answered {status}: {body}");
+            body
+        }
+        None => {
+            tokio::time::sleep(config.hibernate_wait).await;
+            String::from("(waited for idle eviction)")
+        }
+    };
+    tokio::time::sleep(config.settle).await;
+    let rss_hibernated = rss_kib(pid)?;
+    let metrics = target
+        .http("GET", "/metrics", None)
+        .await
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|line| {
+                    line.starts_with("edgechat_rooms") || line.starts_with("edgechat_connections ")
+                })
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    hold_tx.send_replace(false);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let per = |after: u64| {
+        if open == 0 {
+            0.0
+        } else {
+            after.saturating_sub(rss_before) as f64 * 1024.0 / open as f64
+        }
+    };
+    Ok(serde_json::json!({
+        "connections": open,
+        "rooms": config.rooms,
+        "connect_secs": connect_secs,
+        "errors": errors.load(Ordering::Relaxed),
+        "server_rss_kib": {
+            "before": rss_before,
+            "resident": rss_resident,
+            "hibernated": rss_hibernated,
+        },
+        "bytes_per_connection_resident": per(rss_resident),
+        "bytes_per_connection_hibernated": per(rss_hibernated),
+        "hibernate_answer": hibernated.trim(),
+        "server_metrics": metrics,
+        "generator_rss_kib": rss_kib(std::process::id()).unwrap_or_default(),
+    }))
+}
