@@ -33,6 +33,10 @@ use crate::socket::ConnectionGuard;
 const PAGE: &str = include_str!("../../web/index.html");
 const ADMIN_HIBERNATE_PATH: &str = "/admin/hibernate";
 
+/// The TCP peer of a request, put into its extensions by the server's accept loop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub SocketAddr);
+
 /// The filter serving every route.
 pub(crate) fn routes(
     shared: Arc<Shared>,
@@ -43,12 +47,17 @@ pub(crate) fn routes(
         .map(Some)
         .or(warp::any().map(|| None))
         .unify();
+    // Our own accept loop records the peer; warp's TLS server reports it itself.
+    let remote = warp::ext::get::<Peer>()
+        .map(|peer: Peer| Some(peer.0))
+        .or(warp::addr::remote())
+        .unify();
     warp::any()
         .and(warp::method())
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(remote)
         .and(ws)
         .and(warp::body::stream())
         .then(

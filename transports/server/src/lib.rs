@@ -67,6 +67,9 @@ pub const OUTBOUND_QUEUE_LEN_DEFAULT: usize = 256;
 /// Default interval between keepalive pings (a peer silent for two is closed).
 pub const PING_INTERVAL_MS_DEFAULT: u64 = 30_000;
 
+/// How long a client may take to send a request head (slowloris protection: a connection
+/// that has not upgraded yet does not count against `max_connections`).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for sockets to finish their closing handshakes.
 const SHUTDOWN_SOCKETS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight HTTP requests and object writes.
@@ -256,10 +259,37 @@ fn bind(config: &Config, shared: &Arc<Shared>) -> anyhow::Result<(SocketAddr, Se
     };
     match (&config.tls_cert, &config.tls_key) {
         (None, None) => {
-            let (addr, serve) = warp::serve(routes)
-                .try_bind_with_graceful_shutdown(config.listen, signal)
+            // hyper directly rather than `warp::serve`, which cannot set a header-read
+            // timeout. The peer address goes into the request's extensions for the filter.
+            let service = warp::service(routes);
+            let incoming = hyper::server::conn::AddrIncoming::bind(&config.listen)
                 .with_context(|| format!("binding {}", config.listen))?;
-            Ok((addr, Box::pin(serve)))
+            let addr = incoming.local_addr();
+            let make =
+                hyper::service::make_service_fn(move |conn: &hyper::server::conn::AddrStream| {
+                    let peer = http::Peer(conn.remote_addr());
+                    let service = service.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::service::service_fn(
+                            move |mut request: hyper::Request<hyper::Body>| {
+                                request.extensions_mut().insert(peer);
+                                hyper::service::Service::call(&mut service.clone(), request)
+                            },
+                        ))
+                    }
+                });
+            let serve = hyper::Server::builder(incoming)
+                .http1_header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve(make)
+                .with_graceful_shutdown(signal);
+            Ok((
+                addr,
+                Box::pin(async move {
+                    if let Err(error) = serve.await {
+                        tracing::error!(%error, "HTTP server failed");
+                    }
+                }),
+            ))
         }
         #[cfg(feature = "tls")]
         (Some(cert), Some(key)) => {
