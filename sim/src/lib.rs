@@ -111,7 +111,9 @@ fn run_inner(seed: u64, options: &SimOptions) -> RunReport {
     runtime.block_on(async move {
         let world = Arc::new(Mutex::new(world::World::new(seed, &options)));
         nodes::supervise(world.clone()).await;
-        let report = world.lock().expect("world lock").report(seed);
+        let mut w = world.lock().expect("world lock");
+        let report = w.report(seed);
+        w.teardown();
         report
     })
 }

@@ -19,6 +19,7 @@ pub struct Mailbox<T> {
 struct Inner<T> {
     queue: VecDeque<T>,
     waker: Option<Waker>,
+    closed: bool,
 }
 
 impl<T> Clone for Mailbox<T> {
@@ -35,6 +36,7 @@ impl<T> Default for Mailbox<T> {
             inner: Arc::new(Mutex::new(Inner {
                 queue: VecDeque::new(),
                 waker: None,
+                closed: false,
             })),
         }
     }
@@ -49,18 +51,33 @@ impl<T> Mailbox<T> {
     /// Queues `item` and wakes the receiver.
     pub fn push(&self, item: T) {
         let mut inner = self.inner.lock().expect("mailbox lock");
+        if inner.closed {
+            return;
+        }
         inner.queue.push_back(item);
         if let Some(waker) = inner.waker.take() {
             waker.wake();
         }
     }
 
-    /// Waits for the next item.
-    pub async fn recv(&self) -> T {
+    /// Drops every queued item and ends the receiver's wait with `None`, so that its task
+    /// finishes and frees what it holds (a finished run must not leak its nodes' state).
+    pub fn close(&self) {
+        let mut inner = self.inner.lock().expect("mailbox lock");
+        inner.queue.clear();
+        inner.closed = true;
+        if let Some(waker) = inner.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Waits for the next item; `None` once the mailbox is closed.
+    pub async fn recv(&self) -> Option<T> {
         poll_fn(|cx| {
             let mut inner = self.inner.lock().expect("mailbox lock");
             match inner.queue.pop_front() {
-                Some(item) => Poll::Ready(item),
+                Some(item) => Poll::Ready(Some(item)),
+                None if inner.closed => Poll::Ready(None),
                 None => {
                     inner.waker = Some(cx.waker().clone());
                     Poll::Pending

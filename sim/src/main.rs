@@ -20,7 +20,13 @@ struct Args {
     max_secs: Option<u64>,
     options: SimOptions,
     single: bool,
+    /// Run as a child of the sweeper: print machine-readable totals.
+    machine: bool,
 }
+
+/// Seeds per child process: a madsim runtime leaves some memory behind when dropped, so a
+/// long sweep runs its seeds in fresh processes of this many seeds each.
+const CHUNK_SEEDS: u64 = 2_000;
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -29,6 +35,7 @@ fn parse_args() -> Result<Args, String> {
         max_secs: None,
         options: SimOptions::default(),
         single: false,
+        machine: false,
     };
     if let Some(seed) = sim::seed_from_env() {
         args.seeds = seed..seed + 1;
@@ -56,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
                 args.options.planted = Some(parse_bug(&name).ok_or(format!("no bug {name}"))?);
             }
             "--trace" => args.options.keep_trace = true,
+            "--machine" => args.machine = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -92,7 +100,88 @@ fn main() -> ExitCode {
             }
         };
     }
-    sweep(args)
+    if args.machine || args.seeds.end - args.seeds.start <= CHUNK_SEEDS {
+        return sweep(args);
+    }
+    sweep_in_children(args)
+}
+
+/// Runs the sweep in child processes of [`CHUNK_SEEDS`] seeds and adds up their totals.
+fn sweep_in_children(args: Args) -> ExitCode {
+    let started = Instant::now();
+    let exe = std::env::current_exe().expect("own path");
+    let mut t = Totals::default();
+    let mut failures: Vec<String> = Vec::new();
+    let mut start = args.seeds.start;
+    println!(
+        "sweeping seeds {}..{} on {} threads in chunks of {CHUNK_SEEDS}{}",
+        args.seeds.start,
+        args.seeds.end,
+        args.threads,
+        args.max_secs
+            .map_or(String::new(), |s| format!(", at most {s} s"))
+    );
+    while start < args.seeds.end {
+        let elapsed = started.elapsed().as_secs();
+        if args.max_secs.is_some_and(|s| elapsed >= s) {
+            break;
+        }
+        let end = (start + CHUNK_SEEDS).min(args.seeds.end);
+        let mut command = std::process::Command::new(&exe);
+        command
+            .args(["--seeds", &format!("{start}..{end}"), "--machine"])
+            .args(["--threads", &args.threads.to_string()])
+            .env_remove("SIM_SEED")
+            .env_remove("MADSIM_TEST_SEED");
+        if let Some(s) = args.max_secs {
+            command.args(["--max-secs", &(s - elapsed).to_string()]);
+        }
+        if let Some(bug) = args.options.planted {
+            command.args(["--bug", &format!("{bug:?}")]);
+        }
+        let output = command.output().expect("child sweep");
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let mut parts = line.splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("SEEDS"), Some(n), _) => t.seeds += n.parse::<u64>().unwrap_or(0),
+                (Some("MESSAGES"), Some(n), _) => t.messages += n.parse::<u64>().unwrap_or(0),
+                (Some("FAULT"), Some(kind), Some(n)) => {
+                    let kind: &'static str = Box::leak(kind.to_owned().into_boxed_str());
+                    *t.faults.entry(kind).or_default() += n.parse::<u64>().unwrap_or(0);
+                }
+                (Some("FAIL"), _, _) => failures.push(line[5..].to_owned()),
+                _ => {}
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "{} seeds in {secs:.0} s ({:.1} seeds/s), {} failures",
+            t.seeds,
+            t.seeds as f64 / secs,
+            failures.len()
+        );
+        start = end;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "seeds run: {} in {secs:.1} s = {:.1} seeds/s",
+        t.seeds,
+        t.seeds as f64 / secs
+    );
+    println!("durable messages: {}", t.messages);
+    println!("faults injected by kind:");
+    for (kind, n) in &t.faults {
+        println!("  {kind:<18} {n}");
+    }
+    println!("failures: {}", failures.len());
+    for failure in &failures {
+        println!("  {failure}");
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 #[derive(Default)]
@@ -108,18 +197,21 @@ fn sweep(args: Args) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     let totals = Arc::new(Mutex::new(Totals::default()));
     let started = Instant::now();
-    println!(
-        "sweeping seeds {}..{} on {} threads{}",
-        args.seeds.start,
-        args.seeds.end,
-        args.threads,
-        args.max_secs
-            .map_or(String::new(), |s| format!(", at most {s} s"))
-    );
+    if !args.machine {
+        println!(
+            "sweeping seeds {}..{} on {} threads{}",
+            args.seeds.start,
+            args.seeds.end,
+            args.threads,
+            args.max_secs
+                .map_or(String::new(), |s| format!(", at most {s} s"))
+        );
+    }
     let workers: Vec<_> = (0..args.threads)
         .map(|_| {
             let (next, stop, totals) = (next.clone(), stop.clone(), totals.clone());
             let (end, options, max_secs) = (args.seeds.end, args.options.clone(), args.max_secs);
+            let args_machine = args.machine;
             std::thread::spawn(move || loop {
                 if stop.load(Ordering::Relaxed)
                     || max_secs.is_some_and(|s| started.elapsed().as_secs() >= s)
@@ -142,7 +234,7 @@ fn sweep(args: Args) -> ExitCode {
                     eprintln!("  replay: {}", report.replay_command(options.planted));
                     t.failures.push(report);
                 }
-                if t.seeds % 1_000 == 0 {
+                if t.seeds % 1_000 == 0 && !args_machine {
                     let secs = started.elapsed().as_secs_f64();
                     eprintln!(
                         "{} seeds in {secs:.0} s ({:.1} seeds/s), {} failures",
@@ -160,6 +252,22 @@ fn sweep(args: Args) -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     let mut t = totals.lock().expect("totals");
     t.failures.sort_by_key(|r| r.seed);
+    if args.machine {
+        println!("SEEDS {}", t.seeds);
+        println!("MESSAGES {}", t.messages);
+        for (kind, n) in &t.faults {
+            println!("FAULT {kind} {n}");
+        }
+        for report in &t.failures {
+            let v = report.violation.as_ref().expect("failure");
+            println!(
+                "FAIL seed {}: {v} -- replay: {}",
+                report.seed,
+                report.replay_command(args.options.planted)
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
     println!(
         "seeds run: {} in {secs:.1} s = {:.1} seeds/s",
         t.seeds,

@@ -227,8 +227,7 @@ async fn host_main(world: Shared, index: usize) {
         views: BTreeMap::new(),
         wakes: BTreeMap::new(),
     };
-    loop {
-        let event = host.inbox.recv().await;
+    while let Some(event) = host.inbox.recv().await {
         host.handle(event);
     }
 }
@@ -564,8 +563,7 @@ async fn limiter_main(world: Shared) {
     let mut limiters: BTreeMap<IpAddr, RateLimiter> = BTreeMap::new();
     // Each limiter clamps its own clock; mirror that per IP to record answers in its time.
     let mut latest: BTreeMap<IpAddr, Timestamp> = BTreeMap::new();
-    loop {
-        let ask: LimiterAsk = inbox.recv().await;
+    while let Some(ask) = inbox.recv().await {
         let mut w = lock(&world);
         let now = w.limiter_now();
         let clamped = latest.entry(ask.ip).or_default();
@@ -619,8 +617,7 @@ fn schedule_tick(inbox: &Mailbox<ClientEvent>, delay: Duration) {
 async fn client_main(world: Shared, index: usize) {
     let inbox = lock(&world).clients[index].inbox.clone();
     schedule_tick(&inbox, random_ms((1, 2_000)));
-    loop {
-        let event = inbox.recv().await;
+    while let Some(event) = inbox.recv().await {
         let mut w = lock(&world);
         match event {
             ClientEvent::Tick => {
@@ -926,6 +923,8 @@ pub(crate) async fn supervise(world: Shared) {
         sleep(Duration::from_secs(10)).await;
         waited += 10_000;
         if lock(&world).violation.is_some() {
+            lock(&world).close_mailboxes();
+            sleep(Duration::from_millis(1)).await;
             return;
         }
     }
@@ -938,11 +937,16 @@ pub(crate) async fn supervise(world: Shared) {
         }
     }
     sleep(Duration::from_secs(1)).await;
-    let mut w = lock(&world);
-    if w.violation.is_none() {
-        w.check_final();
+    {
+        let mut w = lock(&world);
+        if w.violation.is_none() {
+            w.check_final();
+        }
+        w.trace("done");
+        w.close_mailboxes();
     }
-    w.trace("done");
+    // Let every node's loop see its closed mailbox and finish.
+    sleep(Duration::from_millis(1)).await;
 }
 
 fn inject(world: &Shared, handle: &madsim::runtime::Handle, kind: FaultKind) {

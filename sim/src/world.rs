@@ -568,6 +568,41 @@ impl World {
         }
     }
 
+    /// Closes every node's mailbox, so that their loops end.
+    pub fn close_mailboxes(&mut self) {
+        for slot in &self.hosts {
+            if let Some(inbox) = &slot.inbox {
+                inbox.close();
+            }
+        }
+        if let Some(inbox) = &self.limiter {
+            inbox.close();
+        }
+        for client in &self.clients {
+            client.inbox.close();
+        }
+    }
+
+    /// Frees what the run's tasks hold on to: a madsim runtime does not drop tasks that
+    /// still wait on a mailbox, and each holds the world, so the cycle must be cut here.
+    pub fn teardown(&mut self) {
+        self.close_mailboxes();
+        for slot in &mut self.hosts {
+            slot.inbox = None;
+            slot.node = None;
+        }
+        self.limiter = None;
+        self.clients.clear();
+        self.conns.clear();
+        self.to_host_queue.clear();
+        self.to_client_queue.clear();
+        self.stores.clear();
+        self.rooms.clear();
+        self.accepts.clear();
+        self.zero_answers.clear();
+        self.trace.clear();
+    }
+
     /// Whether `kind` is on in this run (and faults are not over).
     pub fn fault_on(&self, kind: FaultKind) -> bool {
         !self.settling && self.sc.faults.contains(&kind)
