@@ -6,17 +6,11 @@
 //! for publishing and forced hibernation. One more test runs every case against a server
 //! that hibernates rooms after 25 ms of idleness, so evictions also happen mid-case.
 
-// The suite's source is compiled in as a module rather than taken as a dev-dependency, so
-// this crate's manifest needs nothing for it (it uses only crates these tests already have).
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../conformance/src/lib.rs"]
-mod conformance;
-
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use conformance::{cases, run_case, Outcome, Target};
+use edgechat_conformance::{cases, run_case, Outcome, Target};
 use edgechat_server::{Config, Server};
 
 const ADMIN_TOKEN: &str = "conformance-admin-token";
