@@ -39,6 +39,9 @@ export CLOUDFLARE_CF_FETCH_ENABLED=false
 export EDGECHAT_HOST_TARGET_DIR="${CARGO_TARGET_DIR-}"
 export CARGO_TARGET_DIR="$here/target"
 
+step "unit tests (host)"
+CARGO_NET_OFFLINE=true cargo test --quiet
+
 step "build (worker-build --release, offline)"
 CARGO_NET_OFFLINE=true worker-build --release
 wasm=build/index_bg.wasm

@@ -133,3 +133,49 @@ fn restore(config: RateLimiterConfig, stored: Option<&str>) -> Resident {
         latest_now: Timestamp(latest),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A limiter rebuilt from its two stored numbers answers every later action exactly as
+    /// the original does.
+    #[test]
+    fn restore_reproduces_the_limiter() {
+        let config = RateLimiterConfig::default();
+        let t0 = 1_700_000_000_000u64;
+        // Action times: bursts, pauses, a flood, a clock step backwards.
+        let script: Vec<u64> = [0, 0, 0, 0, 0, 1, 2, 7_000, 7_001, 30_000, 30_000, 29_000]
+            .into_iter()
+            .chain(std::iter::repeat_n(40_000, 30))
+            .chain([40_001, 200_000, 200_500])
+            .collect();
+        for split in 0..script.len() {
+            let mut original = CoreLimiter::new(config);
+            let mut latest = Timestamp::ZERO;
+            for &dt in &script[..=split] {
+                let at = Timestamp(t0 + dt).max(latest);
+                original.handle_action(at);
+                latest = at;
+            }
+            let next = next_allowed(&original, latest, config);
+            let mut rebuilt = restore(config, Some(&format!("{},{}", next.0, latest.0)));
+            assert_eq!(rebuilt.latest_now, latest);
+            for &dt in &script[split + 1..] {
+                let at = Timestamp(t0 + dt);
+                assert_eq!(
+                    rebuilt.limiter.handle_action(at),
+                    original.handle_action(at),
+                    "split {split}, action at +{dt}"
+                );
+            }
+            for probe in [0u64, 1, 4_999, 5_000, 25_000, 1_000_000] {
+                let at = latest.plus_millis(probe);
+                assert_eq!(rebuilt.limiter.is_idle(at), original.is_idle(at));
+            }
+            assert_eq!(rebuilt.limiter, original, "split {split}");
+        }
+        // Nothing stored: a fresh limiter.
+        assert_eq!(restore(config, None).limiter, CoreLimiter::new(config));
+    }
+}

@@ -315,6 +315,11 @@ impl ChatRoom {
             worker::console_error!("room: cannot restore: {error}");
             worker::Error::RustError(error.to_string())
         })?;
+        worker::console_log!(
+            "room: rebuilt from {} stored messages and {} sockets",
+            stored.len(),
+            sockets.len()
+        );
         *slot = Some(Resident { room, sockets });
         Ok(())
     }

@@ -44,15 +44,20 @@ try {
         res.writeHead(401).end("Unauthorized");
         return;
       }
-      // Every room that exists; those not in memory right now are already evicted.
-      const ids = await worker.listDurableObjectIds("ChatRoom");
+      // Every object that exists (rooms, and also rate limiters and counters, whose state
+      // must survive an eviction too); those not in memory right now are already evicted.
       let evicted = 0;
-      for (const id of ids) {
-        try {
-          await worker.evictDurableObject("ChatRoom", { id, webSockets: "hibernate" });
-          evicted += 1;
-        } catch (error) {
-          if (!/not currently running/.test(String(error?.message))) throw error;
+      let ids = [];
+      for (const className of ["ChatRoom", "RateLimiter", "Counter"]) {
+        const classIds = await worker.listDurableObjectIds(className);
+        if (className === "ChatRoom") ids = classIds;
+        for (const id of classIds) {
+          try {
+            await worker.evictDurableObject(className, { id, webSockets: "hibernate" });
+            if (className === "ChatRoom") evicted += 1;
+          } catch (error) {
+            if (!/not currently running/.test(String(error?.message))) throw error;
+          }
         }
       }
       hibernations += 1;
@@ -84,6 +89,17 @@ try {
     child.on("exit", (code, signal) => resolve(code ?? (signal ? 1 : 0)));
   });
   console.log(`forced hibernations: ${hibernations} (${evictions} room evictions)`);
+  // A room that is rebuilt while sockets are open was evicted with them hibernating: this
+  // shows the evictions really dropped the objects' memory and the rooms came back.
+  const rebuilds = server
+    .getLogs()
+    .map((log) => String(log.message ?? log.msg ?? JSON.stringify(log)))
+    .filter((text) => /room: rebuilt from \d+ stored messages and [1-9]\d* sockets/.test(text));
+  console.log(`rooms rebuilt from storage and hibernated sockets: ${rebuilds.length}`);
+  if (hibernations > 0 && rebuilds.length === 0) {
+    console.error("forced hibernations never made a room rebuild itself");
+    status = 1;
+  }
 } catch (error) {
   console.error(error);
   server.debug?.();
