@@ -77,9 +77,53 @@ impl RateLimiter {
         self.next_allowed <= now.max(self.latest_now)
     }
 
+    /// The limiter's whole state, for hosts that may evict it before it is idle (Durable
+    /// Objects can be evicted whenever they are not handling a request).
+    pub fn state(&self) -> RateLimiterState {
+        RateLimiterState {
+            next_allowed: self.next_allowed,
+            latest_now: self.latest_now,
+        }
+    }
+
+    /// The limiter whose [`RateLimiter::state`] was `state`.
+    pub fn from_state(config: RateLimiterConfig, state: RateLimiterState) -> RateLimiter {
+        RateLimiter {
+            config,
+            next_allowed: state.next_allowed,
+            latest_now: state.latest_now,
+        }
+    }
+
     fn clamp(&mut self, now: Timestamp) -> Timestamp {
         self.latest_now = self.latest_now.max(now);
         self.latest_now
+    }
+}
+
+/// A limiter's persistent state, stored at [`keys::LIMITER_STATE`](crate::storage::keys::LIMITER_STATE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RateLimiterState {
+    /// When the client may act again without waiting.
+    pub next_allowed: Timestamp,
+    /// The latest `now` the limiter has seen (its clamp against clocks going backwards).
+    pub latest_now: Timestamp,
+}
+
+impl RateLimiterState {
+    /// The stored form (JSON text).
+    pub fn encode(&self) -> crate::storage::Value {
+        serde_json::to_string(self)
+            .expect("two integers always serialize")
+            .into()
+    }
+
+    /// Parses the stored form.
+    ///
+    /// # Errors
+    /// If `stored` is not what [`RateLimiterState::encode`] wrote.
+    pub fn decode(stored: &str) -> Result<RateLimiterState, serde_json::Error> {
+        serde_json::from_str(stored)
     }
 }
 
@@ -195,6 +239,24 @@ mod tests {
         // One hour back: still limited exactly as at `t`, not for an hour.
         assert_eq!(limiter.handle_action(Timestamp(t.0 - 3_600_000)), 5_000);
         assert_eq!(limiter.handle_action(Timestamp(0)), 10_000);
+    }
+
+    #[test]
+    fn state_round_trips_through_storage() {
+        let config = RateLimiterConfig::default();
+        let mut limiter = RateLimiter::new(config);
+        for _ in 0..6 {
+            limiter.handle_action(Timestamp(1_000));
+        }
+        let stored = limiter.state().encode();
+        let state = RateLimiterState::decode(&stored).unwrap();
+        let mut restored = RateLimiter::from_state(config, state);
+        assert_eq!(restored, limiter);
+        assert_eq!(
+            restored.handle_action(Timestamp(900)),
+            limiter.handle_action(Timestamp(900))
+        );
+        assert!(RateLimiterState::decode("garbage").is_err());
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub mod keys {
     pub const MESSAGE_PREFIX: &str = "msg/";
     /// A counter's value.
     pub const COUNTER_VALUE: &str = "counter/value";
+    /// A rate limiter's state, for hosts that persist limiters.
+    pub const LIMITER_STATE: &str = "limiter/state";
 
     /// The key of message `id`: zero-padded so that lexicographic order is id order.
     pub fn message(id: u64) -> String {
