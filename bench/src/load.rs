@@ -48,6 +48,8 @@ pub struct LoadConfig {
     pub connect_concurrency: usize,
     /// Room name prefix (unique per run so rooms start empty).
     pub prefix: String,
+    /// The server's process id, to report its CPU time over the run phase.
+    pub server_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +83,8 @@ pub struct Stats {
     pub ack_latency: Histogram,
     /// Connect-to-ready time (µs).
     pub join_latency: Histogram,
+    /// Error frames by text (rare, so a lock is fine).
+    pub error_texts: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 fn load(counter: &AtomicU64) -> u64 {
@@ -161,6 +165,12 @@ pub async fn run(target: Arc<Target>, config: LoadConfig) -> anyhow::Result<serd
     // Settle the join broadcasts before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let deliveries_before = load(&stats.deliveries);
+    let cpu = |pid: Option<u32>| pid.and_then(|pid| cpu_secs(pid).ok()).unwrap_or(0.0);
+    let server_cpu_before = cpu(config.server_pid);
+    let own_cpu_before = cpu(Some(std::process::id()));
+    let wait = |pid: Option<u32>| pid.map(runqueue_wait_secs).unwrap_or(0.0);
+    let server_wait_before = wait(config.server_pid);
+    let own_wait_before = wait(Some(std::process::id()));
     let run_started = Instant::now();
     phase_tx.send_replace(Phase::Running);
     let deadline = run_started + config.duration;
@@ -172,10 +182,10 @@ pub async fn run(target: Arc<Target>, config: LoadConfig) -> anyhow::Result<serd
     }
     let send_secs = run_started.elapsed().as_secs_f64();
     phase_tx.send_replace(Phase::Draining);
-    // Every message is due at every client of its room.
     let drain_deadline = Instant::now() + config.drain;
     loop {
-        let expected = load(&stats.sent) * config.clients;
+        // Every message is due at every ready client of its room (rooms fill evenly).
+        let expected = load(&stats.sent) * ready / config.rooms;
         let got = load(&stats.deliveries) - deliveries_before;
         if got >= expected || Instant::now() >= drain_deadline {
             break;
@@ -183,6 +193,10 @@ pub async fn run(target: Arc<Target>, config: LoadConfig) -> anyhow::Result<serd
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = run_started.elapsed().as_secs_f64();
+    let server_cpu = cpu(config.server_pid) - server_cpu_before;
+    let own_cpu = cpu(Some(std::process::id())) - own_cpu_before;
+    let server_wait = wait(config.server_pid) - server_wait_before;
+    let own_wait = wait(Some(std::process::id())) - own_wait_before;
     phase_tx.send_replace(Phase::Done);
     for task in tasks {
         let _ = task.await;
@@ -203,15 +217,26 @@ pub async fn run(target: Arc<Target>, config: LoadConfig) -> anyhow::Result<serd
         "sent": sent,
         "accepted": accepted,
         "deliveries": deliveries,
-        "deliveries_expected": sent * config.clients,
+        "deliveries_expected": sent * ready / config.rooms,
         "accepted_per_sec": accepted as f64 / elapsed,
         "deliveries_per_sec": deliveries as f64 / elapsed,
+        "cpu": {
+            "server_secs": server_cpu,
+            "generator_secs": own_cpu,
+            "server_cores": server_cpu / elapsed,
+            "server_runqueue_wait_secs": server_wait,
+            "generator_runqueue_wait_secs": own_wait,
+            "generator_cores": own_cpu / elapsed,
+            "deliveries_per_server_cpu_sec": if server_cpu > 0.0 { deliveries as f64 / server_cpu } else { 0.0 },
+            "accepted_per_server_cpu_sec": if server_cpu > 0.0 { accepted as f64 / server_cpu } else { 0.0 },
+        },
         "latency": stats.latency.to_json_ms(),
         "ack_latency": stats.ack_latency.to_json_ms(),
         "join_latency": stats.join_latency.to_json_ms(),
         "errors": {
             "connect": load(&stats.connect_errors),
             "error_frames": load(&stats.error_frames),
+            "error_texts": stats.error_texts.lock().map(|texts| texts.clone()).unwrap_or_default(),
             "closed_early": load(&stats.closed_early),
         },
     }))
@@ -319,6 +344,9 @@ async fn client(
                     }
                     Kind::Error => {
                         bump(&stats.error_frames);
+                        if let Ok(mut texts) = stats.error_texts.lock() {
+                            *texts.entry(text.to_string()).or_default() += 1;
+                        }
                         // A refused message never echoes: free its window slot.
                         outstanding = outstanding.saturating_sub(1);
                     }
@@ -350,6 +378,43 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// Reads a process's user + system CPU time in seconds from `/proc/<pid>/stat`.
+///
+/// # Errors
+/// If the file cannot be read or parsed.
+pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the parenthesized command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(i).context("short stat")?.parse::<f64>()?)
+    };
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Sums the time a process's threads spent runnable but waiting for a CPU, in seconds
+/// (`/proc/<pid>/task/*/schedstat`, second field): on a shared machine this says how much
+/// of the latency is the scheduler's, not the server's.
+pub fn runqueue_wait_secs(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let mut nanos = 0u64;
+    for task in tasks.flatten() {
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+            nanos += stat
+                .split_whitespace()
+                .nth(1)
+                .and_then(|field| field.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    nanos as f64 / 1e9
 }
 
 /// Reads the server's resident set size in KiB from `/proc/<pid>/status`.

@@ -62,6 +62,9 @@ struct Cli {
     /// Room name prefix (default: unique per run, so rooms start empty).
     #[arg(long, global = true)]
     prefix: Option<String>,
+    /// The server's process id (same machine): report its CPU time over the run.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -70,7 +73,7 @@ struct Cli {
 enum Scenario {
     /// R rooms × C clients per room, S senders per room.
     Load(LoadArgs),
-    /// Preset: 1 room, 1,000 clients, 10 senders, closed loop (override any flag).
+    /// Preset: 1 room, 1,000 clients, 100 senders, closed loop (override any flag).
     Fanout(LoadArgs),
     /// Preset: 1,000 rooms × 10 clients, 1 sender per room, closed loop.
     Rooms(LoadArgs),
@@ -144,9 +147,9 @@ struct IdleArgs {
     /// Rooms they are spread over.
     #[arg(long, default_value_t = 100)]
     rooms: u64,
-    /// The server's process id.
-    #[arg(long)]
-    server_pid: u32,
+    /// The server's process id (or the global --server-pid).
+    #[arg(long = "pid")]
+    server_pid: Option<u32>,
     /// Force hibernation with this admin token (else wait --hibernate-wait).
     #[arg(long, env = "EDGECHAT_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -174,6 +177,7 @@ impl LoadArgs {
         self,
         defaults: (u64, u64, u64),
         prefix: String,
+        server_pid: Option<u32>,
     ) -> anyhow::Result<load::LoadConfig> {
         let rooms = self.rooms.unwrap_or(defaults.0);
         let clients = self.clients.unwrap_or(defaults.1);
@@ -204,6 +208,7 @@ impl LoadArgs {
             drain: seconds(self.drain, "--drain")?,
             connect_concurrency: self.connect_concurrency,
             prefix,
+            server_pid,
         })
     }
 }
@@ -234,15 +239,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (name, report) = match cli.scenario {
         Scenario::Load(args) => (
             "load",
-            load::run(target, args.into_config((1, 10, 1), prefix)?).await?,
+            load::run(
+                target,
+                args.into_config((1, 10, 1), prefix, cli.server_pid)?,
+            )
+            .await?,
         ),
         Scenario::Fanout(args) => (
             "fanout",
-            load::run(target, args.into_config((1, 1_000, 10), prefix)?).await?,
+            load::run(
+                target,
+                args.into_config((1, 1_000, 100), prefix, cli.server_pid)?,
+            )
+            .await?,
         ),
         Scenario::Rooms(args) => (
             "rooms",
-            load::run(target, args.into_config((1_000, 10, 1), prefix)?).await?,
+            load::run(
+                target,
+                args.into_config((1_000, 10, 1), prefix, cli.server_pid)?,
+            )
+            .await?,
         ),
         Scenario::JoinStorm(args) => {
             anyhow::ensure!(args.rooms > 0, "--rooms must be positive");
@@ -270,7 +287,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = idle::IdleConfig {
                 connections: args.connections,
                 rooms: args.rooms,
-                server_pid: args.server_pid,
+                server_pid: args
+                    .server_pid
+                    .or(cli.server_pid)
+                    .context("--server-pid is required")?,
                 admin_token: args.admin_token,
                 hibernate_wait: seconds(args.hibernate_wait, "--hibernate-wait")?,
                 concurrency: args.concurrency,

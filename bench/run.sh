@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Builds the release server and load generator, then runs every scenario against a fresh
+# server on 127.0.0.1 (temp data dir, relaxed rate limits, one server per scenario so that
+# RSS and room state start clean). Results: bench-results/<stamp>/<scenario>.json, and a
+# summary on stdout. Every run is bounded (generator --duration ≤ 60 s); the servers are
+# stopped on exit.
+#
+#   bench/run.sh                 # every scenario
+#   bench/run.sh fanout rooms    # some of them
+#   DURATION=20 REPEAT=3 bench/run.sh fanout
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(fanout fanout-open rooms join-storm idle-conns idle-rooms)
+DURATION=${DURATION:-10}
+REPEAT=${REPEAT:-1}
+PORT=${PORT:-18787}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+URL="http://127.0.0.1:$PORT"
+TOKEN="bench-$$"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT="bench-results/$STAMP"
+mkdir -p "$OUT"
+
+cargo build --release -q -p edgechat-server -p edgechat-bench
+SERVER=target/release/edgechat
+BENCH=target/release/edgechat-bench
+
+# Both processes need one descriptor per connection (the hard limit caps the idle test).
+ulimit -n "$(ulimit -Hn)"
+echo "nofile limit: $(ulimit -n)"
+
+DATA=$(mktemp -d /tmp/edgechat-bench.XXXXXX)
+SERVER_PID=
+stop_server() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=
+}
+trap 'stop_server; rm -rf "$DATA"' EXIT
+
+start_server() {
+    stop_server
+    rm -f "$DATA"/db* "$DATA"/server.out
+    # Relaxed limiter: 1 ms per action and a huge grace, so the per-IP limiter never
+    # throttles (each session still waits for its limiter's answer between messages).
+    # The outbound queue must hold a join's roster plus history (1,000 users + 100).
+    EDGECHAT_LOG=warn "$SERVER" serve --listen "127.0.0.1:$PORT" --data "$DATA/db" \
+        --rate-limit-cost-ms 1 --rate-limit-grace-ms 100000000 \
+        --max-connections 19000 --outbound-queue 4096 --admin-token "$TOKEN" "$@" \
+        >"$DATA/server.out" 2>"$DATA/server.err" &
+    SERVER_PID=$!
+    # Ready once it answers HTTP (not merely once it printed its address).
+    for _ in $(seq 1 100); do
+        if grep -q listening "$DATA/server.out" 2>/dev/null \
+            && (exec 3<>"/dev/tcp/127.0.0.1/$PORT" && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && head -c 12 <&3 | grep -q 200); then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "server did not start:"; cat "$DATA/server.err"; exit 1
+}
+
+bench() { # name, then generator arguments
+    local name=$1; shift
+    echo "== $name: load $(cut -d' ' -f1-3 /proc/loadavg)"
+    "$BENCH" --url "$URL" --spread-ips 1000 --server-pid "$SERVER_PID" --json "$OUT/$name.json" "$@" \
+        2>&1 | tee "$OUT/$name.txt" | grep -E "ready|prefilled|joined in|(accepted|deliveries)_per_sec|latency\.p(50|99)_ms|latency\.max|server_cores|runqueue|per_server_cpu|joins_per_sec|connect_to_ready\.p(50|99)|bytes_per_connection|rss_kib|errors\.|short_replays" || true
+}
+
+for scenario in "${SCENARIOS[@]}"; do
+    for run in $(seq 1 "$REPEAT"); do
+        tag="$scenario-$run"
+        case "$scenario" in
+            fanout)      start_server; bench "$tag" fanout --duration "$DURATION" ;;
+            fanout-open) start_server; bench "$tag" fanout --senders 100 --rate 200 --duration "$DURATION" ;;
+            rooms)       start_server; bench "$tag" rooms --duration "$DURATION" --connect-concurrency 128 ;;
+            join-storm)  start_server; bench "$tag" join-storm --rooms 10 --history 100 --count 20000 --duration 60 ;;
+            idle-conns)  start_server; bench "$tag" idle --connections "$IDLE_CONNECTIONS" --rooms 100 --admin-token "$TOKEN" ;;
+            idle-rooms)  start_server; bench "$tag" idle --connections "$IDLE_CONNECTIONS" --rooms "$IDLE_CONNECTIONS" --admin-token "$TOKEN" ;;
+            *) echo "unknown scenario $scenario"; exit 2 ;;
+        esac
+    done
+done
+stop_server
+
+# Per hibernated room: same connections, many rooms minus few rooms, per extra room.
+python3 - "$OUT" <<'PY' || true
+import json, sys, glob, os
+out = sys.argv[1]
+def load(prefix):
+    return [json.load(open(f))["result"] for f in sorted(glob.glob(f"{out}/{prefix}-*.json"))]
+conns, rooms = load("idle-conns"), load("idle-rooms")
+for c, r in zip(conns, rooms):
+    extra_rooms = r["rooms"] - c["rooms"]
+    extra_kib = r["server_rss_kib"]["hibernated"] - c["server_rss_kib"]["hibernated"]
+    # Normalize for any difference in connections opened.
+    print(f"per hibernated room: {extra_kib * 1024 / extra_rooms:.0f} bytes "
+          f"({r['rooms']} rooms vs {c['rooms']} rooms, {r['connections']} connections)")
+PY
+echo "results in $OUT"
