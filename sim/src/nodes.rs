@@ -804,7 +804,7 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
     {
         problem = Some((
             "durable-before-visible",
-            format!("u{index} saw id {id} before it was committed"),
+            format!("u{index} saw id {id}, which storage does not hold (not yet committed, or trimmed too soon)"),
         ));
     }
     // Each connection sees a gap-free run of ids.
