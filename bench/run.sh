@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(fanout fanout-open rooms join-storm idle-conns idle-rooms)
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(fanout fanout-open fanout-light rooms rooms-open join-storm idle-conns idle-rooms)
 DURATION=${DURATION:-10}
 REPEAT=${REPEAT:-1}
 PORT=${PORT:-18787}
@@ -79,6 +79,8 @@ for scenario in "${SCENARIOS[@]}"; do
         case "$scenario" in
             fanout)      start_server; bench "$tag" fanout --duration "$DURATION" ;;
             fanout-open) start_server; bench "$tag" fanout --senders 100 --rate 200 --duration "$DURATION" ;;
+            fanout-light) start_server; bench "$tag" fanout --senders 100 --rate 50 --duration "$DURATION" ;;
+            rooms-open)  start_server; bench "$tag" rooms --rate 5000 --duration "$DURATION" --connect-concurrency 128 ;;
             rooms)       start_server; bench "$tag" rooms --duration "$DURATION" --connect-concurrency 128 ;;
             join-storm)  start_server; bench "$tag" join-storm --rooms 10 --history 100 --count 20000 --duration 60 ;;
             idle-conns)  start_server; bench "$tag" idle --connections "$IDLE_CONNECTIONS" --rooms 100 --admin-token "$TOKEN" ;;
@@ -89,18 +91,6 @@ for scenario in "${SCENARIOS[@]}"; do
 done
 stop_server
 
-# Per hibernated room: same connections, many rooms minus few rooms, per extra room.
-python3 - "$OUT" <<'PY' || true
-import json, sys, glob, os
-out = sys.argv[1]
-def load(prefix):
-    return [json.load(open(f))["result"] for f in sorted(glob.glob(f"{out}/{prefix}-*.json"))]
-conns, rooms = load("idle-conns"), load("idle-rooms")
-for c, r in zip(conns, rooms):
-    extra_rooms = r["rooms"] - c["rooms"]
-    extra_kib = r["server_rss_kib"]["hibernated"] - c["server_rss_kib"]["hibernated"]
-    # Normalize for any difference in connections opened.
-    print(f"per hibernated room: {extra_kib * 1024 / extra_rooms:.0f} bytes "
-          f"({r['rooms']} rooms vs {c['rooms']} rooms, {r['connections']} connections)")
-PY
+echo "== summary ($OUT)"
+python3 bench/summary.py "$OUT" || true
 echo "results in $OUT"
