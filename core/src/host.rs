@@ -19,7 +19,7 @@
 //! the room is quiescent. (Evicting earlier would leave durable messages that no live client
 //! was sent.)
 
-use crate::room::{ConnId, Input, Output, RestoreError, Room, RoomConfig, RoomError};
+use crate::room::{ConnId, Input, Output, RestoreError, Room, RoomConfig, RoomError, RoomStats};
 use crate::storage::Value;
 use crate::time::Timestamp;
 
@@ -56,6 +56,8 @@ pub struct RoomHost {
     last_activity: Timestamp,
     eviction_requested: bool,
     hibernated_event: bool,
+    /// Counts of the last residency not yet taken by [`RoomHost::take_stats`].
+    stats_before_eviction: RoomStats,
 }
 
 impl RoomHost {
@@ -69,6 +71,7 @@ impl RoomHost {
             last_activity: Timestamp::ZERO,
             eviction_requested: false,
             hibernated_event: false,
+            stats_before_eviction: RoomStats::default(),
         }
     }
 
@@ -122,6 +125,17 @@ impl RoomHost {
         Some(room)
     }
 
+    /// What the room has done since the last call, across evictions.
+    pub fn take_stats(&mut self) -> RoomStats {
+        let mut stats = std::mem::take(&mut self.stats_before_eviction);
+        if let Some(room) = self.room.as_mut() {
+            let resident = room.take_stats();
+            stats.messages_durable += resident.messages_durable;
+            stats.frames_rate_limited += resident.frames_rate_limited;
+        }
+        stats
+    }
+
     /// The next thing to do, if any.
     pub fn poll_output(&mut self) -> Option<HostOutput> {
         if let Some(output) = self.room.as_mut().and_then(Room::poll_output) {
@@ -169,6 +183,7 @@ impl RoomHost {
 
     fn try_evict(&mut self) {
         if self.room.as_ref().is_some_and(Room::is_quiescent) {
+            self.stats_before_eviction = self.take_stats();
             self.room = None;
             self.eviction_requested = false;
             self.hibernated_event = true;

@@ -356,6 +356,15 @@ pub fn validate_attachment(bytes: &[u8]) -> Result<(), AttachmentError> {
     Attachment::decode(bytes).map(|_| ())
 }
 
+/// What a room has done since its stats were last taken, for an adapter's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomStats {
+    /// Chat messages (including publishes) that became durable and were broadcast.
+    pub messages_durable: u64,
+    /// Frames refused because the session's rate limiter held it back.
+    pub frames_rate_limited: u64,
+}
+
 /// A batch handed to storage and not yet confirmed.
 #[derive(Debug, Clone)]
 struct InFlight {
@@ -383,6 +392,7 @@ pub struct Room {
     in_flight: Option<InFlight>,
     next_batch: u64,
     outputs: VecDeque<Output>,
+    stats: RoomStats,
 }
 
 impl Room {
@@ -400,6 +410,7 @@ impl Room {
             in_flight: None,
             next_batch: 1,
             outputs: VecDeque::new(),
+            stats: RoomStats::default(),
         }
     }
 
@@ -637,6 +648,7 @@ impl Room {
                 });
             }
             self.durable_id = message.id;
+            self.stats.messages_durable += 1;
             self.history.push_back(message);
         }
         while self.history.len() > self.config.history_retained_max {
@@ -719,6 +731,11 @@ impl Room {
         self.in_flight.is_none() && self.pending.is_empty() && self.outputs.is_empty()
     }
 
+    /// What the room has done since the last call, resetting the counts.
+    pub fn take_stats(&mut self) -> RoomStats {
+        std::mem::take(&mut self.stats)
+    }
+
     /// The room's settings.
     pub fn config(&self) -> &RoomConfig {
         &self.config
@@ -742,6 +759,7 @@ impl Room {
             Phase::Closing => return Ok(None),
         };
         if !session.limiter.try_accept(now) {
+            self.stats.frames_rate_limited += 1;
             self.send_error(conn, ERROR_RATE_LIMITED);
             return Ok(None);
         }

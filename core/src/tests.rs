@@ -683,3 +683,23 @@ proptest! {
         prop_assert_eq!(before.1, room.history_page(None, usize::MAX));
     }
 }
+
+#[test]
+fn stats_count_durable_messages_and_rate_limited_frames_across_evictions() {
+    let mut h = harness();
+    join(&mut h, 1, "ada");
+    say(&mut h, 1, "one");
+    h.step(text(1, r#"{"message":"two"}"#)).unwrap();
+    h.step(text(
+        1,
+        r#"{"message":"refused: the answer is outstanding"}"#,
+    ))
+    .unwrap();
+    h.settle().unwrap();
+    h.step(Step::Evict).unwrap();
+    assert!(!h.host.is_resident());
+    let stats = h.host.take_stats();
+    assert_eq!(stats.messages_durable, 2);
+    assert_eq!(stats.frames_rate_limited, 1);
+    assert_eq!(h.host.take_stats(), Default::default());
+}

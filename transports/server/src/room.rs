@@ -26,9 +26,9 @@ use edgechat_core::host::{HostOutput, RoomHost};
 use edgechat_core::http::HistoryQuery;
 use edgechat_core::ids::ObjectId;
 use edgechat_core::limiter::VerdictRequest;
-use edgechat_core::protocol::{self, Frame, ERROR_RATE_LIMITED};
+use edgechat_core::protocol::Frame;
 use edgechat_core::room::{ConnId, Input, Output, PublishError, PublishId};
-use edgechat_core::storage::{keys, BatchId, Write};
+use edgechat_core::storage::BatchId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::{dec, inc};
@@ -130,10 +130,8 @@ pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, inbox: mpsc::Receiver<Roo
         replies,
         publishes: BTreeMap::new(),
         next_publish: 1,
-        in_flight_messages: 0,
         counted_resident: false,
         stopping: Vec::new(),
-        rate_limited_frame: protocol::encode_error(ERROR_RATE_LIMITED),
     };
     tokio::spawn(task.run(inbox, replies_rx));
 }
@@ -146,13 +144,9 @@ struct RoomTask {
     replies: mpsc::UnboundedSender<RoomReply>,
     publishes: BTreeMap<PublishId, oneshot::Sender<Result<u64, PublishError>>>,
     next_publish: u64,
-    /// Chat messages in the batch in flight (for the messages metric).
-    in_flight_messages: u64,
     /// Whether the gauges count this room as resident.
     counted_resident: bool,
     stopping: Vec<oneshot::Sender<()>>,
-    /// The rate-limit error frame, to count rate-limited frames as they are sent.
-    rate_limited_frame: Frame,
 }
 
 impl RoomTask {
@@ -294,11 +288,6 @@ impl RoomTask {
             RoomReply::Durable(batch) => {
                 // The host never evicts with a batch in flight, so the room is resident.
                 if self.host.is_resident() {
-                    self.shared.metrics.messages.fetch_add(
-                        self.in_flight_messages,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                    self.in_flight_messages = 0;
                     self.input(Input::Durable { batch });
                 } else {
                     tracing::error!(room = %self.id, ?batch, "confirmation for an evicted room");
@@ -373,16 +362,18 @@ impl RoomTask {
                 }
             }
         }
+        let stats = self.host.take_stats();
+        let metrics = &self.shared.metrics;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        metrics.messages.fetch_add(stats.messages_durable, relaxed);
+        metrics
+            .rate_limited
+            .fetch_add(stats.frames_rate_limited, relaxed);
     }
 
     fn carry_out(&mut self, output: Output) {
         match output {
-            Output::Send { conn, frame } => {
-                if frame == self.rate_limited_frame {
-                    inc(&self.shared.metrics.rate_limited);
-                }
-                self.deliver(conn, Outbound::Frame(frame));
-            }
+            Output::Send { conn, frame } => self.deliver(conn, Outbound::Frame(frame)),
             Output::Broadcast { recipients, frame } => {
                 for conn in recipients.iter() {
                     self.deliver(*conn, Outbound::Frame(frame.clone()));
@@ -392,13 +383,6 @@ impl RoomTask {
                 self.deliver(conn, Outbound::Close { code, reason });
             }
             Output::Persist(batch) => {
-                self.in_flight_messages = batch
-                    .writes
-                    .iter()
-                    .filter(|write| {
-                        matches!(write, Write::Put { key, .. } if keys::parse_message(key).is_some())
-                    })
-                    .count() as u64;
                 let replies = self.replies.clone();
                 let id = batch.id;
                 self.shared.store.write(
