@@ -83,6 +83,8 @@ pub struct Stats {
     pub ack_latency: Histogram,
     /// Connect-to-ready time (µs).
     pub join_latency: Histogram,
+    /// When the last chat frame arrived, in ns since the run's start instant.
+    pub last_delivery_ns: AtomicU64,
     /// Error frames by text (rare, so a lock is fine).
     pub error_texts: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -192,7 +194,12 @@ pub async fn run(target: Arc<Target>, config: LoadConfig) -> anyhow::Result<serd
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let elapsed = run_started.elapsed().as_secs_f64();
+    // The run ends with its last delivery (not with a drain that waited for nothing).
+    let last_delivery = Duration::from_nanos(load(&stats.last_delivery_ns));
+    let last_delivery_secs = (start + last_delivery)
+        .saturating_duration_since(run_started)
+        .as_secs_f64();
+    let elapsed = last_delivery_secs.max(send_secs);
     let server_cpu = cpu(config.server_pid) - server_cpu_before;
     let own_cpu = cpu(Some(std::process::id())) - own_cpu_before;
     let server_wait = wait(config.server_pid) - server_wait_before;
@@ -332,10 +339,13 @@ async fn client(
                     Kind::Chat => {
                         let Some((from, _seq, sent_ns)) = parse_token(&text) else { continue };
                         let micros = (start.elapsed().as_nanos() as u64).saturating_sub(sent_ns) / 1000;
-                        if running {
-                            bump(&stats.deliveries);
-                            stats.latency.record(micros);
-                        }
+                        // Chat frames only exist from the run phase on (fresh rooms), so every
+                        // one counts, even if this task has not yet seen the phase change.
+                        bump(&stats.deliveries);
+                        stats.latency.record(micros);
+                        stats
+                            .last_delivery_ns
+                            .fetch_max(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
                         if Some(from) == sender {
                             bump(&stats.accepted);
                             stats.ack_latency.record(micros);
