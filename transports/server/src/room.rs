@@ -53,6 +53,10 @@ const CLOSE_REASON_ROOM_UNAVAILABLE: &str = "Room unavailable.";
 pub(crate) enum Outbound {
     /// A text frame, serialized once and shared by every recipient.
     Frame(Frame),
+    /// Several frames for one connection from one turn of the room (a join's roster and
+    /// history): one queue slot, so that a join into a big room is not mistaken for a slow
+    /// consumer. Its length is bounded by the room's own limits (connections and replay).
+    Frames(Vec<Frame>),
     /// A close frame after everything queued before it.
     Close { code: u16, reason: &'static str },
 }
@@ -353,15 +357,28 @@ impl RoomTask {
     }
 
     fn drain_outputs(&mut self) {
+        // Consecutive sends to one connection travel as one queue item.
+        let mut sends: Option<(ConnId, Vec<Frame>)> = None;
         while let Some(output) = self.host.poll_output() {
             match output {
-                HostOutput::Room(output) => self.carry_out(output),
+                HostOutput::Room(Output::Send { conn, frame }) => match &mut sends {
+                    Some((to, frames)) if *to == conn => frames.push(frame),
+                    _ => {
+                        self.flush_sends(sends.take());
+                        sends = Some((conn, vec![frame]));
+                    }
+                },
+                HostOutput::Room(output) => {
+                    self.flush_sends(sends.take());
+                    self.carry_out(output);
+                }
                 HostOutput::Hibernated => {
                     inc(&self.shared.metrics.hibernations);
                     tracing::info!(room = %self.id, sockets = self.sockets.len(), "room hibernated");
                 }
             }
         }
+        self.flush_sends(sends);
         let stats = self.host.take_stats();
         let metrics = &self.shared.metrics;
         let relaxed = std::sync::atomic::Ordering::Relaxed;
@@ -408,6 +425,17 @@ impl RoomTask {
     }
 
     /// Queues `item` for `conn` without waiting; a full queue closes the connection.
+    fn flush_sends(&mut self, sends: Option<(ConnId, Vec<Frame>)>) {
+        match sends {
+            Some((conn, mut frames)) if frames.len() == 1 => {
+                let frame = frames.pop().expect("one frame");
+                self.deliver(conn, Outbound::Frame(frame));
+            }
+            Some((conn, frames)) => self.deliver(conn, Outbound::Frames(frames)),
+            None => {}
+        }
+    }
+
     fn deliver(&mut self, conn: ConnId, item: Outbound) {
         let Some(socket) = self.sockets.get(&conn) else {
             return;

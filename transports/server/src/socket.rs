@@ -244,6 +244,9 @@ async fn write_loop(
             }
             item = outbound.recv() => match item {
                 Some(Outbound::Frame(frame)) => batch.push(Message::text(&*frame)),
+                Some(Outbound::Frames(frames)) => {
+                    batch.extend(frames.iter().map(|frame| Message::text(&**frame)));
+                }
                 Some(Outbound::Close { code, reason }) => break 'run Some((code, reason)),
                 // The room dropped this connection (it closed): nothing more to write.
                 None => break 'run None,
@@ -253,6 +256,9 @@ async fn write_loop(
         while batch.len() < FRAMES_PER_FLUSH_MAX {
             match outbound.try_recv() {
                 Ok(Outbound::Frame(frame)) => batch.push(Message::text(&*frame)),
+                Ok(Outbound::Frames(frames)) => {
+                    batch.extend(frames.iter().map(|frame| Message::text(&**frame)));
+                }
                 Ok(Outbound::Close { code, reason }) => {
                     close_after = Some((code, reason));
                     break;

@@ -213,6 +213,33 @@ async fn a_slow_consumer_is_closed_not_buffered() {
 }
 
 #[tokio::test]
+async fn joining_a_room_larger_than_the_outbound_queue_is_not_a_slow_consumer() {
+    let dir = DataDir::new("big-join");
+    let server = start(edgechat_server::Config {
+        outbound_queue_len: 8,
+        ..config(&dir.db())
+    })
+    .await;
+    let addr = server.local_addr();
+    let mut users = Vec::new();
+    for n in 0..20 {
+        let mut user = TcpClient::connect(addr, "big").await;
+        user.join(&format!("user{n}")).await;
+        users.push(user);
+    }
+    // The newcomer's roster alone is 20 frames, more than its queue of 8 holds.
+    let mut newcomer = TcpClient::connect(addr, "big").await;
+    let frames = newcomer.join("newcomer").await;
+    assert_eq!(frames.len(), 22, "20 roster frames, its own joined, ready");
+    assert_eq!(
+        metric(addr, "edgechat_slow_consumers_closed_total").await,
+        0
+    );
+    newcomer.chat("made it").await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn hibernation_changes_nothing_observable() {
     let dir = DataDir::new("hibernate");
     let server = start(edgechat_server::Config {
