@@ -1,10 +1,9 @@
 //! Deliberately wrong behaviours that the simulator must catch (test-only).
 //!
-//! With the `planted-bugs` feature off (the default) [`RoomConfig::planted`] is a constant
-//! `false` and every planted branch compiles away. With it on, a test picks at most one bug
-//! per room through its config, so tests running in parallel cannot affect each other.
-//!
-//! [`RoomConfig::planted`]: crate::room::RoomConfig::planted
+//! With the `planted-bugs` feature off (the default) every planted branch is a constant
+//! `false` and compiles away. With it on, a test picks at most one bug per room through its
+//! [`RoomConfig`](crate::room::RoomConfig), so tests running in parallel cannot affect each
+//! other.
 
 /// A bug the simulator's invariants are expected to catch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

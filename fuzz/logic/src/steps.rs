@@ -242,7 +242,7 @@ pub fn run_steps(config: FuzzConfig, steps: &[FuzzStep]) {
     }
 }
 
-/// Decodes a room configuration and up to [`STEPS_MAX`] steps, and runs them.
+/// Decodes a room configuration and up to `STEPS_MAX` (400) steps, and runs them.
 pub fn room_steps(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(config) = FuzzConfig::arbitrary(&mut u) else {

@@ -262,8 +262,11 @@ fn bind(config: &Config, shared: &Arc<Shared>) -> anyhow::Result<(SocketAddr, Se
             // hyper directly rather than `warp::serve`, which cannot set a header-read
             // timeout. The peer address goes into the request's extensions for the filter.
             let service = warp::service(routes);
-            let incoming = hyper::server::conn::AddrIncoming::bind(&config.listen)
+            let mut incoming = hyper::server::conn::AddrIncoming::bind(&config.listen)
                 .with_context(|| format!("binding {}", config.listen))?;
+            // Chat frames are small and latency matters: never let Nagle hold one back
+            // waiting for an ACK (the socket writer already batches frames per flush).
+            incoming.set_nodelay(true);
             let addr = incoming.local_addr();
             let make =
                 hyper::service::make_service_fn(move |conn: &hyper::server::conn::AddrStream| {
