@@ -120,11 +120,8 @@ impl Target {
             );
         }
         let stream = self.tcp(index).await?;
-        let config = WebSocketConfig {
-            // Small write buffering; the generator flushes after each frame it sends.
-            write_buffer_size: 0,
-            ..WebSocketConfig::default()
-        };
+        // Small write buffering; the generator flushes after each frame it sends.
+        let config = WebSocketConfig::default().write_buffer_size(0);
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
             .with_context(|| format!("upgrading {url}"))?;

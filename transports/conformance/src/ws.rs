@@ -232,7 +232,7 @@ impl Client {
     /// If the socket is broken.
     pub async fn send_text(&mut self, text: &str) -> Result<()> {
         self.ws
-            .send(Message::Text(text.to_owned()))
+            .send(Message::text(text))
             .await
             .with_context(|| format!("{}: sending {text:?}", self.label))
     }
@@ -251,7 +251,7 @@ impl Client {
     /// If the socket is broken.
     pub async fn send_binary(&mut self, bytes: &[u8]) -> Result<()> {
         self.ws
-            .send(Message::Binary(bytes.to_vec()))
+            .send(Message::binary(bytes.to_vec()))
             .await
             .with_context(|| format!("{}: sending a binary frame", self.label))
     }
@@ -291,13 +291,13 @@ impl Client {
             let event = match next {
                 None => Event::Ended("stream ended".into()),
                 Some(Ok(Message::Text(text))) => {
-                    let frame = Frame::new(text);
+                    let frame = Frame::new(text.as_str().to_owned());
                     self.log.push(frame.clone());
                     Event::Text(frame)
                 }
-                Some(Ok(Message::Binary(bytes))) => Event::Binary(bytes),
+                Some(Ok(Message::Binary(bytes))) => Event::Binary(bytes.to_vec()),
                 Some(Ok(Message::Close(frame))) => {
-                    Event::Close(frame.map(|f| (u16::from(f.code), f.reason.into_owned())))
+                    Event::Close(frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())))
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Err(error)) => Event::Ended(error.to_string()),

@@ -6,7 +6,7 @@
 //! that evicts every room now, so that tests can force hibernation deterministically.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use edgechat_core::counter::CounterOp;
 use edgechat_core::http::{
@@ -17,12 +17,14 @@ use edgechat_core::protocol::ChatMessage;
 use edgechat_core::room::PublishError;
 use futures_util::{Stream, StreamExt as _};
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 use warp::filters::path::FullPath;
 use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::hyper::body::{Body, Buf};
 use warp::reply::Response;
-use warp::ws::Ws;
-use warp::{Filter, Reply as _};
+use warp::Filter;
 
 use crate::counter::CounterMsg;
 use crate::objects::Shared;
@@ -37,28 +39,56 @@ const ADMIN_HIBERNATE_PATH: &str = "/admin/hibernate";
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Peer(pub SocketAddr);
 
+/// Bytes read from the socket per read call, and the read buffer each connection keeps.
+const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Frames are buffered up to this many bytes before a write (the writer also flushes each
+/// batch); the buffer keeps its capacity, so it stays small for idle connections.
+const WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
+/// Most bytes buffered for a socket that does not take them (beyond, the write fails and
+/// the connection closes); the outbound queue bounds it first in practice.
+const WS_MAX_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// hyper's upgrade handle of a request that asks for one, taken out of the request by the
+/// server's service before warp sees it (warp 0.3 only exposes it to its own `ws` filter,
+/// whose WebSocket layer needs an owned `String` per message).
+#[derive(Debug, Clone)]
+pub(crate) struct PendingUpgrade(Arc<Mutex<Option<hyper::upgrade::OnUpgrade>>>);
+
+impl PendingUpgrade {
+    /// Moves the upgrade handle of `request` into its extensions, if it asks to upgrade.
+    pub(crate) fn stash(request: &mut hyper::Request<Body>) {
+        if request.headers().contains_key(header::UPGRADE) {
+            let on_upgrade = hyper::upgrade::on(&mut *request);
+            request
+                .extensions_mut()
+                .insert(PendingUpgrade(Arc::new(Mutex::new(Some(on_upgrade)))));
+        }
+    }
+
+    fn take(&self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.0.lock().ok()?.take()
+    }
+}
+
 /// The filter serving every route.
 pub(crate) fn routes(
     shared: Arc<Shared>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     // Optional parts: a request without them is still routed (and refused by the core).
-    let ws = warp::ws().map(Some).or(warp::any().map(|| None)).unify();
+    let upgrade = warp::ext::optional::<PendingUpgrade>();
     let query = warp::query::raw()
         .map(Some)
         .or(warp::any().map(|| None))
         .unify();
-    // Our own accept loop records the peer; warp's TLS server reports it itself.
-    let remote = warp::ext::get::<Peer>()
-        .map(|peer: Peer| Some(peer.0))
-        .or(warp::addr::remote())
-        .unify();
+    // The server's accept loops (plain and TLS) record the peer.
+    let remote = warp::ext::optional::<Peer>().map(|peer: Option<Peer>| peer.map(|peer| peer.0));
     warp::any()
         .and(warp::method())
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
         .and(remote)
-        .and(ws)
+        .and(upgrade)
         .and(warp::body::stream())
         .then(
             move |method: warp::http::Method,
@@ -66,7 +96,7 @@ pub(crate) fn routes(
                   query: Option<String>,
                   headers: HeaderMap,
                   remote: Option<SocketAddr>,
-                  ws: Option<Ws>,
+                  upgrade: Option<PendingUpgrade>,
                   body| {
                 let shared = shared.clone();
                 async move {
@@ -77,7 +107,7 @@ pub(crate) fn routes(
                         headers,
                         remote,
                     };
-                    handle(shared, request, ws, body).await
+                    handle(shared, request, upgrade, body).await
                 }
             },
         )
@@ -119,7 +149,12 @@ impl Request {
     }
 }
 
-async fn handle<S, B>(shared: Arc<Shared>, request: Request, ws: Option<Ws>, body: S) -> Response
+async fn handle<S, B>(
+    shared: Arc<Shared>,
+    request: Request,
+    upgrade: Option<PendingUpgrade>,
+    body: S,
+) -> Response
 where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf,
@@ -158,7 +193,7 @@ where
             );
             response
         }
-        Route::RoomWebSocket(room) => upgrade(&shared, &request, ws, room.id),
+        Route::RoomWebSocket(room) => upgrade_websocket(&shared, &request, upgrade, room.id),
         Route::RoomHistory(room, query) => history(&shared, room.id, query).await,
         Route::RoomPresence(room) => {
             let (reply, answer) = oneshot::channel();
@@ -181,9 +216,31 @@ where
     }
 }
 
-fn upgrade(shared: &Arc<Shared>, request: &Request, ws: Option<Ws>, room: ObjectId) -> Response {
+/// Answers a WebSocket handshake with 101 and serves the upgraded connection (RFC 6455
+/// section 4.2; the checks are those of warp's `ws` filter).
+fn upgrade_websocket(
+    shared: &Arc<Shared>,
+    request: &Request,
+    upgrade: Option<PendingUpgrade>,
+    room: ObjectId,
+) -> Response {
+    // Every value of every such header line, as a comma-separated list of tokens.
+    let has_token = |name, token: &str| {
+        request.headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|value| {
+                value
+                    .split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    let key = request.headers.get(header::SEC_WEBSOCKET_KEY);
+    let handshake = request.method == warp::http::Method::GET
+        && has_token(header::CONNECTION, "upgrade")
+        && request.header(header::SEC_WEBSOCKET_VERSION) == Some("13");
     // The core saw `Upgrade: websocket`, but the rest of the handshake is missing.
-    let Some(ws) = ws else {
+    let (Some(key), Some(on_upgrade), true) = (key, upgrade.and_then(|u| u.take()), handshake)
+    else {
         return text(400, "expected websocket");
     };
     if *shared.shutdown.borrow() {
@@ -194,13 +251,36 @@ fn upgrade(shared: &Arc<Shared>, request: &Request, ws: Option<Ws>, room: Object
         crate::metrics::inc(&shared.metrics.connections_refused);
         return text(503, "Too many connections");
     };
+    let accept = derive_accept_key(key.as_bytes());
     let ip = request.client_ip(shared);
     let shared = shared.clone();
-    let limit = shared.config.max_frame_bytes;
-    ws.max_frame_size(limit)
-        .max_message_size(limit)
-        .on_upgrade(move |socket| crate::socket::serve(socket, shared, room, ip, guard))
-        .into_response()
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "websocket upgrade failed");
+                return;
+            }
+        };
+        let limit = shared.config.max_frame_bytes;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(WS_READ_BUFFER_BYTES)
+            .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+            .max_write_buffer_size(WS_MAX_WRITE_BUFFER_BYTES.max(limit.saturating_mul(2)))
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit));
+        let socket = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
+        crate::socket::serve(socket, shared, room, ip, guard).await;
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
 }
 
 async fn history(shared: &Arc<Shared>, room: ObjectId, query: HistoryQuery) -> Response {

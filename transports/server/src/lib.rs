@@ -35,6 +35,8 @@ mod objects;
 mod room;
 mod socket;
 mod store;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -257,11 +259,25 @@ fn bind(config: &Config, shared: &Arc<Shared>) -> anyhow::Result<(SocketAddr, Se
     let signal = async move {
         let _ = stopping.wait_for(|stopping| *stopping).await;
     };
+    let service = warp::service(routes);
+    // The peer address and the upgrade handle go into the request's extensions for the
+    // filter (hyper directly rather than `warp::serve`, which can set neither, nor a
+    // header-read timeout).
+    let make = move |peer: SocketAddr| {
+        let peer = http::Peer(peer);
+        let service = service.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::Body>| {
+                    request.extensions_mut().insert(peer);
+                    http::PendingUpgrade::stash(&mut request);
+                    hyper::service::Service::call(&mut service.clone(), request)
+                },
+            ))
+        }
+    };
     match (&config.tls_cert, &config.tls_key) {
         (None, None) => {
-            // hyper directly rather than `warp::serve`, which cannot set a header-read
-            // timeout. The peer address goes into the request's extensions for the filter.
-            let service = warp::service(routes);
             let mut incoming = hyper::server::conn::AddrIncoming::bind(&config.listen)
                 .with_context(|| format!("binding {}", config.listen))?;
             // Chat frames are small and latency matters: never let Nagle hold one back
@@ -270,16 +286,7 @@ fn bind(config: &Config, shared: &Arc<Shared>) -> anyhow::Result<(SocketAddr, Se
             let addr = incoming.local_addr();
             let make =
                 hyper::service::make_service_fn(move |conn: &hyper::server::conn::AddrStream| {
-                    let peer = http::Peer(conn.remote_addr());
-                    let service = service.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(hyper::service::service_fn(
-                            move |mut request: hyper::Request<hyper::Body>| {
-                                request.extensions_mut().insert(peer);
-                                hyper::service::Service::call(&mut service.clone(), request)
-                            },
-                        ))
-                    }
+                    make(conn.remote_addr())
                 });
             let serve = hyper::Server::builder(incoming)
                 .http1_header_read_timeout(HEADER_READ_TIMEOUT)
@@ -296,19 +303,26 @@ fn bind(config: &Config, shared: &Arc<Shared>) -> anyhow::Result<(SocketAddr, Se
         }
         #[cfg(feature = "tls")]
         (Some(cert), Some(key)) => {
-            // warp reads the files lazily; read them here so that a bad path is an error
-            // at start, not a panic later.
-            let cert = std::fs::read(cert)
-                .with_context(|| format!("reading TLS certificate {}", cert.display()))?;
-            let key =
-                std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
-            let (addr, serve) = warp::serve(routes)
-                .tls()
-                .cert(cert)
-                .key(key)
-                .try_bind_with_graceful_shutdown(config.listen, signal)
+            let acceptor = tls::acceptor(cert, key)?;
+            let listener = std::net::TcpListener::bind(config.listen)
                 .with_context(|| format!("binding {} with TLS", config.listen))?;
-            Ok((addr, Box::pin(serve)))
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let addr = listener.local_addr()?;
+            let incoming = tls::incoming(listener, acceptor, shared.shutdown.subscribe());
+            let make = hyper::service::make_service_fn(move |conn: &tls::TlsConn| make(conn.peer));
+            let serve = hyper::Server::builder(incoming)
+                .http1_header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve(make)
+                .with_graceful_shutdown(signal);
+            Ok((
+                addr,
+                Box::pin(async move {
+                    if let Err(error) = serve.await {
+                        tracing::error!(%error, "HTTPS server failed");
+                    }
+                }),
+            ))
         }
         #[cfg(not(feature = "tls"))]
         (Some(_), Some(_)) => anyhow::bail!("this build has no TLS support (feature `tls`)"),

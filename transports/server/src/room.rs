@@ -30,6 +30,7 @@ use edgechat_core::protocol::Frame;
 use edgechat_core::room::{ConnId, Input, Output, PublishError, PublishId};
 use edgechat_core::storage::BatchId;
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::{dec, inc};
 use crate::objects::{now, until, Shared};
@@ -51,12 +52,13 @@ const CLOSE_REASON_ROOM_UNAVAILABLE: &str = "Room unavailable.";
 /// What a connection's writer sends, in order.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// A text frame, serialized once and shared by every recipient.
-    Frame(Frame),
+    /// A text frame, serialized once and shared by every recipient (cloning it only counts
+    /// a reference; the WebSocket layer writes it without copying it first).
+    Frame(Utf8Bytes),
     /// Several frames for one connection from one turn of the room (a join's roster and
     /// history): one queue slot, so that a join into a big room is not mistaken for a slow
     /// consumer. Its length is bounded by the room's own limits (connections and replay).
-    Frames(Vec<Frame>),
+    Frames(Vec<Utf8Bytes>),
     /// A close frame after everything queued before it.
     Close { code: u16, reason: &'static str },
 }
@@ -390,8 +392,10 @@ impl RoomTask {
 
     fn carry_out(&mut self, output: Output) {
         match output {
-            Output::Send { conn, frame } => self.deliver(conn, Outbound::Frame(frame)),
+            Output::Send { conn, frame } => self.deliver(conn, Outbound::Frame(shared(&frame))),
             Output::Broadcast { recipients, frame } => {
+                // One copy into shared bytes per broadcast, none per recipient.
+                let frame = shared(&frame);
                 for conn in recipients.iter() {
                     self.deliver(*conn, Outbound::Frame(frame.clone()));
                 }
@@ -429,9 +433,12 @@ impl RoomTask {
         match sends {
             Some((conn, mut frames)) if frames.len() == 1 => {
                 let frame = frames.pop().expect("one frame");
-                self.deliver(conn, Outbound::Frame(frame));
+                self.deliver(conn, Outbound::Frame(shared(&frame)));
             }
-            Some((conn, frames)) => self.deliver(conn, Outbound::Frames(frames)),
+            Some((conn, frames)) => {
+                let frames = frames.iter().map(shared).collect();
+                self.deliver(conn, Outbound::Frames(frames));
+            }
             None => {}
         }
     }
@@ -524,4 +531,9 @@ async fn sleep_until(deadline: Option<edgechat_core::Timestamp>) {
         Some(deadline) => tokio::time::sleep(until(deadline)).await,
         None => std::future::pending().await,
     }
+}
+
+/// A core frame as bytes the WebSocket layer can share between recipients.
+fn shared(frame: &Frame) -> Utf8Bytes {
+    Utf8Bytes::from(String::from(&**frame))
 }

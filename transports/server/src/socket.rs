@@ -22,11 +22,17 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use warp::ws::{Message, WebSocket};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::metrics::{dec, inc, Metrics};
 use crate::objects::Shared;
 use crate::room::{CloseNow, Outbound, RoomMsg};
+
+/// An upgraded connection (plain TCP or TLS underneath).
+pub(crate) type WebSocket = WebSocketStream<hyper::upgrade::Upgraded>;
 
 /// Connection ids are global, so they are unique within every room for the process's life.
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -162,26 +168,26 @@ async fn read_loop(
                 None => return,
                 Some(Ok(frame)) => {
                     last_seen = Instant::now();
-                    if frame.is_text() {
-                        // tungstenite has checked the UTF-8 already; this does not copy.
-                        let text = String::from_utf8(frame.into_bytes()).unwrap_or_default();
-                        RoomMsg::Text { conn, text }
-                    } else if frame.is_binary() {
-                        RoomMsg::Binary { conn }
-                    } else {
-                        if frame.is_close() {
+                    match frame {
+                        // tungstenite has checked the UTF-8 already.
+                        Message::Text(text) => RoomMsg::Text {
+                            conn,
+                            text: text.as_str().to_owned(),
+                        },
+                        Message::Binary(_) => RoomMsg::Binary { conn },
+                        Message::Close(_) => {
                             // The next read sends our answer and then ends the stream.
                             close_deadline.get_or_insert(Instant::now() + CLOSE_TIMEOUT);
+                            continue;
                         }
                         // Pings are answered by tungstenite; pongs only prove liveness.
-                        continue;
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                     }
                 }
                 Some(Err(error)) => {
-                    let text = error.to_string();
-                    tracing::debug!(conn = conn.0, error = %text, "websocket read failed");
-                    // tungstenite reports an oversized frame as a capacity error.
-                    let close = if text.contains("too long") || text.contains("too big") {
+                    tracing::debug!(conn = conn.0, %error, "websocket read failed");
+                    // tungstenite reports an oversized frame or message as a capacity error.
+                    let close = if matches!(error, WsError::Capacity(_)) {
                         (CLOSE_TOO_BIG, CLOSE_REASON_TOO_BIG)
                     } else {
                         (CLOSE_PROTOCOL_ERROR, CLOSE_REASON_PROTOCOL_ERROR)
@@ -243,21 +249,20 @@ async fn write_loop(
                 break 'run Some((CLOSE_GOING_AWAY, CLOSE_REASON_SHUTDOWN));
             }
             item = outbound.recv() => match item {
-                Some(Outbound::Frame(frame)) => batch.push(Message::text(&*frame)),
-                Some(Outbound::Frames(frames)) => {
-                    batch.extend(frames.iter().map(|frame| Message::text(&**frame)));
-                }
+                // Shared bytes: a reference count per recipient, not a copy.
+                Some(Outbound::Frame(frame)) => batch.push(Message::Text(frame)),
+                Some(Outbound::Frames(frames)) => batch.extend(frames.into_iter().map(Message::Text)),
                 Some(Outbound::Close { code, reason }) => break 'run Some((code, reason)),
                 // The room dropped this connection (it closed): nothing more to write.
                 None => break 'run None,
             },
-            _ = ping.tick() => batch.push(Message::ping(Vec::new())),
+            _ = ping.tick() => batch.push(Message::Ping(Default::default())),
         }
         while batch.len() < FRAMES_PER_FLUSH_MAX {
             match outbound.try_recv() {
-                Ok(Outbound::Frame(frame)) => batch.push(Message::text(&*frame)),
+                Ok(Outbound::Frame(frame)) => batch.push(Message::Text(frame)),
                 Ok(Outbound::Frames(frames)) => {
-                    batch.extend(frames.iter().map(|frame| Message::text(&**frame)));
+                    batch.extend(frames.into_iter().map(Message::Text));
                 }
                 Ok(Outbound::Close { code, reason }) => {
                     close_after = Some((code, reason));
@@ -291,7 +296,10 @@ async fn write_loop(
         }
     };
     if let Some((code, reason)) = close {
-        let closing = sink.send(Message::close_with(code, reason));
+        let closing = sink.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: Utf8Bytes::from_static(reason),
+        })));
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
     }
     let _ = done.send(true);

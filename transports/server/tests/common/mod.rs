@@ -127,7 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
     pub async fn send(&mut self, frame: Value) {
         self.ws
-            .send(Message::Text(frame.to_string()))
+            .send(Message::text(frame.to_string()))
             .await
             .expect("send a frame");
     }
@@ -147,7 +147,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     return Event::Frame(serde_json::from_str(&text).expect("frames are JSON"))
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    return Event::Closed(frame.map(|f| (u16::from(f.code), f.reason.into_owned())))
+                    return Event::Closed(
+                        frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())),
+                    )
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Event::Closed(None),
