@@ -120,8 +120,12 @@ impl Target {
             );
         }
         let stream = self.tcp(index).await?;
-        // Small write buffering; the generator flushes after each frame it sends.
-        let config = WebSocketConfig::default().write_buffer_size(0);
+        // Small write buffering; the generator flushes after each frame it sends. Reads in
+        // 4 KiB like tungstenite before 0.26 (its 128 KiB default read size, zero-filled per
+        // read, costs the generator CPU that the server then lacks on a shared machine).
+        let config = WebSocketConfig::default()
+            .write_buffer_size(0)
+            .read_buffer_size(4 * 1024);
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
             .with_context(|| format!("upgrading {url}"))?;
