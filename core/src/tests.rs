@@ -19,8 +19,13 @@ fn harness() -> Harness {
 
 /// A harness whose limiter never makes anyone wait, for tests about other rules.
 fn unlimited() -> Harness {
+    unlimited_with(RoomConfig::default())
+}
+
+/// [`unlimited`] around a room with `config`.
+fn unlimited_with(config: RoomConfig) -> Harness {
     Harness::new(
-        RoomConfig::default(),
+        config,
         RateLimiterConfig {
             cost_ms: 1,
             grace_ms: 1_000_000,
@@ -357,13 +362,7 @@ fn since_falls_back_when_the_gap_is_not_held() {
         history_retained_max: 120,
         ..RoomConfig::default()
     };
-    let mut h = Harness::new(
-        config,
-        RateLimiterConfig {
-            cost_ms: 1,
-            grace_ms: 1_000_000,
-        },
-    );
+    let mut h = unlimited_with(config);
     join(&mut h, 1, "ada");
     for n in 1..=150 {
         say(&mut h, 1, &format!("m{n}"));
@@ -388,13 +387,7 @@ fn storage_keeps_exactly_the_retained_history() {
         history_retained_max: 10,
         ..RoomConfig::default()
     };
-    let mut h = Harness::new(
-        config,
-        RateLimiterConfig {
-            cost_ms: 1,
-            grace_ms: 1_000_000,
-        },
-    );
+    let mut h = unlimited_with(config);
     join(&mut h, 1, "ada");
     for n in 1..=25 {
         say(&mut h, 1, &format!("m{n}"));
@@ -665,7 +658,7 @@ proptest! {
         names in proptest::collection::vec("[a-z]{1,5}", 1..6),
         messages in 0usize..30,
     ) {
-        let mut h = Harness::new(RoomConfig::default(), RateLimiterConfig { cost_ms: 1, grace_ms: 1_000_000 });
+        let mut h = unlimited();
         for (conn, name) in names.iter().enumerate() {
             join(&mut h, conn as u8, name);
         }
