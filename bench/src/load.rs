@@ -300,7 +300,8 @@ async fn client(
             Phase::Running if !running => {
                 running = true;
                 if let (Some(sender), Some(period)) = (sender, period) {
-                    let offset = period.mul_f64((sender % 1000) as f64 / 1000.0);
+                    // Spread over the whole period: sender k of n starts k/n of it late.
+                    let offset = period.mul_f64(sender as f64 / total_senders.max(1) as f64);
                     next_send = Some(Instant::now() + offset);
                 }
             }
