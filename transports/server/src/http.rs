@@ -18,8 +18,7 @@ use edgechat_core::room::PublishError;
 use futures_util::{Stream, StreamExt as _};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use warp::filters::path::FullPath;
 use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::hyper::body::{Body, Buf};
@@ -43,13 +42,11 @@ pub(crate) struct Peer(pub SocketAddr);
 /// (chat frames from clients are small; a larger frame takes several reads). Measured in
 /// bench `idle-conns`: 4 KiB costs ~2 KB more per idle connection than 2 KiB.
 const WS_READ_BUFFER_BYTES: usize = 2 * 1024;
-/// Frames are buffered up to this many bytes before a write (the writer flushes each batch
-/// anyway). 0 would mean one write syscall per frame: 3x fewer deliveries in bench
-/// `fanout`. The buffer keeps its capacity, so it stays bounded.
-const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
-/// Most bytes buffered for a socket that does not take them (beyond, the write fails and
-/// the connection closes); the outbound queue bounds it first in practice.
-const WS_MAX_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// tungstenite only writes control frames (answers to pings and closes), and hands each
+/// to the shared writer at once (see `conn`), so it keeps no write buffer.
+const WS_WRITE_BUFFER_BYTES: usize = 0;
+/// The bound tungstenite checks before handing a control frame on (they are tiny).
+const WS_MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// hyper's upgrade handle of a request that asks for one, taken out of the request by the
 /// server's service before warp sees it (warp 0.3 only exposes it to its own `ws` filter,
@@ -272,8 +269,7 @@ fn upgrade_websocket(
             .max_write_buffer_size(WS_MAX_WRITE_BUFFER_BYTES.max(limit.saturating_mul(2)))
             .max_message_size(Some(limit))
             .max_frame_size(Some(limit));
-        let socket = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
-        crate::socket::serve(socket, shared, room, ip, guard).await;
+        crate::socket::serve(upgraded, config, shared, room, ip, guard).await;
     });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

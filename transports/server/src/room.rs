@@ -6,9 +6,12 @@
 //!                    ├─ an input, plus up to 64 more already queued, so that their writes
 //!                    │  group into one batch
 //!                    └─ the host's timeout (idle eviction)
-//!   then drain every output: frames into bounded per-connection queues, batches to the
+//!   then drain every output: frames into the connections' shared writers, batches to the
 //!   storage thread (the confirmation comes back as a reply; the loop never waits for it),
-//!   questions to rate limiters, attachments into the socket table.
+//!   questions to rate limiters, attachments into the socket table; then flush every
+//!   connection that got frames this turn, once: one `writev` per connection per turn,
+//!   straight from this task (a burst of inputs batches itself, a lone message goes out at
+//!   once).
 //! ```
 //! The socket table outlives the core room: on eviction (hibernation) the [`RoomHost`]
 //! drops the room, the table keeps each connection's queue and attachment, and the next
@@ -22,6 +25,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use edgechat_core::host::{HostOutput, RoomHost};
 use edgechat_core::http::HistoryQuery;
 use edgechat_core::ids::ObjectId;
@@ -30,8 +34,8 @@ use edgechat_core::protocol::Frame;
 use edgechat_core::room::{ConnId, Input, Output, PublishError, PublishId};
 use edgechat_core::storage::BatchId;
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::conn::{text_frame, ConnWriter, Queued};
 use crate::metrics::{dec, inc};
 use crate::objects::{now, until, Shared};
 
@@ -49,23 +53,6 @@ const CLOSE_ROOM_UNAVAILABLE: u16 = 1011;
 /// Close reason when a room's storage cannot be read.
 const CLOSE_REASON_ROOM_UNAVAILABLE: &str = "Room unavailable.";
 
-/// What a connection's writer sends, in order.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    /// A text frame, serialized once and shared by every recipient (cloning it only counts
-    /// a reference; the WebSocket layer writes it without copying it first).
-    Frame(Utf8Bytes),
-    /// Several frames for one connection from one turn of the room (a join's roster and
-    /// history): one queue slot, so that a join into a big room is not mistaken for a slow
-    /// consumer. Its length is bounded by the room's own limits (connections and replay).
-    Frames(Vec<Utf8Bytes>),
-    /// A close frame after everything queued before it.
-    Close { code: u16, reason: &'static str },
-}
-
-/// A request to close a connection at once, ahead of its queue.
-pub(crate) type CloseNow = (u16, &'static str);
-
 /// A message to a room task.
 #[derive(Debug)]
 pub(crate) enum RoomMsg {
@@ -73,8 +60,7 @@ pub(crate) enum RoomMsg {
     Connect {
         conn: ConnId,
         ip: IpAddr,
-        outbound: mpsc::Sender<Outbound>,
-        close_now: mpsc::Sender<CloseNow>,
+        writer: Arc<ConnWriter>,
         ack: oneshot::Sender<()>,
     },
     /// A text frame from `conn`.
@@ -117,10 +103,11 @@ pub(crate) enum RoomReply {
 /// One open connection, as the room task sees it.
 #[derive(Debug)]
 struct Socket {
-    outbound: mpsc::Sender<Outbound>,
-    close_now: mpsc::Sender<CloseNow>,
+    writer: Arc<ConnWriter>,
     /// The core's last attachment for this connection (what survives hibernation).
     attachment: Vec<u8>,
+    /// Whether frames were queued this turn (the connection is in `RoomTask::dirty`).
+    dirty: bool,
 }
 
 /// Starts the task of room `id`.
@@ -128,7 +115,17 @@ pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, inbox: mpsc::Receiver<Roo
     // A new task starts evicted; it restores on its first event.
     inc(&shared.metrics.rooms_hibernated);
     let (replies, replies_rx) = mpsc::unbounded_channel();
+    let room = &shared.config.room;
+    // Frames a connection may leave unwritten after a flush: the configured queue, plus a
+    // join's burst (the roster and the replayed history), so that joining a big room is
+    // not mistaken for a slow consumer.
+    let queue_max =
+        shared.config.outbound_queue_len.max(1) + room.connections_max + room.join_replay_max;
     let task = RoomTask {
+        queue_max,
+        dirty: Vec::new(),
+        flushing: Vec::new(),
+        flush_threads: std::thread::available_parallelism().map_or(1, usize::from),
         host: RoomHost::new(shared.config.room.clone(), shared.config.idle_ms),
         shared,
         id,
@@ -147,6 +144,14 @@ struct RoomTask {
     id: ObjectId,
     host: RoomHost,
     sockets: BTreeMap<ConnId, Socket>,
+    /// Connections with frames queued this turn, flushed once at its end.
+    dirty: Vec<ConnId>,
+    /// The writers of `dirty` while they are flushed (kept for its allocation).
+    flushing: Vec<(ConnId, Arc<ConnWriter>)>,
+    /// Threads a big turn's writes are spread over.
+    flush_threads: usize,
+    /// Most frames a connection may leave unwritten after a flush.
+    queue_max: usize,
     replies: mpsc::UnboundedSender<RoomReply>,
     publishes: BTreeMap<PublishId, oneshot::Sender<Result<u64, PublishError>>>,
     next_publish: u64,
@@ -206,8 +211,7 @@ impl RoomTask {
             RoomMsg::Connect {
                 conn,
                 ip,
-                outbound,
-                close_now,
+                writer,
                 ack,
             } => {
                 // Restore first: the new connection is not part of the hibernated state.
@@ -217,9 +221,9 @@ impl RoomTask {
                 self.sockets.insert(
                     conn,
                     Socket {
-                        outbound,
-                        close_now,
+                        writer,
                         attachment: Vec::new(),
+                        dirty: false,
                     },
                 );
                 self.input(Input::Connect { conn, ip });
@@ -341,9 +345,11 @@ impl RoomTask {
             Err(error) => {
                 tracing::error!(room = %self.id, %error, "room storage is corrupt");
                 for socket in self.sockets.values() {
-                    let _ = socket
-                        .close_now
-                        .try_send((CLOSE_ROOM_UNAVAILABLE, CLOSE_REASON_ROOM_UNAVAILABLE));
+                    socket.writer.close(
+                        CLOSE_ROOM_UNAVAILABLE,
+                        CLOSE_REASON_ROOM_UNAVAILABLE,
+                        true,
+                    );
                 }
                 false
             }
@@ -359,28 +365,21 @@ impl RoomTask {
     }
 
     fn drain_outputs(&mut self) {
-        // Consecutive sends to one connection travel as one queue item.
-        let mut sends: Option<(ConnId, Vec<Frame>)> = None;
-        while let Some(output) = self.host.poll_output() {
-            match output {
-                HostOutput::Room(Output::Send { conn, frame }) => match &mut sends {
-                    Some((to, frames)) if *to == conn => frames.push(frame),
-                    _ => {
-                        self.flush_sends(sends.take());
-                        sends = Some((conn, vec![frame]));
+        loop {
+            while let Some(output) = self.host.poll_output() {
+                match output {
+                    HostOutput::Room(output) => self.carry_out(output),
+                    HostOutput::Hibernated => {
+                        inc(&self.shared.metrics.hibernations);
+                        tracing::info!(room = %self.id, sockets = self.sockets.len(), "room hibernated");
                     }
-                },
-                HostOutput::Room(output) => {
-                    self.flush_sends(sends.take());
-                    self.carry_out(output);
-                }
-                HostOutput::Hibernated => {
-                    inc(&self.shared.metrics.hibernations);
-                    tracing::info!(room = %self.id, sockets = self.sockets.len(), "room hibernated");
                 }
             }
+            // Closing a slow consumer tells the room, which has more to say (its `quit`).
+            if !self.flush_dirty() {
+                break;
+            }
         }
-        self.flush_sends(sends);
         let stats = self.host.take_stats();
         let metrics = &self.shared.metrics;
         let relaxed = std::sync::atomic::Ordering::Relaxed;
@@ -390,18 +389,41 @@ impl RoomTask {
             .fetch_add(stats.frames_rate_limited, relaxed);
     }
 
+    /// Writes every connection that got frames this turn, once each; closes those whose
+    /// queue is still over its limit afterwards. Returns whether any was closed.
+    fn flush_dirty(&mut self) -> bool {
+        let mut flushing = std::mem::take(&mut self.flushing);
+        for conn in self.dirty.drain(..) {
+            if let Some(socket) = self.sockets.get_mut(&conn) {
+                socket.dirty = false;
+                flushing.push((conn, socket.writer.clone()));
+            }
+        }
+        let slow = flush_all(&flushing, self.queue_max, self.flush_threads);
+        // Keep the allocation for the next turn.
+        flushing.clear();
+        self.flushing = flushing;
+        for conn in &slow {
+            self.close_slow_consumer(*conn);
+        }
+        !slow.is_empty()
+    }
+
     fn carry_out(&mut self, output: Output) {
         match output {
-            Output::Send { conn, frame } => self.deliver(conn, Outbound::Frame(shared(&frame))),
+            Output::Send { conn, frame } => self.deliver(conn, text_frame(&frame)),
             Output::Broadcast { recipients, frame } => {
-                // One copy into shared bytes per broadcast, none per recipient.
-                let frame = shared(&frame);
+                // Encoded for the wire once per broadcast; a recipient costs a reference.
+                let frame = text_frame(&frame);
                 for conn in recipients.iter() {
-                    self.deliver(*conn, Outbound::Frame(frame.clone()));
+                    self.deliver(*conn, frame.clone());
                 }
             }
             Output::Close { conn, code, reason } => {
-                self.deliver(conn, Outbound::Close { code, reason });
+                // After the frames queued before it.
+                if let Some(socket) = self.sockets.get(&conn) {
+                    socket.writer.close(code, reason, false);
+                }
             }
             Output::Persist(batch) => {
                 let replies = self.replies.clone();
@@ -428,30 +450,15 @@ impl RoomTask {
         }
     }
 
-    /// Queues `item` for `conn` without waiting; a full queue closes the connection.
-    fn flush_sends(&mut self, sends: Option<(ConnId, Vec<Frame>)>) {
-        match sends {
-            Some((conn, mut frames)) if frames.len() == 1 => {
-                let frame = frames.pop().expect("one frame");
-                self.deliver(conn, Outbound::Frame(shared(&frame)));
-            }
-            Some((conn, frames)) => {
-                let frames = frames.iter().map(shared).collect();
-                self.deliver(conn, Outbound::Frames(frames));
-            }
-            None => {}
-        }
-    }
-
-    fn deliver(&mut self, conn: ConnId, item: Outbound) {
-        let Some(socket) = self.sockets.get(&conn) else {
+    /// Queues `frame` for `conn`; the end of the turn writes it.
+    fn deliver(&mut self, conn: ConnId, frame: Bytes) {
+        let Some(socket) = self.sockets.get_mut(&conn) else {
             return;
         };
-        match socket.outbound.try_send(item) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.close_slow_consumer(conn),
-            // The connection is gone; its reader reports `Closed` on its own.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        // A closing connection drops it; its reader reports `Closed` on its own.
+        if socket.writer.queue(frame) == Queued::Yes && !socket.dirty {
+            socket.dirty = true;
+            self.dirty.push(conn);
         }
     }
 
@@ -462,9 +469,9 @@ impl RoomTask {
         };
         inc(&self.shared.metrics.slow_consumers_closed);
         tracing::warn!(room = %self.id, conn = conn.0, "closing a slow consumer");
-        let _ = socket
-            .close_now
-            .try_send((CLOSE_TOO_SLOW, CLOSE_REASON_TOO_SLOW));
+        socket
+            .writer
+            .close(CLOSE_TOO_SLOW, CLOSE_REASON_TOO_SLOW, true);
         // The room is resident: outputs only come from a resident room.
         self.input(Input::Closed { conn });
     }
@@ -533,7 +540,39 @@ async fn sleep_until(deadline: Option<edgechat_core::Timestamp>) {
     }
 }
 
-/// A core frame as bytes the WebSocket layer can share between recipients.
-fn shared(frame: &Frame) -> Utf8Bytes {
-    Utf8Bytes::from(String::from(&**frame))
+/// Connections a turn must write before the writes are spread over several threads
+/// (below, a thread costs more than it saves).
+const PARALLEL_FLUSH_MIN: usize = 256;
+
+/// Flushes every writer, spreading a big turn over `threads` threads: on loopback each
+/// write also runs the receiver's TCP input, about 6 µs, so a 1,000-recipient broadcast is
+/// milliseconds of kernel time that several cores share. Returns the connections whose
+/// queues are still over `queue_max`.
+fn flush_all(
+    writers: &[(ConnId, Arc<ConnWriter>)],
+    queue_max: usize,
+    threads: usize,
+) -> Vec<ConnId> {
+    let flush = |part: &[(ConnId, Arc<ConnWriter>)]| -> Vec<ConnId> {
+        part.iter()
+            .filter(|(_, writer)| writer.flush() > queue_max)
+            .map(|(conn, _)| *conn)
+            .collect()
+    };
+    let threads = threads.min(writers.len() / (PARALLEL_FLUSH_MIN / 2)).max(1);
+    if threads == 1 {
+        return flush(writers);
+    }
+    let part_len = writers.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut parts = writers.chunks(part_len);
+        let own = parts.next().unwrap_or_default();
+        let helpers: Vec<_> = parts.map(|part| scope.spawn(move || flush(part))).collect();
+        let mut slow = flush(own);
+        for helper in helpers {
+            // A panic in a helper is a bug; its connections are simply not checked.
+            slow.extend(helper.join().unwrap_or_default());
+        }
+        slow
+    })
 }
