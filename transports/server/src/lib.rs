@@ -54,7 +54,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
-use crate::objects::{Registry, Shared};
+use crate::objects::{Registry, Rooms, Shared};
 use crate::store::Store;
 
 /// Default listen address.
@@ -161,7 +161,7 @@ impl Server {
             secret,
             store,
             metrics,
-            rooms: Registry::new(room::ROOM_INBOX_LEN),
+            rooms: Rooms::new(room::ROOM_INBOX_LEN),
             limiters: Registry::new(limiter::LIMITER_INBOX_LEN),
             counters: Registry::new(counter::COUNTER_INBOX_LEN),
             shutdown,

@@ -30,26 +30,29 @@ pub(crate) struct LimiterMsg {
     reply: mpsc::UnboundedSender<RoomReply>,
 }
 
-/// Counts one action against `ip`'s limiter; the verdict arrives on `reply`.
+/// Counts one action against `ip`'s limiter; the verdict arrives on `reply`. Returns
+/// whether the question was sent (an overloaded limiter drops it: the room asks again
+/// after `VERDICT_TIMEOUT_MS`).
 pub(crate) fn ask(
     shared: &Arc<Shared>,
     ip: IpAddr,
     request: VerdictRequest,
     reply: mpsc::UnboundedSender<RoomReply>,
-) {
+) -> bool {
     let id = ObjectId::from_name(Namespace::RateLimiter, &ip.to_string());
     let mut msg = LimiterMsg { request, reply };
     for _ in 0..ASK_ATTEMPTS_MAX {
         match shared.limiter(id).try_send(msg) {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 inc(&shared.metrics.limiter_asks_dropped);
                 tracing::warn!(%ip, "rate limiter overloaded; question dropped");
-                return;
+                return false;
             }
             Err(mpsc::error::TrySendError::Closed(back)) => msg = back,
         }
     }
+    false
 }
 
 /// Starts the task of limiter `id`.

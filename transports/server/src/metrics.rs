@@ -64,6 +64,8 @@ pub(crate) struct Metrics {
     pub rooms_resident: AtomicU64,
     /// Room objects alive (sockets open or recently used) whose state is evicted (gauge).
     pub rooms_hibernated: AtomicU64,
+    /// Room tasks running (gauge); a dormant room (hibernated, sockets open) has none.
+    pub room_tasks: AtomicU64,
     /// Evictions since start.
     pub hibernations: AtomicU64,
     /// Rebuilds from storage and attachments since start.
@@ -102,7 +104,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let rows: [(&str, &str, &str, &AtomicU64); 16] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 17] = [
             (
                 "edgechat_connections",
                 "gauge",
@@ -138,6 +140,12 @@ impl Metrics {
                 "gauge",
                 "Rooms alive with their state evicted from memory.",
                 &self.rooms_hibernated,
+            ),
+            (
+                "edgechat_room_tasks",
+                "gauge",
+                "Room tasks running (a hibernated room with open sockets has none).",
+                &self.room_tasks,
             ),
             (
                 "edgechat_room_hibernations_total",

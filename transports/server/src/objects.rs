@@ -12,14 +12,29 @@
 //! queued in its inbox are re-sent through the registry (which spawns a fresh task), and a
 //! sender that finds the inbox closed looks the id up again. Nothing is lost in the handover,
 //! and the lock is never held across an `.await`.
+//!
+//! Rooms have a registry of their own, [`Rooms`], because a room retires while it still has
+//! sockets: once it is evicted and nothing is in flight, its task ends and leaves a
+//! [`DormantRoom`] (each socket's writer and attachment, tens of bytes) in the registry, as
+//! Durable Objects hibernate. The next message for it starts a task from that record.
+//! ```text
+//!   (none) ─first message─► Live ─evicted, idle─► Retiring ─queue drained─► Dormant
+//!                            ▲                    (messages park here,   │  (or gone, with
+//!                            │                     in order)             │   no sockets)
+//!                            └──────────── next message, or parked ones ─┘
+//! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgechat_core::ids::{IdSecret, ObjectId};
+use edgechat_core::room::ConnId;
 use edgechat_core::Timestamp;
 use tokio::sync::{mpsc, watch};
+
+use crate::conn::ConnWriter;
+use crate::room::RoomMsg;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -93,6 +108,134 @@ impl<M> Registry<M> {
     }
 }
 
+/// A room without a task: evicted, nothing in flight, its sockets kept open.
+#[derive(Debug, Default)]
+pub(crate) struct DormantRoom {
+    /// Each socket's writer and the core's attachment for it.
+    pub sockets: Vec<(ConnId, Arc<ConnWriter>, Box<[u8]>)>,
+}
+
+#[derive(Debug)]
+enum RoomSlot {
+    Live(mpsc::Sender<RoomMsg>),
+    /// The task is draining its closed inbox; messages wait here, in order, for the next.
+    Retiring(Vec<RoomMsg>),
+    Dormant(DormantRoom),
+}
+
+/// Where a message for a room went.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// Send it to this inbox (it may have closed since: route again).
+    Inbox(mpsc::Sender<RoomMsg>, RoomMsg),
+    /// The room is handing over to a new task; the message is queued for it.
+    Parked,
+}
+
+/// How a room task starts: its inbox, the dormant record it wakes from, and messages that
+/// arrived during the handover (handled first).
+pub(crate) struct RoomStart {
+    pub inbox: mpsc::Receiver<RoomMsg>,
+    pub dormant: Option<DormantRoom>,
+    pub pending: Vec<RoomMsg>,
+}
+
+/// The room registry (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Rooms {
+    slots: Mutex<HashMap<ObjectId, RoomSlot>>,
+    capacity: usize,
+}
+
+impl Rooms {
+    pub(crate) fn new(capacity: usize) -> Rooms {
+        Rooms {
+            slots: Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, RoomSlot>> {
+        self.slots.lock().expect("room registry lock poisoned")
+    }
+
+    /// Routes `msg` to room `id`, starting its task (fresh or from its dormant record) with
+    /// `spawn` if none is live.
+    pub(crate) fn route(&self, id: ObjectId, msg: RoomMsg, spawn: impl FnOnce(RoomStart)) -> Route {
+        let mut slots = self.slots();
+        match slots.get_mut(&id) {
+            Some(RoomSlot::Live(inbox)) if !inbox.is_closed() => {
+                return Route::Inbox(inbox.clone(), msg);
+            }
+            Some(RoomSlot::Retiring(parked)) => {
+                parked.push(msg);
+                return Route::Parked;
+            }
+            _ => {}
+        }
+        let dormant = match slots.remove(&id) {
+            Some(RoomSlot::Dormant(dormant)) => Some(dormant),
+            _ => None,
+        };
+        let (inbox, rx) = mpsc::channel(self.capacity);
+        slots.insert(id, RoomSlot::Live(inbox.clone()));
+        spawn(RoomStart {
+            inbox: rx,
+            dormant,
+            pending: Vec::new(),
+        });
+        Route::Inbox(inbox, msg)
+    }
+
+    /// Starts `id`'s retirement: closes its inbox; from now on its messages are parked.
+    /// The task then drains the inbox and calls [`Rooms::finish_retiring`].
+    pub(crate) fn begin_retiring(&self, id: ObjectId, inbox: &mut mpsc::Receiver<RoomMsg>) {
+        let mut slots = self.slots();
+        inbox.close();
+        slots.insert(id, RoomSlot::Retiring(Vec::new()));
+    }
+
+    /// Ends `id`'s retirement. The messages drained from its inbox (`leftovers`) and those
+    /// parked meanwhile go, in that order, to a new task at once; with none, the room stays
+    /// dormant (or is forgotten, without sockets).
+    pub(crate) fn finish_retiring(
+        &self,
+        id: ObjectId,
+        dormant: Option<DormantRoom>,
+        mut leftovers: Vec<RoomMsg>,
+        spawn: impl FnOnce(RoomStart),
+    ) {
+        let mut slots = self.slots();
+        if let Some(RoomSlot::Retiring(parked)) = slots.remove(&id) {
+            leftovers.extend(parked);
+        }
+        if leftovers.is_empty() {
+            if let Some(dormant) = dormant {
+                slots.insert(id, RoomSlot::Dormant(dormant));
+            }
+            return;
+        }
+        let (inbox, rx) = mpsc::channel(self.capacity);
+        slots.insert(id, RoomSlot::Live(inbox));
+        spawn(RoomStart {
+            inbox: rx,
+            dormant,
+            pending: leftovers,
+        });
+    }
+
+    /// Every live room's inbox (dormant rooms have nothing in flight).
+    pub(crate) fn inboxes(&self) -> Vec<mpsc::Sender<RoomMsg>> {
+        self.slots()
+            .values()
+            .filter_map(|slot| match slot {
+                RoomSlot::Live(inbox) => Some(inbox.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 /// Everything the object tasks and connection handlers share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -100,7 +243,7 @@ pub(crate) struct Shared {
     pub secret: IdSecret,
     pub store: Store,
     pub metrics: Arc<Metrics>,
-    pub rooms: Registry<crate::room::RoomMsg>,
+    pub rooms: Rooms,
     pub limiters: Registry<crate::limiter::LimiterMsg>,
     pub counters: Registry<crate::counter::CounterMsg>,
     /// Flips to `true` once when the server starts shutting down. Held here (not by the
@@ -109,10 +252,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The inbox of room `id`.
-    pub(crate) fn room(self: &Arc<Self>, id: ObjectId) -> mpsc::Sender<crate::room::RoomMsg> {
+    /// Routes `msg` to room `id`, starting its task if needed.
+    pub(crate) fn route_room(self: &Arc<Self>, id: ObjectId, msg: RoomMsg) -> Route {
         self.rooms
-            .get_or_spawn(id, |rx| crate::room::spawn(self.clone(), id, rx))
+            .route(id, msg, |start| crate::room::spawn(self.clone(), id, start))
     }
 
     /// Sends `msg` to room `id`, following the room across a retirement.
@@ -122,12 +265,15 @@ impl Shared {
     pub(crate) async fn send_room(
         self: &Arc<Self>,
         id: ObjectId,
-        mut msg: crate::room::RoomMsg,
-    ) -> Result<(), crate::room::RoomMsg> {
+        mut msg: RoomMsg,
+    ) -> Result<(), RoomMsg> {
         for _ in 0..SEND_ATTEMPTS_MAX {
-            match self.room(id).send(msg).await {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::SendError(back)) => msg = back,
+            match self.route_room(id, msg) {
+                Route::Parked => return Ok(()),
+                Route::Inbox(inbox, back) => match inbox.send(back).await {
+                    Ok(()) => return Ok(()),
+                    Err(mpsc::error::SendError(back)) => msg = back,
+                },
             }
         }
         Err(msg)

@@ -14,9 +14,11 @@
 //!   once).
 //! ```
 //! The socket table outlives the core room: on eviction (hibernation) the [`RoomHost`]
-//! drops the room, the table keeps each connection's queue and attachment, and the next
-//! event restores the room from storage and those attachments. An evicted room with no
-//! sockets retires its task altogether.
+//! drops the room and, once nothing is in flight (no storage batch, publish or limiter
+//! question), the task itself retires, leaving the table (each connection's writer and
+//! attachment) in the registry as a [`DormantRoom`]. The next event starts a task that
+//! restores the room from storage and those attachments. A room with no sockets is simply
+//! forgotten.
 //!
 //! Replies arrive on an unbounded channel that is bounded by construction: one batch in
 //! flight per room, and one outstanding limiter question per session.
@@ -37,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::{text_frame, ConnWriter, Queued};
 use crate::metrics::{dec, inc};
-use crate::objects::{now, until, Shared};
+use crate::objects::{now, until, DormantRoom, RoomStart, Shared};
 
 /// Inbox size of one room.
 pub(crate) const ROOM_INBOX_LEN: usize = 1_024;
@@ -111,9 +113,31 @@ struct Socket {
 }
 
 /// Starts the task of room `id`.
-pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, inbox: mpsc::Receiver<RoomMsg>) {
-    // A new task starts evicted; it restores on its first event.
-    inc(&shared.metrics.rooms_hibernated);
+pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, start: RoomStart) {
+    let RoomStart {
+        inbox,
+        dormant,
+        pending,
+    } = start;
+    // A new task starts evicted; it restores on its first event. A dormant room is counted
+    // as hibernated already.
+    if dormant.is_none() {
+        inc(&shared.metrics.rooms_hibernated);
+    }
+    inc(&shared.metrics.room_tasks);
+    let sockets = dormant
+        .unwrap_or_default()
+        .sockets
+        .into_iter()
+        .map(|(conn, writer, attachment)| {
+            let socket = Socket {
+                writer,
+                attachment: attachment.into_vec(),
+                dirty: false,
+            };
+            (conn, socket)
+        })
+        .collect();
     let (replies, replies_rx) = mpsc::unbounded_channel();
     let room = &shared.config.room;
     // Frames a connection may leave unwritten after a flush: the configured queue, plus a
@@ -129,14 +153,15 @@ pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, inbox: mpsc::Receiver<Roo
         host: RoomHost::new(shared.config.room.clone(), shared.config.idle_ms),
         shared,
         id,
-        sockets: BTreeMap::new(),
+        sockets,
         replies,
+        asks_outstanding: 0,
         publishes: BTreeMap::new(),
         next_publish: 1,
         counted_resident: false,
         stopping: Vec::new(),
     };
-    tokio::spawn(task.run(inbox, replies_rx));
+    tokio::spawn(task.run(inbox, replies_rx, pending));
 }
 
 struct RoomTask {
@@ -153,6 +178,8 @@ struct RoomTask {
     /// Most frames a connection may leave unwritten after a flush.
     queue_max: usize,
     replies: mpsc::UnboundedSender<RoomReply>,
+    /// Limiter questions not yet answered (the room stays live until they are).
+    asks_outstanding: usize,
     publishes: BTreeMap<PublishId, oneshot::Sender<Result<u64, PublishError>>>,
     next_publish: u64,
     /// Whether the gauges count this room as resident.
@@ -165,7 +192,13 @@ impl RoomTask {
         mut self,
         mut inbox: mpsc::Receiver<RoomMsg>,
         mut replies: mpsc::UnboundedReceiver<RoomReply>,
+        pending: Vec<RoomMsg>,
     ) {
+        // What arrived while the previous task handed over comes first, in order.
+        for msg in pending {
+            self.handle_msg(msg).await;
+        }
+        self.drain_outputs();
         loop {
             // While a deferred eviction waits for a batch, the confirmation will wake the
             // loop; re-arming an already past deadline would only spin.
@@ -198,8 +231,12 @@ impl RoomTask {
             if self.finish_stopping() {
                 break;
             }
-            if !self.host.is_resident() && self.sockets.is_empty() && self.publishes.is_empty() {
-                tracing::debug!(room = %self.id, "evicted room with no sockets: task retires");
+            if !self.host.is_resident()
+                && self.publishes.is_empty()
+                && self.asks_outstanding == 0
+                && self.stopping.is_empty()
+            {
+                tracing::debug!(room = %self.id, sockets = self.sockets.len(), "evicted room: task retires");
                 break;
             }
         }
@@ -304,6 +341,7 @@ impl RoomTask {
                 }
             }
             RoomReply::Verdict { request, wait_ms } => {
+                self.asks_outstanding = self.asks_outstanding.saturating_sub(1);
                 // An answer can outlive a residency (evictions do not wait for limiters);
                 // like any event it wakes the room, so that the session's cooldown is the
                 // same as if the room had never been evicted.
@@ -440,7 +478,9 @@ impl RoomTask {
                 }
             }
             Output::AskRateLimiter { request, ip } => {
-                crate::limiter::ask(&self.shared, ip, request, self.replies.clone());
+                if crate::limiter::ask(&self.shared, ip, request, self.replies.clone()) {
+                    self.asks_outstanding += 1;
+                }
             }
             Output::Published { request, id } => {
                 if let Some(reply) = self.publishes.remove(&request) {
@@ -507,29 +547,39 @@ impl RoomTask {
         true
     }
 
+    /// Hands over: messages that raced with the retirement, and any that arrive meanwhile,
+    /// go to a new task in order; the sockets stay in the registry as a dormant room.
     async fn retire(self, mut inbox: mpsc::Receiver<RoomMsg>) {
-        self.shared.rooms.retire(self.id, &mut inbox);
-        if self.counted_resident {
-            dec(&self.shared.metrics.rooms_resident);
-        } else {
-            dec(&self.shared.metrics.rooms_hibernated);
-        }
-        // Messages that raced with the retirement go to a fresh task. None of them can be
-        // from an open connection of this room (the socket table is empty), and the ones
-        // that need an answer carry their reply channel along.
+        self.shared.rooms.begin_retiring(self.id, &mut inbox);
         let mut leftovers = Vec::new();
         while let Some(msg) = inbox.recv().await {
             leftovers.push(msg);
         }
-        let id = self.id;
-        let shared = self.shared.clone();
-        drop(self);
-        for msg in leftovers {
-            match msg {
-                RoomMsg::Shutdown { reply } => drop(reply.send(())),
-                msg => drop(shared.send_room(id, msg).await),
-            }
+        let metrics = &self.shared.metrics;
+        dec(&metrics.room_tasks);
+        if self.counted_resident {
+            dec(&metrics.rooms_resident);
+        } else {
+            dec(&metrics.rooms_hibernated);
         }
+        let dormant = (!self.sockets.is_empty()).then(|| {
+            // A dormant room counts as hibernated (until a task wakes from it).
+            inc(&metrics.rooms_hibernated);
+            DormantRoom {
+                sockets: self
+                    .sockets
+                    .into_iter()
+                    .map(|(conn, socket)| (conn, socket.writer, socket.attachment.into()))
+                    .collect(),
+            }
+        });
+        let shared = self.shared.clone();
+        let id = self.id;
+        shared
+            .rooms
+            .finish_retiring(id, dormant, leftovers, |start| {
+                spawn(shared.clone(), id, start);
+            });
     }
 }
 

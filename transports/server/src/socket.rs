@@ -23,7 +23,7 @@ use std::time::Duration;
 use edgechat_core::ids::ObjectId;
 use edgechat_core::room::ConnId;
 use futures_util::StreamExt as _;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -31,7 +31,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::conn::{self, ConnIo, ConnWriter, Split};
 use crate::metrics::{dec, inc, Metrics};
-use crate::objects::Shared;
+use crate::objects::{Route, Shared};
 use crate::room::RoomMsg;
 
 /// A WebSocket as tungstenite reads it (its writes go to the shared writer).
@@ -42,6 +42,9 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// How long a close frame may take to send, and the peer to answer it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a frame is re-routed to a room that keeps retiring under it (never more than
+/// once or twice in practice).
+const ROUTE_ATTEMPTS_MAX: usize = 8;
 
 /// Close code when the server stops ("going away").
 pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
@@ -149,7 +152,6 @@ async fn run(
     conn: ConnId,
 ) -> bool {
     let ping_every = Duration::from_millis(shared.config.ping_interval_ms.max(1));
-    let mut inbox = shared.room(room);
     let mut liveness = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let mut last_seen = Instant::now();
     let mut shutdown = shared.shutdown.subscribe();
@@ -157,10 +159,10 @@ async fn run(
     // Set once a close is under way: the peer gets this long to complete the handshake.
     let mut close_deadline: Option<Instant> = None;
     let mut write_done = false;
-    // A frame read but not yet handed to the room: reading waits until the room's inbox
-    // takes it (backpressure stops this reader, and so the peer).
-    let mut to_room: Option<RoomMsg> = None;
-    let mut reopen_inbox = false;
+    // A frame read but not yet taken by the room's (full) inbox: reading waits until it is
+    // (backpressure stops this reader, and so the peer). No inbox is kept otherwise, so a
+    // dormant room's channel is not held open by its sockets.
+    let mut to_room: Option<(mpsc::Sender<RoomMsg>, RoomMsg)> = None;
     loop {
         if !stopping && *shutdown.borrow_and_update() {
             stopping = true;
@@ -174,12 +176,12 @@ async fn run(
                     match frame {
                         // tungstenite has checked the UTF-8 already.
                         Message::Text(text) => {
-                            to_room = Some(RoomMsg::Text {
-                                conn,
-                                text: text.as_str().to_owned(),
-                            });
+                            let text = text.as_str().to_owned();
+                            to_room = hand_to_room(shared, room, RoomMsg::Text { conn, text });
                         }
-                        Message::Binary(_) => to_room = Some(RoomMsg::Binary { conn }),
+                        Message::Binary(_) => {
+                            to_room = hand_to_room(shared, room, RoomMsg::Binary { conn });
+                        }
                         Message::Close(_) => {
                             // The next read queues tungstenite's answer and ends the stream.
                             writer.peer_closing();
@@ -200,12 +202,15 @@ async fn run(
                     return write_done;
                 }
             },
-            permit = inbox.reserve(), if to_room.is_some() => match permit {
-                Ok(permit) => permit.send(to_room.take().expect("guarded by the branch")),
-                // The room holds this socket, so its task cannot retire; this is shutdown.
-                Err(_) if *shared.shutdown.borrow() => return write_done,
-                Err(_) => reopen_inbox = true,
-            },
+            permit = reserve(to_room.as_ref().map(|(inbox, _)| inbox.clone())) => {
+                let (_, msg) = to_room.take().expect("pending while nothing waits");
+                match permit {
+                    Ok(permit) => drop(permit.send(msg)),
+                    Err(_) if *shared.shutdown.borrow() => return write_done,
+                    // The room task retired meanwhile: route again.
+                    Err(_) => to_room = hand_to_room(shared, room, msg),
+                }
+            }
             written = write_side.as_mut(), if !write_done => {
                 write_done = true;
                 if written.is_err() {
@@ -233,10 +238,37 @@ async fn run(
             }
             () = sleep_until(close_deadline) => return write_done,
         }
-        if reopen_inbox {
-            reopen_inbox = false;
-            inbox = shared.room(room);
+    }
+}
+
+/// Hands `msg` to room `room` without waiting; gives it back with the inbox if that is full.
+fn hand_to_room(
+    shared: &Arc<Shared>,
+    room: ObjectId,
+    mut msg: RoomMsg,
+) -> Option<(mpsc::Sender<RoomMsg>, RoomMsg)> {
+    for _ in 0..ROUTE_ATTEMPTS_MAX {
+        match shared.route_room(room, msg) {
+            Route::Parked => return None,
+            Route::Inbox(inbox, back) => match inbox.try_send(back) {
+                Ok(()) => return None,
+                Err(mpsc::error::TrySendError::Full(back)) => return Some((inbox, back)),
+                // Retired between the lookup and the send: look it up again.
+                Err(mpsc::error::TrySendError::Closed(back)) => msg = back,
+            },
         }
+    }
+    tracing::warn!(room = %room, "room kept retiring; frame dropped");
+    None
+}
+
+/// Waits for room in `inbox` (never, without one).
+async fn reserve(
+    inbox: Option<mpsc::Sender<RoomMsg>>,
+) -> Result<mpsc::OwnedPermit<RoomMsg>, mpsc::error::SendError<()>> {
+    match inbox {
+        Some(inbox) => inbox.reserve_owned().await,
+        None => std::future::pending().await,
     }
 }
 

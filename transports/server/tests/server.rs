@@ -264,6 +264,16 @@ async fn hibernation_changes_nothing_observable() {
     }
     let forced = admin_post(addr, "/admin/hibernate", "").await;
     assert_eq!(forced.status, 200, "{}", forced.body);
+    // Hibernated with three sockets open: the room has no task, only its socket table.
+    while metric(addr, "edgechat_room_tasks").await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hibernated room kept its task"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(addr, "edgechat_rooms_hibernated").await, 1);
+    assert_eq!(metric(addr, "edgechat_rooms_resident").await, 0);
 
     let presence = get(addr, "/api/room/den/presence").await.json();
     assert_eq!(presence, json!({ "users": ["ada", "bob"] }));
