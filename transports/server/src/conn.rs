@@ -32,6 +32,9 @@ use tokio::sync::Notify;
 
 /// Most queued frames handed to one `writev`.
 const FRAMES_PER_WRITE_MAX: usize = 64;
+/// Queue slots an empty queue keeps; a join's burst (hundreds of frames) would otherwise
+/// leave every idle connection holding kilobytes of empty slots.
+const QUEUE_CAPACITY_KEPT: usize = 8;
 
 const OPCODE_TEXT: u8 = 0x1;
 const OPCODE_CLOSE: u8 = 0x8;
@@ -255,7 +258,13 @@ impl ConnWriter {
                     let frames: Vec<Bytes> = {
                         let mut state = self.state();
                         let count = state.pending.len().min(FRAMES_PER_WRITE_MAX);
-                        state.pending.drain(..count).collect()
+                        let frames = state.pending.drain(..count).collect();
+                        if state.pending.is_empty()
+                            && state.pending.capacity() > QUEUE_CAPACITY_KEPT
+                        {
+                            state.pending = VecDeque::new();
+                        }
+                        frames
                     };
                     for frame in &frames {
                         if let Err(error) = sink.write_all(frame).await {
@@ -327,6 +336,9 @@ fn write_some(tcp: &OwnedWriteHalf, state: &mut WriteState) -> io::Result<()> {
                 left = 0;
             }
         }
+    }
+    if state.pending.capacity() > QUEUE_CAPACITY_KEPT {
+        state.pending = VecDeque::new();
     }
     Ok(())
 }

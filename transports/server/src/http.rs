@@ -39,9 +39,10 @@ const ADMIN_HIBERNATE_PATH: &str = "/admin/hibernate";
 pub(crate) struct Peer(pub SocketAddr);
 
 /// Bytes read from the socket per read call, and the read buffer each connection keeps
-/// (chat frames from clients are small; a larger frame takes several reads). Measured in
-/// bench `idle-conns`: 4 KiB costs ~2 KB more per idle connection than 2 KiB.
-const WS_READ_BUFFER_BYTES: usize = 2 * 1024;
+/// (chat frames from clients are a few hundred bytes; a larger frame takes several reads).
+/// Measured in bench `idle-conns`: 4 KiB costs ~2 KB more per idle connection than 2 KiB,
+/// and 2 KiB ~1.5 KB more than 1 KiB.
+const WS_READ_BUFFER_BYTES: usize = 1024;
 /// tungstenite only writes control frames (answers to pings and closes), and hands each
 /// to the shared writer at once (see `conn`), so it keeps no write buffer.
 const WS_WRITE_BUFFER_BYTES: usize = 0;
