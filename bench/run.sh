@@ -17,6 +17,9 @@ DURATION=${DURATION:-10}
 REPEAT=${REPEAT:-1}
 PORT=${PORT:-18787}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+# Idle scenarios open their connections in waves, hibernating every room after each (the
+# steady state of many hibernated rooms; see bench/src/idle.rs). WAVES=1: one burst.
+WAVES=${WAVES:-10}
 URL="http://127.0.0.1:$PORT"
 TOKEN="bench-$$"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -83,8 +86,8 @@ for scenario in "${SCENARIOS[@]}"; do
             rooms-open)  start_server; bench "$tag" rooms --rate 5000 --duration "$DURATION" --connect-concurrency 128 ;;
             rooms)       start_server; bench "$tag" rooms --duration "$DURATION" --connect-concurrency 128 ;;
             join-storm)  start_server; bench "$tag" join-storm --rooms 10 --history 100 --count 20000 --duration 60 ;;
-            idle-conns)  start_server; bench "$tag" idle --connections "$IDLE_CONNECTIONS" --rooms 100 --admin-token "$TOKEN" ;;
-            idle-rooms)  start_server; bench "$tag" idle --connections "$IDLE_CONNECTIONS" --rooms "$IDLE_CONNECTIONS" --admin-token "$TOKEN" ;;
+            idle-conns)  start_server; bench "$tag" idle --connections "$IDLE_CONNECTIONS" --rooms 100 --waves "$WAVES" --admin-token "$TOKEN" ;;
+            idle-rooms)  start_server; bench "$tag" idle --connections "$IDLE_CONNECTIONS" --rooms "$IDLE_CONNECTIONS" --waves "$WAVES" --admin-token "$TOKEN" ;;
             *) echo "unknown scenario $scenario"; exit 2 ;;
         esac
     done

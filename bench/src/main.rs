@@ -159,6 +159,10 @@ struct IdleArgs {
     /// Connections being opened at once.
     #[arg(long, default_value_t = 128)]
     concurrency: usize,
+    /// Open the connections in this many waves, hibernating every room after each (needs
+    /// --admin-token): the steady state of many hibernated rooms and a few resident ones.
+    #[arg(long, default_value_t = 1)]
+    waves: u64,
     /// Seconds to let the server settle before each RSS reading.
     #[arg(long, default_value_t = 2.0)]
     settle: f64,
@@ -296,6 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 concurrency: args.concurrency,
                 settle: seconds(args.settle, "--settle")?,
                 prefix,
+                waves: args.waves,
             };
             ("idle", idle::run(target, config).await?)
         }
