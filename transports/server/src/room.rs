@@ -148,8 +148,6 @@ pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, start: RoomStart) {
     let task = RoomTask {
         queue_max,
         dirty: Vec::new(),
-        flushing: Vec::new(),
-        flush_threads: std::thread::available_parallelism().map_or(1, usize::from),
         host: RoomHost::new(shared.config.room.clone(), shared.config.idle_ms),
         shared,
         id,
@@ -171,10 +169,6 @@ struct RoomTask {
     sockets: BTreeMap<ConnId, Socket>,
     /// Connections with frames queued this turn, flushed once at its end.
     dirty: Vec<ConnId>,
-    /// The writers of `dirty` while they are flushed (kept for its allocation).
-    flushing: Vec<(ConnId, Arc<ConnWriter>)>,
-    /// Threads a big turn's writes are spread over.
-    flush_threads: usize,
     /// Most frames a connection may leave unwritten after a flush.
     queue_max: usize,
     replies: mpsc::UnboundedSender<RoomReply>,
@@ -430,21 +424,21 @@ impl RoomTask {
     /// Writes every connection that got frames this turn, once each; closes those whose
     /// queue is still over its limit afterwards. Returns whether any was closed.
     fn flush_dirty(&mut self) -> bool {
-        let mut flushing = std::mem::take(&mut self.flushing);
-        for conn in self.dirty.drain(..) {
-            if let Some(socket) = self.sockets.get_mut(&conn) {
-                socket.dirty = false;
-                flushing.push((conn, socket.writer.clone()));
+        let mut closed_any = false;
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for conn in dirty.drain(..) {
+            let Some(socket) = self.sockets.get_mut(&conn) else {
+                continue;
+            };
+            socket.dirty = false;
+            if socket.writer.flush() > self.queue_max {
+                self.close_slow_consumer(conn);
+                closed_any = true;
             }
         }
-        let slow = flush_all(&flushing, self.queue_max, self.flush_threads);
         // Keep the allocation for the next turn.
-        flushing.clear();
-        self.flushing = flushing;
-        for conn in &slow {
-            self.close_slow_consumer(*conn);
-        }
-        !slow.is_empty()
+        self.dirty = dirty;
+        closed_any
     }
 
     fn carry_out(&mut self, output: Output) {
@@ -588,41 +582,4 @@ async fn sleep_until(deadline: Option<edgechat_core::Timestamp>) {
         Some(deadline) => tokio::time::sleep(until(deadline)).await,
         None => std::future::pending().await,
     }
-}
-
-/// Connections a turn must write before the writes are spread over several threads
-/// (below, a thread costs more than it saves).
-const PARALLEL_FLUSH_MIN: usize = 256;
-
-/// Flushes every writer, spreading a big turn over `threads` threads: on loopback each
-/// write also runs the receiver's TCP input, about 6 µs, so a 1,000-recipient broadcast is
-/// milliseconds of kernel time that several cores share. Returns the connections whose
-/// queues are still over `queue_max`.
-fn flush_all(
-    writers: &[(ConnId, Arc<ConnWriter>)],
-    queue_max: usize,
-    threads: usize,
-) -> Vec<ConnId> {
-    let flush = |part: &[(ConnId, Arc<ConnWriter>)]| -> Vec<ConnId> {
-        part.iter()
-            .filter(|(_, writer)| writer.flush() > queue_max)
-            .map(|(conn, _)| *conn)
-            .collect()
-    };
-    let threads = threads.min(writers.len() / (PARALLEL_FLUSH_MIN / 2)).max(1);
-    if threads == 1 {
-        return flush(writers);
-    }
-    let part_len = writers.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let mut parts = writers.chunks(part_len);
-        let own = parts.next().unwrap_or_default();
-        let helpers: Vec<_> = parts.map(|part| scope.spawn(move || flush(part))).collect();
-        let mut slow = flush(own);
-        for helper in helpers {
-            // A panic in a helper is a bug; its connections are simply not checked.
-            slow.extend(helper.join().unwrap_or_default());
-        }
-        slow
-    })
 }
