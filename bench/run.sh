@@ -8,11 +8,12 @@
 #   bench/run.sh                 # every scenario
 #   bench/run.sh fanout rooms    # some of them
 #   DURATION=20 REPEAT=3 bench/run.sh fanout
+#   SERVER=/tmp/old/target/release/edgechat bench/run.sh fanout-open   # A/B another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(fanout fanout-open fanout-light rooms rooms-open join-storm idle-conns idle-rooms)
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(fanout fanout-open fanout-light rooms rooms-open rooms-busy rooms-busy-open join-storm idle-conns idle-rooms)
 DURATION=${DURATION:-10}
 REPEAT=${REPEAT:-1}
 PORT=${PORT:-18787}
@@ -27,7 +28,8 @@ OUT="bench-results/$STAMP"
 mkdir -p "$OUT"
 
 cargo build --release -q -p edgechat-server -p edgechat-bench
-SERVER=target/release/edgechat
+# SERVER=<path to another edgechat binary> compares builds with the same generator.
+SERVER=${SERVER:-target/release/edgechat}
 BENCH=target/release/edgechat-bench
 
 # Both processes need one descriptor per connection (the hard limit caps the idle test).
@@ -85,6 +87,10 @@ for scenario in "${SCENARIOS[@]}"; do
             fanout-light) start_server; bench "$tag" fanout --senders 100 --rate 50 --duration "$DURATION" ;;
             rooms-open)  start_server; bench "$tag" rooms --rate 5000 --duration "$DURATION" --connect-concurrency 128 ;;
             rooms)       start_server; bench "$tag" rooms --duration "$DURATION" --connect-concurrency 128 ;;
+            # Every client of every room sends (closed loop): a room's turn carries several
+            # messages, so each connection gets several frames per write.
+            rooms-busy)  start_server; bench "$tag" rooms --senders 10 --duration "$DURATION" --connect-concurrency 128 ;;
+            rooms-busy-open) start_server; bench "$tag" rooms --senders 10 --rate 15000 --duration "$DURATION" --connect-concurrency 128 ;;
             join-storm)  start_server; bench "$tag" join-storm --rooms 10 --history 100 --count 20000 --duration 60 ;;
             idle-conns)  start_server; bench "$tag" idle --connections "$IDLE_CONNECTIONS" --rooms 100 --waves "$WAVES" --admin-token "$TOKEN" ;;
             idle-rooms)  start_server; bench "$tag" idle --connections "$IDLE_CONNECTIONS" --rooms "$IDLE_CONNECTIONS" --waves "$WAVES" --admin-token "$TOKEN" ;;
