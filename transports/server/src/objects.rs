@@ -315,3 +315,85 @@ impl Shared {
             .get_or_spawn(id, |rx| crate::limiter::spawn(self.clone(), id, rx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binary(conn: u64) -> RoomMsg {
+        RoomMsg::Binary { conn: ConnId(conn) }
+    }
+
+    fn conn_of(msg: &RoomMsg) -> u64 {
+        match msg {
+            RoomMsg::Binary { conn } => conn.0,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The handover: messages already in the old inbox come first, then those parked while
+    /// it drained, and the new task gets the dormant sockets.
+    #[test]
+    fn a_retiring_room_parks_messages_and_hands_them_on_in_order() {
+        let rooms = Rooms::new(8);
+        let id = ObjectId::from_name(edgechat_core::ids::Namespace::Room, "retiring");
+        let mut started = Vec::new();
+        let Route::Inbox(inbox, first) = rooms.route(id, binary(1), |start| started.push(start))
+        else {
+            panic!("a fresh room has an inbox");
+        };
+        inbox.try_send(first).unwrap();
+        let mut task = started.pop().expect("a task started");
+        assert!(task.dormant.is_none() && task.pending.is_empty());
+
+        rooms.begin_retiring(id, &mut task.inbox);
+        assert!(matches!(
+            rooms.route(id, binary(2), |_| panic!("no task while retiring")),
+            Route::Parked
+        ));
+        assert!(matches!(
+            rooms.route(id, binary(3), |_| panic!("no task while retiring")),
+            Route::Parked
+        ));
+        assert!(
+            rooms.inboxes().is_empty(),
+            "a retiring room gets no broadcasts"
+        );
+        let leftovers = vec![task.inbox.try_recv().expect("message 1 was queued")];
+        let dormant = DormantRoom::default();
+        rooms.finish_retiring(id, Some(dormant), leftovers, |start| started.push(start));
+
+        let next = started
+            .pop()
+            .expect("the parked messages started a new task");
+        assert!(next.dormant.is_some(), "with the sockets");
+        let order: Vec<u64> = next.pending.iter().map(conn_of).collect();
+        assert_eq!(order, [1, 2, 3]);
+        assert_eq!(rooms.inboxes().len(), 1);
+    }
+
+    #[test]
+    fn a_quiet_handover_leaves_a_dormant_room_that_the_next_message_wakes() {
+        let rooms = Rooms::new(8);
+        let id = ObjectId::from_name(edgechat_core::ids::Namespace::Room, "dormant");
+        let mut started = Vec::new();
+        let _ = rooms.route(id, binary(1), |start| started.push(start));
+        let mut task = started.pop().expect("a task started");
+        rooms.begin_retiring(id, &mut task.inbox);
+        rooms.finish_retiring(id, Some(DormantRoom::default()), Vec::new(), |_| {
+            panic!("nothing to hand on")
+        });
+        assert!(rooms.inboxes().is_empty(), "dormant: no task, no inbox");
+
+        let _ = rooms.route(id, binary(2), |start| started.push(start));
+        let woken = started.pop().expect("the message woke the room");
+        assert!(woken.dormant.is_some() && woken.pending.is_empty());
+
+        // Without sockets a retired room is forgotten: the next task starts fresh.
+        let mut task = woken;
+        rooms.begin_retiring(id, &mut task.inbox);
+        rooms.finish_retiring(id, None, Vec::new(), |_| panic!("nothing to hand on"));
+        let _ = rooms.route(id, binary(3), |start| started.push(start));
+        assert!(started.pop().expect("a fresh task").dormant.is_none());
+    }
+}
