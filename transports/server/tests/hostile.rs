@@ -205,27 +205,24 @@ async fn join(ws: &mut Ws, name: &str) -> Result<Vec<Value>, String> {
 async fn say(ws: &mut Ws, text: &str) -> Result<Value, String> {
     const RATE_LIMITED: &str = "Your IP is being rate-limited, please try again later.";
     let give_up = Instant::now() + Duration::from_secs(5);
-    ws.send(Message::text(
-        serde_json::json!({ "message": text }).to_string(),
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
-    loop {
-        let frame = next_json(ws).await?;
-        if let Some(error) = frame.get("error") {
-            if error == RATE_LIMITED && Instant::now() < give_up {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                ws.send(Message::text(
-                    serde_json::json!({ "message": text }).to_string(),
-                ))
-                .await
-                .map_err(|e| e.to_string())?;
-                continue;
+    'send: loop {
+        ws.send(Message::text(
+            serde_json::json!({ "message": text }).to_string(),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        loop {
+            let frame = next_json(ws).await?;
+            if let Some(error) = frame.get("error") {
+                if error == RATE_LIMITED && Instant::now() < give_up {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue 'send;
+                }
+                return Err(format!("error frame {error}"));
             }
-            return Err(format!("error frame {error}"));
-        }
-        if frame.get("message").and_then(Value::as_str) == Some(text) {
-            return Ok(frame);
+            if frame.get("message").and_then(Value::as_str) == Some(text) {
+                return Ok(frame);
+            }
         }
     }
 }

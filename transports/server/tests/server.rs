@@ -254,24 +254,23 @@ async fn hibernation_changes_nothing_observable() {
     let mut late = TcpClient::connect(addr, "den").await;
 
     // Idle eviction, then a forced one on top.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while metric(addr, "edgechat_room_hibernations_total").await == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the room never hibernated"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_metric(
+        addr,
+        "edgechat_room_hibernations_total",
+        |evictions| evictions > 0,
+        "the room never hibernated",
+    )
+    .await;
     let forced = admin_post(addr, "/admin/hibernate", "").await;
     assert_eq!(forced.status, 200, "{}", forced.body);
     // Hibernated with three sockets open: the room has no task, only its socket table.
-    while metric(addr, "edgechat_room_tasks").await != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the hibernated room kept its task"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_metric(
+        addr,
+        "edgechat_room_tasks",
+        |tasks| tasks == 0,
+        "the hibernated room kept its task",
+    )
+    .await;
     assert_eq!(metric(addr, "edgechat_rooms_hibernated").await, 1);
     assert_eq!(metric(addr, "edgechat_rooms_resident").await, 0);
 
@@ -500,11 +499,13 @@ async fn connections_beyond_the_maximum_get_503() {
     assert_eq!(metric(addr, "edgechat_connections_refused_total").await, 1);
     first.close().await;
     // The slot is free again once the first one has gone.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while metric(addr, "edgechat_connections").await > 0 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_metric(
+        addr,
+        "edgechat_connections",
+        |open| open == 0,
+        "the first connection never went",
+    )
+    .await;
     let mut again = TcpClient::connect(addr, "full").await;
     again.join("again").await;
     server.shutdown().await;
@@ -578,14 +579,13 @@ async fn a_peer_that_never_answers_pings_is_closed() {
     let mut ada = TcpClient::connect(addr, "ping").await;
     ada.join("ada").await;
     // Never read again, so tungstenite on this side never answers a ping.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while metric(addr, "edgechat_connections").await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a silent peer was never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_metric(
+        addr,
+        "edgechat_connections",
+        |open| open == 0,
+        "a silent peer was never closed",
+    )
+    .await;
     // A peer that does read (and so answers pings) stays, idle as it may be.
     let mut bob = TcpClient::connect(addr, "ping").await;
     bob.join("bob").await;

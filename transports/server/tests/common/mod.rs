@@ -293,6 +293,22 @@ pub async fn admin_post(addr: SocketAddr, path: &str, body: &str) -> Response {
 }
 
 /// The value of an unlabelled metric.
+/// Polls metric `name` until `done` holds for its value; fails with `what` after [`WAIT`].
+pub async fn wait_for_metric(addr: SocketAddr, name: &str, done: impl Fn(u64) -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let value = metric(addr, name).await;
+        if done(value) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} ({name} = {value})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn metric(addr: SocketAddr, name: &str) -> u64 {
     let response = get(addr, "/metrics").await;
     response
