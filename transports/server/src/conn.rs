@@ -32,6 +32,10 @@ use tokio::sync::Notify;
 
 /// Most queued frames handed to one `writev`.
 const FRAMES_PER_WRITE_MAX: usize = 64;
+/// Most frames queued when the connection queues one of its own (a ping, a pong): the
+/// room bounds its frames after each flush, and this bounds a peer that sends pings but
+/// never reads the pongs.
+const QUEUE_LEN_MAX: usize = 8 * 1024;
 /// Queue slots an empty queue keeps; a join's burst (hundreds of frames) would otherwise
 /// leave every idle connection holding kilobytes of empty slots.
 const QUEUE_CAPACITY_KEPT: usize = 8;
@@ -174,7 +178,18 @@ impl ConnWriter {
             if state.closed || state.broken {
                 return;
             }
-            state.pending.push_back(frame);
+            if state.pending.len() < QUEUE_LEN_MAX {
+                state.pending.push_back(frame);
+            } else {
+                drop(state);
+                tracing::debug!("control frames pile up unread: closing");
+                self.close(
+                    crate::room::CLOSE_TOO_SLOW,
+                    crate::room::CLOSE_REASON_TOO_SLOW,
+                    true,
+                );
+                return;
+            }
         }
         self.flush();
     }
@@ -509,6 +524,27 @@ mod tests {
         assert_eq!(&received[expected.len()..], &close_frame(1000, "bye")[..]);
         // Closed: nothing more is queued.
         assert_eq!(writer.queue(text_frame("late")), Queued::Closed);
+    }
+
+    /// A peer that never reads cannot make its own control frames (pongs to its pings)
+    /// pile up without bound: past the limit the connection is closed.
+    #[tokio::test]
+    async fn unread_control_frames_are_bounded() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_read, write) = server.into_split();
+        let writer = ConnWriter::new(Sink::Tcp(write));
+        let pong = frame(0xA, &[b'x'; 125]);
+        let mut queued = 0;
+        while writer.queue(text_frame("probe")) == Queued::Yes {
+            writer.queue_raw(pong.clone());
+            queued += 1;
+            assert!(queued < 1_000_000, "never closed");
+        }
+        assert!(writer.state().pending.len() <= QUEUE_LEN_MAX + 1);
     }
 
     #[test]
