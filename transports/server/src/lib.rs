@@ -65,8 +65,8 @@ pub const DATA_PATH_DEFAULT: &str = "./edgechat.db";
 pub const MAX_FRAME_BYTES_DEFAULT: usize = 64 * 1024;
 /// Default most open WebSocket connections.
 pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
-/// Default most frames left queued for one connection (beyond a join's burst) before it is
-/// closed as too slow.
+/// Default most frames from earlier turns of its room left unwritten for one connection
+/// before it is closed as too slow.
 pub const OUTBOUND_QUEUE_LEN_DEFAULT: usize = 256;
 /// Default interval between keepalive pings (a peer silent for two is closed).
 pub const PING_INTERVAL_MS_DEFAULT: u64 = 30_000;
@@ -93,9 +93,9 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Most open WebSocket connections; upgrades beyond are refused with 503.
     pub max_connections: usize,
-    /// Most frames a connection may leave queued after a write (what its socket did not
-    /// take), beyond a join's burst of roster and history; a connection over it is closed
-    /// with 1008 (too slow) rather than buffered without limit.
+    /// Most frames from earlier turns of its room a connection may leave unwritten after a
+    /// write (a turn's own frames, such as a join's roster and history, do not count); a
+    /// connection over it is closed with 1008 (too slow) rather than buffered without limit.
     pub outbound_queue_len: usize,
     /// A header set by a trusted reverse proxy that carries the client's IP (for example
     /// `X-Forwarded-For`); without it the TCP peer address is the client IP.

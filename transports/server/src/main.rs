@@ -44,8 +44,8 @@ struct ServeArgs {
     /// Most open WebSocket connections; further upgrades get 503.
     #[arg(long, env = "EDGECHAT_MAX_CONNECTIONS", default_value_t = edgechat_server::MAX_CONNECTIONS_DEFAULT)]
     max_connections: usize,
-    /// Frames left queued per connection (beyond a join's roster and history) before a
-    /// client too slow to read is closed (1008).
+    /// Frames from earlier room turns left unwritten per connection (a join's roster and
+    /// history do not count) before a client too slow to read is closed (1008).
     #[arg(long, env = "EDGECHAT_OUTBOUND_QUEUE", default_value_t = edgechat_server::OUTBOUND_QUEUE_LEN_DEFAULT)]
     outbound_queue: usize,
     /// Take the client IP (for rate limiting) from this header, e.g. X-Forwarded-For. Only

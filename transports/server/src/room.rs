@@ -108,8 +108,8 @@ struct Socket {
     writer: Arc<ConnWriter>,
     /// The core's last attachment for this connection (what survives hibernation).
     attachment: Vec<u8>,
-    /// Whether frames were queued this turn (the connection is in `RoomTask::dirty`).
-    dirty: bool,
+    /// Frames queued this turn (more than none: the connection is in `RoomTask::dirty`).
+    queued_this_turn: usize,
 }
 
 /// Starts the task of room `id`.
@@ -133,20 +133,14 @@ pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, start: RoomStart) {
             let socket = Socket {
                 writer,
                 attachment: attachment.into_vec(),
-                dirty: false,
+                queued_this_turn: 0,
             };
             (conn, socket)
         })
         .collect();
     let (replies, replies_rx) = mpsc::unbounded_channel();
-    let room = &shared.config.room;
-    // Frames a connection may leave unwritten after a flush: the configured queue, plus a
-    // join's burst (the roster and the replayed history), so that joining a big room is
-    // not mistaken for a slow consumer.
-    let queue_max =
-        shared.config.outbound_queue_len.max(1) + room.connections_max + room.join_replay_max;
     let task = RoomTask {
-        queue_max,
+        backlog_max: shared.config.outbound_queue_len.max(1),
         dirty: Vec::new(),
         host: RoomHost::new(shared.config.room.clone(), shared.config.idle_ms),
         shared,
@@ -169,8 +163,9 @@ struct RoomTask {
     sockets: BTreeMap<ConnId, Socket>,
     /// Connections with frames queued this turn, flushed once at its end.
     dirty: Vec<ConnId>,
-    /// Most frames a connection may leave unwritten after a flush.
-    queue_max: usize,
+    /// Most frames from earlier turns a connection may leave unwritten after a flush (a
+    /// turn's own frames, such as a join's roster and history, never count against it).
+    backlog_max: usize,
     replies: mpsc::UnboundedSender<RoomReply>,
     /// Limiter questions not yet answered (the room stays live until they are).
     asks_outstanding: usize,
@@ -254,7 +249,7 @@ impl RoomTask {
                     Socket {
                         writer,
                         attachment: Vec::new(),
-                        dirty: false,
+                        queued_this_turn: 0,
                     },
                 );
                 self.input(Input::Connect { conn, ip });
@@ -430,8 +425,8 @@ impl RoomTask {
             let Some(socket) = self.sockets.get_mut(&conn) else {
                 continue;
             };
-            socket.dirty = false;
-            if socket.writer.flush() > self.queue_max {
+            let fresh = std::mem::take(&mut socket.queued_this_turn);
+            if socket.writer.flush() > self.backlog_max + fresh {
                 self.close_slow_consumer(conn);
                 closed_any = true;
             }
@@ -490,9 +485,11 @@ impl RoomTask {
             return;
         };
         // A closing connection drops it; its reader reports `Closed` on its own.
-        if socket.writer.queue(frame) == Queued::Yes && !socket.dirty {
-            socket.dirty = true;
-            self.dirty.push(conn);
+        if socket.writer.queue(frame) == Queued::Yes {
+            if socket.queued_this_turn == 0 {
+                self.dirty.push(conn);
+            }
+            socket.queued_this_turn += 1;
         }
     }
 
