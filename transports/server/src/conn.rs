@@ -16,8 +16,10 @@
 //!   closing (raw frames only: the   closed (nothing more is queued; once the queue is
 //!   answer to the close)             written, `drive` returns)
 //! ```
-//! The queue is bounded by its caller: the room closes a connection whose queue still holds
-//! more than its limit after a flush (a slow consumer).
+//! The queue is bounded twice: the room closes a connection that still holds more than its
+//! limit of earlier turns' frames after a flush (a slow consumer), and the connection's own
+//! control frames are refused past `QUEUE_LEN_MAX` queued frames (a peer that pings but
+//! never reads).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
