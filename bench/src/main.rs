@@ -176,6 +176,17 @@ fn seconds(value: f64, what: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(value))
 }
 
+/// Runs a load preset: `args` over the preset's `defaults` (rooms, clients, senders).
+async fn run_load(
+    target: Arc<Target>,
+    args: LoadArgs,
+    defaults: (u64, u64, u64),
+    prefix: String,
+    server_pid: Option<u32>,
+) -> anyhow::Result<serde_json::Value> {
+    load::run(target, args.into_config(defaults, prefix, server_pid)?).await
+}
+
 impl LoadArgs {
     fn into_config(
         self,
@@ -241,29 +252,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Room names are at most 32 characters.
     let prefix = cli.prefix.clone().unwrap_or_else(|| format!("b{stamp}-"));
     let (name, report) = match cli.scenario {
+        // The load presets differ only in their defaults (rooms, clients, senders).
         Scenario::Load(args) => (
             "load",
-            load::run(
-                target,
-                args.into_config((1, 10, 1), prefix, cli.server_pid)?,
-            )
-            .await?,
+            run_load(target, args, (1, 10, 1), prefix, cli.server_pid).await?,
         ),
         Scenario::Fanout(args) => (
             "fanout",
-            load::run(
-                target,
-                args.into_config((1, 1_000, 100), prefix, cli.server_pid)?,
-            )
-            .await?,
+            run_load(target, args, (1, 1_000, 100), prefix, cli.server_pid).await?,
         ),
         Scenario::Rooms(args) => (
             "rooms",
-            load::run(
-                target,
-                args.into_config((1_000, 10, 1), prefix, cli.server_pid)?,
-            )
-            .await?,
+            run_load(target, args, (1_000, 10, 1), prefix, cli.server_pid).await?,
         ),
         Scenario::JoinStorm(args) => {
             anyhow::ensure!(args.rooms > 0, "--rooms must be positive");

@@ -107,20 +107,31 @@ pub struct Client {
     closed: bool,
 }
 
+/// Any server frame, as a client-side checker reads it (every key optional). Shared by
+/// this harness and the simulator's clients.
 #[derive(Debug, Deserialize)]
-struct AnyFrame {
+pub struct ServerFrameView {
+    /// `{"joined": name}`.
     #[serde(default)]
-    joined: Option<String>,
+    pub joined: Option<String>,
+    /// `{"quit": name}`.
     #[serde(default)]
-    quit: Option<String>,
+    pub quit: Option<String>,
+    /// `{"ready": true}`.
     #[serde(default)]
-    ready: Option<bool>,
+    pub ready: Option<bool>,
+    /// `recovered` on `ready` after a resume.
     #[serde(default)]
-    id: Option<u64>,
+    pub recovered: Option<bool>,
+    /// A chat message's id.
     #[serde(default)]
-    timestamp: Option<u64>,
+    pub id: Option<u64>,
+    /// A chat message's timestamp.
     #[serde(default)]
-    error: Option<String>,
+    pub timestamp: Option<u64>,
+    /// `{"error": text}`.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Presence and retained history, as compared across an eviction.
@@ -383,7 +394,7 @@ impl Harness {
         let mut client = client.clone();
         let mut replay_ends_in_ready = true;
         for frame in &frames {
-            let Ok(parsed) = serde_json::from_str::<AnyFrame>(frame) else {
+            let Ok(parsed) = serde_json::from_str::<ServerFrameView>(frame) else {
                 return self.violation(format!("unparsable frame {frame}"));
             };
             if parsed.error.is_some() {

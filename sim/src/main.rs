@@ -163,16 +163,7 @@ fn sweep_in_children(args: Args) -> ExitCode {
         start = end;
     }
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "seeds run: {} in {secs:.1} s = {:.1} seeds/s",
-        t.seeds,
-        t.seeds as f64 / secs
-    );
-    println!("durable messages: {}", t.messages);
-    println!("faults injected by kind:");
-    for (kind, n) in &t.faults {
-        println!("  {kind:<18} {n}");
-    }
+    t.print_summary(secs);
     println!("failures: {}", failures.len());
     for failure in &failures {
         println!("  {failure}");
@@ -190,6 +181,23 @@ struct Totals {
     messages: u64,
     faults: BTreeMap<&'static str, u64>,
     failures: Vec<RunReport>,
+}
+
+impl Totals {
+    /// Seeds per second, durable messages and faults by kind (failures are listed by the
+    /// caller, which knows their form).
+    fn print_summary(&self, secs: f64) {
+        println!(
+            "seeds run: {} in {secs:.1} s = {:.1} seeds/s",
+            self.seeds,
+            self.seeds as f64 / secs
+        );
+        println!("durable messages: {}", self.messages);
+        println!("faults injected by kind:");
+        for (kind, n) in &self.faults {
+            println!("  {kind:<18} {n}");
+        }
+    }
 }
 
 fn sweep(args: Args) -> ExitCode {
@@ -268,16 +276,7 @@ fn sweep(args: Args) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    println!(
-        "seeds run: {} in {secs:.1} s = {:.1} seeds/s",
-        t.seeds,
-        t.seeds as f64 / secs
-    );
-    println!("durable messages: {}", t.messages);
-    println!("faults injected by kind:");
-    for (kind, n) in &t.faults {
-        println!("  {kind:<18} {n}");
-    }
+    t.print_summary(secs);
     println!("failures: {}", t.failures.len());
     for report in &t.failures {
         let v = report.violation.as_ref().expect("failure");

@@ -11,10 +11,10 @@ use edgechat_core::limiter::{RateLimiter, SessionLimiter, VerdictRequest};
 use edgechat_core::protocol::{Frame, ERROR_RATE_LIMITED};
 use edgechat_core::room::{ConnId, Input, Output};
 use edgechat_core::storage::{keys, WriteBatch};
+use edgechat_core::testkit::ServerFrameView;
 use edgechat_core::Timestamp;
 use madsim::rand::{thread_rng, Rng};
 use madsim::time::{sleep, sleep_until};
-use serde::Deserialize;
 
 use crate::mailbox::Mailbox;
 use crate::world::{
@@ -588,24 +588,6 @@ async fn limiter_main(world: Shared) {
 // ---------------------------------------------------------------------------------------
 // Clients.
 
-#[derive(Debug, Deserialize)]
-struct AnyFrame {
-    #[serde(default)]
-    joined: Option<String>,
-    #[serde(default)]
-    quit: Option<String>,
-    #[serde(default)]
-    ready: Option<bool>,
-    #[serde(default)]
-    recovered: Option<bool>,
-    #[serde(default)]
-    id: Option<u64>,
-    #[serde(default)]
-    timestamp: Option<u64>,
-    #[serde(default)]
-    error: Option<String>,
-}
-
 fn schedule_tick(inbox: &Mailbox<ClientEvent>, delay: Duration) {
     let inbox = inbox.clone();
     madsim::task::spawn(async move {
@@ -713,7 +695,7 @@ fn join_frame(conn: ConnId, name: &str, since: Option<u64>) -> HostEvent {
 
 /// A client received `frame` on its current connection: check it against everything seen.
 fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
-    let Ok(parsed) = serde_json::from_str::<AnyFrame>(frame) else {
+    let Ok(parsed) = serde_json::from_str::<ServerFrameView>(frame) else {
         w.violate("frames", format!("u{index} got unparsable {frame}"));
         return;
     };

@@ -242,7 +242,7 @@ impl ConnWriter {
     /// room could not, and returns once the writer is closed and its queue written
     /// (`Ok`), or a write failed (`Err`). It lives as long as the connection, so that a
     /// partly written frame is never abandoned.
-    async fn drive(
+    pub(crate) async fn drive(
         &self,
         mut task_sink: Option<&mut WriteHalf<hyper::upgrade::Upgraded>>,
     ) -> io::Result<()> {
@@ -416,14 +416,6 @@ pub(crate) fn split(upgraded: hyper::upgrade::Upgraded) -> Split {
     }
 }
 
-/// Runs the writer's task half (see [`ConnWriter::drive`]).
-pub(crate) async fn drive(
-    writer: &ConnWriter,
-    task_sink: Option<&mut WriteHalf<hyper::upgrade::Upgraded>>,
-) -> io::Result<()> {
-    writer.drive(task_sink).await
-}
-
 impl AsyncRead for ConnIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -512,7 +504,7 @@ mod tests {
 
         let driver = {
             let writer = writer.clone();
-            tokio::spawn(async move { drive(&writer, None).await })
+            tokio::spawn(async move { writer.drive(None).await })
         };
         let mut received = Vec::with_capacity(expected_len);
         while received.len() < expected_len {

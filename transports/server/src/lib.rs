@@ -146,6 +146,18 @@ pub struct Server {
 
 type ServeFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A hyper server as a [`ServeFuture`] that logs how it failed.
+fn logged(
+    serve: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    what: &'static str,
+) -> ServeFuture {
+    Box::pin(async move {
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "{what} server failed");
+        }
+    })
+}
+
 impl Server {
     /// Opens the database and starts listening.
     ///
@@ -295,14 +307,7 @@ fn bind(config: &Config, shared: &Arc<Shared>) -> anyhow::Result<(SocketAddr, Se
                 .http1_header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve(make)
                 .with_graceful_shutdown(signal);
-            Ok((
-                addr,
-                Box::pin(async move {
-                    if let Err(error) = serve.await {
-                        tracing::error!(%error, "HTTP server failed");
-                    }
-                }),
-            ))
+            Ok((addr, logged(serve, "HTTP")))
         }
         #[cfg(feature = "tls")]
         (Some(cert), Some(key)) => {
@@ -318,14 +323,7 @@ fn bind(config: &Config, shared: &Arc<Shared>) -> anyhow::Result<(SocketAddr, Se
                 .http1_header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve(make)
                 .with_graceful_shutdown(signal);
-            Ok((
-                addr,
-                Box::pin(async move {
-                    if let Err(error) = serve.await {
-                        tracing::error!(%error, "HTTPS server failed");
-                    }
-                }),
-            ))
+            Ok((addr, logged(serve, "HTTPS")))
         }
         #[cfg(not(feature = "tls"))]
         (Some(_), Some(_)) => anyhow::bail!("this build has no TLS support (feature `tls`)"),

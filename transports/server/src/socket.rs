@@ -105,7 +105,7 @@ pub(crate) async fn serve(
         mut task_sink,
     } = conn::split(upgraded);
     let mut socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    let write_side = conn::drive(&writer, task_sink.as_mut());
+    let write_side = writer.drive(task_sink.as_mut());
     tokio::pin!(write_side);
 
     let (ack, acked) = oneshot::channel();

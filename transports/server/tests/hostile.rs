@@ -178,13 +178,21 @@ async fn next_json(ws: &mut Ws) -> Result<Value, String> {
     }
 }
 
+/// Sends `frame` as a text frame.
+async fn try_send_json(ws: &mut Ws, frame: Value) -> Result<(), String> {
+    ws.send(Message::text(frame.to_string()))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Sends `frame` as a text frame; the connection must take it.
+async fn send_json(ws: &mut Ws, frame: Value) {
+    try_send_json(ws, frame).await.expect("send");
+}
+
 /// Sends the join frame and reads up to `ready`; returns every frame before it.
 async fn join(ws: &mut Ws, name: &str) -> Result<Vec<Value>, String> {
-    ws.send(Message::text(
-        serde_json::json!({ "name": name }).to_string(),
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
+    try_send_json(ws, serde_json::json!({ "name": name })).await?;
     let mut frames = Vec::new();
     loop {
         let frame = next_json(ws).await?;
@@ -206,11 +214,7 @@ async fn say(ws: &mut Ws, text: &str) -> Result<Value, String> {
     const RATE_LIMITED: &str = "Your IP is being rate-limited, please try again later.";
     let give_up = Instant::now() + Duration::from_secs(5);
     'send: loop {
-        ws.send(Message::text(
-            serde_json::json!({ "message": text }).to_string(),
-        ))
-        .await
-        .map_err(|e| e.to_string())?;
+        try_send_json(ws, serde_json::json!({ "message": text })).await?;
         loop {
             let frame = next_json(ws).await?;
             if let Some(error) = frame.get("error") {
@@ -790,11 +794,7 @@ fn names_and_messages_at_the_exact_utf16_limits() {
             let mut ws = ws_connect(f.addr, "limits", &fresh_ip())
                 .await
                 .expect("connect");
-            ws.send(Message::text(
-                serde_json::json!({ "name": name32 }).to_string(),
-            ))
-            .await
-            .expect("send");
+            send_json(&mut ws, serde_json::json!({ "name": name32 })).await;
             let joined = next_json(&mut ws).await.expect("joined");
             assert_eq!(
                 joined["joined"],
@@ -805,11 +805,7 @@ fn names_and_messages_at_the_exact_utf16_limits() {
             assert_eq!(ready["ready"], true);
             let echoed = say(&mut ws, &message256).await.expect("256 units accepted");
             assert_eq!(echoed["name"], name32.as_str());
-            ws.send(Message::text(
-                serde_json::json!({ "message": message257 }).to_string(),
-            ))
-            .await
-            .expect("send");
+            send_json(&mut ws, serde_json::json!({ "message": message257 })).await;
             let refused = next_json(&mut ws).await.expect("an answer");
             assert_eq!(refused["error"], "Message too long.");
             // A lone surrogate escape is not a string Rust can hold: a clear error, not a crash.
@@ -822,11 +818,7 @@ fn names_and_messages_at_the_exact_utf16_limits() {
             let mut over = ws_connect(f.addr, "limits", &fresh_ip())
                 .await
                 .expect("connect");
-            over.send(Message::text(
-                serde_json::json!({ "name": name33 }).to_string(),
-            ))
-            .await
-            .expect("send");
+            send_json(&mut over, serde_json::json!({ "name": name33 })).await;
             let error = next_json(&mut over).await.expect("an error frame");
             assert_eq!(error["error"], "Name too long.");
             let close = next_json(&mut over).await.expect_err("a close");
