@@ -1,0 +1,118 @@
+// Types for edgechat.js (hand-written; the module has no build step).
+
+/** The server's refusal while a session's rate limiter holds it back. */
+export declare const ERROR_RATE_LIMITED: string;
+/** The server's refusal while too many messages wait for storage. */
+export declare const ERROR_ROOM_BUSY: string;
+
+/** Where a client stands. */
+export type ConnectionState = "connecting" | "live" | "reconnecting" | "closed";
+
+/** A chat message as the server broadcast it. */
+export interface ChatMessage {
+  /** The room's gap-free sequence number (absent only from servers without ids). */
+  id: number | undefined;
+  name: string;
+  message: string;
+  /** Milliseconds since the epoch, strictly increasing within a room. */
+  timestamp: number;
+}
+
+export interface ConnectOptions {
+  /** The server's base URL (http, https, ws or wss). Defaults to `location.origin` in a page. */
+  url?: string;
+  /** A public room name (up to 32 characters) or a private room id. */
+  room: string;
+  /** The user name; the server makes an empty one `anonymous`. */
+  name?: string;
+  /** Put on the WebSocket URL (and the HTTP requests) as `?token=...`. */
+  token?: string;
+  /** Called before every (re)connect and HTTP request; its answer replaces `token`. */
+  getToken?: () => string | undefined | null | Promise<string | undefined | null>;
+  /** Resume after this id on the first join (e.g. an id the application stored). */
+  since?: number;
+  /** The WebSocket constructor, for runtimes without a global one. */
+  WebSocket?: new (url: string, protocols?: string | string[]) => WebSocket;
+  /** The fetch function, for runtimes without a global one. */
+  fetch?: typeof fetch;
+  /** First reconnect delay bound, doubled per failed attempt (full jitter). Default 500. */
+  reconnectInitialMs?: number;
+  /** Largest reconnect delay bound. Default 30000. */
+  reconnectMaxMs?: number;
+  /** The server limiter's cost per action; rate-limit retries back off up to twice it. Default 5000. */
+  rateLimitCostMs?: number;
+  /** The first rate-limit retry delay. Default 100. */
+  rateLimitFirstRetryMs?: number;
+  /** No answer to a sent message for this long replaces the connection. Default 20000. */
+  sendTimeoutMs?: number;
+  /** Most sends waiting at once; more are rejected. Default 1000. */
+  maxQueuedSends?: number;
+  /** How long `close()` waits for the closing handshake. Default 2000. */
+  closeTimeoutMs?: number;
+}
+
+/** The payload of each event type. */
+export interface RoomEvents {
+  /** A chat message, each exactly once, in id order. */
+  message: ChatMessage;
+  /** Someone joined (after this client's own join completed). */
+  join: { name: string };
+  /** Someone left. */
+  quit: { name: string };
+  /** The roster changed (or was rebuilt by a join). */
+  roster: { roster: Set<string>; counts: Map<string, number> };
+  /** A join completed; `resumed` if it asked for messages after `lastId`. */
+  ready: { recovered: boolean | undefined; resumed: boolean };
+  /** The server could not replay everything after `since`: messages were missed. */
+  gap: { since: number };
+  /** A server error not tied to a send, or a fatal one (then the client is closed). */
+  error: { message: string; fatal: boolean };
+  /** A frame was refused by the rate limiter (or a busy room) and will be retried. */
+  ratelimited: { message: string; retryInMs: number; join: boolean };
+  state: { state: ConnectionState; previous: ConnectionState; reason?: string };
+}
+
+/** The event class dispatched by a RoomClient; the payload is `detail`. */
+export declare class EdgechatEvent<T = unknown> extends Event {
+  constructor(type: string, detail: T);
+  readonly detail: T;
+}
+
+/** A server refusal (`server: true`, the message is the server's text) or a send given up. */
+export declare class EdgechatError extends Error {
+  constructor(message: string, options?: { server?: boolean });
+  readonly server: boolean;
+}
+
+export declare class RoomClient extends EventTarget {
+  constructor(options: ConnectOptions);
+  readonly state: ConnectionState;
+  readonly room: string;
+  /** The name the server knows us by, once joined. */
+  readonly name: string;
+  /** The highest message id delivered (0 if none). */
+  readonly lastId: number;
+  /** The last join's `recovered` flag. */
+  readonly recovered: boolean | undefined;
+  /** Names in the room now. */
+  readonly roster: Set<string>;
+  /** Names in the room now, with their connection counts. */
+  readonly rosterCounts: Map<string, number>;
+  /** Sends not yet acknowledged. */
+  readonly pendingSends: number;
+  /** Subscribes to an event's payload; returns the unsubscribe function. */
+  on<K extends keyof RoomEvents>(type: K, listener: (detail: RoomEvents[K]) => void): () => void;
+  /** Resolves with the message id once the server broadcast it (durable); rejects with its refusal. */
+  send(text: string): Promise<number>;
+  /** The page before the oldest message seen (or the previous page), oldest first. */
+  loadOlder(options?: { limit?: number }): Promise<{ messages: ChatMessage[]; hasMore: boolean }>;
+  /** Names of the users joined now. */
+  presence(): Promise<string[]>;
+  /** Reconnects at once if waiting to (e.g. on `online` or tab visibility). */
+  reconnectNow(): void;
+  /** Leaves: rejects unacknowledged sends, closes the socket. */
+  close(): Promise<void>;
+}
+
+/** Joins a room and keeps the membership alive. */
+export declare function connect(options: ConnectOptions): RoomClient;

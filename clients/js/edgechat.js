@@ -1,0 +1,499 @@
+// edgechat client: one room, with reconnect, resume, de-duplication and acknowledged sends.
+//
+// Standard APIs only (WebSocket, fetch, EventTarget, setTimeout), so the same file runs in
+// browsers, Node 22+, Deno and Cloudflare Workers. The wire protocol is PROTOCOL.md.
+//
+// Delivery: every chat frame carries the room's gap-free id. The client remembers the
+// highest id it has delivered, rejoins with `since` set to it, and drops any frame at or
+// below it, so the application sees each message once, in id order. When the server cannot
+// fill the gap it says `recovered: false`; the client reports that as a `gap` event.
+//
+// Acknowledgement: a connection has at most one chat frame in flight (stop and wait). The
+// server answers each frame with either an error (at once) or the broadcast of the stored
+// message (only once it is durable), and it answers a session's frames in order; but an
+// error for a later frame can overtake the echo of an earlier one that is still being
+// written. With one frame in flight there is nothing to mix up: the first error after the
+// frame is its refusal, and its echo is the first chat frame from our own name (as the
+// server echoed it in our `joined`) with the same text and an id above every id seen when
+// it was sent. A frame in flight when the socket drops is looked for in the resume replay;
+// if it is not there it was not stored, and it is sent again.
+
+/** The server's refusal while a session's rate limiter holds it back (PROTOCOL.md). */
+export const ERROR_RATE_LIMITED = "Your IP is being rate-limited, please try again later.";
+/** The server's refusal while too many messages wait for storage. */
+export const ERROR_ROOM_BUSY = "Room is busy, please try again later.";
+/** The WebSocket close code for a name the server refuses: rejoining cannot help. */
+const CLOSE_NAME_TOO_LONG = 1009;
+
+const DEFAULTS = {
+  reconnectInitialMs: 500,
+  reconnectMaxMs: 30_000,
+  // The limiter's documented cost per action: in a cooldown, the wait for one more action.
+  rateLimitCostMs: 5_000,
+  // The first retry after a refusal is short: the server also refuses frames while its
+  // limiter's answer to the previous action is still on the way.
+  rateLimitFirstRetryMs: 100,
+  // No answer to a chat frame for this long: the connection is presumed dead and replaced.
+  sendTimeoutMs: 20_000,
+  maxQueuedSends: 1_000,
+  closeTimeoutMs: 2_000,
+};
+
+/** An event whose payload is `detail` (CustomEvent is not global in every runtime). */
+export class EdgechatEvent extends Event {
+  /** @param {string} type @param {unknown} detail */
+  constructor(type, detail) {
+    super(type);
+    this.detail = detail;
+  }
+}
+
+/** A refusal from the server (its `{"error": ...}` text), or a send the client gave up on. */
+export class EdgechatError extends Error {
+  /** @param {string} message @param {{ server?: boolean }} [options] */
+  constructor(message, options = {}) {
+    super(message);
+    this.name = "EdgechatError";
+    this.server = Boolean(options.server);
+  }
+}
+
+/**
+ * Joins `room` on the edgechat server at `url` and keeps the membership alive.
+ * @param {import("./edgechat.d.ts").ConnectOptions} options
+ * @returns {RoomClient}
+ */
+export function connect(options) {
+  return new RoomClient(options);
+}
+
+/** Uniform in [0, 1), from the platform's CSPRNG where there is one (it is only jitter). */
+function random() {
+  const c = globalThis.crypto;
+  if (c && typeof c.getRandomValues === "function") {
+    return c.getRandomValues(new Uint32Array(1))[0] / 2 ** 32;
+  }
+  return Math.random();
+}
+
+/** `http(s)` or `ws(s)` base URL (no trailing slash) for the given scheme family. */
+function baseUrl(url, secure, plain) {
+  const parsed = new URL(url);
+  const tls = parsed.protocol === "https:" || parsed.protocol === "wss:";
+  parsed.protocol = tls ? secure : plain;
+  parsed.search = "";
+  parsed.hash = "";
+  return parsed.href.replace(/\/+$/, "");
+}
+
+export class RoomClient extends EventTarget {
+  #options;
+  #WebSocket;
+  #fetch;
+  #ws = null;
+  #state = "connecting";
+  /** The highest id delivered to the application (0: none yet). */
+  #lastId = 0;
+  #oldestId = null;
+  #olderCursor = undefined;
+  #everReady = false;
+  #recovered = undefined;
+  #attempt = 0;
+  #reconnectTimer = null;
+  #retryTimer = null;
+  #sendTimer = null;
+  #rateLimitStreak = 0;
+  /** Sends not yet acknowledged, oldest first; only the head is ever in flight. */
+  #queue = [];
+  #roster = new Map();
+  // Per connection: the name the server gave us, the roster and messages of the join.
+  #joinName = null;
+  #joining = null;
+
+  /** @param {import("./edgechat.d.ts").ConnectOptions} options */
+  constructor(options) {
+    super();
+    if (!options || typeof options.room !== "string" || !options.room) {
+      throw new TypeError("connect: `room` is required");
+    }
+    const url = options.url ?? globalThis.location?.origin;
+    if (!url) throw new TypeError("connect: `url` is required outside a browser page");
+    this.#options = { ...DEFAULTS, ...options, url };
+    this.#WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this.#WebSocket !== "function") {
+      throw new TypeError("connect: no WebSocket in this runtime; pass the `WebSocket` option");
+    }
+    this.#fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
+    if (Number.isInteger(options.since) && options.since > 0) {
+      this.#lastId = options.since;
+      this.#everReady = true;
+    }
+    queueMicrotask(() => this.#open());
+  }
+
+  /** connecting, live, reconnecting or closed. */
+  get state() { return this.#state; }
+  /** The room this client is in. */
+  get room() { return this.#options.room; }
+  /** The name the server knows us by (known once joined), else the name asked for. */
+  get name() { return this.#joinName ?? this.#options.name ?? ""; }
+  /** The highest message id delivered so far (0 if none): resume from here. */
+  get lastId() { return this.#lastId; }
+  /** The last join's `recovered` flag: true, false (messages were missed) or undefined. */
+  get recovered() { return this.#recovered; }
+  /** Names in the room now (each once, however many connections share it). */
+  get roster() { return new Set(this.#roster.keys()); }
+  /** Names in the room now, with how many connections each has. */
+  get rosterCounts() { return new Map(this.#roster); }
+  /** Sends waiting for their acknowledgement. */
+  get pendingSends() { return this.#queue.length; }
+
+  /** Subscribes `listener` to `type`'s payloads; returns the unsubscribe function. */
+  on(type, listener) {
+    const wrapped = (event) => listener(event.detail);
+    this.addEventListener(type, wrapped);
+    return () => this.removeEventListener(type, wrapped);
+  }
+
+  /**
+   * Sends a chat message. Resolves with its id once the server broadcast it (it is durable
+   * then); rejects with the server's refusal. Queued while not connected; retried while
+   * rate limited.
+   * @param {string} text
+   * @returns {Promise<number>}
+   */
+  send(text) {
+    if (typeof text !== "string") return Promise.reject(new TypeError("send: text must be a string"));
+    if (this.#state === "closed") return Promise.reject(new EdgechatError("The client is closed."));
+    if (this.#queue.length >= this.#options.maxQueuedSends) {
+      return Promise.reject(new EdgechatError("Too many messages waiting to be sent."));
+    }
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ text, resolve, reject, sentOn: null, idAtSend: 0, maybeStored: false });
+      this.#pump();
+    });
+  }
+
+  /**
+   * The page of messages before the oldest this client has (or before the previous page),
+   * oldest first, from the history endpoint. `hasMore` is false once the start is reached.
+   * @param {{ limit?: number }} [options]
+   */
+  async loadOlder({ limit = 50 } = {}) {
+    if (this.#olderCursor === null) return { messages: [], hasMore: false };
+    const before = this.#olderCursor ?? this.#oldestId ?? (this.#lastId > 0 ? this.#lastId + 1 : null);
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (before != null) query.set("before", String(before));
+    const body = await this.#getJson("history", query);
+    const messages = Array.isArray(body.messages) ? body.messages.slice().reverse() : [];
+    this.#olderCursor = Number.isInteger(body.next_before) ? body.next_before : null;
+    return { messages, hasMore: this.#olderCursor !== null };
+  }
+
+  /** Names of the users joined now, from the presence endpoint. @returns {Promise<string[]>} */
+  async presence() {
+    const body = await this.#getJson("presence", new URLSearchParams());
+    return Array.isArray(body.users) ? body.users : [];
+  }
+
+  /** Leaves the room: rejects unacknowledged sends and closes the socket. */
+  close() {
+    if (this.#state === "closed") return Promise.resolve();
+    const ws = this.#ws;
+    this.#shutdown("closed by the application");
+    if (!ws || ws.readyState === 3) return Promise.resolve();
+    // Resolves once the closing handshake is done, or after a bounded wait.
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, this.#options.closeTimeoutMs);
+      ws.addEventListener("close", () => { clearTimeout(timer); resolve(); });
+    });
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new EdgechatEvent(type, detail));
+  }
+
+  #setState(state, reason) {
+    if (state === this.#state) return;
+    const previous = this.#state;
+    this.#state = state;
+    this.#emit("state", { state, previous, reason });
+  }
+
+  async #getJson(endpoint, query) {
+    if (typeof this.#fetch !== "function") throw new TypeError("no fetch in this runtime; pass the `fetch` option");
+    const token = await this.#token();
+    if (token) query.set("token", token);
+    const base = baseUrl(this.#options.url, "https:", "http:");
+    const search = query.toString();
+    const url = `${base}/api/room/${encodeURIComponent(this.#options.room)}/${endpoint}${search ? "?" + search : ""}`;
+    const response = await this.#fetch(url);
+    const text = await response.text();
+    if (!response.ok) throw new EdgechatError(text.trim() || `HTTP ${response.status}`, { server: true });
+    return JSON.parse(text);
+  }
+
+  async #token() {
+    if (typeof this.#options.getToken === "function") return (await this.#options.getToken()) || undefined;
+    return this.#options.token || undefined;
+  }
+
+  async #open() {
+    if (this.#state === "closed") return;
+    let url;
+    try {
+      const token = await this.#token();
+      if (this.#state === "closed") return;
+      const base = baseUrl(this.#options.url, "wss:", "ws:");
+      url = `${base}/api/room/${encodeURIComponent(this.#options.room)}/websocket`;
+      if (token) url += `?token=${encodeURIComponent(token)}`;
+    } catch (error) {
+      this.#emit("error", { message: `getToken failed: ${error?.message ?? error}`, fatal: false });
+      this.#scheduleReconnect();
+      return;
+    }
+    let ws;
+    try {
+      ws = new this.#WebSocket(url);
+    } catch (error) {
+      this.#emit("error", { message: `WebSocket failed: ${error?.message ?? error}`, fatal: false });
+      this.#scheduleReconnect();
+      return;
+    }
+    this.#ws = ws;
+    this.#joining = { roster: new Map(), messages: [], sent: false, lastJoined: null };
+    ws.addEventListener("open", () => { if (this.#ws === ws) this.#sendJoin(ws); });
+    ws.addEventListener("message", (event) => { if (this.#ws === ws) this.#onFrame(ws, event.data); });
+    ws.addEventListener("close", (event) => {
+      if (this.#ws === ws) this.#onClose(ws, event.code, event.reason);
+    });
+    // Browsers follow an error with a close; nothing to do until then.
+    ws.addEventListener("error", () => {});
+  }
+
+  #sendJoin(ws) {
+    const join = { name: this.#options.name ?? "" };
+    if (this.#everReady) join.since = this.#lastId;
+    this.#joining.sent = true;
+    ws.send(JSON.stringify(join));
+  }
+
+  #onFrame(ws, raw) {
+    if (typeof raw !== "string") return;
+    let data;
+    try { data = JSON.parse(raw); } catch { return; }
+    if (!data || typeof data !== "object") return;
+    const joining = this.#joining;
+    if (typeof data.error === "string") {
+      this.#onError(ws, data.error);
+    } else if (typeof data.joined === "string") {
+      if (joining) {
+        // The last `joined` before `ready` is our own, with our name as the server has it.
+        addName(joining.roster, data.joined);
+        joining.lastJoined = data.joined;
+      } else {
+        addName(this.#roster, data.joined);
+        this.#emit("join", { name: data.joined });
+        this.#emit("roster", { roster: this.roster, counts: this.rosterCounts });
+      }
+    } else if (typeof data.quit === "string") {
+      if (joining) {
+        removeName(joining.roster, data.quit);
+      } else {
+        removeName(this.#roster, data.quit);
+        this.#emit("quit", { name: data.quit });
+        this.#emit("roster", { roster: this.roster, counts: this.rosterCounts });
+      }
+    } else if (data.ready === true && joining) {
+      this.#onReady(ws, data.recovered);
+    } else if (typeof data.message === "string" && typeof data.name === "string") {
+      const message = {
+        id: Number.isSafeInteger(data.id) ? data.id : undefined,
+        name: data.name,
+        message: data.message,
+        timestamp: data.timestamp,
+      };
+      if (joining) joining.messages.push(message);
+      else this.#deliver(ws, message);
+    }
+  }
+
+  #onReady(ws, recovered) {
+    const joining = this.#joining;
+    this.#joining = null;
+    const resumed = this.#everReady;
+    this.#everReady = true;
+    this.#attempt = 0;
+    this.#rateLimitStreak = 0;
+    this.#recovered = typeof recovered === "boolean" ? recovered : undefined;
+    this.#roster = joining.roster;
+    this.#joinName = joining.lastJoined;
+    if (recovered === false) {
+      // Messages after our last id are gone from the server; what it sent instead starts a
+      // new stretch (after a lost data file its ids may even start again from 1).
+      this.#emit("gap", { since: this.#lastId });
+      this.#lastId = 0;
+    }
+    for (const message of joining.messages) this.#deliver(ws, message);
+    const head = this.#queue[0];
+    // A frame in flight when the last socket dropped and not in the replay was not stored.
+    if (head && head.maybeStored) head.maybeStored = false;
+    this.#setState("live");
+    this.#emit("roster", { roster: this.roster, counts: this.rosterCounts });
+    this.#emit("ready", { recovered: this.#recovered, resumed });
+    this.#pump();
+  }
+
+  #deliver(ws, message) {
+    if (message.id !== undefined) {
+      if (message.id <= this.#lastId) return;
+      this.#lastId = message.id;
+      if (this.#oldestId === null || message.id < this.#oldestId) this.#oldestId = message.id;
+    }
+    this.#emit("message", message);
+    const head = this.#queue[0];
+    if (!head || message.name !== this.#joinName || message.message !== head.text) return;
+    const inFlight = head.sentOn === ws || head.maybeStored;
+    if (!inFlight || (message.id !== undefined && message.id <= head.idAtSend)) return;
+    this.#queue.shift();
+    this.#clearSendTimer();
+    this.#rateLimitStreak = 0;
+    head.resolve(message.id);
+    this.#pump();
+  }
+
+  #onError(ws, text) {
+    const retryable = text === ERROR_RATE_LIMITED || text === ERROR_ROOM_BUSY;
+    if (this.#joining) {
+      if (retryable && this.#joining.sent) {
+        // The join itself was refused; the socket stays open and unnamed: ask again.
+        const delay = this.#rateLimitDelay();
+        this.#emit("ratelimited", { message: text, retryInMs: delay, join: true });
+        clearTimeout(this.#retryTimer);
+        this.#retryTimer = setTimeout(() => {
+          this.#retryTimer = null;
+          if (this.#ws === ws && this.#joining && ws.readyState === 1) this.#sendJoin(ws);
+        }, delay);
+        return;
+      }
+      // Refused to join (a name too long, or worse): rejoining cannot help.
+      this.#emit("error", { message: text, fatal: true });
+      this.#shutdown(text);
+      return;
+    }
+    const head = this.#queue[0];
+    if (!head || head.sentOn !== ws) {
+      this.#emit("error", { message: text, fatal: false });
+      return;
+    }
+    this.#clearSendTimer();
+    head.sentOn = null;
+    if (retryable) {
+      const delay = this.#rateLimitDelay();
+      this.#emit("ratelimited", { message: text, retryInMs: delay, join: false });
+      this.#retryTimer = setTimeout(() => { this.#retryTimer = null; this.#pump(); }, delay);
+      return;
+    }
+    this.#queue.shift();
+    head.reject(new EdgechatError(text, { server: true }));
+    this.#pump();
+  }
+
+  /** Short first, doubling up to the limiter's cost (and a little beyond), half jittered. */
+  #rateLimitDelay() {
+    const { rateLimitFirstRetryMs: first, rateLimitCostMs: cost } = this.#options;
+    const base = Math.min(cost * 2, first * 2 ** Math.min(this.#rateLimitStreak, 20));
+    this.#rateLimitStreak += 1;
+    return Math.round(base / 2 + (random() * base) / 2);
+  }
+
+  /** Sends the head of the queue if the connection is live and nothing is in flight. */
+  #pump() {
+    const ws = this.#ws;
+    const head = this.#queue[0];
+    if (!head || this.#state !== "live" || !ws || ws.readyState !== 1) return;
+    if (head.sentOn || head.maybeStored || this.#retryTimer) return;
+    head.sentOn = ws;
+    head.idAtSend = this.#lastId;
+    ws.send(JSON.stringify({ message: head.text }));
+    this.#clearSendTimer();
+    this.#sendTimer = setTimeout(() => {
+      // No answer: the path is dead without a close. Replace it; resume settles the send.
+      if (this.#ws === ws && head.sentOn === ws) {
+        try { ws.close(4000, "no answer"); } catch { /* already closing */ }
+        this.#onClose(ws, 4000, "no answer");
+      }
+    }, this.#options.sendTimeoutMs);
+  }
+
+  #clearSendTimer() {
+    clearTimeout(this.#sendTimer);
+    this.#sendTimer = null;
+  }
+
+  #onClose(ws, code, reason) {
+    this.#ws = null;
+    this.#joining = null;
+    this.#clearSendTimer();
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    const head = this.#queue[0];
+    if (head && head.sentOn === ws) {
+      head.sentOn = null;
+      head.maybeStored = true;
+    }
+    if (this.#state === "closed") return;
+    if (code === CLOSE_NAME_TOO_LONG) {
+      const message = reason || "The server refused the name.";
+      this.#emit("error", { message, fatal: true });
+      this.#shutdown(message);
+      return;
+    }
+    this.#scheduleReconnect();
+  }
+
+  /** Full jitter: a uniform wait in [0, min(max, initial * 2^attempt)). */
+  #scheduleReconnect() {
+    if (this.#state === "closed") return;
+    const { reconnectInitialMs: initial, reconnectMaxMs: max } = this.#options;
+    const cap = Math.min(max, initial * 2 ** Math.min(this.#attempt, 30));
+    const delay = Math.round(random() * cap);
+    this.#attempt += 1;
+    this.#setState("reconnecting");
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = setTimeout(() => { this.#reconnectTimer = null; this.#open(); }, delay);
+  }
+
+  /** Reconnects now if waiting to (e.g. when the network or the tab comes back). */
+  reconnectNow() {
+    if (this.#state !== "reconnecting" || this.#ws || !this.#reconnectTimer) return;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    this.#attempt = 0;
+    this.#open();
+  }
+
+  #shutdown(reason) {
+    const ws = this.#ws;
+    this.#setState("closed", reason);
+    clearTimeout(this.#reconnectTimer);
+    clearTimeout(this.#retryTimer);
+    this.#clearSendTimer();
+    this.#ws = null;
+    this.#joining = null;
+    if (ws && ws.readyState < 2) {
+      try { ws.close(1000, "leaving"); } catch { /* already closing */ }
+    }
+    for (const send of this.#queue.splice(0)) send.reject(new EdgechatError(`Not sent: ${reason}`));
+  }
+}
+
+function addName(roster, name) {
+  roster.set(name, (roster.get(name) ?? 0) + 1);
+}
+
+function removeName(roster, name) {
+  const count = (roster.get(name) ?? 0) - 1;
+  if (count > 0) roster.set(name, count);
+  else roster.delete(name);
+}

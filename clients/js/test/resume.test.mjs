@@ -1,0 +1,139 @@
+// Exactly-once delivery across server restarts and a kill -9, `recovered: false` after a gap
+// longer than the retained history, and sends retried through the real rate limiter.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { connect } from "../edgechat.js";
+import { dataDir, publish, record, roomName, startServer, waitFor, within } from "./harness.mjs";
+
+const FAST = { reconnectInitialMs: 50, reconnectMaxMs: 500 };
+/** RoomConfig::history_retained_max in core/src/room.rs. */
+const HISTORY_RETAINED = 1_000;
+
+test("a restart and a kill -9 mid-stream: every acknowledged message arrives once, in order", { timeout: 120_000 }, async () => {
+  const data = dataDir();
+  let server = await startServer({ db: data.db });
+  const port = server.port;
+  const room = roomName("restart");
+  let tokenCalls = 0;
+  const writer = connect({ url: server.url, room, name: "Writer", ...FAST });
+  const reader = connect({ url: server.url, room, name: "Reader", getToken: async () => `token-${++tokenCalls}`, ...FAST });
+  const readerSeen = record(reader);
+  const writerSeen = record(writer);
+  try {
+    await waitFor(() => writer.state === "live" && reader.state === "live", "both live");
+    const texts = Array.from({ length: 60 }, (_, i) => `msg ${i + 1}`);
+    const acked = [];
+    const sends = texts.map((text) => writer.send(text).then((id) => { acked.push({ id, text }); return id; }));
+    await waitFor(() => acked.length >= 15, "15 acknowledged");
+    await server.stop("SIGTERM");
+    server = await startServer({ db: data.db, port });
+    await waitFor(() => acked.length >= 35, "35 acknowledged after the restart");
+    await server.stop("SIGKILL");
+    server = await startServer({ db: data.db, port });
+    const ids = await within(Promise.all(sends), "every send acknowledged", 60_000);
+    assert.deepEqual(acked.map((a) => a.text), texts, "acknowledged in send order");
+    assert.deepEqual([...ids].sort((a, b) => a - b), ids);
+    const last = ids[ids.length - 1];
+    await waitFor(() => reader.lastId >= last && writer.lastId >= last, "both caught up");
+    for (const seen of [readerSeen, writerSeen]) {
+      const mine = seen.messages.filter((m) => m.name === "Writer");
+      assert.deepEqual(mine.map((m) => m.id), ids, "every acknowledged id once, in order");
+      assert.deepEqual(mine.map((m) => m.message), texts);
+      const all = seen.messages.map((m) => m.id);
+      assert.equal(new Set(all).size, all.length, "no duplicates");
+    }
+    assert.ok(readerSeen.states.includes("reconnecting"), `reader states: ${readerSeen.states}`);
+    assert.ok(readerSeen.ready.length >= 3 && readerSeen.ready.slice(1).every((r) => r.resumed && r.recovered === true),
+      `resumes recovered: ${JSON.stringify(readerSeen.ready)}`);
+    assert.deepEqual(readerSeen.gaps, []);
+    assert.ok(tokenCalls >= 3, `getToken called on every connect (${tokenCalls})`);
+  } finally {
+    await writer.close();
+    await reader.close();
+    await server.stop();
+    data.cleanup();
+  }
+});
+
+/** A WebSocket whose connections can be cut and refused, to keep a client away for a while. */
+function gate() {
+  const state = { open: true, sockets: new Set() };
+  class GatedWebSocket extends WebSocket {
+    constructor(url, protocols) {
+      // Port 9 on loopback: nothing listens, the connection fails at once.
+      super(state.open ? url : "ws://127.0.0.1:9/", protocols);
+      state.sockets.add(this);
+    }
+  }
+  state.WebSocket = GatedWebSocket;
+  state.cut = () => {
+    state.open = false;
+    for (const socket of state.sockets) socket.close();
+    state.sockets.clear();
+  };
+  return state;
+}
+
+test("a gap longer than the retained history surfaces recovered: false", { timeout: 120_000 }, async () => {
+  const data = dataDir();
+  const server = await startServer({ db: data.db });
+  const room = roomName("gap");
+  const door = gate();
+  const client = connect({ url: server.url, room, name: "Away", WebSocket: door.WebSocket, ...FAST });
+  const seen = record(client);
+  try {
+    await waitFor(() => client.state === "live", "live");
+    await publish(server.url, room, "before");
+    await waitFor(() => seen.messages.length === 1, "the first message");
+    door.cut();
+    await waitFor(() => client.state === "reconnecting", "reconnecting");
+    const total = HISTORY_RETAINED + 20;
+    const batch = 16;
+    for (let i = 0; i < total; i += batch) {
+      await Promise.all(Array.from({ length: Math.min(batch, total - i) }, (_, k) => publish(server.url, room, `away ${i + k}`)));
+    }
+    door.open = true;
+    await waitFor(() => seen.ready.length === 2, "the second ready", 30_000);
+    assert.deepEqual(seen.ready[1], { recovered: false, resumed: true });
+    assert.equal(client.recovered, false);
+    assert.deepEqual(seen.gaps, [{ since: seen.messages[0].id }]);
+    const after = seen.messages.slice(1);
+    assert.equal(after.length, 100, "the newest 100 instead of the gap");
+    assert.equal(after[after.length - 1].id, total + 1);
+    assert.deepEqual(after.map((m) => m.id), Array.from({ length: 100 }, (_, i) => total - 98 + i));
+    // Live messages still flow after the gap.
+    await publish(server.url, room, "after");
+    await waitFor(() => seen.messages.at(-1)?.message === "after", "a live message after the gap");
+  } finally {
+    await client.close();
+    await server.stop();
+    data.cleanup();
+  }
+});
+
+test("rate-limited sends are retried and resolve", { timeout: 120_000 }, async () => {
+  const data = dataDir();
+  // No grace: every action puts this IP into a cooldown of one cost.
+  const server = await startServer({ db: data.db, costMs: 150, graceMs: 0 });
+  const room = roomName("limited");
+  const sender = connect({ url: server.url, room, name: "Eager", rateLimitCostMs: 150, ...FAST });
+  const watcher = connect({ url: server.url, room, name: "Watcher", rateLimitCostMs: 150, ...FAST });
+  const sent = record(sender);
+  const watched = record(watcher);
+  try {
+    await waitFor(() => sender.state === "live" && watcher.state === "live", "both live");
+    const texts = ["one", "two", "three", "four", "five"];
+    const ids = await within(Promise.all(texts.map((t) => sender.send(t))), "all five acknowledged", 60_000);
+    assert.ok(sent.ratelimited.length > 0, "the limiter refused at least one frame");
+    assert.ok(sent.ratelimited.every((r) => r.message === "Your IP is being rate-limited, please try again later."));
+    await waitFor(() => watched.messages.length === 5, "five messages at the watcher");
+    assert.deepEqual(watched.messages.map((m) => m.message), texts);
+    assert.deepEqual(watched.messages.map((m) => m.id), ids);
+  } finally {
+    await sender.close();
+    await watcher.close();
+    await server.stop();
+    data.cleanup();
+  }
+});
