@@ -45,6 +45,8 @@ export interface ConnectOptions {
   rateLimitFirstRetryMs?: number;
   /** No answer to a sent message for this long replaces the connection. Default 20000. */
   sendTimeoutMs?: number;
+  /** From opening a socket to the join's `ready`; longer replaces the socket. Default 30000. */
+  joinTimeoutMs?: number;
   /** Most sends waiting at once; more are rejected. Default 1000. */
   maxQueuedSends?: number;
   /** How long `close()` waits for the closing handshake. Default 2000. */
@@ -69,6 +71,8 @@ export interface RoomEvents {
   error: { message: string; fatal: boolean };
   /** A frame was refused by the rate limiter (or a busy room) and will be retried. */
   ratelimited: { message: string; retryInMs: number; join: boolean };
+  /** A reconnect is scheduled in `delayMs` (for a countdown). */
+  reconnect: { attempt: number; delayMs: number };
   state: { state: ConnectionState; previous: ConnectionState; reason?: string };
 }
 

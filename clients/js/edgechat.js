@@ -35,6 +35,8 @@ const DEFAULTS = {
   rateLimitFirstRetryMs: 100,
   // No answer to a chat frame for this long: the connection is presumed dead and replaced.
   sendTimeoutMs: 20_000,
+  // From opening a socket to `ready`: longer, and the socket is replaced.
+  joinTimeoutMs: 30_000,
   maxQueuedSends: 1_000,
   closeTimeoutMs: 2_000,
 };
@@ -102,6 +104,7 @@ export class RoomClient extends EventTarget {
   #reconnectTimer = null;
   #retryTimer = null;
   #sendTimer = null;
+  #joinTimer = null;
   #rateLimitStreak = 0;
   /** Sends not yet acknowledged, oldest first; only the head is ever in flight. */
   #queue = [];
@@ -267,8 +270,19 @@ export class RoomClient extends EventTarget {
     ws.addEventListener("close", (event) => {
       if (this.#ws === ws) this.#onClose(ws, event.code, event.reason);
     });
-    // Browsers follow an error with a close; nothing to do until then.
-    ws.addEventListener("error", () => {});
+    // An error ends the socket. Browsers follow it with a close event, but Node 20's
+    // WebSocket does not when the connection is refused, so do not wait for one.
+    ws.addEventListener("error", () => {
+      if (this.#ws !== ws) return;
+      try { ws.close(); } catch { /* already closing */ }
+      this.#onClose(ws, 1006, "error");
+    });
+    // Neither joined nor failed in time (a silent network): start over.
+    this.#joinTimer = setTimeout(() => {
+      if (this.#ws !== ws || !this.#joining) return;
+      try { ws.close(4000, "join timeout"); } catch { /* already closing */ }
+      this.#onClose(ws, 4000, "join timeout");
+    }, this.#options.joinTimeoutMs);
   }
 
   #sendJoin(ws) {
@@ -321,6 +335,7 @@ export class RoomClient extends EventTarget {
   #onReady(ws, recovered) {
     const joining = this.#joining;
     this.#joining = null;
+    clearTimeout(this.#joinTimer);
     const resumed = this.#everReady;
     this.#everReady = true;
     this.#attempt = 0;
@@ -434,6 +449,7 @@ export class RoomClient extends EventTarget {
   #onClose(ws, code, reason) {
     this.#ws = null;
     this.#joining = null;
+    clearTimeout(this.#joinTimer);
     this.#clearSendTimer();
     clearTimeout(this.#retryTimer);
     this.#retryTimer = null;
@@ -460,6 +476,7 @@ export class RoomClient extends EventTarget {
     const delay = Math.round(random() * cap);
     this.#attempt += 1;
     this.#setState("reconnecting");
+    this.#emit("reconnect", { attempt: this.#attempt, delayMs: delay });
     clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = setTimeout(() => { this.#reconnectTimer = null; this.#open(); }, delay);
   }
@@ -478,6 +495,7 @@ export class RoomClient extends EventTarget {
     this.#setState("closed", reason);
     clearTimeout(this.#reconnectTimer);
     clearTimeout(this.#retryTimer);
+    clearTimeout(this.#joinTimer);
     this.#clearSendTimer();
     this.#ws = null;
     this.#joining = null;
