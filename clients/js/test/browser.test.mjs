@@ -19,6 +19,7 @@ const TIMEOUT = 15_000;
 const PAGE = `<!doctype html>
 <meta charset="utf-8">
 <title>third-party chat</title>
+<link rel="icon" href="data:,">
 <ul id="log"></ul>
 <script type="module">
   import { connect } from "/edgechat.js";
@@ -79,7 +80,7 @@ async function openPage(name, room) {
   page.on("console", (m) => { if (m.type() === "error") problems.push(m.text()); });
   const query = new URLSearchParams({ server: chat.url, room, name });
   await page.goto(`${siteUrl}/?${query}`);
-  await page.locator('body[data-state="live"]').waitFor({ timeout: TIMEOUT });
+  await page.waitForFunction(() => document.body.dataset.state === "live", null, { timeout: TIMEOUT });
   return { page, problems };
 }
 

@@ -63,7 +63,7 @@ function startOnce({ db, port, costMs, graceMs }) {
 async function stop(child, exited, signal) {
   if (child.exitCode !== null || child.signalCode !== null) return;
   child.kill(signal);
-  const done = await Promise.race([exited, sleep(10_000).then(() => null)]);
+  const done = await within(exited, "edgechat to exit", 10_000).catch(() => null);
   if (!done) { child.kill("SIGKILL"); await exited; }
 }
 
