@@ -62,7 +62,7 @@ export class EdgechatError extends Error {
 
 /**
  * Joins `room` on the edgechat server at `url` and keeps the membership alive.
- * @param {import("./edgechat.d.ts").ConnectOptions} options
+ * @param {import("./edgechat.js").ConnectOptions} options
  * @returns {RoomClient}
  */
 export function connect(options) {
@@ -88,32 +88,69 @@ function baseUrl(url, secure, plain) {
   return parsed.href.replace(/\/+$/, "");
 }
 
+/**
+ * One user's membership of one room.
+ *
+ * ```text
+ *   connect() ──► connecting ──ready──► live ──socket ends──► reconnecting ──ready──► live
+ *                     │                                        ▲   │
+ *                     └──────────socket fails──────────────────┘   └─ backoff, open again
+ *   any state ──close(), or a join the server refuses──► closed (for good)
+ * ```
+ */
 export class RoomClient extends EventTarget {
+  /** @type {import("./edgechat.js").ConnectOptions & typeof DEFAULTS & { url: string }} */
   #options;
+  /** @type {new (url: string) => WebSocket} */
   #WebSocket;
+  /** @type {typeof fetch | undefined} */
   #fetch;
+  /** @type {WebSocket | null} */
   #ws = null;
+  /** @type {import("./edgechat.js").ConnectionState} */
   #state = "connecting";
   /** The highest id delivered to the application (0: none yet). */
   #lastId = 0;
+  /** @type {number | null} */
   #oldestId = null;
+  /**
+   * Where `loadOlder` goes on: undefined before the first page, null after the last.
+   * @type {number | null | undefined}
+   */
   #olderCursor = undefined;
+  /** Whether the next join asks for messages after `#lastId` (after a first join, or `since`). */
   #everReady = false;
+  /** @type {boolean | undefined} */
   #recovered = undefined;
   #attempt = 0;
-  #reconnectTimer = null;
-  #retryTimer = null;
-  #sendTimer = null;
-  #joinTimer = null;
+  /** @type {Timer} */
+  #reconnectTimer = undefined;
+  /** @type {Timer} */
+  #retryTimer = undefined;
+  /** @type {Timer} */
+  #sendTimer = undefined;
+  /** @type {Timer} */
+  #joinTimer = undefined;
   #rateLimitStreak = 0;
-  /** Sends not yet acknowledged, oldest first; only the head is ever in flight. */
+  /**
+   * Sends not yet acknowledged, oldest first; only the head is ever in flight.
+   * @type {PendingSend[]}
+   */
   #queue = [];
+  /** @type {Map<string, number>} */
   #roster = new Map();
-  // Per connection: the name the server gave us, the roster and messages of the join.
+  /**
+   * The name the server knows us by, from our own `joined` in the last join.
+   * @type {string | null}
+   */
   #joinName = null;
+  /**
+   * What a join in progress has gathered; null once `ready` arrived.
+   * @type {Joining | null}
+   */
   #joining = null;
 
-  /** @param {import("./edgechat.d.ts").ConnectOptions} options */
+  /** @param {import("./edgechat.js").ConnectOptions} options */
   constructor(options) {
     super();
     if (!options || typeof options.room !== "string" || !options.room) {
@@ -121,14 +158,18 @@ export class RoomClient extends EventTarget {
     }
     const url = options.url ?? globalThis.location?.origin;
     if (!url) throw new TypeError("connect: `url` is required outside a browser page");
-    this.#options = { ...DEFAULTS, ...options, url };
+    // An option given as undefined keeps its default.
+    const given = /** @type {import("./edgechat.js").ConnectOptions} */ (
+      Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)));
+    this.#options = { ...DEFAULTS, ...given, url };
     this.#WebSocket = options.WebSocket ?? globalThis.WebSocket;
     if (typeof this.#WebSocket !== "function") {
       throw new TypeError("connect: no WebSocket in this runtime; pass the `WebSocket` option");
     }
     this.#fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
-    if (Number.isInteger(options.since) && options.since > 0) {
-      this.#lastId = options.since;
+    const since = options.since;
+    if (typeof since === "number" && Number.isSafeInteger(since) && since > 0) {
+      this.#lastId = since;
       this.#everReady = true;
     }
     queueMicrotask(() => this.#open());
@@ -206,12 +247,18 @@ export class RoomClient extends EventTarget {
     this.#shutdown("closed by the application");
     if (!ws || ws.readyState === 3) return Promise.resolve();
     // Resolves once the closing handshake is done, or after a bounded wait.
-    return new Promise((resolve) => {
+    return new Promise((/** @type {(value?: undefined) => void} */ resolve) => {
       const timer = setTimeout(resolve, this.#options.closeTimeoutMs);
       ws.addEventListener("close", () => { clearTimeout(timer); resolve(); });
     });
   }
 
+  /** Whether the client is closed (a method, so that checks after an await are not narrowed away). */
+  #isClosed() {
+    return this.#state === "closed";
+  }
+
+  /** @param {string} type @param {unknown} detail */
   #emit(type, detail) {
     this.dispatchEvent(new EdgechatEvent(type, detail));
   }
@@ -242,16 +289,17 @@ export class RoomClient extends EventTarget {
   }
 
   async #open() {
-    if (this.#state === "closed") return;
+    if (this.#isClosed()) return;
     let url;
     try {
       const token = await this.#token();
-      if (this.#state === "closed") return;
+      // close() may have been called while the token was fetched.
+      if (this.#isClosed()) return;
       const base = baseUrl(this.#options.url, "wss:", "ws:");
       url = `${base}/api/room/${encodeURIComponent(this.#options.room)}/websocket`;
       if (token) url += `?token=${encodeURIComponent(token)}`;
     } catch (error) {
-      this.#emit("error", { message: `getToken failed: ${error?.message ?? error}`, fatal: false });
+      this.#emit("error", { message: `getToken failed: ${describe(error)}`, fatal: false });
       this.#scheduleReconnect();
       return;
     }
@@ -259,7 +307,7 @@ export class RoomClient extends EventTarget {
     try {
       ws = new this.#WebSocket(url);
     } catch (error) {
-      this.#emit("error", { message: `WebSocket failed: ${error?.message ?? error}`, fatal: false });
+      this.#emit("error", { message: `WebSocket failed: ${describe(error)}`, fatal: false });
       this.#scheduleReconnect();
       return;
     }
@@ -285,7 +333,10 @@ export class RoomClient extends EventTarget {
     }, this.#options.joinTimeoutMs);
   }
 
+  /** @param {WebSocket} ws */
   #sendJoin(ws) {
+    if (!this.#joining) return;
+    /** @type {{ name: string, since?: number }} */
     const join = { name: this.#options.name ?? "" };
     if (this.#everReady) join.since = this.#lastId;
     this.#joining.sent = true;
@@ -319,7 +370,7 @@ export class RoomClient extends EventTarget {
         this.#emit("roster", { roster: this.roster, counts: this.rosterCounts });
       }
     } else if (data.ready === true && joining) {
-      this.#onReady(ws, data.recovered);
+      this.#onReady(ws, joining, data.recovered);
     } else if (typeof data.message === "string" && typeof data.name === "string") {
       const message = {
         id: Number.isSafeInteger(data.id) ? data.id : undefined,
@@ -332,8 +383,8 @@ export class RoomClient extends EventTarget {
     }
   }
 
-  #onReady(ws, recovered) {
-    const joining = this.#joining;
+  /** @param {WebSocket} ws @param {Joining} joining @param {unknown} recovered */
+  #onReady(ws, joining, recovered) {
     this.#joining = null;
     clearTimeout(this.#joinTimer);
     const resumed = this.#everReady;
@@ -386,7 +437,7 @@ export class RoomClient extends EventTarget {
         this.#emit("ratelimited", { message: text, retryInMs: delay, join: true });
         clearTimeout(this.#retryTimer);
         this.#retryTimer = setTimeout(() => {
-          this.#retryTimer = null;
+          this.#retryTimer = undefined;
           if (this.#ws === ws && this.#joining && ws.readyState === 1) this.#sendJoin(ws);
         }, delay);
         return;
@@ -406,7 +457,7 @@ export class RoomClient extends EventTarget {
     if (retryable) {
       const delay = this.#rateLimitDelay();
       this.#emit("ratelimited", { message: text, retryInMs: delay, join: false });
-      this.#retryTimer = setTimeout(() => { this.#retryTimer = null; this.#pump(); }, delay);
+      this.#retryTimer = setTimeout(() => { this.#retryTimer = undefined; this.#pump(); }, delay);
       return;
     }
     this.#queue.shift();
@@ -443,7 +494,7 @@ export class RoomClient extends EventTarget {
 
   #clearSendTimer() {
     clearTimeout(this.#sendTimer);
-    this.#sendTimer = null;
+    this.#sendTimer = undefined;
   }
 
   #onClose(ws, code, reason) {
@@ -452,7 +503,7 @@ export class RoomClient extends EventTarget {
     clearTimeout(this.#joinTimer);
     this.#clearSendTimer();
     clearTimeout(this.#retryTimer);
-    this.#retryTimer = null;
+    this.#retryTimer = undefined;
     const head = this.#queue[0];
     if (head && head.sentOn === ws) {
       head.sentOn = null;
@@ -478,14 +529,14 @@ export class RoomClient extends EventTarget {
     this.#setState("reconnecting");
     this.#emit("reconnect", { attempt: this.#attempt, delayMs: delay });
     clearTimeout(this.#reconnectTimer);
-    this.#reconnectTimer = setTimeout(() => { this.#reconnectTimer = null; this.#open(); }, delay);
+    this.#reconnectTimer = setTimeout(() => { this.#reconnectTimer = undefined; this.#open(); }, delay);
   }
 
   /** Reconnects now if waiting to (e.g. when the network or the tab comes back). */
   reconnectNow() {
     if (this.#state !== "reconnecting" || this.#ws || !this.#reconnectTimer) return;
     clearTimeout(this.#reconnectTimer);
-    this.#reconnectTimer = null;
+    this.#reconnectTimer = undefined;
     this.#attempt = 0;
     this.#open();
   }
@@ -506,10 +557,26 @@ export class RoomClient extends EventTarget {
   }
 }
 
+/**
+ * @typedef {ReturnType<typeof setTimeout> | undefined} Timer
+ * @typedef {{ text: string, resolve: (id: number) => void, reject: (error: Error) => void,
+ *   sentOn: WebSocket | null, idAtSend: number, maybeStored: boolean }} PendingSend
+ * @typedef {{ roster: Map<string, number>, messages: ChatMessage[], sent: boolean,
+ *   lastJoined: string | null }} Joining
+ * @typedef {import("./edgechat.js").ChatMessage} ChatMessage
+ */
+
+/** @param {unknown} error */
+function describe(error) {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** @param {Map<string, number>} roster @param {string} name */
 function addName(roster, name) {
   roster.set(name, (roster.get(name) ?? 0) + 1);
 }
 
+/** @param {Map<string, number>} roster @param {string} name */
 function removeName(roster, name) {
   const count = (roster.get(name) ?? 0) - 1;
   if (count > 0) roster.set(name, count);
