@@ -69,8 +69,8 @@ export interface RoomEvents {
   gap: { since: number };
   /** A server error not tied to a send, or a fatal one (then the client is closed). */
   error: { message: string; fatal: boolean };
-  /** A frame was refused by the rate limiter (or a busy room) and will be retried. */
-  ratelimited: { message: string; retryInMs: number; join: boolean };
+  /** A send was refused by the rate limiter (or a busy room) and will be retried. */
+  ratelimited: { message: string; retryInMs: number };
   /** A reconnect is scheduled in `delayMs` (for a countdown). */
   reconnect: { attempt: number; delayMs: number };
   state: { state: ConnectionState; previous: ConnectionState; reason?: string };

@@ -312,7 +312,7 @@ export class RoomClient extends EventTarget {
       return;
     }
     this.#ws = ws;
-    this.#joining = { roster: new Map(), messages: [], sent: false, lastJoined: null };
+    this.#joining = { roster: new Map(), messages: [], lastJoined: null };
     ws.addEventListener("open", () => { if (this.#ws === ws) this.#sendJoin(ws); });
     ws.addEventListener("message", (event) => { if (this.#ws === ws) this.#onFrame(ws, event.data); });
     ws.addEventListener("close", (event) => {
@@ -339,7 +339,6 @@ export class RoomClient extends EventTarget {
     /** @type {{ name: string, since?: number }} */
     const join = { name: this.#options.name ?? "" };
     if (this.#everReady) join.since = this.#lastId;
-    this.#joining.sent = true;
     ws.send(JSON.stringify(join));
   }
 
@@ -431,15 +430,12 @@ export class RoomClient extends EventTarget {
   #onError(ws, text) {
     const retryable = text === ERROR_RATE_LIMITED || text === ERROR_ROOM_BUSY;
     if (this.#joining) {
-      if (retryable && this.#joining.sent) {
-        // The join itself was refused; the socket stays open and unnamed: ask again.
-        const delay = this.#rateLimitDelay();
-        this.#emit("ratelimited", { message: text, retryInMs: delay, join: true });
-        clearTimeout(this.#retryTimer);
-        this.#retryTimer = setTimeout(() => {
-          this.#retryTimer = undefined;
-          if (this.#ws === ws && this.#joining && ws.readyState === 1) this.#sendJoin(ws);
-        }, delay);
+      // A fresh session's first frame is never rate limited today; should a join be refused
+      // for a passing reason anyway, a new connection after the backoff asks again.
+      if (retryable) {
+        this.#emit("error", { message: text, fatal: false });
+        try { ws.close(); } catch { /* already closing */ }
+        this.#onClose(ws, 4000, text);
         return;
       }
       // Refused to join (a name too long, or worse): rejoining cannot help.
@@ -456,7 +452,7 @@ export class RoomClient extends EventTarget {
     head.sentOn = null;
     if (retryable) {
       const delay = this.#rateLimitDelay();
-      this.#emit("ratelimited", { message: text, retryInMs: delay, join: false });
+      this.#emit("ratelimited", { message: text, retryInMs: delay });
       this.#retryTimer = setTimeout(() => { this.#retryTimer = undefined; this.#pump(); }, delay);
       return;
     }
@@ -561,8 +557,7 @@ export class RoomClient extends EventTarget {
  * @typedef {ReturnType<typeof setTimeout> | undefined} Timer
  * @typedef {{ text: string, resolve: (id: number) => void, reject: (error: Error) => void,
  *   sentOn: WebSocket | null, idAtSend: number, maybeStored: boolean }} PendingSend
- * @typedef {{ roster: Map<string, number>, messages: ChatMessage[], sent: boolean,
- *   lastJoined: string | null }} Joining
+ * @typedef {{ roster: Map<string, number>, messages: ChatMessage[], lastJoined: string | null }} Joining
  * @typedef {import("./edgechat.js").ChatMessage} ChatMessage
  */
 

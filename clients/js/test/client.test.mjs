@@ -81,6 +81,33 @@ test("loadOlder pages back through the history endpoint with next_before", async
   }
 });
 
+test("chat frames that arrive twice (as from a resume that overlaps) are delivered once", async () => {
+  const room = roomName("twice");
+  // Every chat frame from the real server is handed to the client a second time.
+  class Doubling extends WebSocket {
+    addEventListener(type, listener, options) {
+      if (type !== "message") return super.addEventListener(type, listener, options);
+      return super.addEventListener(type, (event) => {
+        listener(event);
+        if (String(event.data).includes('"id":')) listener({ data: event.data });
+      }, options);
+    }
+  }
+  for (const text of ["old 1", "old 2"]) await publish(server.url, room, text);
+  const client = connect({ url: server.url, room, name: "Dana", WebSocket: Doubling, ...FAST });
+  const seen = record(client);
+  try {
+    await waitFor(() => client.state === "live", "live");
+    const id = await within(client.send("new"), "send");
+    await publish(server.url, room, "newer");
+    await waitFor(() => seen.messages.at(-1)?.message === "newer", "the last message");
+    assert.deepEqual(seen.messages.map((m) => m.message), ["old 1", "old 2", "new", "newer"]);
+    assert.equal(seen.messages[2].id, id);
+  } finally {
+    await client.close();
+  }
+});
+
 test("a name the server refuses closes the client for good", async () => {
   const room = roomName("refused");
   const client = connect({ url: server.url, room, name: "n".repeat(33), ...FAST });

@@ -106,7 +106,7 @@ export function roomName(prefix) {
 
 /** Records what a client emits. */
 export function record(client) {
-  const seen = { messages: [], states: [], ready: [], gaps: [], errors: [], ratelimited: [], joins: [], quits: [] };
+  const seen = { messages: [], states: [], ready: [], gaps: [], errors: [], ratelimited: [], joins: [], quits: [], reconnects: [] };
   client.on("message", (m) => seen.messages.push(m));
   client.on("state", (s) => seen.states.push(s.state));
   client.on("ready", (r) => seen.ready.push(r));
@@ -115,5 +115,6 @@ export function record(client) {
   client.on("ratelimited", (r) => seen.ratelimited.push(r));
   client.on("join", (j) => seen.joins.push(j.name));
   client.on("quit", (q) => seen.quits.push(q.name));
+  client.on("reconnect", (r) => seen.reconnects.push(r));
   return seen;
 }

@@ -141,3 +141,41 @@ test("rate-limited sends are retried and resolve", { timeout: 120_000 }, async (
     data.cleanup();
   }
 });
+
+test("a server that stops answering: the send times out, the client rejoins, the send settles once", { timeout: 120_000 }, async () => {
+  const data = dataDir();
+  const server = await startServer({ db: data.db });
+  const room = roomName("stalled");
+  const writer = connect({ url: server.url, room, name: "Writer", sendTimeoutMs: 300, joinTimeoutMs: 500, ...FAST });
+  const reader = connect({ url: server.url, room, name: "Reader", ...FAST });
+  const writerSeen = record(writer);
+  const readerSeen = record(reader);
+  let stopped = false;
+  try {
+    await waitFor(() => writer.state === "live" && reader.state === "live", "both live");
+    await within(writer.send("before the stall"), "the first send");
+    // The process stops but its sockets stay open: nothing closes, nothing answers.
+    process.kill(server.child.pid, "SIGSTOP");
+    stopped = true;
+    const pending = writer.send("during the stall");
+    await waitFor(() => writer.state === "reconnecting", "the writer gives up on the silent socket");
+    // Its rejoins reach the kernel's backlog and hang there too, until the join timeout.
+    await waitFor(() => writerSeen.reconnects.length >= 2, "a rejoin timed out during the stall");
+    assert.notEqual(writer.state, "live");
+    process.kill(server.child.pid, "SIGCONT");
+    stopped = false;
+    const id = await within(pending, "the send made during the stall");
+    await waitFor(() => reader.lastId >= id && writer.lastId >= id, "both caught up");
+    for (const seen of [writerSeen, readerSeen]) {
+      assert.deepEqual(seen.messages.filter((m) => m.name === "Writer").map((m) => m.message),
+        ["before the stall", "during the stall"], "each message exactly once");
+    }
+    assert.equal(writerSeen.messages.find((m) => m.message === "during the stall").id, id);
+  } finally {
+    if (stopped) process.kill(server.child.pid, "SIGCONT");
+    await writer.close();
+    await reader.close();
+    await server.stop();
+    data.cleanup();
+  }
+});
