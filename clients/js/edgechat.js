@@ -22,8 +22,8 @@
 export const ERROR_RATE_LIMITED = "Your IP is being rate-limited, please try again later.";
 /** The server's refusal while too many messages wait for storage. */
 export const ERROR_ROOM_BUSY = "Room is busy, please try again later.";
-/** The WebSocket close code for a name the server refuses: rejoining cannot help. */
-const CLOSE_NAME_TOO_LONG = 1009;
+/** The WebSocket close code for a name the server refuses (while joining) or a frame over its size limit. */
+const CLOSE_TOO_BIG = 1009;
 
 const DEFAULTS = {
   reconnectInitialMs: 500,
@@ -118,6 +118,8 @@ export class RoomClient extends EventTarget {
    * @type {number | null | undefined}
    */
   #olderCursor = undefined;
+  /** @type {Promise<unknown>} */
+  #olderPages = Promise.resolve();
   /** Whether the next join asks for messages after `#lastId` (after a first join, or `since`). */
   #everReady = false;
   /** @type {boolean | undefined} */
@@ -158,6 +160,7 @@ export class RoomClient extends EventTarget {
     }
     const url = options.url ?? globalThis.location?.origin;
     if (!url) throw new TypeError("connect: `url` is required outside a browser page");
+    baseUrl(url, "wss:", "ws:"); // throws now, not on every reconnect, if it is no URL
     // An option given as undefined keeps its default.
     const given = /** @type {import("./edgechat.js").ConnectOptions} */ (
       Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)));
@@ -223,7 +226,15 @@ export class RoomClient extends EventTarget {
    * oldest first, from the history endpoint. `hasMore` is false once the start is reached.
    * @param {{ limit?: number }} [options]
    */
-  async loadOlder({ limit = 50 } = {}) {
+  loadOlder({ limit = 50 } = {}) {
+    // One page at a time: each page starts where the previous one ended.
+    const page = this.#olderPages.then(() => this.#loadOlderNow(limit));
+    this.#olderPages = page.catch(() => {});
+    return page;
+  }
+
+  /** @param {number} limit */
+  async #loadOlderNow(limit) {
     if (this.#olderCursor === null) return { messages: [], hasMore: false };
     const before = this.#olderCursor ?? this.#oldestId ?? (this.#lastId > 0 ? this.#lastId + 1 : null);
     const query = new URLSearchParams({ limit: String(limit) });
@@ -283,9 +294,20 @@ export class RoomClient extends EventTarget {
     return JSON.parse(text);
   }
 
+  /** The token to present: `getToken()`'s (bounded by the join timeout), else `token`. */
   async #token() {
-    if (typeof this.#options.getToken === "function") return (await this.#options.getToken()) || undefined;
-    return this.#options.token || undefined;
+    const getToken = this.#options.getToken;
+    if (typeof getToken !== "function") return this.#options.token || undefined;
+    /** @type {Timer} */
+    let timer;
+    const late = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error("getToken timed out")), this.#options.joinTimeoutMs);
+    });
+    try {
+      return (await Promise.race([getToken(), late])) || undefined;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   async #open() {
@@ -494,6 +516,7 @@ export class RoomClient extends EventTarget {
   }
 
   #onClose(ws, code, reason) {
+    const wasJoining = this.#joining !== null;
     this.#ws = null;
     this.#joining = null;
     clearTimeout(this.#joinTimer);
@@ -504,9 +527,15 @@ export class RoomClient extends EventTarget {
     if (head && head.sentOn === ws) {
       head.sentOn = null;
       head.maybeStored = true;
+      if (code === CLOSE_TOO_BIG) {
+        // The frame in flight was over the server's frame size limit: refused, not stored.
+        this.#queue.shift();
+        head.reject(new EdgechatError(reason || "Message too big.", { server: true }));
+      }
     }
     if (this.#state === "closed") return;
-    if (code === CLOSE_NAME_TOO_LONG) {
+    if (code === CLOSE_TOO_BIG && wasJoining) {
+      // 1009 before `ready` refuses the name: rejoining cannot help.
       const message = reason || "The server refused the name.";
       this.#emit("error", { message, fatal: true });
       this.#shutdown(message);

@@ -67,10 +67,10 @@ test("loadOlder pages back through the history endpoint with next_before", async
     await waitFor(() => carol.state === "live", "Carol live");
     // The join replays the newest 100.
     assert.deepEqual(seen.messages.map((m) => m.message), Array.from({ length: 100 }, (_, i) => `m${i + 51}`));
-    const first = await carol.loadOlder({ limit: 30 });
+    // Asked for at once, the pages still follow each other.
+    const [first, second] = await Promise.all([carol.loadOlder({ limit: 30 }), carol.loadOlder({ limit: 30 })]);
     assert.deepEqual(first.messages.map((m) => m.message), Array.from({ length: 30 }, (_, i) => `m${i + 21}`));
     assert.equal(first.hasMore, true);
-    const second = await carol.loadOlder({ limit: 30 });
     assert.deepEqual(second.messages.map((m) => m.message), Array.from({ length: 20 }, (_, i) => `m${i + 1}`));
     assert.equal(second.hasMore, false);
     assert.deepEqual(await carol.loadOlder(), { messages: [], hasMore: false });
@@ -103,6 +103,23 @@ test("chat frames that arrive twice (as from a resume that overlaps) are deliver
     await waitFor(() => seen.messages.at(-1)?.message === "newer", "the last message");
     assert.deepEqual(seen.messages.map((m) => m.message), ["old 1", "old 2", "new", "newer"]);
     assert.equal(seen.messages[2].id, id);
+  } finally {
+    await client.close();
+  }
+});
+
+test("a frame over the server's size limit rejects that send; the client reconnects and goes on", async () => {
+  const room = roomName("big");
+  const client = connect({ url: server.url, room, name: "Big", ...FAST });
+  const seen = record(client);
+  try {
+    await waitFor(() => client.state === "live", "live");
+    // Over --max-frame-bytes (64 KiB by default): the server closes with 1009.
+    await within(assert.rejects(client.send("x".repeat(70_000)), (e) => e instanceof EdgechatError && e.server), "rejected");
+    const id = await within(client.send("small"), "the next send");
+    assert.equal(typeof id, "number");
+    assert.ok(seen.states.includes("reconnecting"));
+    assert.deepEqual(seen.messages.map((m) => m.message), ["small"]);
   } finally {
     await client.close();
   }
