@@ -96,9 +96,11 @@ test("chat frames that arrive twice (as from a resume that overlaps) are deliver
   for (const text of ["old 1", "old 2"]) await publish(server.url, room, text);
   const client = connect({ url: server.url, room, name: "Dana", WebSocket: Doubling, ...FAST });
   const seen = record(client);
+  // Sent before the join completed: queued until `ready`.
+  const early = client.send("new");
   try {
-    await waitFor(() => client.state === "live", "live");
-    const id = await within(client.send("new"), "send");
+    assert.equal(client.state, "connecting");
+    const id = await within(early, "the early send");
     await publish(server.url, room, "newer");
     await waitFor(() => seen.messages.at(-1)?.message === "newer", "the last message");
     assert.deepEqual(seen.messages.map((m) => m.message), ["old 1", "old 2", "new", "newer"]);

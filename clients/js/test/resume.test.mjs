@@ -24,11 +24,19 @@ test("a restart and a kill -9 mid-stream: every acknowledged message arrives onc
     await waitFor(() => writer.state === "live" && reader.state === "live", "both live");
     const texts = Array.from({ length: 60 }, (_, i) => `msg ${i + 1}`);
     const acked = [];
-    const sends = texts.map((text) => writer.send(text).then((id) => { acked.push({ id, text }); return id; }));
-    // Closing the client on a failure rejects what is left; the failure is reported, not that.
-    for (const send of sends) send.catch(() => {});
+    const send = (text) => {
+      const sent = writer.send(text).then((id) => { acked.push({ id, text }); return id; });
+      // Closing the client on a failure rejects what is left; the failure is reported, not that.
+      sent.catch(() => {});
+      return sent;
+    };
+    const sends = texts.map(send);
     await waitFor(() => acked.length >= 15, "15 acknowledged");
     await server.stop("SIGTERM");
+    await waitFor(() => writer.state === "reconnecting", "the writer notices");
+    // Sent while the server is down: queued behind the others, sent after the resume.
+    texts.push("sent while the server was down");
+    sends.push(send(texts.at(-1)));
     server = await startServer({ db: data.db, port });
     // The reader is back (so the kill below cuts it off again) and the stream goes on.
     await waitFor(() => readerSeen.ready.length >= 2 && acked.length >= 35, "the reader back, 35 acknowledged");
