@@ -581,6 +581,54 @@ mod tests {
         assert!(writer.state().pending.len() <= QUEUE_LEN_MAX + 1);
     }
 
+    /// hyper's upgraded connection, served over a plain `TokioIo<TcpStream>`, is split for
+    /// direct writes (no task sink); any other stream is written by its own task.
+    #[tokio::test]
+    async fn an_upgraded_plain_tcp_connection_gets_the_direct_write_path() {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::AsyncReadExt as _;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n";
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            let mut head = [0u8; 256];
+            let read = tcp.read(&mut head).await.unwrap();
+            assert!(head[..read].starts_with(b"HTTP/1.1 101"));
+            tcp
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (upgraded, on_upgraded) = tokio::sync::oneshot::channel();
+        let upgraded = Arc::new(Mutex::new(Some(upgraded)));
+        let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
+            let on_upgrade = hyper::upgrade::on(&mut request);
+            let upgraded = upgraded.lock().unwrap().take();
+            tokio::spawn(async move {
+                if let (Some(upgraded), Ok(io)) = (upgraded, on_upgrade.await) {
+                    let _ = upgraded.send(io);
+                }
+            });
+            let switching = http::Response::builder()
+                .status(101)
+                .header("upgrade", "x")
+                .header("connection", "upgrade")
+                .body(http_body_util::Empty::<Bytes>::new());
+            std::future::ready(switching)
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        tokio::spawn(connection);
+        let upgraded = on_upgraded.await.expect("the connection upgrades");
+        let _client = client.await.unwrap();
+
+        assert!(split(TokioIo::new(upgraded)).task_sink.is_none());
+        let (other, _peer) = tokio::io::duplex(64);
+        assert!(split(other).task_sink.is_some());
+    }
+
     #[test]
     fn close_frames_carry_code_and_reason() {
         let wire = close_frame(1008, "Too slow");

@@ -1,9 +1,8 @@
 //! HTTP: [`Handle`] as a hyper and tower `Service` that hands every request to the core's
 //! [`route`](edgechat_core::http::route) and carries out the answer.
 //!
-//! Routing and refusals are the core's; this module only translates requests and replies.
-//! The one route of its own is `POST /admin/hibernate` (admin token), an operations hook
-//! that evicts every room now, so that tests can force hibernation deterministically.
+//! Routing and every answer are the core's ([`edgechat_core::http::answer`]); this module
+//! only translates requests into core calls and answers into responses.
 //!
 //! Mounting under a prefix and the peer address: see [`Handle`].
 
@@ -15,6 +14,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf as _, Bytes};
 use edgechat_core::counter::CounterOp;
+use edgechat_core::http::answer::{self, Answer};
 use edgechat_core::http::{
     is_authorized, route, HistoryQuery, Method, PublishBody, Route, PUBLISH_BODY_LEN_MAX_BYTES,
 };
@@ -27,7 +27,6 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::answer::{self, Answer};
 use crate::counter::CounterMsg;
 use crate::room::RoomMsg;
 use crate::runtime::{Handle, PeerAddr};
@@ -40,7 +39,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The chat page, one HTML file with no build step.
 const PAGE: &str = include_str!("../../web/index.html");
-const ADMIN_HIBERNATE_PATH: &str = "/admin/hibernate";
 
 /// The future of one request to a [`Handle`].
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -90,9 +88,6 @@ impl Handle {
         B::Error: Into<BoxError>,
     {
         let (mut parts, body) = request.into_parts();
-        if parts.uri.path() == ADMIN_HIBERNATE_PATH {
-            return response(self.admin_hibernate(&parts).await);
-        }
         let is_upgrade = header_str(&parts.headers, header::UPGRADE)
             .is_some_and(|value| value.eq_ignore_ascii_case("websocket"));
         let routed = route(
@@ -121,11 +116,9 @@ impl Handle {
             Ok(Route::Counter(id, op)) => self.counter_answer(id, op).await,
             Ok(Route::Metrics) => answer::metrics(self.shared.metrics.render()),
             Ok(Route::Health) => answer::health(),
+            Ok(Route::AdminHibernate) => self.admin_hibernate(&parts).await,
             // A route this adapter does not serve yet.
-            Ok(_) => answer::refused(edgechat_core::http::Refusal {
-                status: 404,
-                body: "Not found",
-            }),
+            Ok(_) => answer::not_found(),
         };
         response(answer)
     }
@@ -215,9 +208,9 @@ impl Handle {
         };
         let (name, message) = match PublishBody::parse(&body) {
             Ok(parsed) => parsed,
-            Err(why) => return answer::bad_publish_body(why),
+            Err(why) => return answer::publish_rejected(why),
         };
-        match self.publish_to(room, name, message).await {
+        match self.publish_to(room, name.into(), message.into()).await {
             Some(Ok(id)) => answer::published(id),
             Some(Err(error)) => answer::publish_failed(&error),
             None => answer::unavailable(),
@@ -241,9 +234,6 @@ impl Handle {
     }
 
     async fn admin_hibernate(&self, parts: &Parts) -> Answer {
-        if Method::parse(parts.method.as_str()) != Method::Post {
-            return answer::method_not_allowed();
-        }
         if !self.is_authorized(&parts.headers) {
             return answer::unauthorized();
         }

@@ -65,7 +65,6 @@
 //! # }
 //! ```
 
-mod answer;
 mod conn;
 mod counter;
 mod http;

@@ -17,14 +17,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgechat_core::http::{room_id, HistoryQuery, HISTORY_PAGE_LEN_MAX};
+use edgechat_core::http::answer::{self, Answer};
+use edgechat_core::http::{room_id, HistoryQuery, HISTORY_PAGE_LEN_MAX, UNKNOWN_CLIENT_IP};
 use edgechat_core::ids::ObjectId;
 use edgechat_core::limiter::RateLimiterConfig;
 use edgechat_core::protocol::{ChatMessage, Frame};
 use edgechat_core::room::{PublishError, RoomConfig};
 use tokio::sync::{oneshot, watch};
 
-use crate::answer::{self, Answer};
 use crate::metrics::Metrics;
 use crate::objects::{Registry, Rooms, Shared};
 use crate::room::RoomMsg;
@@ -313,6 +313,13 @@ impl Runtime {
 ///
 /// WebSocket upgrades go through `hyper::upgrade::on`, so the connection must be served
 /// with upgrades enabled (axum's and warp's servers are; with hyper, `.with_upgrades()`).
+///
+/// # Direct writes
+/// When the upgraded connection is hyper's over a plain `TokioIo<TcpStream>` (hyper's
+/// `http1` builder, as [`Server`](crate::Server) uses), rooms write frames straight into
+/// the socket. `axum::serve` and `warp::serve` go through hyper-util's HTTP/1-or-2 `auto`
+/// builder, which wraps the stream; there each connection's own task writes its frames
+/// (correct, one task wakeup more per write).
 #[derive(Debug, Clone)]
 pub struct Handle {
     pub(crate) shared: Arc<Shared>,
@@ -441,13 +448,9 @@ impl Handle {
             .trust_proxy_header
             .as_deref()
             .and_then(|name| headers.get(name))
-            .and_then(|value| value.to_str().ok())
-            // `X-Forwarded-For: client, proxy1, proxy2`: the first entry is the client.
-            .and_then(|value| value.split(',').next())
-            .and_then(|first| first.trim().parse().ok());
-        forwarded
-            .or(peer.map(|peer| peer.ip()))
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+            .and_then(|value| value.to_str().ok());
+        edgechat_core::http::client_ip(forwarded, peer.map(|peer| peer.ip()))
+            .unwrap_or(UNKNOWN_CLIENT_IP)
     }
 
     /// Publishes `message` as `name` into `room` (a name or a private id), as the admin
