@@ -28,8 +28,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// Most queued frames handed to one `writev`.
@@ -84,6 +86,14 @@ pub(crate) fn close_frame(code: u16, reason: &str) -> Bytes {
 fn ping_frame() -> Bytes {
     frame(OPCODE_PING, &[])
 }
+
+/// Any byte stream a WebSocket can run over (TLS, a framework's upgraded connection).
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A connection that only its own task writes to.
+pub(crate) type TaskIo = Box<dyn Io>;
 
 /// Where a connection's bytes go.
 #[derive(Debug)]
@@ -244,7 +254,7 @@ impl ConnWriter {
     /// partly written frame is never abandoned.
     pub(crate) async fn drive(
         &self,
-        mut task_sink: Option<&mut WriteHalf<hyper::upgrade::Upgraded>>,
+        mut task_sink: Option<&mut WriteHalf<TaskIo>>,
     ) -> io::Result<()> {
         loop {
             let has_work = {
@@ -361,10 +371,18 @@ fn write_some(tcp: &OwnedWriteHalf, state: &mut WriteState) -> io::Result<()> {
 }
 
 /// The reading half of a connection, with the bytes hyper had already read in front.
-#[derive(Debug)]
 enum ReadSide {
     Tcp(OwnedReadHalf),
-    Task(ReadHalf<hyper::upgrade::Upgraded>),
+    Task(ReadHalf<TaskIo>),
+}
+
+impl std::fmt::Debug for ReadSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadSide::Tcp(read) => f.debug_tuple("Tcp").field(read).finish(),
+            ReadSide::Task(_) => f.write_str("Task"),
+        }
+    }
 }
 
 /// The byte stream tungstenite reads frames from. Its writes (the answers to pings and to
@@ -381,38 +399,60 @@ pub(crate) struct ConnIo {
 pub(crate) struct Split {
     pub io: ConnIo,
     pub writer: std::sync::Arc<ConnWriter>,
-    pub task_sink: Option<WriteHalf<hyper::upgrade::Upgraded>>,
+    pub task_sink: Option<WriteHalf<TaskIo>>,
 }
 
-/// Splits an upgraded connection; plain TCP gets the direct write path.
-pub(crate) fn split(upgraded: hyper::upgrade::Upgraded) -> Split {
-    match upgraded.downcast::<hyper::server::conn::AddrStream>() {
-        Ok(parts) => {
-            let (read, write) = parts.io.into_inner().into_split();
-            let writer = std::sync::Arc::new(ConnWriter::new(Sink::Tcp(write)));
-            Split {
-                io: ConnIo {
-                    prefix: parts.read_buf,
-                    read: ReadSide::Tcp(read),
-                    writer: writer.clone(),
-                },
-                writer,
-                task_sink: None,
-            }
-        }
-        Err(upgraded) => {
-            let (read, write) = tokio::io::split(upgraded);
-            let writer = std::sync::Arc::new(ConnWriter::new(Sink::Task));
-            Split {
-                io: ConnIo {
-                    prefix: Bytes::new(),
-                    read: ReadSide::Task(read),
-                    writer: writer.clone(),
-                },
-                writer,
-                task_sink: Some(write),
-            }
-        }
+/// Splits a connection; plain TCP gets the direct write path. That is a `TcpStream` itself,
+/// or hyper's upgraded connection (wrapped in [`TokioIo`] to be a tokio stream) when it was
+/// served straight from a `TokioIo<TcpStream>` (not through a TLS layer or a rewinding
+/// wrapper such as hyper-util's HTTP/1-or-2 sniffing `auto` builder).
+pub(crate) fn split<T: Io>(io: T) -> Split {
+    let io: Box<dyn std::any::Any> = Box::new(io);
+    let io = match io.downcast::<TcpStream>() {
+        Ok(tcp) => return split_tcp(*tcp, Bytes::new()),
+        Err(other) => other,
+    };
+    let io = match io.downcast::<TokioIo<hyper::upgrade::Upgraded>>() {
+        Ok(upgraded) => match upgraded.into_inner().downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => return split_tcp(parts.io.into_inner(), parts.read_buf),
+            Err(upgraded) => return split_task(Box::new(TokioIo::new(upgraded))),
+        },
+        Err(other) => other,
+    };
+    match io.downcast::<T>() {
+        Ok(io) => split_task(io),
+        Err(_) => unreachable!("the box holds a T"),
+    }
+}
+
+/// Plain TCP: the room writes straight into the socket; `prefix` is what hyper read past
+/// the request head.
+fn split_tcp(tcp: TcpStream, prefix: Bytes) -> Split {
+    let (read, write) = tcp.into_split();
+    let writer = std::sync::Arc::new(ConnWriter::new(Sink::Tcp(write)));
+    Split {
+        io: ConnIo {
+            prefix,
+            read: ReadSide::Tcp(read),
+            writer: writer.clone(),
+        },
+        writer,
+        task_sink: None,
+    }
+}
+
+/// Anything else: the connection's task does every write.
+fn split_task(io: TaskIo) -> Split {
+    let (read, write) = tokio::io::split(io);
+    let writer = std::sync::Arc::new(ConnWriter::new(Sink::Task));
+    Split {
+        io: ConnIo {
+            prefix: Bytes::new(),
+            read: ReadSide::Task(read),
+            writer: writer.clone(),
+        },
+        writer,
+        task_sink: Some(write),
     }
 }
 
@@ -539,6 +579,54 @@ mod tests {
             assert!(queued < 1_000_000, "never closed");
         }
         assert!(writer.state().pending.len() <= QUEUE_LEN_MAX + 1);
+    }
+
+    /// hyper's upgraded connection, served over a plain `TokioIo<TcpStream>`, is split for
+    /// direct writes (no task sink); any other stream is written by its own task.
+    #[tokio::test]
+    async fn an_upgraded_plain_tcp_connection_gets_the_direct_write_path() {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::AsyncReadExt as _;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n";
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            let mut head = [0u8; 256];
+            let read = tcp.read(&mut head).await.unwrap();
+            assert!(head[..read].starts_with(b"HTTP/1.1 101"));
+            tcp
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (upgraded, on_upgraded) = tokio::sync::oneshot::channel();
+        let upgraded = Arc::new(Mutex::new(Some(upgraded)));
+        let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
+            let on_upgrade = hyper::upgrade::on(&mut request);
+            let upgraded = upgraded.lock().unwrap().take();
+            tokio::spawn(async move {
+                if let (Some(upgraded), Ok(io)) = (upgraded, on_upgrade.await) {
+                    let _ = upgraded.send(io);
+                }
+            });
+            let switching = http::Response::builder()
+                .status(101)
+                .header("upgrade", "x")
+                .header("connection", "upgrade")
+                .body(http_body_util::Empty::<Bytes>::new());
+            std::future::ready(switching)
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        tokio::spawn(connection);
+        let upgraded = on_upgraded.await.expect("the connection upgrades");
+        let _client = client.await.unwrap();
+
+        assert!(split(TokioIo::new(upgraded)).task_sink.is_none());
+        let (other, _peer) = tokio::io::duplex(64);
+        assert!(split(other).task_sink.is_some());
     }
 
     #[test]

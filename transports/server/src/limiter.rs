@@ -9,9 +9,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use edgechat_core::ids::{Namespace, ObjectId};
-use edgechat_core::limiter::{RateLimiter, VerdictRequest};
-use edgechat_core::Timestamp;
+use edgechat_core::ids::ObjectId;
+use edgechat_core::limiter::{limiter_id, RateLimiter, VerdictRequest};
 use tokio::sync::mpsc;
 
 use crate::metrics::{dec, inc};
@@ -39,7 +38,7 @@ pub(crate) fn ask(
     request: VerdictRequest,
     reply: mpsc::UnboundedSender<RoomReply>,
 ) -> bool {
-    let id = ObjectId::from_name(Namespace::RateLimiter, &ip.to_string());
+    let id = limiter_id(ip);
     let mut msg = LimiterMsg { request, reply };
     for _ in 0..ASK_ATTEMPTS_MAX {
         match shared.limiter(id).try_send(msg) {
@@ -64,29 +63,31 @@ pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, inbox: mpsc::Receiver<Lim
 async fn run(shared: Arc<Shared>, id: ObjectId, mut inbox: mpsc::Receiver<LimiterMsg>) {
     let config = shared.config.rate_limit;
     let mut limiter = RateLimiter::new(config);
+    // A fresh task waits for its first question (sent right after the spawn) before it may
+    // retire; from then on, until the core says the limiter is idle.
     let mut check_at = now().plus_millis(config.cost_ms + config.grace_ms);
-    let answer = |limiter: &mut RateLimiter, check_at: &mut Timestamp, msg: LimiterMsg| {
-        let at = now();
-        let wait_ms = limiter.handle_action(at);
-        // After this action the limiter is idle again once the wait and the grace are over.
-        *check_at = (*check_at).max(at.plus_millis(wait_ms + config.grace_ms));
-        let _ = msg.reply.send(RoomReply::Verdict {
-            request: msg.request,
-            wait_ms,
-        });
-    };
     loop {
         tokio::select! {
             msg = inbox.recv() => {
                 let Some(msg) = msg else { break };
-                answer(&mut limiter, &mut check_at, msg);
+                let at = now();
+                let wait_ms = limiter.handle_action(at);
+                check_at = check_at.max(limiter.poll_timeout().unwrap_or(at));
+                let _ = msg.reply.send(RoomReply::Verdict {
+                    request: msg.request,
+                    wait_ms,
+                });
             }
             () = tokio::time::sleep(until(check_at)) => {
                 let at = now();
                 if limiter.is_idle(at) {
                     break;
                 }
-                check_at = at.plus_millis(config.cost_ms.max(1));
+                // The clock stepped back: wait for the idle time again.
+                check_at = limiter
+                    .poll_timeout()
+                    .unwrap_or(at)
+                    .max(at.plus_millis(1));
             }
         }
     }

@@ -37,8 +37,8 @@ use crate::conn::ConnWriter;
 use crate::room::RoomMsg;
 
 use crate::metrics::Metrics;
+use crate::runtime::Settings;
 use crate::store::Store;
-use crate::Config;
 
 /// How often a message is re-addressed when the task it was sent to has just retired.
 const SEND_ATTEMPTS_MAX: usize = 8;
@@ -239,7 +239,7 @@ impl Rooms {
 /// Everything the object tasks and connection handlers share.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub config: Config,
+    pub config: Settings,
     pub secret: IdSecret,
     pub store: Store,
     pub metrics: Arc<Metrics>,

@@ -28,6 +28,7 @@ use rusqlite::{params, Connection, OptionalExtension as _};
 use tokio::sync::oneshot;
 
 use crate::metrics::{inc, Metrics};
+use crate::OpenError;
 
 /// Most jobs taken into one group commit; bounds one transaction's size and latency.
 const GROUP_JOBS_MAX: usize = 4_096;
@@ -73,23 +74,42 @@ impl std::fmt::Debug for Job {
 }
 
 impl Store {
-    /// Opens (or creates) the database, loads (or creates) the id secret and starts the
-    /// storage thread.
+    /// Opens (or creates) the database at `path` and starts the storage thread.
     ///
     /// # Errors
     /// If the file cannot be opened or initialized.
-    pub(crate) fn open(
+    pub(crate) fn open_path(
         path: &Path,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<(Store, IdSecret, JoinHandle<()>)> {
-        let mut conn = Connection::open(path)
-            .with_context(|| format!("opening database {}", path.display()))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
-        anyhow::ensure!(
-            mode.eq_ignore_ascii_case("wal"),
-            "database {} refused WAL mode (got {mode})",
-            path.display()
-        );
+    ) -> Result<(Store, IdSecret, JoinHandle<()>), OpenError> {
+        let conn = Connection::open(path).map_err(|source| OpenError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Store::open(conn, metrics)
+    }
+
+    /// Initializes the schema on `conn` (a file in WAL mode, or an in-memory database),
+    /// loads (or creates) the id secret and starts the storage thread.
+    ///
+    /// # Errors
+    /// If the database refuses WAL mode or cannot be initialized, or the OS has no randomness.
+    pub(crate) fn open(
+        mut conn: Connection,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Store, IdSecret, JoinHandle<()>), OpenError> {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+            .map_err(OpenError::Schema)?;
+        // An in-memory database (tests, examples) keeps its journal in memory; a file must
+        // be in WAL mode for the durability settings below to mean what they say.
+        let in_memory = conn.path().is_none_or(str::is_empty);
+        if !(mode.eq_ignore_ascii_case("wal") || in_memory && mode.eq_ignore_ascii_case("memory")) {
+            return Err(OpenError::NotWal {
+                path: conn.path().unwrap_or_default().into(),
+                mode,
+            });
+        }
         conn.execute_batch(
             "PRAGMA synchronous=FULL;
              PRAGMA busy_timeout=5000;
@@ -104,13 +124,13 @@ impl Store {
                  value BLOB NOT NULL
              ) WITHOUT ROWID;",
         )
-        .context("initializing the schema")?;
+        .map_err(OpenError::Schema)?;
         let secret = load_or_create_secret(&mut conn)?;
         let (jobs, rx) = std_mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("edgechat-storage".into())
             .spawn(move || run(conn, rx, &metrics))
-            .context("spawning the storage thread")?;
+            .map_err(OpenError::Thread)?;
         Ok((Store { jobs }, secret, thread))
     }
 
@@ -164,22 +184,25 @@ impl Store {
     }
 }
 
-fn load_or_create_secret(conn: &mut Connection) -> anyhow::Result<IdSecret> {
+fn load_or_create_secret(conn: &mut Connection) -> Result<IdSecret, OpenError> {
     let stored: Option<Vec<u8>> = conn
         .query_row(
             "SELECT value FROM meta WHERE key = 'id_secret'",
             [],
             |row| row.get(0),
         )
-        .optional()?;
+        .optional()
+        .map_err(OpenError::Schema)?;
     if let Some(secret) = stored {
         return Ok(IdSecret::new(secret));
     }
-    let secret: [u8; ID_SECRET_LEN_BYTES] = rand::random();
+    let mut secret = [0u8; ID_SECRET_LEN_BYTES];
+    getrandom::fill(&mut secret).map_err(OpenError::Randomness)?;
     conn.execute(
         "INSERT INTO meta(key, value) VALUES('id_secret', ?1)",
         params![&secret[..]],
-    )?;
+    )
+    .map_err(OpenError::Schema)?;
     Ok(IdSecret::new(secret.to_vec()))
 }
 
@@ -358,7 +381,7 @@ mod tests {
         let path = dir.join("unit.db");
         let _ = std::fs::remove_file(&path);
         let metrics = Arc::new(Metrics::default());
-        let (store, secret, thread) = Store::open(&path, metrics.clone()).unwrap();
+        let (store, secret, thread) = Store::open_path(&path, metrics.clone()).unwrap();
         let a = ObjectId::from_name(Namespace::Room, "a");
         let b = ObjectId::from_name(Namespace::Room, "b");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -394,7 +417,7 @@ mod tests {
         store.stop().await;
         thread.join().unwrap();
         // The secret survives a reopen.
-        let (store, again, thread) = Store::open(&path, metrics).unwrap();
+        let (store, again, thread) = Store::open_path(&path, metrics).unwrap();
         let minted = ObjectId::mint_private(Namespace::Room, [3; 16], &secret);
         assert!(ObjectId::parse_private(Namespace::Room, &minted.to_hex(), &again).is_ok());
         store.stop().await;

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::*;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
@@ -22,9 +23,8 @@ fn fixture(name: &str) -> PathBuf {
 
 /// A TLS client that trusts only the test CA.
 fn connector() -> TlsConnector {
-    let ca = std::fs::read(fixture("ca.pem")).unwrap();
     let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+    for cert in CertificateDer::pem_file_iter(fixture("ca.pem")).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
     let config = ClientConfig::builder()

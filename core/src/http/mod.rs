@@ -1,10 +1,14 @@
-//! HTTP routing shared by every adapter: which request is which, and the exact answers to
-//! the ones that are refused (see the route table in `PROTOCOL.md`).
+//! HTTP routing shared by every adapter: which request is which, who the client is, and
+//! (in [`answer`]) the exact answer to every request (see the route table in `PROTOCOL.md`).
+
+pub mod answer;
+
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Deserialize;
 
 use crate::ids::{self, IdError, IdSecret, Namespace, ObjectId};
-use crate::protocol::{self, MESSAGE_LEN_MAX_UTF16, NAME_LEN_MAX_UTF16};
+use crate::protocol::{self, MessageText, UserName};
 
 /// Longest room name (in the path), counted as JavaScript counts `string.length`.
 pub const ROOM_NAME_LEN_MAX: usize = 32;
@@ -68,6 +72,9 @@ pub enum Route {
     Metrics,
     /// `GET /healthz`.
     Health,
+    /// `POST /admin/hibernate` (admin token): every room hibernates now, an operations hook
+    /// that lets tests force hibernation deterministically.
+    AdminHibernate,
 }
 
 /// A refused request: the status and the exact plain-text body.
@@ -77,6 +84,24 @@ pub struct Refusal {
     pub status: u16,
     /// Plain-text body.
     pub body: &'static str,
+}
+
+/// The client IP of requests whose client is unknown (no trusted header, no peer address):
+/// they all share one rate limiter.
+pub const UNKNOWN_CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+/// The client's IP from a trusted proxy header, else the TCP peer.
+///
+/// `header_value` is the value of the header the adapter trusts (`X-Forwarded-For` style:
+/// `client, proxy1, proxy2`, whose first entry is the client; `CF-Connecting-IP` is the
+/// one-entry case). A missing or unparsable first entry falls back to `peer`. `None` means
+/// the client is unknown: adapters then use [`UNKNOWN_CLIENT_IP`], so unknown clients share
+/// one limiter rather than escaping limits.
+pub fn client_ip(header_value: Option<&str>, peer: Option<IpAddr>) -> Option<IpAddr> {
+    header_value
+        .and_then(|value| value.split(',').next())
+        .and_then(|first| first.trim().parse().ok())
+        .or(peer)
 }
 
 const NOT_FOUND: Refusal = Refusal {
@@ -165,6 +190,10 @@ pub fn route(
             _ => Err(METHOD_NOT_ALLOWED),
         },
         ["metrics"] => Ok(Route::Metrics),
+        ["admin", "hibernate"] => match method {
+            Method::Post => Ok(Route::AdminHibernate),
+            _ => Err(METHOD_NOT_ALLOWED),
+        },
         ["healthz"] => Ok(Route::Health),
         // `/api/room` and `/api/room/`: the demo treats an empty room segment as none.
         ["api", "room"] | ["api", "room", ""] => match method {
@@ -188,9 +217,7 @@ pub fn route(
             }
         }
         ["api", "counter", name, rest @ ..] if !name.is_empty() => {
-            if protocol::utf16_len(name) > ROOM_NAME_LEN_MAX {
-                return Err(NAME_TOO_LONG);
-            }
+            check_name_len(name)?;
             let id = ObjectId::from_name(Namespace::Counter, name);
             use crate::counter::CounterOp;
             match (rest, method) {
@@ -218,10 +245,16 @@ pub fn room_id(segment: &str, secret: &IdSecret) -> Result<ObjectId, Refusal> {
             },
         );
     }
-    if protocol::utf16_len(segment) > ROOM_NAME_LEN_MAX {
+    check_name_len(segment)?;
+    Ok(ObjectId::from_name(Namespace::Room, segment))
+}
+
+/// The one length rule of object names in paths (rooms and counters).
+fn check_name_len(name: &str) -> Result<(), Refusal> {
+    if protocol::utf16_len(name) > ROOM_NAME_LEN_MAX {
         return Err(NAME_TOO_LONG);
     }
-    Ok(ObjectId::from_name(Namespace::Room, segment))
+    Ok(())
 }
 
 /// A publish request's body: `{"name": "...", "message": "..."}`.
@@ -235,11 +268,12 @@ pub struct PublishBody {
 }
 
 impl PublishBody {
-    /// Parses and checks a publish body.
+    /// Parses and checks a publish body: the sender (defaulted to [`PUBLISH_NAME_DEFAULT`])
+    /// and the message.
     ///
     /// # Errors
-    /// A message for a 400 answer.
-    pub fn parse(body: &[u8]) -> Result<(String, String), &'static str> {
+    /// A message for a 400 answer ([`answer::publish_rejected`]).
+    pub fn parse(body: &[u8]) -> Result<(UserName, MessageText), &'static str> {
         if body.len() > PUBLISH_BODY_LEN_MAX_BYTES {
             return Err("Body too large.");
         }
@@ -249,13 +283,10 @@ impl PublishBody {
             .name
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| PUBLISH_NAME_DEFAULT.to_owned());
-        if protocol::utf16_len(&name) > NAME_LEN_MAX_UTF16 {
-            return Err("Name too long.");
-        }
-        if protocol::utf16_len(&body.message) > MESSAGE_LEN_MAX_UTF16 {
-            return Err("Message too long.");
-        }
-        Ok((name, body.message))
+        // Not empty here, so too long is the only way the name can fail.
+        let name = UserName::try_from(name).map_err(|_| "Name too long.")?;
+        let message = MessageText::try_from(body.message).map_err(|_| "Message too long.")?;
+        Ok((name, message))
     }
 }
 
@@ -431,20 +462,104 @@ mod tests {
     }
 
     #[test]
+    fn routes_the_admin_hook() {
+        assert_eq!(
+            r(Method::Post, "/admin/hibernate", false),
+            Ok(Route::AdminHibernate)
+        );
+        for method in [Method::Get, Method::Other] {
+            assert_eq!(
+                refusal(r(method, "/admin/hibernate", false)),
+                (405, "Method not allowed")
+            );
+        }
+        for path in ["/admin", "/admin/", "/admin/hibernate/", "/admin/other"] {
+            assert_eq!(
+                refusal(r(Method::Post, path, false)),
+                (404, "Not found"),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_ip_is_the_first_forwarded_entry_else_the_peer() {
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let cases: &[(Option<&str>, Option<IpAddr>, Option<&str>)] = &[
+            (Some("203.0.113.7"), Some(peer), Some("203.0.113.7")),
+            (Some(" 203.0.113.7 "), None, Some("203.0.113.7")),
+            (
+                Some("203.0.113.7, 10.0.0.1, 10.0.0.2"),
+                Some(peer),
+                Some("203.0.113.7"),
+            ),
+            (Some("2001:db8::1"), None, Some("2001:db8::1")),
+            (Some("garbage, 10.0.0.1"), Some(peer), Some("192.0.2.1")),
+            (Some(""), Some(peer), Some("192.0.2.1")),
+            (Some("[2001:db8::1]"), None, None),
+            (None, Some(peer), Some("192.0.2.1")),
+            (None, None, None),
+        ];
+        for (header, peer, expected) in cases {
+            let expected = expected.map(|ip| ip.parse::<IpAddr>().unwrap());
+            assert_eq!(client_ip(*header, *peer), expected, "{header:?} {peer:?}");
+        }
+        assert_eq!(UNKNOWN_CLIENT_IP.to_string(), "0.0.0.0");
+    }
+
+    #[test]
     fn publish_bodies_and_tokens() {
-        assert_eq!(
-            PublishBody::parse(br#"{"message":"hi"}"#),
-            Ok(("system".into(), "hi".into()))
-        );
-        assert_eq!(
-            PublishBody::parse(br#"{"name":"ops","message":"hi"}"#),
-            Ok(("ops".into(), "hi".into()))
-        );
-        assert!(PublishBody::parse(b"{}").is_err());
-        assert!(
-            PublishBody::parse(format!(r#"{{"message":"{}"}}"#, "x".repeat(257)).as_bytes())
-                .is_err()
-        );
+        const NOT_JSON: &str = "Expected a JSON body {\"name\": string, \"message\": string}.";
+        let ok = |name: &str, message: &str| {
+            Ok((
+                UserName::parse(name).unwrap(),
+                MessageText::parse(message).unwrap(),
+            ))
+        };
+        type Parsed = Result<(UserName, MessageText), &'static str>;
+        let cases: Vec<(String, Parsed)> = vec![
+            (r#"{"message":"hi"}"#.into(), ok("system", "hi")),
+            (r#"{"name":"","message":"hi"}"#.into(), ok("system", "hi")),
+            (r#"{"name":null,"message":""}"#.into(), ok("system", "")),
+            (r#"{"name":"ops","message":"hi"}"#.into(), ok("ops", "hi")),
+            ("{}".into(), Err(NOT_JSON)),
+            ("not json".into(), Err(NOT_JSON)),
+            (
+                format!(r#"{{"name":"{}","message":"hi"}}"#, "n".repeat(32)),
+                ok(&"n".repeat(32), "hi"),
+            ),
+            (
+                format!(r#"{{"name":"{}","message":"hi"}}"#, "n".repeat(33)),
+                Err("Name too long."),
+            ),
+            (
+                format!(r#"{{"message":"{}"}}"#, "x".repeat(256)),
+                ok("system", &"x".repeat(256)),
+            ),
+            (
+                format!(r#"{{"message":"{}"}}"#, "x".repeat(257)),
+                Err("Message too long."),
+            ),
+            // The name is checked before the message.
+            (
+                format!(
+                    r#"{{"name":"{}","message":"{}"}}"#,
+                    "n".repeat(33),
+                    "x".repeat(257)
+                ),
+                Err("Name too long."),
+            ),
+            (
+                format!(
+                    r#"{{"message":"{}"}}"#,
+                    "x".repeat(PUBLISH_BODY_LEN_MAX_BYTES)
+                ),
+                Err("Body too large."),
+            ),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(PublishBody::parse(body.as_bytes()), expected, "{body}");
+        }
         assert!(is_authorized(Some("Bearer s3cret"), Some("s3cret")));
         assert!(!is_authorized(Some("Bearer s3cre"), Some("s3cret")));
         assert!(!is_authorized(Some("s3cret"), Some("s3cret")));

@@ -1,0 +1,561 @@
+//! The embeddable runtime: rooms, counters, limiters and storage, with no listening socket.
+//!
+//! ```text
+//!   Runtime::open ──► running ──handle()──► Handle (any number, cheap clones)
+//!                        │                     ├─ HTTP service (every route, WebSocket upgrades)
+//!                        │                     ├─ accept_websocket + serve_websocket
+//!                        │                     └─ publish / presence / history
+//!                        ▼
+//!   Runtime::shutdown: sockets closed (1001) ─► rooms and counters commit ─► storage closed
+//! ```
+//! After shutdown has begun, handles answer 503 to upgrades and `Unavailable` once the
+//! objects have stopped; they never panic.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgechat_core::http::answer::{self, Answer};
+use edgechat_core::http::{room_id, HistoryQuery, HISTORY_PAGE_LEN_MAX, UNKNOWN_CLIENT_IP};
+use edgechat_core::ids::ObjectId;
+use edgechat_core::limiter::RateLimiterConfig;
+use edgechat_core::protocol::{ChatMessage, Frame};
+use edgechat_core::room::{PublishError, RoomConfig};
+use tokio::sync::{oneshot, watch};
+
+use crate::metrics::Metrics;
+use crate::objects::{Registry, Rooms, Shared};
+use crate::room::RoomMsg;
+use crate::socket::ConnectionGuard;
+use crate::store::Store;
+use crate::{counter, limiter, room};
+
+/// Default database path.
+pub const DATA_PATH_DEFAULT: &str = "./edgechat.db";
+/// Default largest WebSocket frame or message a client may send, in bytes.
+pub const MAX_FRAME_BYTES_DEFAULT: usize = 64 * 1024;
+/// Default most open WebSocket connections.
+pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+/// Default most frames from earlier turns of its room left unwritten for one connection
+/// before it is closed as too slow.
+pub const OUTBOUND_QUEUE_LEN_DEFAULT: usize = 256;
+/// Default interval between keepalive pings (a peer silent for two is closed).
+pub const PING_INTERVAL_MS_DEFAULT: u64 = 30_000;
+
+/// How long shutdown waits for sockets to finish their closing handshakes.
+const SHUTDOWN_SOCKETS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for objects to commit what they accepted.
+const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the runtime keeps its data.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Storage {
+    /// A SQLite file, created if missing (WAL mode: `-wal` and `-shm` files appear beside it).
+    Path(PathBuf),
+    /// An open connection, owned by the runtime's storage thread from now on: a file (it is
+    /// switched to WAL mode) or an in-memory database (for tests; nothing survives).
+    Connection(rusqlite::Connection),
+}
+
+/// Runtime settings. Every field has a default ([`RuntimeConfig::default`]).
+#[derive(Debug)]
+pub struct RuntimeConfig {
+    /// Where rooms' history, counters and the id secret live.
+    pub storage: Storage,
+    /// How long a room stays in memory without events before it hibernates.
+    pub idle_ms: u64,
+    /// Largest WebSocket frame or message a client may send, in bytes; larger ones close
+    /// the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Most open WebSocket connections; upgrades beyond are refused with 503.
+    pub max_connections: usize,
+    /// Most frames from earlier turns of its room a connection may leave unwritten after a
+    /// write (a turn's own frames, such as a join's roster and history, do not count); a
+    /// connection over it is closed with 1008 (too slow) rather than buffered without limit.
+    pub outbound_queue_len: usize,
+    /// A header set by a trusted reverse proxy that carries the client's IP (for example
+    /// `X-Forwarded-For`); without it the peer address ([`PeerAddr`]) is the client IP.
+    pub trust_proxy_header: Option<String>,
+    /// The admin token for `POST /api/room/<room>/messages` and `POST /admin/hibernate`;
+    /// without one, those are refused.
+    pub admin_token: Option<String>,
+    /// Settings of the per-IP rate limiters.
+    pub rate_limit: RateLimiterConfig,
+    /// Settings of every room.
+    pub room: RoomConfig,
+    /// Interval between keepalive pings, in milliseconds.
+    pub ping_interval_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            storage: Storage::Path(PathBuf::from(DATA_PATH_DEFAULT)),
+            idle_ms: edgechat_core::host::IDLE_EVICTION_MS_DEFAULT,
+            max_frame_bytes: MAX_FRAME_BYTES_DEFAULT,
+            max_connections: MAX_CONNECTIONS_DEFAULT,
+            outbound_queue_len: OUTBOUND_QUEUE_LEN_DEFAULT,
+            trust_proxy_header: None,
+            admin_token: None,
+            rate_limit: RateLimiterConfig::default(),
+            room: RoomConfig::default(),
+            ping_interval_ms: PING_INTERVAL_MS_DEFAULT,
+        }
+    }
+}
+
+/// The settings every object and connection reads (a [`RuntimeConfig`] without storage).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub idle_ms: u64,
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub outbound_queue_len: usize,
+    pub trust_proxy_header: Option<String>,
+    pub admin_token: Option<String>,
+    pub rate_limit: RateLimiterConfig,
+    pub room: RoomConfig,
+    pub ping_interval_ms: u64,
+}
+
+/// Why a runtime could not open.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The database file could not be opened.
+    #[error("opening database {}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's reason.
+        source: rusqlite::Error,
+    },
+    /// The database file refused WAL mode.
+    #[error("database {path:?} refused WAL mode (got {mode})")]
+    NotWal {
+        /// The file.
+        path: String,
+        /// The journal mode it kept.
+        mode: String,
+    },
+    /// The schema or the id secret could not be set up.
+    #[error("initializing the database")]
+    Schema(#[source] rusqlite::Error),
+    /// The OS gave no randomness for the id secret (no weaker source is used instead).
+    #[error("no OS randomness for the id secret: {0}")]
+    Randomness(getrandom::Error),
+    /// The storage thread could not start.
+    #[error("starting the storage thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The TCP (or other transport) peer of a request, put into the request's extensions by
+/// whatever accepted the connection; the [`Handle`] service takes the client IP from it
+/// (unless [`RuntimeConfig::trust_proxy_header`] names a header that carries it).
+///
+/// Without it, every client shares the rate limiter of `0.0.0.0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// A running runtime: the object tasks and the storage thread. Dropping it without
+/// [`Runtime::shutdown`] leaves them running until the process ends.
+#[derive(Debug)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+    storage_thread: std::thread::JoinHandle<()>,
+}
+
+impl Runtime {
+    /// Opens the storage and starts the storage thread; rooms and the rest start on first
+    /// use. Call it inside a tokio runtime (object tasks are spawned onto it later).
+    ///
+    /// # Errors
+    /// If the database cannot be opened or initialized ([`OpenError`]).
+    pub fn open(config: RuntimeConfig) -> Result<Runtime, OpenError> {
+        let RuntimeConfig {
+            storage,
+            idle_ms,
+            max_frame_bytes,
+            max_connections,
+            outbound_queue_len,
+            trust_proxy_header,
+            admin_token,
+            rate_limit,
+            room,
+            ping_interval_ms,
+        } = config;
+        let metrics = Arc::new(Metrics::default());
+        let (store, secret, storage_thread) = match storage {
+            Storage::Path(path) => Store::open_path(&path, metrics.clone())?,
+            Storage::Connection(conn) => Store::open(conn, metrics.clone())?,
+        };
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config: Settings {
+                idle_ms,
+                max_frame_bytes,
+                max_connections,
+                outbound_queue_len,
+                trust_proxy_header,
+                admin_token,
+                rate_limit,
+                room,
+                ping_interval_ms,
+            },
+            secret,
+            store,
+            metrics,
+            rooms: Rooms::new(room::ROOM_INBOX_LEN),
+            limiters: Registry::new(limiter::LIMITER_INBOX_LEN),
+            counters: Registry::new(counter::COUNTER_INBOX_LEN),
+            shutdown,
+        });
+        Ok(Runtime {
+            shared,
+            storage_thread,
+        })
+    }
+
+    /// A handle to serve requests and post into rooms with.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Stops gracefully: closes every WebSocket with 1001 and waits (bounded) for the
+    /// closing handshakes, lets rooms and counters commit what they accepted, then commits
+    /// every pending write and closes the database. Stop serving HTTP first (or alongside),
+    /// as [`Server::shutdown`](crate::Server::shutdown) does.
+    pub async fn shutdown(self) {
+        self.close_sockets().await;
+        self.stop().await;
+    }
+
+    /// Shutdown's first step: every socket is told to close (1001), new upgrades are refused.
+    pub(crate) async fn close_sockets(&self) {
+        tracing::info!("shutting down");
+        let shared = &self.shared;
+        shared.shutdown.send_replace(true);
+        let sockets_closed = async {
+            while shared.metrics.connections.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_SOCKETS_TIMEOUT, sockets_closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sockets did not finish closing in time");
+        }
+    }
+
+    /// Shutdown's last steps: objects commit what they accepted, storage closes.
+    pub(crate) async fn stop(self) {
+        let shared = self.shared;
+        let mut stopped = Vec::new();
+        for inbox in shared.rooms.inboxes() {
+            let (reply, done) = oneshot::channel();
+            if inbox.send(RoomMsg::Shutdown { reply }).await.is_ok() {
+                stopped.push(done);
+            }
+        }
+        for inbox in shared.counters.inboxes() {
+            let (reply, done) = oneshot::channel();
+            if inbox
+                .send(counter::CounterMsg::Shutdown { reply })
+                .await
+                .is_ok()
+            {
+                stopped.push(done);
+            }
+        }
+        let all_stopped = async {
+            for done in stopped {
+                let _ = done.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, all_stopped)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some objects did not finish their writes in time");
+        }
+        shared.store.stop().await;
+        let thread = self.storage_thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        tracing::info!("stopped");
+    }
+
+    /// A receiver that turns `true` once shutdown begins.
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.shared.shutdown.subscribe()
+    }
+}
+
+/// A cheap, cloneable way into a [`Runtime`].
+///
+/// A `Handle` is a tower and hyper `Service` answering every route of the protocol, and
+/// offers the same operations without HTTP.
+///
+/// # Mounting
+/// The service answers paths as the protocol writes them (`/`, `/api/room/...`). Mounted
+/// under a prefix, the framework strips it (axum's `Router::nest_service("/chat", handle)`
+/// does; see `examples/axum.rs` and `examples/warp.rs`). The chat page itself calls
+/// `/api/...` from the origin's root, so it only works mounted at the root.
+///
+/// The client IP comes from the [`PeerAddr`] request extension (or the trusted proxy
+/// header): [`Server`](crate::Server) sets it; an application inserts it from its
+/// framework's peer address (axum: `ConnectInfo<SocketAddr>`, warp: `warp::addr::remote()`).
+///
+/// WebSocket upgrades go through `hyper::upgrade::on`, so the connection must be served
+/// with upgrades enabled (axum's and warp's servers are; with hyper, `.with_upgrades()`).
+///
+/// # Direct writes
+/// When the upgraded connection is hyper's over a plain `TokioIo<TcpStream>` (hyper's
+/// `http1` builder, as [`Server`](crate::Server) uses), rooms write frames straight into
+/// the socket. `axum::serve` and `warp::serve` go through hyper-util's HTTP/1-or-2 `auto`
+/// builder, which wraps the stream; there each connection's own task writes its frames
+/// (correct, one task wakeup more per write).
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Why a room operation did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RoomError {
+    /// The room address is not valid (a name too long, a private id this server did not
+    /// mint); the text is the protocol's answer.
+    #[error("{0}")]
+    InvalidRoom(&'static str),
+    /// The arguments are out of range.
+    #[error("{0}")]
+    InvalidArgument(&'static str),
+    /// The room refused the publish.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The room could not answer (its storage is failing, or the runtime is stopping).
+    #[error("the room is unavailable")]
+    Unavailable,
+}
+
+/// A page of a room's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryPage {
+    /// The messages, newest first.
+    pub messages: Vec<ChatMessage>,
+    /// Pass this as `before` for the next (older) page; `None` when there is none.
+    pub next_before: Option<u64>,
+}
+
+/// A WebSocket refused before its upgrade: answer this status and plain-text body instead
+/// of `101 Switching Protocols`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    answer: Answer,
+}
+
+impl Refused {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.answer.status
+    }
+
+    /// The plain-text body.
+    pub fn body(&self) -> &str {
+        &self.answer.body
+    }
+
+    /// The whole answer as a response (status, headers and body).
+    pub fn into_response(self) -> http::Response<crate::http::Body> {
+        crate::http::response(self.answer)
+    }
+}
+
+impl From<Answer> for Refused {
+    fn from(answer: Answer) -> Self {
+        Refused { answer }
+    }
+}
+
+/// A WebSocket accepted before its upgrade: the room is valid and a connection slot is
+/// reserved (released when the ticket is dropped unused).
+#[derive(Debug)]
+pub struct RoomTicket {
+    room: ObjectId,
+    guard: ConnectionGuard,
+}
+
+impl RoomTicket {
+    /// The room's object id.
+    pub fn room(&self) -> ObjectId {
+        self.room
+    }
+}
+
+impl Handle {
+    /// Checks a WebSocket for `room` (a name or a private id, as in the path) before its
+    /// upgrade is answered: the room address, shutdown and the connection limit.
+    ///
+    /// # Errors
+    /// The answer to give instead of `101` ([`Refused`]).
+    pub fn accept_websocket(&self, room: &str) -> Result<RoomTicket, Refused> {
+        let room = room_id(room, &self.shared.secret).map_err(answer::refused)?;
+        self.ticket(room).map_err(Refused::from)
+    }
+
+    pub(crate) fn ticket(&self, room: ObjectId) -> Result<RoomTicket, Answer> {
+        let shared = &self.shared;
+        if *shared.shutdown.borrow() {
+            return Err(answer::shutting_down());
+        }
+        let Some(guard) = ConnectionGuard::try_new(&shared.metrics, shared.config.max_connections)
+        else {
+            crate::metrics::inc(&shared.metrics.connections_refused);
+            return Err(answer::too_many_connections());
+        };
+        Ok(RoomTicket { room, guard })
+    }
+
+    /// Serves an upgraded WebSocket connection (after `101` was sent) in the ticket's room
+    /// until it closes, with every limit of the runtime applied. `client_ip` keys the rate
+    /// limiter (see [`Handle::client_ip`]).
+    ///
+    /// `io` is any byte stream: pass hyper's `Upgraded` as `hyper_util::rt::TokioIo<Upgraded>`,
+    /// and when that connection was served over a plain `TokioIo<TcpStream>` the room
+    /// writes frames straight into the socket; otherwise (TLS, wrapped streams) the
+    /// connection's own task writes them.
+    pub async fn serve_websocket<T>(&self, ticket: RoomTicket, client_ip: IpAddr, io: T)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let RoomTicket { room, guard } = ticket;
+        crate::socket::serve(io, self.shared.clone(), room, client_ip, guard).await;
+    }
+
+    /// The client IP of a request from `peer`: the trusted proxy header if one is
+    /// configured and present with a valid address, else the peer's IP, else `0.0.0.0`.
+    pub fn client_ip(&self, headers: &http::HeaderMap, peer: Option<SocketAddr>) -> IpAddr {
+        let forwarded = self
+            .shared
+            .config
+            .trust_proxy_header
+            .as_deref()
+            .and_then(|name| headers.get(name))
+            .and_then(|value| value.to_str().ok());
+        edgechat_core::http::client_ip(forwarded, peer.map(|peer| peer.ip()))
+            .unwrap_or(UNKNOWN_CLIENT_IP)
+    }
+
+    /// Publishes `message` as `name` into `room` (a name or a private id), as the admin
+    /// endpoint does, and returns its id once it is durable.
+    ///
+    /// # Errors
+    /// [`RoomError::InvalidRoom`], [`RoomError::Publish`] (bad name or message, room
+    /// busy), [`RoomError::Unavailable`].
+    pub async fn publish(&self, room: &str, name: &str, message: &str) -> Result<u64, RoomError> {
+        let room = self.room(room)?;
+        Ok(self
+            .publish_to(room, name.to_owned(), message.to_owned())
+            .await
+            .ok_or(RoomError::Unavailable)??)
+    }
+
+    /// The names of the users joined to `room`.
+    ///
+    /// # Errors
+    /// [`RoomError::InvalidRoom`], [`RoomError::Unavailable`].
+    pub async fn presence(&self, room: &str) -> Result<Vec<String>, RoomError> {
+        let room = self.room(room)?;
+        self.presence_of(room).await.ok_or(RoomError::Unavailable)
+    }
+
+    /// Up to `limit` (1 to 100) retained messages of `room` with ids below `before` (all
+    /// if `None`), newest first.
+    ///
+    /// # Errors
+    /// [`RoomError::InvalidRoom`], [`RoomError::InvalidArgument`] for a limit out of
+    /// range, [`RoomError::Unavailable`].
+    pub async fn history(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, RoomError> {
+        let room = self.room(room)?;
+        if !(1..=HISTORY_PAGE_LEN_MAX).contains(&limit) {
+            return Err(RoomError::InvalidArgument("limit must be 1 to 100"));
+        }
+        let query = HistoryQuery { before, limit };
+        let frames = self
+            .history_frames(room, query)
+            .await
+            .ok_or(RoomError::Unavailable)?;
+        let messages: Vec<ChatMessage> = frames
+            .iter()
+            .filter_map(|frame| ChatMessage::decode(frame).ok())
+            .collect();
+        let next_before = (frames.len() == limit)
+            .then(|| messages.last().map(|message| message.id))
+            .flatten();
+        Ok(HistoryPage {
+            messages,
+            next_before,
+        })
+    }
+
+    fn room(&self, room: &str) -> Result<ObjectId, RoomError> {
+        room_id(room, &self.shared.secret).map_err(|refusal| RoomError::InvalidRoom(refusal.body))
+    }
+
+    /// Publishes into `room`; `None` if the room could not answer.
+    pub(crate) async fn publish_to(
+        &self,
+        room: ObjectId,
+        name: String,
+        message: String,
+    ) -> Option<Result<u64, PublishError>> {
+        let (reply, answer) = oneshot::channel();
+        let msg = RoomMsg::Publish {
+            name,
+            message,
+            reply,
+        };
+        self.ask_room(room, msg, answer).await
+    }
+
+    /// The joined users of `room`; `None` if the room could not answer.
+    pub(crate) async fn presence_of(&self, room: ObjectId) -> Option<Vec<String>> {
+        let (reply, answer) = oneshot::channel();
+        self.ask_room(room, RoomMsg::Presence { reply }, answer)
+            .await
+    }
+
+    /// A page of `room`'s history as broadcast frames; `None` if the room could not answer.
+    pub(crate) async fn history_frames(
+        &self,
+        room: ObjectId,
+        query: HistoryQuery,
+    ) -> Option<Vec<Frame>> {
+        let (reply, answer) = oneshot::channel();
+        self.ask_room(room, RoomMsg::History { query, reply }, answer)
+            .await
+    }
+
+    /// Sends `msg` to a room and waits for its answer; `None` if the room could not answer.
+    async fn ask_room<T>(
+        &self,
+        room: ObjectId,
+        msg: RoomMsg,
+        answer: oneshot::Receiver<T>,
+    ) -> Option<T> {
+        self.shared.send_room(room, msg).await.ok()?;
+        answer.await.ok()
+    }
+}
