@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Profiles the release server under one scenario: perf (software cpu-clock event, DWARF
-# call graphs) on the server process for PERF_SECS in the middle of the run, then a
-# flamegraph with inferno (`cargo install --locked inferno`).
+# Profiles the server under one scenario: perf (software cpu-clock event, DWARF call graphs)
+# on the server process for PERF_SECS in the middle of the run, then a flamegraph with
+# inferno (`cargo install --locked inferno`). The build is the `profiling` profile: release
+# code generation (LTO, one codegen unit) plus line tables and symbols, which the shipped
+# release binary strips.
 #
 #   bench/profile.sh fanout            # or: rooms
 # Output: bench-results/profile-<scenario>-<stamp>.{svg,txt} (top symbols, self and inclusive).
@@ -13,15 +15,15 @@ PORT=${PORT:-18789}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="bench-results/profile-$SCENARIO-$STAMP"
 mkdir -p bench-results
-cargo build --release -q -p edgechat-server -p edgechat-bench
+cargo build --profile profiling -q -p edgechat-server -p edgechat-bench
 DATA=$(mktemp -d /tmp/edgechat-profile.XXXXXX)
-EDGECHAT_LOG=warn target/release/edgechat serve --listen "127.0.0.1:$PORT" --data "$DATA/db" \
+EDGECHAT_LOG=warn target/profiling/edgechat serve --listen "127.0.0.1:$PORT" --data "$DATA/db" \
     --rate-limit-cost-ms 1 --rate-limit-grace-ms 100000000 --max-connections 19000 \
     --outbound-queue 4096 >"$DATA/out" 2>"$DATA/err" &
 SERVER_PID=$!
 trap 'kill -TERM $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null; rm -rf "$DATA"' EXIT
 sleep 1
-target/release/edgechat-bench --url "http://127.0.0.1:$PORT" --spread-ips 1000 \
+target/profiling/edgechat-bench --url "http://127.0.0.1:$PORT" --spread-ips 1000 \
     --server-pid "$SERVER_PID" --json "$OUT.json" "$SCENARIO" --duration 12 >"$OUT.bench.txt" 2>&1 &
 BENCH_PID=$!
 sleep 6  # connect and join first
