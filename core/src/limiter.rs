@@ -9,9 +9,18 @@
 //! [`VerdictRequest`], the answer comes back as an input) and rejects the session's frames
 //! while the answer is outstanding or a cooldown runs.
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{Namespace, ObjectId};
 use crate::time::Timestamp;
+
+/// The object id of `ip`'s limiter: one limiter per client IP, named by the IP's text
+/// (stable: limiters stored under these ids stay valid).
+pub fn limiter_id(ip: IpAddr) -> ObjectId {
+    ObjectId::from_name(Namespace::RateLimiter, &ip.to_string())
+}
 
 /// Limiter settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +84,18 @@ impl RateLimiter {
     /// Whether the limiter holds no budget state, so that dropping it changes nothing.
     pub fn is_idle(&self, now: Timestamp) -> bool {
         self.next_allowed <= now.max(self.latest_now)
+    }
+
+    /// When the limiter becomes idle, so that its object may retire: the time from which
+    /// [`RateLimiter::is_idle`] holds. `None` if it already holds at the latest time the
+    /// limiter has seen (a fresh limiter, or one whose budget has run out): nothing to wait
+    /// for.
+    ///
+    /// Re-read it after every [`RateLimiter::handle_action`]. When the timer fires, check
+    /// [`RateLimiter::is_idle`] with the clock's `now`: a clock that stepped back may not have
+    /// reached the time yet, and then the object waits for this time again.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        (self.next_allowed > self.latest_now).then_some(self.next_allowed)
     }
 
     /// The limiter's whole state, for hosts that may evict it before it is idle (Durable
@@ -228,6 +249,90 @@ mod tests {
         assert!(!limiter.is_idle(later));
         assert!(limiter.is_idle(later.plus_millis(5_000)));
     }
+
+    #[test]
+    fn poll_timeout_is_when_the_limiter_becomes_idle() {
+        let config = RateLimiterConfig::default();
+        let t = Timestamp(1_000_000);
+        let fresh = RateLimiter::new(config);
+        assert_eq!(
+            fresh.poll_timeout(),
+            None,
+            "a fresh limiter has nothing to wait for"
+        );
+        assert!(fresh.is_idle(Timestamp::ZERO));
+        // (actions at t, expected timeout): each action pushes it one cost further.
+        let cases: &[(usize, Timestamp)] = &[
+            (1, t.plus_millis(5_000)),
+            (4, t.plus_millis(20_000)),
+            (6, t.plus_millis(30_000)),
+        ];
+        for &(actions, expected) in cases {
+            let mut limiter = RateLimiter::new(config);
+            for _ in 0..actions {
+                limiter.handle_action(t);
+            }
+            let timeout = limiter.poll_timeout();
+            assert_eq!(timeout, Some(expected), "{actions} actions");
+            assert!(
+                !limiter.is_idle(Timestamp(expected.0 - 1)),
+                "{actions} actions"
+            );
+            assert!(limiter.is_idle(expected), "{actions} actions");
+            // At the timeout the limiter is equivalent to a fresh one.
+            let mut fresh = RateLimiter::new(config);
+            let later = expected.plus_millis(1);
+            assert_eq!(limiter.handle_action(later), fresh.handle_action(later));
+            assert_eq!(limiter.poll_timeout(), fresh.poll_timeout());
+        }
+    }
+
+    #[test]
+    fn poll_timeout_under_a_clock_going_backwards() {
+        let mut limiter = RateLimiter::new(RateLimiterConfig::default());
+        let t = Timestamp(10_000_000);
+        limiter.handle_action(t);
+        // One hour back: the action counts at `t`, so the timeout does not move earlier.
+        limiter.handle_action(Timestamp(t.0 - 3_600_000));
+        assert_eq!(limiter.poll_timeout(), Some(t.plus_millis(10_000)));
+        // A clock still behind at the timeout does not make the limiter idle early...
+        assert!(!limiter.is_idle(Timestamp(t.0 - 1)));
+        // ...and once it has seen a time past the timeout, there is nothing left to wait for.
+        limiter.handle_action(t.plus_millis(60_000));
+        assert_eq!(limiter.poll_timeout(), Some(t.plus_millis(65_000)));
+        let restored = RateLimiter::from_state(limiter.config, limiter.state());
+        assert_eq!(restored.poll_timeout(), limiter.poll_timeout());
+    }
+
+    #[test]
+    fn a_zero_cost_limiter_is_never_waited_for() {
+        let mut limiter = RateLimiter::new(RateLimiterConfig {
+            cost_ms: 0,
+            grace_ms: 0,
+        });
+        assert_eq!(limiter.handle_action(Timestamp(5)), 0);
+        assert_eq!(limiter.poll_timeout(), None);
+    }
+
+    #[test]
+    fn limiter_ids_are_stable() {
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(
+            limiter_id(ip),
+            ObjectId::from_name(Namespace::RateLimiter, "203.0.113.7")
+        );
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            limiter_id(v6),
+            ObjectId::from_name(Namespace::RateLimiter, "2001:db8::1")
+        );
+        assert_ne!(limiter_id(ip), limiter_id(v6));
+        // Pinned, so that a change to how ids are derived cannot orphan stored limiters.
+        assert_eq!(limiter_id(ip).to_hex(), PINNED_LIMITER_ID_HEX);
+    }
+
+    const PINNED_LIMITER_ID_HEX: &str =
+        "e3c170da4c8308a69a5415ab296903cd614b3cebbffcfcdefcb6c46d32aed67d";
 
     #[test]
     fn clock_going_backwards_neither_resets_nor_inflates() {

@@ -1,5 +1,9 @@
-//! HTTP routing shared by every adapter: which request is which, and the exact answers to
-//! the ones that are refused (see the route table in `PROTOCOL.md`).
+//! HTTP routing shared by every adapter: which request is which, who the client is, and
+//! (in [`answer`]) the exact answer to every request (see the route table in `PROTOCOL.md`).
+
+pub mod answer;
+
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Deserialize;
 
@@ -68,6 +72,9 @@ pub enum Route {
     Metrics,
     /// `GET /healthz`.
     Health,
+    /// `POST /admin/hibernate` (admin token): every room hibernates now, an operations hook
+    /// that lets tests force hibernation deterministically.
+    AdminHibernate,
 }
 
 /// A refused request: the status and the exact plain-text body.
@@ -77,6 +84,24 @@ pub struct Refusal {
     pub status: u16,
     /// Plain-text body.
     pub body: &'static str,
+}
+
+/// The client IP of requests whose client is unknown (no trusted header, no peer address):
+/// they all share one rate limiter.
+pub const UNKNOWN_CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+/// The client's IP from a trusted proxy header, else the TCP peer.
+///
+/// `header_value` is the value of the header the adapter trusts (`X-Forwarded-For` style:
+/// `client, proxy1, proxy2`, whose first entry is the client; `CF-Connecting-IP` is the
+/// one-entry case). A missing or unparsable first entry falls back to `peer`. `None` means
+/// the client is unknown: adapters then use [`UNKNOWN_CLIENT_IP`], so unknown clients share
+/// one limiter rather than escaping limits.
+pub fn client_ip(header_value: Option<&str>, peer: Option<IpAddr>) -> Option<IpAddr> {
+    header_value
+        .and_then(|value| value.split(',').next())
+        .and_then(|first| first.trim().parse().ok())
+        .or(peer)
 }
 
 const NOT_FOUND: Refusal = Refusal {
@@ -165,6 +190,10 @@ pub fn route(
             _ => Err(METHOD_NOT_ALLOWED),
         },
         ["metrics"] => Ok(Route::Metrics),
+        ["admin", "hibernate"] => match method {
+            Method::Post => Ok(Route::AdminHibernate),
+            _ => Err(METHOD_NOT_ALLOWED),
+        },
         ["healthz"] => Ok(Route::Health),
         // `/api/room` and `/api/room/`: the demo treats an empty room segment as none.
         ["api", "room"] | ["api", "room", ""] => match method {
@@ -428,6 +457,52 @@ mod tests {
         );
         assert_eq!(r(Method::Get, "/metrics", false), Ok(Route::Metrics));
         assert_eq!(r(Method::Get, "/healthz", false), Ok(Route::Health));
+    }
+
+    #[test]
+    fn routes_the_admin_hook() {
+        assert_eq!(
+            r(Method::Post, "/admin/hibernate", false),
+            Ok(Route::AdminHibernate)
+        );
+        for method in [Method::Get, Method::Other] {
+            assert_eq!(
+                refusal(r(method, "/admin/hibernate", false)),
+                (405, "Method not allowed")
+            );
+        }
+        for path in ["/admin", "/admin/", "/admin/hibernate/", "/admin/other"] {
+            assert_eq!(
+                refusal(r(Method::Post, path, false)),
+                (404, "Not found"),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_ip_is_the_first_forwarded_entry_else_the_peer() {
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let cases: &[(Option<&str>, Option<IpAddr>, Option<&str>)] = &[
+            (Some("203.0.113.7"), Some(peer), Some("203.0.113.7")),
+            (Some(" 203.0.113.7 "), None, Some("203.0.113.7")),
+            (
+                Some("203.0.113.7, 10.0.0.1, 10.0.0.2"),
+                Some(peer),
+                Some("203.0.113.7"),
+            ),
+            (Some("2001:db8::1"), None, Some("2001:db8::1")),
+            (Some("garbage, 10.0.0.1"), Some(peer), Some("192.0.2.1")),
+            (Some(""), Some(peer), Some("192.0.2.1")),
+            (Some("[2001:db8::1]"), None, None),
+            (None, Some(peer), Some("192.0.2.1")),
+            (None, None, None),
+        ];
+        for (header, peer, expected) in cases {
+            let expected = expected.map(|ip| ip.parse::<IpAddr>().unwrap());
+            assert_eq!(client_ip(*header, *peer), expected, "{header:?} {peer:?}");
+        }
+        assert_eq!(UNKNOWN_CLIENT_IP.to_string(), "0.0.0.0");
     }
 
     #[test]

@@ -1,0 +1,433 @@
+//! Every HTTP answer an adapter sends, as a plain value: status, headers and body.
+//!
+//! The adapters only copy an [`Answer`] onto their response type, so the server and the
+//! Worker cannot drift apart on a status, a header or a byte of a body. Header names are
+//! lowercase; the content type is one of the headers.
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+
+use super::{HistoryQuery, Refusal, EXPECTED_WEBSOCKET, NOT_FOUND};
+use crate::ids::ObjectId;
+use crate::protocol::ChatMessage;
+use crate::room::PublishError;
+
+/// The content type of plain-text answers.
+pub const CONTENT_TYPE_TEXT: &str = "text/plain;charset=UTF-8";
+/// The content type of JSON answers.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// The content type of the chat page.
+pub const CONTENT_TYPE_HTML: &str = "text/html;charset=UTF-8";
+/// The content type of `/metrics` (Prometheus text exposition format 0.0.4).
+pub const CONTENT_TYPE_METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// One HTTP answer, ready to be written as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// Headers in the order to send them; names are lowercase.
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
+    /// The body (UTF-8 text for every answer edgechat gives).
+    pub body: Cow<'static, str>,
+}
+
+impl Answer {
+    /// The value of header `name` (lowercase), if the answer has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, value)| value.as_ref())
+    }
+
+    fn with_content_type(
+        status: u16,
+        content_type: &'static str,
+        body: impl Into<Cow<'static, str>>,
+    ) -> Answer {
+        Answer {
+            status,
+            headers: vec![("content-type", Cow::Borrowed(content_type))],
+            body: body.into(),
+        }
+    }
+
+    fn text(status: u16, body: impl Into<Cow<'static, str>>) -> Answer {
+        Answer::with_content_type(status, CONTENT_TYPE_TEXT, body)
+    }
+
+    fn json(body: String) -> Answer {
+        Answer::with_content_type(200, CONTENT_TYPE_JSON, body)
+    }
+
+    fn with_header(mut self, name: &'static str, value: &'static str) -> Answer {
+        self.headers.push((name, Cow::Borrowed(value)));
+        self
+    }
+}
+
+/// A JSON body of plain values; serializing one to a `String` cannot fail.
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("answer bodies always serialize")
+}
+
+/// A refused request: its status and plain-text body.
+pub fn refused(refusal: Refusal) -> Answer {
+    Answer::text(refusal.status, refusal.body)
+}
+
+/// 404 `Not found`, for a route an adapter does not serve.
+pub fn not_found() -> Answer {
+    refused(NOT_FOUND)
+}
+
+/// 400 `expected websocket`: the request asked to upgrade but the handshake is incomplete.
+pub fn expected_websocket() -> Answer {
+    refused(EXPECTED_WEBSOCKET)
+}
+
+/// A history page: `{"messages":[..],"next_before":id|null}`, newest first.
+///
+/// `frames` are chat frames as broadcast (JSON objects), spliced in unchanged. A full page
+/// may have older messages behind it, so `next_before` is then the id of its last (oldest)
+/// frame; the client pages on with `before=<next_before>` until it is `null`.
+pub fn history<S: AsRef<str>>(frames: &[S], query: HistoryQuery) -> Answer {
+    let next_before = if frames.len() == query.limit {
+        frames
+            .last()
+            .and_then(|frame| ChatMessage::decode(frame.as_ref()).ok())
+            .map(|message| message.id)
+    } else {
+        None
+    };
+    let frames_len: usize = frames.iter().map(|frame| frame.as_ref().len() + 1).sum();
+    let mut body = String::with_capacity(48 + frames_len);
+    body.push_str("{\"messages\":[");
+    for (index, frame) in frames.iter().enumerate() {
+        if index > 0 {
+            body.push(',');
+        }
+        body.push_str(frame.as_ref());
+    }
+    body.push_str("],\"next_before\":");
+    match next_before {
+        Some(id) => body.push_str(&id.to_string()),
+        None => body.push_str("null"),
+    }
+    body.push('}');
+    Answer::json(body)
+}
+
+/// The users in a room: `{"users":[..]}`, in roster order.
+pub fn presence<S: AsRef<str>>(users: &[S]) -> Answer {
+    #[derive(Serialize)]
+    struct Presence<'a> {
+        users: Vec<&'a str>,
+    }
+    Answer::json(to_json(&Presence {
+        users: users.iter().map(AsRef::as_ref).collect(),
+    }))
+}
+
+/// A publish that is durable and broadcast: `{"id":n}`.
+pub fn published(id: u64) -> Answer {
+    Answer::json(format!("{{\"id\":{id}}}"))
+}
+
+/// A publish the room refused: 503 while it is busy (worth retrying), else 400; the body is
+/// the error's text.
+pub fn publish_failed(error: &PublishError) -> Answer {
+    let status = match error {
+        PublishError::Busy => 503,
+        _ => 400,
+    };
+    Answer::text(status, error.to_string())
+}
+
+/// A publish body that did not parse (see [`PublishBody::parse`](super::PublishBody::parse)):
+/// 400 with the parser's text.
+pub fn publish_rejected(why: &'static str) -> Answer {
+    Answer::text(400, why)
+}
+
+/// A minted private room: its hex id as text, readable by pages of any origin (the demo's
+/// page may be served from elsewhere).
+pub fn room_created(id: &ObjectId) -> Answer {
+    Answer::text(200, id.to_hex()).with_header("access-control-allow-origin", "*")
+}
+
+/// A counter's value: `{"counter":v}`.
+pub fn counter(value: i64) -> Answer {
+    Answer::json(format!("{{\"counter\":{value}}}"))
+}
+
+/// 401 `Unauthorized`, with the scheme the admin routes take.
+pub fn unauthorized() -> Answer {
+    Answer::text(401, "Unauthorized").with_header("www-authenticate", "Bearer")
+}
+
+/// 503: the object that should answer could not (it is restarting or overloaded).
+pub fn unavailable() -> Answer {
+    Answer::text(503, "Unavailable, please try again later.")
+}
+
+/// 200 `ok`, for health checks.
+pub fn health() -> Answer {
+    Answer::text(200, "ok")
+}
+
+/// The result of `POST /admin/hibernate`: rooms asked, and how many of them hibernated.
+///
+/// The keys come in alphabetical order, the order the server has always sent them in.
+pub fn hibernated(rooms: usize, hibernated: usize) -> Answer {
+    Answer::json(format!("{{\"hibernated\":{hibernated},\"rooms\":{rooms}}}"))
+}
+
+/// Metrics in the Prometheus text format.
+pub fn metrics(text: String) -> Answer {
+    Answer::with_content_type(200, CONTENT_TYPE_METRICS, text)
+}
+
+/// The chat page.
+pub fn page(html: &'static str) -> Answer {
+    Answer::with_content_type(200, CONTENT_TYPE_HTML, html)
+}
+
+/// 400: the request body could not be read off the connection.
+pub fn body_unreadable() -> Answer {
+    Answer::text(400, "Could not read the body.")
+}
+
+/// 503: the server is shutting down and accepts no new connection.
+pub fn shutting_down() -> Answer {
+    Answer::text(503, "Server shutting down")
+}
+
+/// 503: the server holds as many connections as it is configured to.
+pub fn too_many_connections() -> Answer {
+    Answer::text(503, "Too many connections")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{IdSecret, Namespace};
+
+    const TEXT: (&str, &str) = ("content-type", CONTENT_TYPE_TEXT);
+    const JSON: (&str, &str) = ("content-type", CONTENT_TYPE_JSON);
+
+    /// An answer as comparable plain data: status, headers, body.
+    type Bytes<'a> = (u16, Vec<(&'a str, &'a str)>, &'a str);
+
+    fn bytes(answer: &Answer) -> Bytes<'_> {
+        let headers = answer
+            .headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_ref()))
+            .collect();
+        (answer.status, headers, answer.body.as_ref())
+    }
+
+    fn frame(id: u64) -> String {
+        ChatMessage {
+            name: "n".into(),
+            message: format!("m{id}"),
+            timestamp: crate::Timestamp(1_700_000_000_000 + id),
+            id,
+        }
+        .encode()
+        .to_string()
+    }
+
+    #[test]
+    fn every_answer_is_exact() {
+        let secret = IdSecret::new(b"answer test secret".to_vec());
+        let minted = ObjectId::mint_private(Namespace::Room, [7; 16], &secret);
+        let minted_hex = minted.to_hex();
+        let cases: Vec<(&str, Answer, Bytes)> = vec![
+            (
+                "refused",
+                refused(Refusal {
+                    status: 405,
+                    body: "Method not allowed",
+                }),
+                (405, vec![TEXT], "Method not allowed"),
+            ),
+            ("not_found", not_found(), (404, vec![TEXT], "Not found")),
+            (
+                "expected_websocket",
+                expected_websocket(),
+                (400, vec![TEXT], "expected websocket"),
+            ),
+            (
+                "presence empty",
+                presence::<&str>(&[]),
+                (200, vec![JSON], r#"{"users":[]}"#),
+            ),
+            (
+                "presence",
+                presence(&["ada", "b\"o"]),
+                (200, vec![JSON], r#"{"users":["ada","b\"o"]}"#),
+            ),
+            (
+                "published",
+                published(42),
+                (200, vec![JSON], r#"{"id":42}"#),
+            ),
+            (
+                "publish_failed busy",
+                publish_failed(&PublishError::Busy),
+                (503, vec![TEXT], "Room is busy, please try again later."),
+            ),
+            (
+                "publish_failed name",
+                publish_failed(&PublishError::BadName),
+                (400, vec![TEXT], "Name must be 1 to 32 characters."),
+            ),
+            (
+                "publish_failed message",
+                publish_failed(&PublishError::MessageTooLong),
+                (400, vec![TEXT], "Message too long."),
+            ),
+            (
+                "publish_rejected",
+                publish_rejected("Body too large."),
+                (400, vec![TEXT], "Body too large."),
+            ),
+            (
+                "room_created",
+                room_created(&minted),
+                (
+                    200,
+                    vec![TEXT, ("access-control-allow-origin", "*")],
+                    &minted_hex,
+                ),
+            ),
+            (
+                "counter",
+                counter(-3),
+                (200, vec![JSON], r#"{"counter":-3}"#),
+            ),
+            (
+                "counter max",
+                counter(i64::MAX),
+                (200, vec![JSON], r#"{"counter":9223372036854775807}"#),
+            ),
+            (
+                "unauthorized",
+                unauthorized(),
+                (
+                    401,
+                    vec![TEXT, ("www-authenticate", "Bearer")],
+                    "Unauthorized",
+                ),
+            ),
+            (
+                "unavailable",
+                unavailable(),
+                (503, vec![TEXT], "Unavailable, please try again later."),
+            ),
+            ("health", health(), (200, vec![TEXT], "ok")),
+            (
+                "hibernated",
+                hibernated(3, 2),
+                (200, vec![JSON], r#"{"hibernated":2,"rooms":3}"#),
+            ),
+            (
+                "metrics",
+                metrics("a_total 1\n".into()),
+                (
+                    200,
+                    vec![("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                    "a_total 1\n",
+                ),
+            ),
+            (
+                "page",
+                page("<!doctype html>"),
+                (
+                    200,
+                    vec![("content-type", "text/html;charset=UTF-8")],
+                    "<!doctype html>",
+                ),
+            ),
+            (
+                "body_unreadable",
+                body_unreadable(),
+                (400, vec![TEXT], "Could not read the body."),
+            ),
+            (
+                "shutting_down",
+                shutting_down(),
+                (503, vec![TEXT], "Server shutting down"),
+            ),
+            (
+                "too_many_connections",
+                too_many_connections(),
+                (503, vec![TEXT], "Too many connections"),
+            ),
+        ];
+        for (what, answer, expected) in &cases {
+            assert_eq!(&bytes(answer), expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn history_pages_carry_next_before() {
+        let query = |limit| HistoryQuery {
+            before: None,
+            limit,
+        };
+        let (f3, f2, f1) = (frame(3), frame(2), frame(1));
+        let cases: Vec<(&str, Vec<&str>, usize, String)> = vec![
+            (
+                "empty",
+                vec![],
+                50,
+                r#"{"messages":[],"next_before":null}"#.into(),
+            ),
+            (
+                "short page: nothing older",
+                vec![&f3, &f2],
+                3,
+                format!(r#"{{"messages":[{f3},{f2}],"next_before":null}}"#),
+            ),
+            (
+                "full page: page on before its oldest",
+                vec![&f3, &f2],
+                2,
+                format!(r#"{{"messages":[{f3},{f2}],"next_before":2}}"#),
+            ),
+            (
+                "full page of one",
+                vec![&f1],
+                1,
+                format!(r#"{{"messages":[{f1}],"next_before":1}}"#),
+            ),
+            (
+                "a frame that is not a chat message ends paging",
+                vec!["{}"],
+                1,
+                r#"{"messages":[{}],"next_before":null}"#.into(),
+            ),
+        ];
+        for (what, frames, limit, body) in cases {
+            let answer = history(&frames, query(limit));
+            assert_eq!(bytes(&answer), (200, vec![JSON], body.as_str()), "{what}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&answer.body).is_ok(),
+                "{what}: the body is JSON"
+            );
+        }
+    }
+
+    #[test]
+    fn header_lookup() {
+        let answer = unauthorized();
+        assert_eq!(answer.header("www-authenticate"), Some("Bearer"));
+        assert_eq!(answer.header("content-type"), Some(CONTENT_TYPE_TEXT));
+        assert_eq!(answer.header("access-control-allow-origin"), None);
+    }
+}
