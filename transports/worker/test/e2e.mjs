@@ -1,6 +1,7 @@
 // End-to-end test of the edgechat Worker: runs it in workerd (wrangler's createTestHarness,
 // 127.0.0.1 on a random port), serves a local "hibernate now" endpoint that evicts every
-// ChatRoom object while keeping its sockets open, and runs the conformance suite against it.
+// ChatRoom object while keeping its sockets open, and runs the conformance suite against it,
+// then the Worker's own checks (test/worker-rules.mjs).
 //
 //   node test/e2e.mjs [extra conformance arguments, e.g. --only hibernation]
 //
@@ -91,6 +92,9 @@ try {
     const child = spawn("cargo", args, { cwd: repoDir, stdio: "inherit", env });
     child.on("exit", (code, signal) => resolve(code ?? (signal ? 1 : 0)));
   });
+  // The rules only the Worker can be made to show (a failed write, an unreadable address).
+  const { run: runWorkerRules } = await import("./worker-rules.mjs");
+  if ((await runWorkerRules(url.origin)) > 0) status = 1;
   console.log(`forced hibernations: ${hibernations} (${evictions} room evictions)`);
   // A room that is rebuilt while sockets are open was evicted with them hibernating: this
   // shows the evictions really dropped the objects' memory and the rooms came back.
