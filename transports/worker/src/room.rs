@@ -14,15 +14,15 @@
 //! out the room's outputs for all of them:
 //!
 //! ```text
-//!   event A: input ─ yield ──────────────── drain: one commit, sends ─ ask limiters ─ attachments
+//!   event A: input ─ yield ─ drain: one commit, sends, attachments ─ ask limiters ─ drain
 //!   event B:          input (turn is open)
 //!   event C:          input (turn is open)
 //! ```
 //!
 //! So the messages of one turn land in one [`Output::Persist`] batch, committed in one
-//! `transactionSync`, and each socket's attachment is written once per turn, and only if its
-//! bytes changed. The event that drains also awaits the rate limiters' answers and feeds
-//! them back; while it awaits, the next turn may start.
+//! `transactionSync`, and each socket's attachment is written at most once per drain, and
+//! only if its bytes changed. The event that drains also awaits the rate limiters' answers
+//! and feeds them back (another drain); while it awaits, the next turn may start.
 //!
 //! # Durability before visibility
 //! A batch is committed before the room hears it is durable and broadcasts its messages; the
@@ -79,8 +79,6 @@ struct Resident {
     sockets: BTreeMap<ConnId, WebSocket>,
     /// The core's attachment bytes each socket carries now.
     written: BTreeMap<ConnId, Vec<u8>>,
-    /// Newer bytes to write at the end of the turn.
-    dirty: BTreeMap<ConnId, Vec<u8>>,
 }
 
 impl DurableObject for ChatRoom {
@@ -259,7 +257,6 @@ impl ChatRoom {
         let resident = self.ensure_resident(&mut slot, Some(ws))?;
         resident.sockets.remove(&conn);
         resident.written.remove(&conn);
-        resident.dirty.remove(&conn);
         match resident.room.handle_close(conn, at) {
             // Already closed (an error then a close, or a socket the room never knew).
             Ok(()) | Err(RoomError::UnknownConnection(_)) => Ok(()),
@@ -289,9 +286,7 @@ impl ChatRoom {
         worker::Delay::from(Duration::ZERO).await;
         self.turn_open.set(false);
         let asks = self.drain()?;
-        self.settle(asks).await?;
-        self.write_attachments();
-        Ok(())
+        self.settle(asks).await
     }
 
     /// Reads the resident room (restoring it first if needed).
@@ -359,15 +354,17 @@ impl ChatRoom {
             room,
             sockets,
             written,
-            dirty: BTreeMap::new(),
         })
     }
 
-    /// Carries out the room's outputs until it has none; returns the limiter questions.
+    /// Carries out the room's outputs until it has none, then writes the attachments that
+    /// changed (each once, before anything is awaited, so that an eviction during the await
+    /// finds them current); returns the limiter questions.
     fn drain(&self) -> Result<Vec<(VerdictRequest, IpAddr)>> {
         let mut slot = self.resident.borrow_mut();
         let resident = self.ensure_resident(&mut slot, None)?;
         let mut asks = Vec::new();
+        let mut attachments = BTreeMap::new();
         let mut failed = None;
         while let Some(output) = resident.room.poll_output() {
             match output {
@@ -416,16 +413,26 @@ impl ChatRoom {
                     }
                 }
                 Output::SetAttachment { conn, attachment } => {
-                    if resident.written.get(&conn) == Some(&attachment) {
-                        resident.dirty.remove(&conn);
-                    } else {
-                        resident.dirty.insert(conn, attachment);
-                    }
+                    attachments.insert(conn, attachment);
                 }
                 Output::AskRateLimiter { request, ip } => asks.push((request, ip)),
                 Output::Published { request, id } => {
                     self.published.borrow_mut().insert(request, Some(id));
                 }
+            }
+        }
+        for (conn, bytes) in attachments {
+            let Some(ws) = resident.sockets.get(&conn) else {
+                continue;
+            };
+            if resident.written.get(&conn) == Some(&bytes) {
+                continue;
+            }
+            match socket::write_attachment(ws, &bytes) {
+                Ok(()) => {
+                    resident.written.insert(conn, bytes);
+                }
+                Err(error) => worker::console_error!("room: cannot write an attachment: {error}"),
             }
         }
         if let Some(error) = failed {
@@ -436,25 +443,6 @@ impl ChatRoom {
             return Err(error);
         }
         Ok(asks)
-    }
-
-    /// Writes the attachments whose bytes changed this turn.
-    fn write_attachments(&self) {
-        let mut slot = self.resident.borrow_mut();
-        let Some(resident) = slot.as_mut() else {
-            return;
-        };
-        for (conn, bytes) in std::mem::take(&mut resident.dirty) {
-            let Some(ws) = resident.sockets.get(&conn) else {
-                continue;
-            };
-            match socket::write_attachment(ws, &bytes) {
-                Ok(()) => {
-                    resident.written.insert(conn, bytes);
-                }
-                Err(error) => worker::console_error!("room: cannot write an attachment: {error}"),
-            }
-        }
     }
 
     /// Asks the rate limiters, feeds their verdicts back, and repeats until nothing is asked.
