@@ -14,7 +14,7 @@
 //! - [`counter`]: the counter object.
 //! - [`ids`]: object ids from names and private ids minted and verified with a secret.
 //! - [`storage`]: the key scheme, write batches and an in-memory reference store.
-//! - [`http`]: routes and the exact refusals, shared by every adapter.
+//! - [`http`]: routes, the client-IP rule and every HTTP answer, shared by every adapter.
 //!
 //! # The run loop
 //! Every state machine follows one contract: after each `handle_*`, drain `poll_*` until it

@@ -3,7 +3,13 @@
 //! Decoding never panics: any input, however malformed or large, becomes either a
 //! [`ClientFrame`] or a [`FrameError`] whose text is sent back to the peer. Encoding produces
 //! the exact key order the demo's page expects, once per frame, as a shared [`Frame`].
+//!
+//! A name or a message that has passed its length rule is a [`UserName`] or a
+//! [`MessageText`]: the rules live in their constructors, and the decoder and the publish
+//! endpoint produce them, so the room never sees an unchecked one.
 
+use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -52,20 +58,166 @@ pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
 /// WebSocket close reason for a session whose state could not be restored.
 pub const CLOSE_REASON_STATE_LOST: &str = "Session state lost.";
 
-/// A decoded client frame.
+/// A user name: 1 to [`NAME_LEN_MAX_UTF16`] UTF-16 code units.
+///
+/// It serializes as a plain string, and deserializing checks the rule again, so stored
+/// state (a hibernation attachment) cannot smuggle in a name that breaks it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserName(String);
+
+/// Why a text is not a [`UserName`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The name is empty (callers apply their default name before checking).
+    #[error("Name is empty.")]
+    Empty,
+    /// The name is longer than [`NAME_LEN_MAX_UTF16`].
+    #[error("Name too long.")]
+    TooLong,
+}
+
+impl UserName {
+    /// Checks `name` against the rule.
+    ///
+    /// # Errors
+    /// [`NameError`] if it is empty or too long.
+    pub fn parse(name: &str) -> Result<UserName, NameError> {
+        UserName::check(name)?;
+        Ok(UserName(name.to_owned()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The one place the rule is written.
+    fn check(name: &str) -> Result<(), NameError> {
+        if name.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if utf16_len(name) > NAME_LEN_MAX_UTF16 {
+            return Err(NameError::TooLong);
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<String> for UserName {
+    type Error = NameError;
+
+    fn try_from(name: String) -> Result<UserName, NameError> {
+        UserName::check(&name)?;
+        Ok(UserName(name))
+    }
+}
+
+/// A chat message text: at most [`MESSAGE_LEN_MAX_UTF16`] UTF-16 code units (it may be
+/// empty, as in the demo).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MessageText(String);
+
+/// Why a text is not a [`MessageText`]: it is longer than [`MESSAGE_LEN_MAX_UTF16`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("Message too long.")]
+pub struct MessageTooLong;
+
+impl MessageText {
+    /// Checks `text` against the rule.
+    ///
+    /// # Errors
+    /// [`MessageTooLong`] if it is too long.
+    pub fn parse(text: &str) -> Result<MessageText, MessageTooLong> {
+        MessageText::check(text)?;
+        Ok(MessageText(text.to_owned()))
+    }
+
+    /// The message as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The one place the rule is written.
+    fn check(text: &str) -> Result<(), MessageTooLong> {
+        if utf16_len(text) > MESSAGE_LEN_MAX_UTF16 {
+            return Err(MessageTooLong);
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<String> for MessageText {
+    type Error = MessageTooLong;
+
+    fn try_from(text: String) -> Result<MessageText, MessageTooLong> {
+        MessageText::check(&text)?;
+        Ok(MessageText(text))
+    }
+}
+
+/// Read access as `str` for both types: they are strings with a proof attached.
+macro_rules! checked_text {
+    ($type:ident) => {
+        impl Deref for $type {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $type {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<$type> for String {
+            fn from(checked: $type) -> String {
+                checked.0
+            }
+        }
+
+        impl PartialEq<str> for $type {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $type {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+checked_text!(UserName);
+checked_text!(MessageText);
+
+/// A decoded client frame; its name or text has passed its length rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
     /// The first frame of a session: who the user is and, optionally, the last id it saw.
     Join {
-        /// The user name, already defaulted to [`ANONYMOUS_NAME`]; its length is not yet checked.
-        name: String,
+        /// The user name, defaulted to [`ANONYMOUS_NAME`] when missing or empty.
+        name: UserName,
         /// Resume after this message id (extension).
         since: Option<u64>,
     },
-    /// Any later frame: a chat message, length not yet checked.
+    /// Any later frame: a chat message.
     Message {
         /// The message text.
-        text: String,
+        text: MessageText,
     },
 }
 
@@ -91,6 +243,13 @@ pub enum FrameError {
     /// A chat frame without a string `message`.
     #[error("Malformed frame: expected {{\"message\": string}}.")]
     MessageNotString,
+    /// The join frame's name is longer than [`NAME_LEN_MAX_UTF16`]; the session is closed
+    /// with [`CLOSE_NAME_TOO_LONG`].
+    #[error("Name too long.")]
+    NameTooLong,
+    /// The chat frame's message is longer than [`MESSAGE_LEN_MAX_UTF16`].
+    #[error("Message too long.")]
+    MessageTooLong,
 }
 
 /// The loose shape of any client frame: typed checks happen after parsing so that each
@@ -143,10 +302,16 @@ pub fn decode_client_frame(text: &str, expecting: Expecting) -> Result<ClientFra
                 }
                 Some(_) => return Err(FrameError::SinceNotInteger),
             };
+            // Checked last, so that a malformed `since` is reported first, as always. The
+            // name is not empty here, so too long is the only way it can fail.
+            let name = UserName::try_from(name).map_err(|_| FrameError::NameTooLong)?;
             Ok(ClientFrame::Join { name, since })
         }
         Expecting::Message => match raw.message {
-            Some(serde_json::Value::String(text)) => Ok(ClientFrame::Message { text }),
+            Some(serde_json::Value::String(text)) => {
+                let text = MessageText::try_from(text).map_err(|_| FrameError::MessageTooLong)?;
+                Ok(ClientFrame::Message { text })
+            }
             _ => Err(FrameError::MessageNotString),
         },
     }
@@ -358,12 +523,117 @@ mod tests {
 
     fn join(name: &str, since: Option<u64>) -> ClientFrame {
         ClientFrame::Join {
-            name: name.into(),
+            name: UserName::parse(name).unwrap(),
             since,
         }
     }
 
     fn message(text: &str) -> ClientFrame {
-        ClientFrame::Message { text: text.into() }
+        ClientFrame::Message {
+            text: MessageText::parse(text).unwrap(),
+        }
+    }
+
+    #[test]
+    fn user_names_are_1_to_32_units() {
+        let cases: Vec<(String, Result<(), NameError>)> = vec![
+            ("a".into(), Ok(())),
+            ("n".repeat(32), Ok(())),
+            ("n".repeat(33), Err(NameError::TooLong)),
+            ("😀".repeat(16), Ok(())),
+            (format!("{}a", "😀".repeat(16)), Err(NameError::TooLong)),
+            ("é".repeat(32), Ok(())),
+            (String::new(), Err(NameError::Empty)),
+        ];
+        for (name, expected) in cases {
+            let parsed = UserName::parse(&name);
+            assert_eq!(
+                parsed.as_ref().map(|_| ()),
+                expected.as_ref().map(|_| ()),
+                "{name}"
+            );
+            assert_eq!(parsed.clone().err(), expected.err(), "{name}");
+            assert_eq!(UserName::try_from(name.clone()), parsed, "{name}");
+            if let Ok(parsed) = parsed {
+                assert_eq!(parsed.as_str(), name);
+                assert_eq!(String::from(parsed), name);
+            }
+        }
+        assert_eq!(NameError::TooLong.to_string(), ERROR_NAME_TOO_LONG);
+    }
+
+    #[test]
+    fn message_texts_are_at_most_256_units() {
+        let cases: Vec<(String, bool)> = vec![
+            (String::new(), true),
+            ("x".repeat(256), true),
+            ("x".repeat(257), false),
+            ("😀".repeat(128), true),
+            (format!("{}x", "😀".repeat(128)), false),
+        ];
+        for (text, ok) in cases {
+            let parsed = MessageText::parse(&text);
+            assert_eq!(parsed.is_ok(), ok, "{} units", utf16_len(&text));
+            assert_eq!(MessageText::try_from(text.clone()), parsed);
+        }
+        assert_eq!(MessageTooLong.to_string(), ERROR_MESSAGE_TOO_LONG);
+    }
+
+    #[test]
+    fn checked_texts_serialize_as_strings_and_check_again() {
+        let name = UserName::parse("ada").unwrap();
+        let bytes = postcard::to_allocvec(&name).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec("ada").unwrap());
+        assert_eq!(postcard::from_bytes::<UserName>(&bytes).unwrap(), name);
+        let long = postcard::to_allocvec(&"n".repeat(33)).unwrap();
+        assert!(postcard::from_bytes::<UserName>(&long).is_err());
+        assert!(serde_json::from_str::<UserName>(r#""""#).is_err());
+        assert!(serde_json::from_str::<MessageText>(&format!(r#""{}""#, "x".repeat(257))).is_err());
+        assert_eq!(
+            serde_json::to_string(&MessageText::parse("hi").unwrap()).unwrap(),
+            r#""hi""#
+        );
+    }
+
+    #[test]
+    fn length_rules_are_frame_errors_checked_after_the_shape() {
+        let long_name = "n".repeat(33);
+        let long_text = "x".repeat(257);
+        let cases: Vec<(String, Expecting, Result<ClientFrame, FrameError>)> = vec![
+            (
+                format!(r#"{{"name":"{long_name}"}}"#),
+                Expecting::Join,
+                Err(FrameError::NameTooLong),
+            ),
+            (
+                format!(r#"{{"name":"{}"}}"#, "n".repeat(32)),
+                Expecting::Join,
+                Ok(join(&"n".repeat(32), None)),
+            ),
+            // A bad `since` is reported before the name's length, as it always was.
+            (
+                format!(r#"{{"name":"{long_name}","since":-1}}"#),
+                Expecting::Join,
+                Err(FrameError::SinceNotInteger),
+            ),
+            (
+                format!(r#"{{"message":"{long_text}"}}"#),
+                Expecting::Message,
+                Err(FrameError::MessageTooLong),
+            ),
+            (
+                format!(r#"{{"message":"{}"}}"#, "x".repeat(256)),
+                Expecting::Message,
+                Ok(message(&"x".repeat(256))),
+            ),
+        ];
+        for (input, expecting, expected) in cases {
+            assert_eq!(decode_client_frame(&input, expecting), expected, "{input}");
+        }
+        assert_eq!(FrameError::NameTooLong.to_string(), ERROR_NAME_TOO_LONG);
+        assert_eq!(
+            FrameError::MessageTooLong.to_string(),
+            ERROR_MESSAGE_TOO_LONG
+        );
     }
 }

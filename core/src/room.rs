@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::limiter::{SessionLimiter, SessionLimiterState, VerdictRequest};
 use crate::protocol::{
-    self, ChatMessage, ClientFrame, Expecting, Frame, FrameError, CLOSE_INTERNAL_ERROR,
-    CLOSE_NAME_TOO_LONG, CLOSE_REASON_STATE_LOST, ERROR_MESSAGE_TOO_LONG, ERROR_NAME_TOO_LONG,
-    ERROR_RATE_LIMITED, ERROR_STORAGE_UNAVAILABLE, MESSAGE_LEN_MAX_UTF16, NAME_LEN_MAX_UTF16,
+    self, ChatMessage, ClientFrame, Expecting, Frame, FrameError, MessageText, UserName,
+    CLOSE_INTERNAL_ERROR, CLOSE_NAME_TOO_LONG, CLOSE_REASON_STATE_LOST, ERROR_NAME_TOO_LONG,
+    ERROR_RATE_LIMITED, ERROR_STORAGE_UNAVAILABLE,
 };
 use crate::storage::{keys, BatchId, ListQuery, Value, Write, WriteBatch};
 use crate::time::Timestamp;
@@ -172,10 +172,10 @@ pub enum RoomError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PublishError {
-    /// The name is empty or longer than [`NAME_LEN_MAX_UTF16`].
+    /// The name is not a [`UserName`] (empty or too long).
     #[error("Name must be 1 to 32 characters.")]
     BadName,
-    /// The message is longer than [`MESSAGE_LEN_MAX_UTF16`].
+    /// The message is not a [`MessageText`] (too long).
     #[error("Message too long.")]
     MessageTooLong,
     /// Too many messages are waiting for storage.
@@ -280,7 +280,7 @@ struct PendingMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Phase {
     Unnamed { connect_last_id: u64 },
-    Joined { name: String },
+    Joined { name: UserName },
     Closing,
 }
 
@@ -339,14 +339,8 @@ impl Attachment {
             Some(&other) => return Err(AttachmentError::Version(other)),
             None => return Err(AttachmentError::Malformed),
         }
-        let attachment: Attachment =
-            postcard::from_bytes(bytes).map_err(|_| AttachmentError::Malformed)?;
-        if let Phase::Joined { name } = &attachment.phase {
-            if protocol::utf16_len(name) > NAME_LEN_MAX_UTF16 {
-                return Err(AttachmentError::Malformed);
-            }
-        }
-        Ok(attachment)
+        // A joined name is a `UserName`, so decoding checks its length rule again.
+        postcard::from_bytes(bytes).map_err(|_| AttachmentError::Malformed)
     }
 }
 
@@ -476,7 +470,7 @@ impl Room {
                         phase => phase,
                     };
                     let joined_frame = match &phase {
-                        Phase::Joined { name } => Some(protocol::encode_joined(name)),
+                        Phase::Joined { name } => Some(protocol::encode_joined(name.as_str())),
                         _ => None,
                     };
                     room.sessions.insert(
@@ -576,6 +570,7 @@ impl Room {
         match protocol::decode_client_frame(text, expecting) {
             Ok(ClientFrame::Join { name, since }) => self.join(conn, name, since),
             Ok(ClientFrame::Message { text }) => self.chat(conn, text, now),
+            Err(FrameError::NameTooLong) => self.refuse_name(conn),
             Err(error) => self.send_error(conn, &error.to_string()),
         }
         Ok(())
@@ -705,22 +700,27 @@ impl Room {
         message: &str,
         now: Timestamp,
     ) -> Result<(), PublishError> {
-        if name.is_empty() || protocol::utf16_len(name) > NAME_LEN_MAX_UTF16 {
-            return Err(PublishError::BadName);
-        }
-        if protocol::utf16_len(message) > MESSAGE_LEN_MAX_UTF16 {
-            return Err(PublishError::MessageTooLong);
-        }
+        let name = UserName::parse(name).map_err(|_| PublishError::BadName)?;
+        let message = MessageText::parse(message).map_err(|_| PublishError::MessageTooLong)?;
+        self.handle_publish_checked(request, name, message, now)
+    }
+
+    /// [`Room::handle_publish`] for a name and message already checked (as
+    /// [`PublishBody::parse`](crate::http::PublishBody::parse) returns them).
+    ///
+    /// # Errors
+    /// [`PublishError::Busy`] if too many messages wait for storage.
+    pub fn handle_publish_checked(
+        &mut self,
+        request: PublishId,
+        name: UserName,
+        message: MessageText,
+        now: Timestamp,
+    ) -> Result<(), PublishError> {
         if self.pending_len() >= self.config.pending_messages_max {
             return Err(PublishError::Busy);
         }
-        self.accept_message(
-            name.to_owned(),
-            message.to_owned(),
-            now,
-            None,
-            Some(request),
-        );
+        self.accept_message(name.into(), message.into(), now, None, Some(request));
         Ok(())
     }
 
@@ -816,17 +816,18 @@ impl Room {
         Ok(Some(expecting))
     }
 
-    fn join(&mut self, conn: ConnId, name: String, since: Option<u64>) {
-        if protocol::utf16_len(&name) > NAME_LEN_MAX_UTF16 {
-            self.send_error(conn, ERROR_NAME_TOO_LONG);
-            self.outputs.push_back(Output::Close {
-                conn,
-                code: CLOSE_NAME_TOO_LONG,
-                reason: ERROR_NAME_TOO_LONG,
-            });
-            self.set_phase(conn, Phase::Closing);
-            return;
-        }
+    /// A join whose name is too long: the error, then the close (the demo's behaviour).
+    fn refuse_name(&mut self, conn: ConnId) {
+        self.send_error(conn, ERROR_NAME_TOO_LONG);
+        self.outputs.push_back(Output::Close {
+            conn,
+            code: CLOSE_NAME_TOO_LONG,
+            reason: ERROR_NAME_TOO_LONG,
+        });
+        self.set_phase(conn, Phase::Closing);
+    }
+
+    fn join(&mut self, conn: ConnId, name: UserName, since: Option<u64>) {
         let Some(Phase::Unnamed { connect_last_id }) =
             self.sessions.get(&conn).map(|s| s.phase.clone())
         else {
@@ -866,7 +867,7 @@ impl Room {
         }
 
         // 3. Its own `joined`, to everyone including itself; 4. ready.
-        let joined_frame = protocol::encode_joined(&name);
+        let joined_frame = protocol::encode_joined(name.as_str());
         if let Some(session) = self.sessions.get_mut(&conn) {
             session.joined_frame = Some(joined_frame.clone());
         }
@@ -876,11 +877,7 @@ impl Room {
         self.send(conn, protocol::encode_ready(recovered));
     }
 
-    fn chat(&mut self, conn: ConnId, text: String, now: Timestamp) {
-        if protocol::utf16_len(&text) > MESSAGE_LEN_MAX_UTF16 {
-            self.send_error(conn, ERROR_MESSAGE_TOO_LONG);
-            return;
-        }
+    fn chat(&mut self, conn: ConnId, text: MessageText, now: Timestamp) {
         if self.pending_len() >= self.config.pending_messages_max {
             self.send_error(conn, ERROR_ROOM_BUSY);
             return;
@@ -888,8 +885,8 @@ impl Room {
         let Some(Phase::Joined { name }) = self.sessions.get(&conn).map(|s| &s.phase) else {
             unreachable!("messages are only decoded for joined sessions");
         };
-        let name = name.clone();
-        self.accept_message(name, text, now, Some(conn), None);
+        let name = name.as_str().to_owned();
+        self.accept_message(name, text.into(), now, Some(conn), None);
     }
 
     /// Orders a message (id and timestamp) and queues it for the next batch.

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::Deserialize;
 
 use crate::ids::{self, IdError, IdSecret, Namespace, ObjectId};
-use crate::protocol::{self, MESSAGE_LEN_MAX_UTF16, NAME_LEN_MAX_UTF16};
+use crate::protocol::{self, MessageText, UserName};
 
 /// Longest room name (in the path), counted as JavaScript counts `string.length`.
 pub const ROOM_NAME_LEN_MAX: usize = 32;
@@ -217,9 +217,7 @@ pub fn route(
             }
         }
         ["api", "counter", name, rest @ ..] if !name.is_empty() => {
-            if protocol::utf16_len(name) > ROOM_NAME_LEN_MAX {
-                return Err(NAME_TOO_LONG);
-            }
+            check_name_len(name)?;
             let id = ObjectId::from_name(Namespace::Counter, name);
             use crate::counter::CounterOp;
             match (rest, method) {
@@ -247,10 +245,16 @@ pub fn room_id(segment: &str, secret: &IdSecret) -> Result<ObjectId, Refusal> {
             },
         );
     }
-    if protocol::utf16_len(segment) > ROOM_NAME_LEN_MAX {
+    check_name_len(segment)?;
+    Ok(ObjectId::from_name(Namespace::Room, segment))
+}
+
+/// The one length rule of object names in paths (rooms and counters).
+fn check_name_len(name: &str) -> Result<(), Refusal> {
+    if protocol::utf16_len(name) > ROOM_NAME_LEN_MAX {
         return Err(NAME_TOO_LONG);
     }
-    Ok(ObjectId::from_name(Namespace::Room, segment))
+    Ok(())
 }
 
 /// A publish request's body: `{"name": "...", "message": "..."}`.
@@ -264,11 +268,12 @@ pub struct PublishBody {
 }
 
 impl PublishBody {
-    /// Parses and checks a publish body.
+    /// Parses and checks a publish body: the sender (defaulted to [`PUBLISH_NAME_DEFAULT`])
+    /// and the message.
     ///
     /// # Errors
-    /// A message for a 400 answer.
-    pub fn parse(body: &[u8]) -> Result<(String, String), &'static str> {
+    /// A message for a 400 answer ([`answer::publish_rejected`]).
+    pub fn parse(body: &[u8]) -> Result<(UserName, MessageText), &'static str> {
         if body.len() > PUBLISH_BODY_LEN_MAX_BYTES {
             return Err("Body too large.");
         }
@@ -278,13 +283,10 @@ impl PublishBody {
             .name
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| PUBLISH_NAME_DEFAULT.to_owned());
-        if protocol::utf16_len(&name) > NAME_LEN_MAX_UTF16 {
-            return Err("Name too long.");
-        }
-        if protocol::utf16_len(&body.message) > MESSAGE_LEN_MAX_UTF16 {
-            return Err("Message too long.");
-        }
-        Ok((name, body.message))
+        // Not empty here, so too long is the only way the name can fail.
+        let name = UserName::try_from(name).map_err(|_| "Name too long.")?;
+        let message = MessageText::try_from(body.message).map_err(|_| "Message too long.")?;
+        Ok((name, message))
     }
 }
 
@@ -507,19 +509,56 @@ mod tests {
 
     #[test]
     fn publish_bodies_and_tokens() {
-        assert_eq!(
-            PublishBody::parse(br#"{"message":"hi"}"#),
-            Ok(("system".into(), "hi".into()))
-        );
-        assert_eq!(
-            PublishBody::parse(br#"{"name":"ops","message":"hi"}"#),
-            Ok(("ops".into(), "hi".into()))
-        );
-        assert!(PublishBody::parse(b"{}").is_err());
-        assert!(
-            PublishBody::parse(format!(r#"{{"message":"{}"}}"#, "x".repeat(257)).as_bytes())
-                .is_err()
-        );
+        const NOT_JSON: &str = "Expected a JSON body {\"name\": string, \"message\": string}.";
+        let ok = |name: &str, message: &str| {
+            Ok((
+                UserName::parse(name).unwrap(),
+                MessageText::parse(message).unwrap(),
+            ))
+        };
+        let cases: Vec<(String, Result<(UserName, MessageText), &str>)> = vec![
+            (r#"{"message":"hi"}"#.into(), ok("system", "hi")),
+            (r#"{"name":"","message":"hi"}"#.into(), ok("system", "hi")),
+            (r#"{"name":null,"message":""}"#.into(), ok("system", "")),
+            (r#"{"name":"ops","message":"hi"}"#.into(), ok("ops", "hi")),
+            ("{}".into(), Err(NOT_JSON)),
+            ("not json".into(), Err(NOT_JSON)),
+            (
+                format!(r#"{{"name":"{}","message":"hi"}}"#, "n".repeat(32)),
+                ok(&"n".repeat(32), "hi"),
+            ),
+            (
+                format!(r#"{{"name":"{}","message":"hi"}}"#, "n".repeat(33)),
+                Err("Name too long."),
+            ),
+            (
+                format!(r#"{{"message":"{}"}}"#, "x".repeat(256)),
+                ok("system", &"x".repeat(256)),
+            ),
+            (
+                format!(r#"{{"message":"{}"}}"#, "x".repeat(257)),
+                Err("Message too long."),
+            ),
+            // The name is checked before the message.
+            (
+                format!(
+                    r#"{{"name":"{}","message":"{}"}}"#,
+                    "n".repeat(33),
+                    "x".repeat(257)
+                ),
+                Err("Name too long."),
+            ),
+            (
+                format!(
+                    r#"{{"message":"{}"}}"#,
+                    "x".repeat(PUBLISH_BODY_LEN_MAX_BYTES)
+                ),
+                Err("Body too large."),
+            ),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(PublishBody::parse(body.as_bytes()), expected, "{body}");
+        }
         assert!(is_authorized(Some("Bearer s3cret"), Some("s3cret")));
         assert!(!is_authorized(Some("Bearer s3cre"), Some("s3cret")));
         assert!(!is_authorized(Some("s3cret"), Some("s3cret")));

@@ -2,7 +2,7 @@
 
 use edgechat_core::protocol::{
     decode_client_frame, encode_error, utf16_len, ChatMessage, ClientFrame, Expecting, FrameError,
-    ANONYMOUS_NAME, CLIENT_FRAME_LEN_MAX_BYTES,
+    ANONYMOUS_NAME, CLIENT_FRAME_LEN_MAX_BYTES, MESSAGE_LEN_MAX_UTF16, NAME_LEN_MAX_UTF16,
 };
 use edgechat_core::Timestamp;
 use serde_json::Value;
@@ -41,6 +41,20 @@ fn check_frame(text: &str, expecting: Expecting) {
             if text.len() > CLIENT_FRAME_LEN_MAX_BYTES {
                 assert_eq!(error, FrameError::TooLarge, "oversized frame");
             }
+            // A length refusal is only for a well-formed field that really is too long.
+            let field_len = |key: &str| {
+                let object: serde_json::Map<String, Value> = serde_json::from_str(text).ok()?;
+                object.get(key)?.as_str().map(utf16_len)
+            };
+            match error {
+                FrameError::NameTooLong => {
+                    assert!(field_len("name").is_some_and(|len| len > NAME_LEN_MAX_UTF16));
+                }
+                FrameError::MessageTooLong => {
+                    assert!(field_len("message").is_some_and(|len| len > MESSAGE_LEN_MAX_UTF16));
+                }
+                _ => {}
+            }
             return;
         }
         Ok(decoded) => decoded,
@@ -66,10 +80,10 @@ fn check_frame(text: &str, expecting: Expecting) {
             match object.get("name") {
                 None | Some(Value::Null) => assert_eq!(name, ANONYMOUS_NAME),
                 Some(Value::String(s)) if s.is_empty() => assert_eq!(name, ANONYMOUS_NAME),
-                Some(Value::String(s)) => assert_eq!(&name, s),
+                Some(Value::String(s)) => assert_eq!(name.as_str(), s),
                 Some(other) => panic!("accepted a join whose name is {other}"),
             }
-            assert!(!name.is_empty());
+            assert!(!name.is_empty() && utf16_len(&name) <= NAME_LEN_MAX_UTF16);
             match object.get("since") {
                 None | Some(Value::Null) => assert_eq!(since, None),
                 Some(other) => assert_eq!(since, other.as_u64().map(Some).unwrap_or(None)),
@@ -78,8 +92,10 @@ fn check_frame(text: &str, expecting: Expecting) {
             check_utf16(&name);
         }
         (Expecting::Message, ClientFrame::Message { text: message }) => {
+            let message = String::from(message);
             assert_eq!(object.get("message"), Some(&Value::String(message.clone())));
             check_utf16(&message);
+            assert!(utf16_len(&message) <= MESSAGE_LEN_MAX_UTF16);
             // Whatever was accepted survives the broadcast/storage round trip unchanged.
             let chat = ChatMessage {
                 name: "n".into(),

@@ -67,6 +67,14 @@ pub fn cases() -> Vec<Case> {
         case!(publish_with_token),
         case!(counter),
         case!(health_and_metrics),
+        case!(answer_bodies_and_content_types_are_exact),
+        case!(history_next_before_reaches_the_oldest),
+        case!(publish_unauthorized_is_exact),
+        case!(publish_answers_are_exact),
+        case!(admin_hibernate_other_methods_405),
+        case!(admin_hibernate_refused_without_token),
+        case!(counter_named_like_an_operation),
+        case!(client_ip_is_the_first_header_entry),
     ]
 }
 
@@ -1637,5 +1645,317 @@ async fn health_and_metrics(t: Target) -> Result<()> {
         "GET /metrics: expected Prometheus text format, got {:?}",
         text.chars().take(200).collect::<String>()
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Answers built by the core (`edgechat_core::http::answer`): exact bytes on every adapter
+
+/// The content type of plain-text answers.
+const TEXT_PLAIN: &str = "text/plain;charset=UTF-8";
+/// The content type of JSON answers.
+const APPLICATION_JSON: &str = "application/json";
+
+/// Fails unless `response` has exactly this status, content type and body.
+fn exact(
+    response: &super::http::Response,
+    status: u16,
+    content_type: &str,
+    body: &str,
+    what: &str,
+) -> Result<()> {
+    response.expect(status, body, what)?;
+    let got = response.header("content-type");
+    ensure!(
+        got == Some(content_type),
+        "{what}: content-type must be {content_type:?}, got {got:?}"
+    );
+    Ok(())
+}
+
+async fn answer_bodies_and_content_types_are_exact(t: Target) -> Result<()> {
+    exact(
+        &t.get("/healthz").await?,
+        200,
+        TEXT_PLAIN,
+        "ok",
+        "GET /healthz",
+    )?;
+    exact(
+        &t.get("/no/such/path").await?,
+        404,
+        TEXT_PLAIN,
+        "Not found",
+        "GET /no/such/path",
+    )?;
+    let metrics = t.get("/metrics").await?;
+    let got = metrics.header("content-type");
+    ensure!(
+        metrics.status == 200 && got == Some("text/plain; version=0.0.4; charset=utf-8"),
+        "GET /metrics: expected 200 in the Prometheus content type, got {} {got:?}",
+        metrics.status
+    );
+    let room = unique_name("exact");
+    let path = format!("/api/room/{room}/presence");
+    exact(
+        &t.get(&path).await?,
+        200,
+        APPLICATION_JSON,
+        r#"{"users":[]}"#,
+        &format!("GET {path} of an empty room"),
+    )?;
+    let (_ann, _) = t.join(&room, "ann").await?;
+    exact(
+        &t.get(&path).await?,
+        200,
+        APPLICATION_JSON,
+        r#"{"users":["ann"]}"#,
+        &format!("GET {path}"),
+    )?;
+    let counter = format!("/api/counter/{}", unique_name("exact"));
+    exact(
+        &t.get(&counter).await?,
+        200,
+        APPLICATION_JSON,
+        r#"{"counter":0}"#,
+        &format!("GET {counter}"),
+    )?;
+    exact(
+        &t.http("POST", &format!("{counter}/decrement"), &[], b"")
+            .await?,
+        200,
+        APPLICATION_JSON,
+        r#"{"counter":-1}"#,
+        &format!("POST {counter}/decrement"),
+    )?;
+    let created = t.http("POST", "/api/room", &[], b"").await?;
+    let id = created.text();
+    minted_ok(&id)?;
+    exact(&created, 200, TEXT_PLAIN, &id, "POST /api/room")?;
+    ensure!(
+        created.header("access-control-allow-origin") == Some("*"),
+        "POST /api/room: Access-Control-Allow-Origin must be *, got {:?}",
+        created.header("access-control-allow-origin")
+    );
+    Ok(())
+}
+
+async fn history_next_before_reaches_the_oldest(t: Target) -> Result<()> {
+    let room = unique_name("nextb");
+    fill_room(&t, &room, 7).await?;
+    let (_reader, joined) = t.join(&room, "reader").await?;
+    let replay = joined.history();
+    ensure!(replay.len() == 7, "replay {:?}", replay);
+    // The page with ids `ids` (newest first), exactly as the frames were broadcast.
+    let page = |ids: &[usize], next_before: Option<usize>| {
+        let frames: Vec<&str> = ids.iter().map(|id| replay[id - 1].raw.as_str()).collect();
+        let next_before = next_before.map_or("null".to_owned(), |id| id.to_string());
+        format!(
+            r#"{{"messages":[{}],"next_before":{next_before}}}"#,
+            frames.join(",")
+        )
+    };
+    let path = format!("/api/room/{room}/history");
+    // Paging by 3 with `next_before` walks 7..5, 4..2, 1, then stops.
+    let mut query = "limit=3".to_owned();
+    for (ids, next) in [
+        (vec![7, 6, 5], Some(5)),
+        (vec![4, 3, 2], Some(2)),
+        (vec![1], None),
+    ] {
+        let response = t.get(&format!("{path}?{query}")).await?;
+        exact(
+            &response,
+            200,
+            APPLICATION_JSON,
+            &page(&ids, next),
+            &format!("GET {path}?{query}"),
+        )?;
+        let next_before = response.json()?.get("next_before").cloned();
+        match next_before.as_ref().and_then(Value::as_u64) {
+            Some(before) => query = format!("before={before}&limit=3"),
+            None => ensure!(next.is_none(), "?{query}: next_before is {next_before:?}"),
+        }
+    }
+    // A full page that happens to end at the oldest message still says where to go on, and
+    // going on there gives an empty page and null.
+    exact(
+        &t.get(&format!("{path}?limit=7")).await?,
+        200,
+        APPLICATION_JSON,
+        &page(&[7, 6, 5, 4, 3, 2, 1], Some(1)),
+        "?limit=7",
+    )?;
+    exact(
+        &t.get(&format!("{path}?before=1&limit=7")).await?,
+        200,
+        APPLICATION_JSON,
+        &page(&[], None),
+        "?before=1&limit=7",
+    )?;
+    exact(
+        &t.get(&path).await?,
+        200,
+        APPLICATION_JSON,
+        &page(&[7, 6, 5, 4, 3, 2, 1], None),
+        "the default page (50) is not full",
+    )?;
+    Ok(())
+}
+
+async fn publish_unauthorized_is_exact(t: Target) -> Result<()> {
+    let room = unique_name("pub401");
+    let body = json!({"name": "intruder", "message": "let me in"});
+    let wrong = format!("{}-wrong", t.admin_token.as_deref().unwrap_or("token"));
+    for token in [None, Some(wrong.as_str()), Some("")] {
+        let response = t.publish(&room, token, &body).await?;
+        let what = format!("publish with token {token:?}");
+        exact(&response, 401, TEXT_PLAIN, "Unauthorized", &what)?;
+        ensure!(
+            response.header("www-authenticate") == Some("Bearer"),
+            "{what}: WWW-Authenticate must be Bearer, got {:?}",
+            response.header("www-authenticate")
+        );
+    }
+    Ok(())
+}
+
+async fn publish_answers_are_exact(t: Target) -> Result<()> {
+    let token = t.require_admin_token()?.to_owned();
+    let room = unique_name("pubx");
+    let too_large = json!({"message": "x".repeat(5 * 1024)});
+    for (body, text) in [
+        (json!({"message": "x".repeat(257)}), "Message too long."),
+        (
+            json!({"name": "n".repeat(33), "message": "x"}),
+            "Name too long.",
+        ),
+        (
+            json!({"nope": 1}),
+            r#"Expected a JSON body {"name": string, "message": string}."#,
+        ),
+        (too_large, "Body too large."),
+    ] {
+        let response = t.publish(&room, Some(&token), &body).await?;
+        let shown: String = body.to_string().chars().take(60).collect();
+        exact(
+            &response,
+            400,
+            TEXT_PLAIN,
+            text,
+            &format!("publish {shown}"),
+        )?;
+    }
+    // Nothing was stored, so the first message that passes is id 1.
+    let ok = json!({"name": "ops", "message": "x".repeat(256)});
+    let response = t.publish(&room, Some(&token), &ok).await?;
+    exact(&response, 200, APPLICATION_JSON, r#"{"id":1}"#, "publish")?;
+    Ok(())
+}
+
+async fn admin_hibernate_other_methods_405(t: Target) -> Result<()> {
+    for method in ["GET", "PUT", "DELETE"] {
+        exact(
+            &t.http(method, "/admin/hibernate", &[], b"").await?,
+            405,
+            TEXT_PLAIN,
+            "Method not allowed",
+            &format!("{method} /admin/hibernate"),
+        )?;
+    }
+    Ok(())
+}
+
+async fn admin_hibernate_refused_without_token(t: Target) -> Result<()> {
+    let wrong = format!(
+        "Bearer {}-wrong",
+        t.admin_token.as_deref().unwrap_or("token")
+    );
+    for headers in [vec![], vec![("Authorization", wrong.as_str())]] {
+        let response = t.http("POST", "/admin/hibernate", &headers, b"").await?;
+        let what = format!("POST /admin/hibernate with {headers:?}");
+        exact(&response, 401, TEXT_PLAIN, "Unauthorized", &what)?;
+        ensure!(
+            response.header("www-authenticate") == Some("Bearer"),
+            "{what}: WWW-Authenticate must be Bearer, got {:?}",
+            response.header("www-authenticate")
+        );
+    }
+    Ok(())
+}
+
+async fn counter_named_like_an_operation(t: Target) -> Result<()> {
+    // These counters are shared by every run against a target that keeps its storage, so
+    // the case only compares values it reads itself.
+    for name in ["increment", "decrement"] {
+        let path = format!("/api/counter/{name}");
+        let read = |response: super::http::Response| -> Result<i64> {
+            ensure!(
+                response.status == 200,
+                "{path}: {} {:?}",
+                response.status,
+                response.text()
+            );
+            counter_value(&response.json()?, &path)
+        };
+        let before = read(t.get(&path).await?)?;
+        let again = read(t.get(&path).await?)?;
+        ensure!(
+            again == before,
+            "GET {path} reads the counter called {name:?}; it must not change it ({before} then {again})"
+        );
+        let changed = read(t.http("POST", &format!("{path}/{name}"), &[], b"").await?)?;
+        let step = if name == "increment" { 1 } else { -1 };
+        ensure!(
+            changed == before + step,
+            "POST {path}/{name}: expected {}, got {changed}",
+            before + step
+        );
+        ensure!(
+            read(t.get(&path).await?)? == changed,
+            "GET {path} after the change"
+        );
+    }
+    Ok(())
+}
+
+async fn client_ip_is_the_first_header_entry(t: Target) -> Result<()> {
+    t.require_distinct_ips()?;
+    // `X-Forwarded-For` style lists: the client is the first entry, whatever proxies follow.
+    let ip = t.fresh_ip().expect("distinct IPs");
+    let (proxy1, proxy2) = (t.fresh_ip(), t.fresh_ip());
+    let (proxy1, proxy2) = (proxy1.expect("an IP"), proxy2.expect("an IP"));
+    let room = unique_name("xff");
+    let mut ann = t
+        .connect_as(&room, "ann", Some(&format!("{ip}, {proxy1}")))
+        .await?;
+    ann.join("ann").await?; // action 1
+    ann.chat("a1").await?; // 2
+    ann.chat("a2").await?; // 3
+    let mut bob = t
+        .connect_as(&room, "bob", Some(&format!(" {ip} ,{proxy2}")))
+        .await?;
+    bob.join("bob").await?; // 4: within the burst
+    bob.chat("b1").await?; // 5: passes, and puts this IP in a cooldown
+    tokio::time::sleep(VERDICT_SETTLE).await;
+    let error = bob
+        .error_reply(&Outgoing::Text(json!({"message": "b2"}).to_string()), |e| {
+            e == ERROR_RATE_LIMITED
+        })
+        .await
+        .context("the 6th action of one client behind two proxies")?;
+    ensure!(
+        error == ERROR_RATE_LIMITED,
+        "expected the rate-limit error, got {error:?}"
+    );
+    // The same proxy after another client is another client.
+    let other = t.fresh_ip().expect("an IP");
+    let mut carl = t
+        .connect_as(&room, "carl", Some(&format!("{other}, {ip}")))
+        .await?;
+    carl.join("carl")
+        .await
+        .context("a client whose list only ends with the limited IP is not limited")?;
+    carl.chat("c1").await?;
     Ok(())
 }

@@ -334,8 +334,8 @@ where
     };
     let (reply, answer) = oneshot::channel();
     let msg = RoomMsg::Publish {
-        name,
-        message,
+        name: name.into(),
+        message: message.into(),
         reply,
     };
     match ask_room(shared, room, msg, answer).await {

@@ -129,6 +129,14 @@ conformance_tests!(
     publish_with_token,
     counter,
     health_and_metrics,
+    answer_bodies_and_content_types_are_exact,
+    history_next_before_reaches_the_oldest,
+    publish_unauthorized_is_exact,
+    publish_answers_are_exact,
+    admin_hibernate_other_methods_405,
+    admin_hibernate_refused_without_token,
+    counter_named_like_an_operation,
+    client_ip_is_the_first_header_entry,
 );
 
 #[test]
