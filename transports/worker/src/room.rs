@@ -233,7 +233,7 @@ impl ChatRoom {
         self.next_publish.set(request.0 + 1);
         let at = now();
         let result = self.input(None, |room| {
-            room.handle_publish(request, &name, &message, at)
+            room.handle_publish_checked(request, name, message, at)
         })?;
         if let Err(error) = result {
             return respond(answer::publish_failed(&error));
