@@ -156,12 +156,17 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             room_stub(&env, room.id)?.fetch_with_request(req).await
         }
         Route::RoomPublish(room) => {
-            let authorization = req.headers().get("Authorization")?;
-            let token = env_string(&env, "ADMIN_TOKEN");
-            if !http::is_authorized(authorization.as_deref(), token.as_deref()) {
+            if !is_admin(&req, &env)? {
                 return respond(answer::unauthorized());
             }
             room_stub(&env, room.id)?.fetch_with_request(req).await
+        }
+        Route::AdminHibernate => {
+            if !is_admin(&req, &env)? {
+                return respond(answer::unauthorized());
+            }
+            // Nothing inside a Worker can evict an object (see README.md, "Differences").
+            respond(answer::not_found())
         }
         Route::Counter(id, op) => {
             // The operation is the one core routed, not a guess from the path: a counter
@@ -189,10 +194,19 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
                  edgechat_worker_isolate_requests_total {served}\n"
             )))
         }
-        // No object can be evicted on request from inside a Worker (see README.md,
-        // "Differences"); `Route` is non-exhaustive, so routes added later land here too.
+        // `Route` is non-exhaustive: a route this adapter does not serve yet.
         _ => respond(answer::not_found()),
     }
+}
+
+/// Whether the request carries the admin token (core's constant-time check).
+fn is_admin(req: &Request, env: &Env) -> Result<bool> {
+    let authorization = req.headers().get("Authorization")?;
+    let token = env_string(env, "ADMIN_TOKEN");
+    Ok(http::is_authorized(
+        authorization.as_deref(),
+        token.as_deref(),
+    ))
 }
 
 /// The stub of the room with core id `id` (the object is named by the id's hex form).
