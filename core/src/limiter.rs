@@ -54,7 +54,8 @@ impl RateLimiterConfig {
 ///
 /// The limiter keeps its own monotonic view of time (`now` is clamped to the latest value it
 /// has seen), so a clock stepping backwards can neither reset nor inflate a client's budget.
-/// Once [`RateLimiter::is_idle`] it is equivalent to a fresh limiter and may be dropped.
+/// Once [`RateLimiter::is_idle`] it is equivalent to a fresh limiter and may be dropped;
+/// [`RateLimiter::poll_timeout`] says when that will be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimiter {
     config: RateLimiterConfig,

@@ -556,6 +556,44 @@ fn attachments_stay_small() {
     }
 }
 
+#[test]
+fn attachments_check_the_joined_name_again() {
+    let mut room = Room::new(RoomConfig::default());
+    room.handle_connect(ConnId(1), "192.0.2.1".parse().unwrap(), Timestamp(1))
+        .unwrap();
+    room.handle_text(ConnId(1), r#"{"name":"ada"}"#, Timestamp(1))
+        .unwrap();
+    let joined = std::iter::from_fn(|| room.poll_output())
+        .filter_map(|output| match output {
+            Output::SetAttachment { attachment, .. } => Some(attachment),
+            _ => None,
+        })
+        .last()
+        .expect("the join stores an attachment");
+    // The name is stored as a postcard string: a one-byte length, then the bytes.
+    let at = joined
+        .windows(4)
+        .position(|w| w == b"\x03ada")
+        .expect("the name in the attachment");
+    let with_name = |name: &str| {
+        let mut bytes = joined[..at].to_vec();
+        bytes.push(u8::try_from(name.len()).unwrap());
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.extend_from_slice(&joined[at + 4..]);
+        crate::room::validate_attachment(&bytes)
+    };
+    use crate::room::AttachmentError;
+    let cases: Vec<(String, Result<(), AttachmentError>)> = vec![
+        ("ada".into(), Ok(())),
+        ("n".repeat(32), Ok(())),
+        ("n".repeat(33), Err(AttachmentError::Malformed)),
+        (String::new(), Err(AttachmentError::Malformed)),
+    ];
+    for (name, expected) in cases {
+        assert_eq!(with_name(&name), expected, "{name:?}");
+    }
+}
+
 #[cfg(feature = "planted-bugs")]
 #[test]
 fn the_harness_catches_a_planted_broadcast_before_durable() {
