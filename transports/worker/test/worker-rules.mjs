@@ -4,6 +4,8 @@
 // - a failed storage write (the [env.e2e] fault E2E_FAIL_WRITES_CONTAINING makes a room's
 //   transaction throw and roll back): the sender gets core's error frame, nothing is
 //   broadcast or stored, and the next message takes the id the failed one had;
+// - a WebSocket message over 64 KiB closes the socket with 1009 "Frame too large.", as on the
+//   server (the conformance suite does not send one);
 // - a WebSocket request whose CF-Connecting-IP is not an address is refused with core's
 //   answer (workerd fills in a missing header, so an unreadable one stands for it).
 //
@@ -60,7 +62,9 @@ async function joinAs(baseUrl, room, name, ip) {
 async function sendAccepted(client, message) {
   for (let attempt = 0; attempt < RETRIES_MAX; attempt += 1) {
     client.ws.send(JSON.stringify({ message }));
-    const frame = await client.next();
+    let frame = await client.next();
+    // Roster changes (`joined`, `quit`) may come first.
+    while (frame.error === undefined && frame.message === undefined) frame = await client.next();
     if (frame.error !== ERROR_RATE_LIMITED) return frame;
     // The verdict for the previous frame is still on its way; the suite's clients retry too.
     await new Promise((resolve) => setTimeout(resolve, 200));
@@ -94,6 +98,18 @@ async function failedWriteTellsOnlyTheSender(baseUrl) {
   bob.ws.close();
 }
 
+async function messagesOver64KiBClose1009(baseUrl) {
+  const room = `bigframe${Date.now().toString(36)}`;
+  const ann = await joinAs(baseUrl, room, "ann", "203.0.113.73");
+  // Under the limit: core's answer for a frame over its 4 KiB, and the socket stays open.
+  const error = await sendAccepted(ann, "x".repeat(60 * 1024));
+  assert(error.error === "Frame too large.", `a 60 KiB frame got ${JSON.stringify(error)}`);
+  const closed = new Promise((resolve) => ann.ws.once("close", (code, reason) => resolve({ code, reason: String(reason) })));
+  ann.ws.send("y".repeat(64 * 1024 + 1));
+  const { code, reason } = await closed;
+  assert(code === 1009 && reason === "Frame too large.", `a 64 KiB + 1 frame closed with ${code} ${JSON.stringify(reason)}`);
+}
+
 async function unreadableClientAddressIsRefused(baseUrl) {
   const url = `${baseUrl.replace(/^http/, "ws")}/api/room/noaddress/websocket`;
   const ws = new WebSocket(url, { headers: { "CF-Connecting-IP": "not-an-address" } });
@@ -110,7 +126,7 @@ async function unreadableClientAddressIsRefused(baseUrl) {
 }
 
 export async function run(baseUrl) {
-  const checks = [failedWriteTellsOnlyTheSender, unreadableClientAddressIsRefused];
+  const checks = [failedWriteTellsOnlyTheSender, messagesOver64KiBClose1009, unreadableClientAddressIsRefused];
   let failed = 0;
   for (const check of checks) {
     try {
