@@ -15,7 +15,7 @@
 // rejected frame is retried after 1 ms). Targets alternate within each round, so both see
 // the same machine load. Reported per target and scenario:
 // - accepted msg/s: echoes the senders got, per second of the measured window;
-// - CPU ms/msg: CPU time of the workerd process (user + system, all threads, from
+// - CPU ms/msg: CPU time of the workerd processes (user + system, all threads, from
 //   /proc/<pid>/stat) during the window, per accepted message; it includes the WebSocket
 //   fan-out to every socket, the limiter objects and storage;
 // - p50/p99: echo latency (send to own echo) in ms.
@@ -99,7 +99,7 @@ new_sqlite_classes = ["ChatRoom", "RateLimiter"]
   return dir;
 }
 
-/** The pid of the workerd process that this script started (a descendant of it). */
+/** The pids of the workerd processes that this script started (descendants of it). */
 function findWorkerd() {
   const parents = new Map();
   const names = new Map();
@@ -119,17 +119,21 @@ function findWorkerd() {
     for (let p = parents.get(pid); p; p = parents.get(p)) if (p === process.pid) return true;
     return false;
   });
-  if (mine.length !== 1) throw new Error(`expected one workerd below this process, found ${mine.length}`);
-  return mine[0][0];
+  if (mine.length === 0) throw new Error("no workerd below this process");
+  return mine.map(([pid]) => pid);
 }
 
 const TICKS_PER_SECOND = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
 
-/** CPU time of `pid` so far, in ms (user + system, all threads). */
-function cpuMs(pid) {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / TICKS_PER_SECOND;
+/** CPU time of the processes `pids` so far, in ms (user + system, all threads). */
+function cpuMs(pids) {
+  let ticks = 0;
+  for (const pid of pids) {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    ticks += Number(fields[11]) + Number(fields[12]);
+  }
+  return (ticks * 1000) / TICKS_PER_SECOND;
 }
 
 /** A joined chat socket that queues the frames it receives. */
