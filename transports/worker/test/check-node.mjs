@@ -20,7 +20,7 @@ if (older) {
   console.error(
     `edgechat-worker needs Node ${wanted} (wrangler's minimum); this is Node ${process.versions.node} (${process.execPath}).\n` +
       "Install Node 22 LTS (nodejs.org, nvm, fnm, Homebrew, winget), or run the command under\n" +
-      "Node 22 from npm by putting `npx -p node@22 --` before it, e.g. `npx -p node@22 -- npm run dev`.",
+      "Node 22 from npm by putting `npx --yes -p node@22 --` before it, e.g. `npx --yes -p node@22 -- npm run dev`.",
   );
   process.exit(1);
 }
