@@ -39,6 +39,18 @@ pub const ERROR_MESSAGE_TOO_LONG: &str = "Message too long.";
 /// The error text sent while a session's rate limiter holds it back.
 pub const ERROR_RATE_LIMITED: &str = "Your IP is being rate-limited, please try again later.";
 
+/// The error text a sender gets when the write that held its message failed: the message
+/// was not stored and nobody received it.
+pub const ERROR_STORAGE_UNAVAILABLE: &str = "Message not sent: storage unavailable.";
+
+/// Largest WebSocket message an adapter accepts from a client, in bytes; a larger one closes
+/// the connection with [`CLOSE_FRAME_TOO_LARGE`].
+pub const WS_MESSAGE_LEN_MAX_BYTES: usize = 64 * 1024;
+/// WebSocket close code for a message over [`WS_MESSAGE_LEN_MAX_BYTES`] ("message too big").
+pub const CLOSE_FRAME_TOO_LARGE: u16 = 1009;
+/// WebSocket close reason for a message over [`WS_MESSAGE_LEN_MAX_BYTES`].
+pub const CLOSE_REASON_FRAME_TOO_LARGE: &str = "Frame too large.";
+
 /// WebSocket close code for a name that is too long (the demo's choice: "message too big").
 pub const CLOSE_NAME_TOO_LONG: u16 = 1009;
 /// WebSocket close code for a session whose state could not be restored.

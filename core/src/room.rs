@@ -26,7 +26,7 @@ use crate::limiter::{SessionLimiter, SessionLimiterState, VerdictRequest};
 use crate::protocol::{
     self, ChatMessage, ClientFrame, Expecting, Frame, FrameError, MessageText, UserName,
     CLOSE_INTERNAL_ERROR, CLOSE_NAME_TOO_LONG, CLOSE_REASON_STATE_LOST, ERROR_NAME_TOO_LONG,
-    ERROR_RATE_LIMITED,
+    ERROR_RATE_LIMITED, ERROR_STORAGE_UNAVAILABLE,
 };
 use crate::storage::{keys, BatchId, ListQuery, Value, Write, WriteBatch};
 use crate::time::Timestamp;
@@ -263,6 +263,8 @@ struct StoredMessage {
 #[derive(Debug, Clone)]
 struct PendingMessage {
     message: StoredMessage,
+    /// The connection that sent it (`None` for a publish).
+    sender: Option<ConnId>,
     publish: Option<PublishId>,
 }
 
@@ -652,6 +654,40 @@ impl Room {
         Ok(())
     }
 
+    /// The batch `batch` could not be committed, so none of its writes happened: its
+    /// messages, and those accepted after them, do not exist. Each sender still connected
+    /// gets [`ERROR_STORAGE_UNAVAILABLE`]; nothing is broadcast; the next message takes the
+    /// first id that failed, as it would after a restore. Returns the publishes that failed,
+    /// in order, for the adapter to answer.
+    ///
+    /// # Errors
+    /// [`RoomError::UnknownBatch`] unless `batch` is the batch in flight.
+    pub fn handle_write_failed(
+        &mut self,
+        batch: BatchId,
+        _now: Timestamp,
+    ) -> Result<Vec<PublishId>, RoomError> {
+        match &self.in_flight {
+            Some(in_flight) if in_flight.batch == batch => {}
+            _ => return Err(RoomError::UnknownBatch(batch)),
+        }
+        let in_flight = self.in_flight.take().expect("checked above");
+        let pending = std::mem::take(&mut self.pending);
+        let mut failed_publishes = Vec::new();
+        for message in in_flight.messages.into_iter().chain(pending) {
+            if let Some(request) = message.publish {
+                failed_publishes.push(request);
+            }
+            if let Some(conn) = message.sender {
+                if self.sessions.contains_key(&conn) {
+                    self.send_error(conn, ERROR_STORAGE_UNAVAILABLE);
+                }
+            }
+        }
+        self.last_id = self.durable_id;
+        Ok(failed_publishes)
+    }
+
     /// Publishes `message` as `name` (an operator's system user, not rate limited). It is
     /// broadcast once durable, and [`Output::Published`] reports its id.
     ///
@@ -684,7 +720,7 @@ impl Room {
         if self.pending_len() >= self.config.pending_messages_max {
             return Err(PublishError::Busy);
         }
-        self.accept_message(name.into(), message.into(), now, Some(request));
+        self.accept_message(name.into(), message.into(), now, None, Some(request));
         Ok(())
     }
 
@@ -850,7 +886,7 @@ impl Room {
             unreachable!("messages are only decoded for joined sessions");
         };
         let name = name.as_str().to_owned();
-        self.accept_message(name, text.into(), now, None);
+        self.accept_message(name, text.into(), now, Some(conn), None);
     }
 
     /// Orders a message (id and timestamp) and queues it for the next batch.
@@ -859,6 +895,7 @@ impl Room {
         name: String,
         message: String,
         now: Timestamp,
+        sender: Option<ConnId>,
         publish: Option<PublishId>,
     ) {
         let timestamp = if self.config.planted(PlantedBug::TimestampNotClamped) {
@@ -885,6 +922,7 @@ impl Room {
                 timestamp,
                 frame,
             },
+            sender,
             publish,
         });
     }

@@ -734,3 +734,80 @@ fn stats_count_durable_messages_and_rate_limited_frames_across_evictions() {
     assert_eq!(stats.frames_rate_limited, 1);
     assert_eq!(h.host.take_stats(), Default::default());
 }
+
+/// What a room sent while [`drive`] carried out its outputs.
+#[derive(Default)]
+struct Driven {
+    sends: Vec<(ConnId, String)>,
+    broadcasts: Vec<String>,
+    failed_publishes: Vec<PublishId>,
+}
+
+/// Carries out `room`'s outputs like an adapter whose limiter never makes anyone wait and
+/// whose storage fails every write if `writes_fail`.
+fn drive(room: &mut Room, now: Timestamp, writes_fail: bool) -> Driven {
+    let mut driven = Driven::default();
+    loop {
+        let mut asks = Vec::new();
+        while let Some(output) = room.poll_output() {
+            match output {
+                Output::Send { conn, frame } => driven.sends.push((conn, frame.to_string())),
+                Output::Broadcast { frame, .. } => driven.broadcasts.push(frame.to_string()),
+                Output::AskRateLimiter { request, .. } => asks.push(request),
+                Output::Persist(batch) if writes_fail => driven
+                    .failed_publishes
+                    .extend(room.handle_write_failed(batch.id, now).unwrap()),
+                Output::Persist(batch) => room.handle_durable(batch.id, now).unwrap(),
+                _ => {}
+            }
+        }
+        if asks.is_empty() {
+            return driven;
+        }
+        for request in asks {
+            room.handle_rate_limit_verdict(request, 0, now);
+        }
+    }
+}
+
+#[test]
+fn a_failed_write_tells_only_its_senders_and_its_ids_are_reused() {
+    use crate::protocol::ERROR_STORAGE_UNAVAILABLE;
+    let mut room = Room::new(RoomConfig::default());
+    let t = Timestamp(1_000_000);
+    let (ada, bob) = (ConnId(1), ConnId(2));
+    for (conn, name) in [(ada, "ada"), (bob, "bob")] {
+        room.handle_connect(conn, [10, 0, 0, conn.0 as u8].into(), t)
+            .unwrap();
+        room.handle_text(conn, &format!(r#"{{"name":"{name}"}}"#), t)
+            .unwrap();
+    }
+    drive(&mut room, t, false);
+
+    room.handle_text(ada, r#"{"message":"lost"}"#, t).unwrap();
+    room.handle_publish(PublishId(7), "ops", "also lost", t)
+        .unwrap();
+    let failed = drive(&mut room, t, true);
+    let error = format!(r#"{{"error":"{ERROR_STORAGE_UNAVAILABLE}"}}"#);
+    assert_eq!(
+        failed.sends,
+        vec![(ada, error)],
+        "only the sender hears of it"
+    );
+    assert!(failed.broadcasts.is_empty(), "{:?}", failed.broadcasts);
+    assert_eq!(failed.failed_publishes, vec![PublishId(7)]);
+    assert_eq!(room.last_durable_id(), 0);
+
+    // The sender is not held back (no rate-limit error), and the next message takes id 1.
+    room.handle_text(ada, r#"{"message":"kept"}"#, t.plus_millis(1))
+        .unwrap();
+    let kept = drive(&mut room, t.plus_millis(1), false);
+    assert!(kept.sends.is_empty(), "{:?}", kept.sends);
+    assert_eq!(kept.broadcasts.len(), 1);
+    assert!(
+        kept.broadcasts[0].contains(r#""message":"kept""#)
+            && kept.broadcasts[0].contains(r#""id":1"#),
+        "{}",
+        kept.broadcasts[0]
+    );
+}

@@ -210,6 +210,25 @@ pub fn too_many_connections() -> Answer {
     Answer::text(503, "Too many connections")
 }
 
+/// 400: the client's address is unknown, so no rate limiter can count its actions. An
+/// adapter that has no peer address to fall back to (a Worker without `CF-Connecting-IP`)
+/// refuses rather than let every such client share one limiter, or none.
+pub fn client_unknown() -> Answer {
+    Answer::text(400, "Client address unknown.")
+}
+
+/// 500: a setting the server cannot run without is missing (named in the body; never its
+/// value).
+pub fn misconfigured(setting: &'static str) -> Answer {
+    Answer::text(500, format!("Server misconfigured: {setting} is not set."))
+}
+
+/// 500: the runtime offers no secure randomness, so no private room id can be minted
+/// (there is deliberately no weaker fallback).
+pub fn no_secure_randomness() -> Answer {
+    Answer::text(500, "No secure randomness: cannot mint a private room id.")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,6 +439,35 @@ mod tests {
                 serde_json::from_str::<serde_json::Value>(&answer.body).is_ok(),
                 "{what}: the body is JSON"
             );
+        }
+    }
+
+    #[test]
+    fn refusals_without_a_client_or_a_setting_are_exact() {
+        let cases: Vec<(Answer, Bytes)> = vec![
+            (
+                client_unknown(),
+                (400, vec![TEXT], "Client address unknown."),
+            ),
+            (
+                misconfigured("ID_SECRET"),
+                (
+                    500,
+                    vec![TEXT],
+                    "Server misconfigured: ID_SECRET is not set.",
+                ),
+            ),
+            (
+                no_secure_randomness(),
+                (
+                    500,
+                    vec![TEXT],
+                    "No secure randomness: cannot mint a private room id.",
+                ),
+            ),
+        ];
+        for (answer, expected) in &cases {
+            assert_eq!(&bytes(answer), expected);
         }
     }
 

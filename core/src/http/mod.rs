@@ -95,8 +95,8 @@ pub const UNKNOWN_CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 /// `header_value` is the value of the header the adapter trusts (`X-Forwarded-For` style:
 /// `client, proxy1, proxy2`, whose first entry is the client; `CF-Connecting-IP` is the
 /// one-entry case). A missing or unparsable first entry falls back to `peer`. `None` means
-/// the client is unknown: adapters then use [`UNKNOWN_CLIENT_IP`], so unknown clients share
-/// one limiter rather than escaping limits.
+/// the client is unknown: an adapter without a peer address (a Worker) refuses the request
+/// with [`answer::client_unknown`], because no limiter could count its actions fairly.
 pub fn client_ip(header_value: Option<&str>, peer: Option<IpAddr>) -> Option<IpAddr> {
     header_value
         .and_then(|value| value.split(',').next())

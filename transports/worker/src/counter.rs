@@ -1,15 +1,17 @@
 //! The `Counter` Durable Object, wrapping the core's [`edgechat_core::counter::Counter`].
 //!
-//! `GET /api/counter/<name>` reads, `POST .../increment` and `.../decrement` change it; every
-//! answer is `{"counter": n}`, sent only once the change is durable.
+//! The Worker forwards what core routed as `POST /get`, `/increment` or `/decrement` (so the
+//! operation never depends on the public path: a counter may be named `increment`). Every
+//! answer is core's, sent only once the change is durable.
 
 use std::cell::{Cell, RefCell};
 
 use edgechat_core::counter::{Counter as CoreCounter, CounterOp, CounterOutput, CounterRequest};
+use edgechat_core::http::answer;
 use edgechat_core::storage::keys;
 use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
 
-use crate::{json, sql, text};
+use crate::{respond, sql};
 
 /// One named counter.
 #[durable_object]
@@ -32,12 +34,11 @@ impl DurableObject for Counter {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        // The Worker routed this already; the last segment says which operation.
-        let path = req.path();
-        let op = match path.rsplit('/').next() {
-            Some("increment") => CounterOp::Increment,
-            Some("decrement") => CounterOp::Decrement,
-            _ => CounterOp::Get,
+        let op = match req.path().as_str() {
+            "/get" => CounterOp::Get,
+            "/increment" => CounterOp::Increment,
+            "/decrement" => CounterOp::Decrement,
+            _ => return respond(answer::not_found()),
         };
         let storage = self.state.storage();
         let mut slot = self.counter.borrow_mut();
@@ -46,8 +47,8 @@ impl DurableObject for Counter {
             match CoreCounter::restore(stored.as_deref()) {
                 Ok(counter) => *slot = Some(counter),
                 Err(error) => {
-                    worker::console_error!("counter: {error}");
-                    return text(500, "Counter storage is corrupt.");
+                    worker::console_error!("counter: stored value is corrupt: {error}");
+                    return respond(answer::unavailable());
                 }
             }
         }
@@ -60,7 +61,7 @@ impl DurableObject for Counter {
         while let Some(output) = counter.poll_output() {
             match output {
                 CounterOutput::Persist(batch) => {
-                    if let Err(error) = sql::commit(&storage, &batch) {
+                    if let Err(error) = sql::commit(&storage, &batch, false) {
                         failed = Some(error);
                         break;
                     }
@@ -81,8 +82,8 @@ impl DurableObject for Counter {
             return Err(error);
         }
         match answer {
-            Some(value) => json(200, format!(r#"{{"counter":{value}}}"#)),
-            None => text(500, "No answer from the counter."),
+            Some(value) => respond(answer::counter(value)),
+            None => respond(answer::unavailable()),
         }
     }
 }

@@ -21,6 +21,7 @@ mod counter;
 mod limiter;
 #[allow(missing_docs)]
 mod room;
+mod socket;
 mod sql;
 
 pub use counter::Counter;
@@ -28,12 +29,15 @@ pub use limiter::RateLimiter;
 pub use room::ChatRoom;
 
 use std::cell::Cell;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use edgechat_core::http::{self, Method, Refusal, Route};
+use edgechat_core::counter::CounterOp;
+use edgechat_core::http::answer::{self, Answer};
+use edgechat_core::http::{self, Method, Route};
 use edgechat_core::ids::{IdSecret, Namespace, ObjectId, PRIVATE_ID_RANDOM_LEN_BYTES};
+use edgechat_core::limiter::limiter_id;
 use edgechat_core::Timestamp;
-use worker::{event, Context, Env, Request, Response, ResponseBuilder, Result};
+use worker::{event, Context, Env, Request, RequestInit, Response, ResponseBuilder, Result};
 
 /// The chat page, the same file the standalone server serves.
 const PAGE_HTML: &str = include_str!("../../web/index.html");
@@ -43,8 +47,11 @@ const ROOMS_BINDING: &str = "ROOMS";
 const LIMITERS_BINDING: &str = "LIMITERS";
 const COUNTERS_BINDING: &str = "COUNTERS";
 
-/// The header that carries the client's IP on Workers.
+/// The header that carries the client's IP on Workers (Cloudflare sets it; clients cannot).
 const CLIENT_IP_HEADER: &str = "CF-Connecting-IP";
+
+/// The secret that signs private room ids.
+const ID_SECRET_NAME: &str = "ID_SECRET";
 
 thread_local! {
     /// Requests this isolate has answered (the only metric a stateless isolate can own).
@@ -56,11 +63,14 @@ pub(crate) fn now() -> Timestamp {
     Timestamp(worker::Date::now().as_millis())
 }
 
-/// Random bytes from the runtime (the core has no randomness of its own).
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+/// Random bytes from the runtime's `crypto.getRandomValues` (the core has no randomness of
+/// its own).
+///
+/// # Errors
+/// If the runtime offers no secure randomness; there is deliberately no weaker fallback.
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut bytes = [0u8; N];
     let array = js_sys::Uint8Array::new_with_length(N as u32);
-    // `crypto.getRandomValues` is a global in every Workers isolate.
     let crypto = js_sys::Reflect::get(&js_sys::global(), &"crypto".into())
         .ok()
         .filter(|c| !c.is_undefined());
@@ -69,44 +79,29 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
         let get: js_sys::Function = wasm_bindgen::JsCast::dyn_into(get).ok()?;
         get.call1(&crypto, &array).ok()
     });
-    if filled.is_some() {
-        array.copy_to(&mut bytes);
-    } else {
-        for byte in &mut bytes {
-            *byte = (js_sys::Math::random() * 256.0) as u8;
-        }
+    if filled.is_none() {
+        return Err(worker::Error::RustError(
+            "crypto.getRandomValues is not available: no secure randomness".into(),
+        ));
     }
-    bytes
+    array.copy_to(&mut bytes);
+    Ok(bytes)
 }
 
-/// The client's IP from `CF-Connecting-IP`; unknown clients share `0.0.0.0`.
-pub(crate) fn client_ip(req: &Request) -> IpAddr {
-    req.headers()
-        .get(CLIENT_IP_HEADER)
-        .ok()
-        .flatten()
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+/// The client's IP from `CF-Connecting-IP` (core's rule); `None` if the header is missing
+/// or unreadable. A Worker has no peer address to fall back to.
+pub(crate) fn client_ip(req: &Request) -> Option<IpAddr> {
+    let header = req.headers().get(CLIENT_IP_HEADER).ok().flatten();
+    http::client_ip(header.as_deref(), None)
 }
 
-/// A plain-text answer.
-pub(crate) fn text(status: u16, body: &str) -> Result<Response> {
-    Ok(ResponseBuilder::new()
-        .with_status(status)
-        .with_header("Content-Type", "text/plain;charset=UTF-8")?
-        .fixed(body.as_bytes().to_vec()))
-}
-
-/// A JSON answer from an already encoded body.
-pub(crate) fn json(status: u16, body: String) -> Result<Response> {
-    Ok(ResponseBuilder::new()
-        .with_status(status)
-        .with_header("Content-Type", "application/json")?
-        .fixed(body.into_bytes()))
-}
-
-fn refusal(refusal: Refusal) -> Result<Response> {
-    text(refusal.status, refusal.body)
+/// Copies one of core's answers onto a response.
+pub(crate) fn respond(answer: Answer) -> Result<Response> {
+    let mut builder = ResponseBuilder::new().with_status(answer.status);
+    for (name, value) in &answer.headers {
+        builder = builder.with_header(name, value)?;
+    }
+    Ok(builder.fixed(answer.body.into_owned().into_bytes()))
 }
 
 /// A secret or variable from the environment, if set and not empty.
@@ -121,9 +116,9 @@ fn env_string(env: &Env, name: &str) -> Option<String> {
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     REQUESTS_SERVED.with(|n| n.set(n.get() + 1));
-    let Some(secret) = env_string(&env, "ID_SECRET") else {
-        worker::console_error!("ID_SECRET is not set; refusing to serve");
-        return text(500, "Server misconfigured: ID_SECRET is not set.");
+    let Some(secret) = env_string(&env, ID_SECRET_NAME) else {
+        worker::console_error!("{ID_SECRET_NAME} is not set; refusing to serve");
+        return respond(answer::misconfigured(ID_SECRET_NAME));
     };
     let secret = IdSecret::new(secret.into_bytes());
     let url = req.url()?;
@@ -134,55 +129,84 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let method = Method::parse(req.inner().method().as_str());
     let route = match http::route(method, url.path(), url.query(), is_upgrade, &secret) {
         Ok(route) => route,
-        Err(refused) => return refusal(refused),
+        Err(refused) => return respond(answer::refused(refused)),
     };
     match route {
-        Route::Page => Ok(ResponseBuilder::new()
-            .with_header("Content-Type", "text/html;charset=UTF-8")?
-            .fixed(PAGE_HTML.as_bytes().to_vec())),
-        Route::CreateRoom => {
-            let random = random_bytes::<PRIVATE_ID_RANDOM_LEN_BYTES>();
-            let id = ObjectId::mint_private(Namespace::Room, random, &secret);
-            Ok(text(200, &id.to_hex())?.with_headers({
-                let headers = worker::Headers::new();
-                headers.set("Content-Type", "text/plain;charset=UTF-8")?;
-                headers.set("Access-Control-Allow-Origin", "*")?;
-                headers
-            }))
-        }
-        Route::RoomWebSocket(room) | Route::RoomHistory(room, _) | Route::RoomPresence(room) => {
-            room_stub(&env, room.id)?.fetch_with_request(req).await
-        }
-        Route::RoomPublish(room) => {
-            let authorization = req.headers().get("Authorization")?;
-            let token = env_string(&env, "ADMIN_TOKEN");
-            if !http::is_authorized(authorization.as_deref(), token.as_deref()) {
-                return text(401, "Unauthorized");
+        Route::Page => respond(answer::page(PAGE_HTML)),
+        Route::CreateRoom => match random_bytes::<PRIVATE_ID_RANDOM_LEN_BYTES>() {
+            Ok(random) => respond(answer::room_created(&ObjectId::mint_private(
+                Namespace::Room,
+                random,
+                &secret,
+            ))),
+            Err(error) => {
+                worker::console_error!("create room: {error}");
+                respond(answer::no_secure_randomness())
+            }
+        },
+        Route::RoomWebSocket(room) => {
+            // The room counts every frame against the client's limiter: without a known
+            // client, refuse rather than let all such clients share one limiter.
+            if client_ip(&req).is_none() {
+                return respond(answer::client_unknown());
             }
             room_stub(&env, room.id)?.fetch_with_request(req).await
         }
-        Route::Counter(id, _) => {
+        Route::RoomHistory(room, _) | Route::RoomPresence(room) => {
+            room_stub(&env, room.id)?.fetch_with_request(req).await
+        }
+        Route::RoomPublish(room) => {
+            if !is_admin(&req, &env)? {
+                return respond(answer::unauthorized());
+            }
+            room_stub(&env, room.id)?.fetch_with_request(req).await
+        }
+        Route::AdminHibernate => {
+            if !is_admin(&req, &env)? {
+                return respond(answer::unauthorized());
+            }
+            // Nothing inside a Worker can evict an object (see README.md, "Differences").
+            respond(answer::not_found())
+        }
+        Route::Counter(id, op) => {
+            // The operation is the one core routed, not a guess from the path: a counter
+            // may be named `increment`.
+            let op = match op {
+                CounterOp::Get => "get",
+                CounterOp::Increment => "increment",
+                CounterOp::Decrement => "decrement",
+            };
             env.durable_object(COUNTERS_BINDING)?
                 .id_from_name(&id.to_hex())?
                 .get_stub()?
-                .fetch_with_request(req)
+                .fetch_with_request(Request::new_with_init(
+                    &format!("https://counter.invalid/{op}"),
+                    RequestInit::new().with_method(worker::Method::Post),
+                )?)
                 .await
         }
-        Route::Health => text(200, "ok"),
+        Route::Health => respond(answer::health()),
         Route::Metrics => {
             let served = REQUESTS_SERVED.with(Cell::get);
-            text(
-                200,
-                &format!(
-                    "# HELP edgechat_worker_isolate_requests_total Requests answered by this isolate.\n\
-                     # TYPE edgechat_worker_isolate_requests_total counter\n\
-                     edgechat_worker_isolate_requests_total {served}\n"
-                ),
-            )
+            respond(answer::metrics(format!(
+                "# HELP edgechat_worker_isolate_requests_total Requests answered by this isolate.\n\
+                 # TYPE edgechat_worker_isolate_requests_total counter\n\
+                 edgechat_worker_isolate_requests_total {served}\n"
+            )))
         }
-        // `Route` is non-exhaustive: a route this adapter does not know yet.
-        _ => text(404, "Not found"),
+        // `Route` is non-exhaustive: a route this adapter does not serve yet.
+        _ => respond(answer::not_found()),
     }
+}
+
+/// Whether the request carries the admin token (core's constant-time check).
+fn is_admin(req: &Request, env: &Env) -> Result<bool> {
+    let authorization = req.headers().get("Authorization")?;
+    let token = env_string(env, "ADMIN_TOKEN");
+    Ok(http::is_authorized(
+        authorization.as_deref(),
+        token.as_deref(),
+    ))
 }
 
 /// The stub of the room with core id `id` (the object is named by the id's hex form).
@@ -194,8 +218,7 @@ fn room_stub(env: &Env, id: ObjectId) -> Result<worker::Stub> {
 
 /// The stub of `ip`'s rate limiter.
 pub(crate) fn limiter_stub(env: &Env, ip: IpAddr) -> Result<worker::Stub> {
-    let id = ObjectId::from_name(Namespace::RateLimiter, &ip.to_string());
     env.durable_object(LIMITERS_BINDING)?
-        .id_from_name(&id.to_hex())?
+        .id_from_name(&limiter_id(ip).to_hex())?
         .get_stub()
 }

@@ -1,54 +1,60 @@
 //! The `ChatRoom` Durable Object: one chat room, driven by the core's [`Room`].
 //!
 //! # Hibernation
-//! Sockets are accepted with the WebSocket Hibernation API (`state.acceptWebSocket` with a
-//! tag `conn:<id>` that names the core's [`ConnId`]), so the runtime may evict the object
-//! while its sockets stay open. Everything the core needs about a socket is in its
-//! attachment (the core's bytes, hex-encoded); everything else is in SQLite. The object keeps
-//! the room in memory only as a cache: every event first checks it, and an object
-//! constructed anew (after an eviction) rebuilds the room with [`Room::restore`] from the
-//! newest stored messages and the open sockets' attachments.
+//! Sockets are accepted with the WebSocket Hibernation API (see [`crate::socket`]), so the
+//! runtime may evict the object while its sockets stay open. Everything the core needs about
+//! a socket is in its attachment; everything else is in SQLite. The object keeps the room in
+//! memory only as a cache: an object constructed anew (after an eviction) rebuilds the room
+//! with [`Room::restore`] from the newest stored messages and the open sockets' attachments.
 //!
-//! # Events
-//! The runtime delivers one event at a time, except that other events may run while an
-//! event awaits a call to another object. Every event therefore handles its input and
-//! carries out the room's outputs synchronously, without holding the room across an await;
-//! only the rate-limiter questions are awaited, and their answers are fed back as inputs.
+//! # Turns
+//! An event (a socket message, a close, a request) only hands its input to the room. The
+//! first event of a turn then yields once to the runtime (a zero-delay timer), so that every
+//! other event already delivered to the object hands its input in too, and only then carries
+//! out the room's outputs for all of them:
+//!
+//! ```text
+//!   event A: input ─ yield ─ drain: one commit, sends, attachments ─ ask limiters ─ drain
+//!   event B:          input (turn is open)
+//!   event C:          input (turn is open)
+//! ```
+//!
+//! So the messages of one turn land in one [`Output::Persist`] batch, committed in one
+//! `transactionSync`, and each socket's attachment is written at most once per drain, and
+//! only if its bytes changed. The event that drains also awaits the rate limiters' answers
+//! and feeds them back (another drain); while it awaits, the next turn may start.
 //!
 //! # Durability before visibility
-//! A [`Output::Persist`] batch is committed in one SQLite transaction before the room hears
-//! it is durable and broadcasts its messages; the runtime's output gate additionally holds
-//! those sends until the write is confirmed on disk.
+//! A batch is committed before the room hears it is durable and broadcasts its messages; the
+//! runtime's output gate additionally holds those sends until the write is confirmed on
+//! disk.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
+use edgechat_core::http::answer;
 use edgechat_core::http::{HistoryQuery, PublishBody};
 use edgechat_core::limiter::VerdictRequest;
-use edgechat_core::protocol::{CLOSE_INTERNAL_ERROR, CLOSE_REASON_STATE_LOST};
-use edgechat_core::room::{ConnId, Output, PublishError, PublishId, Room, RoomConfig, RoomError};
-use serde::{Deserialize, Serialize};
+use edgechat_core::protocol::{
+    CLOSE_FRAME_TOO_LARGE, CLOSE_REASON_FRAME_TOO_LARGE, WS_MESSAGE_LEN_MAX_BYTES,
+};
+use edgechat_core::room::{ConnId, Output, PublishId, Room, RoomConfig, RoomError};
+use edgechat_core::storage::Write;
+use serde::Deserialize;
+use wasm_bindgen::JsValue;
 use worker::{
     durable_object, DurableObject, Env, Request, Response, Result, State, WebSocket,
     WebSocketIncomingMessage, WebSocketPair,
 };
 
-use crate::{client_ip, json, limiter_stub, now, random_bytes, sql, text};
+use crate::socket::{self, close_lost, conn_of, CONN_TAG_PREFIX};
+use crate::{client_ip, limiter_stub, now, random_bytes, respond, sql};
 
-/// Prefix of the socket tag that carries the connection id.
-const CONN_TAG_PREFIX: &str = "conn:";
-/// The version of [`SocketAttachment`].
-const ATTACHMENT_VERSION: u8 = 1;
-
-/// What each hibernatable socket carries (at most 16 KiB on Workers; this is about 100 B).
-#[derive(Debug, Serialize, Deserialize)]
-struct SocketAttachment {
-    /// [`ATTACHMENT_VERSION`].
-    v: u8,
-    /// The core's attachment bytes, hex-encoded.
-    core: String,
-}
+/// The variable that names the end-to-end test's storage fault (see
+/// `ChatRoom::fail_writes_containing`).
+const FAIL_WRITES_VAR: &str = "E2E_FAIL_WRITES_CONTAINING";
 
 /// One chat room.
 #[durable_object]
@@ -57,19 +63,22 @@ pub struct ChatRoom {
     env: Env,
     resident: RefCell<Option<Resident>>,
     next_publish: Cell<u64>,
+    /// An event has inputs waiting and will drain the room after yielding.
+    turn_open: Cell<bool>,
+    /// The end-to-end test's storage fault: a batch that stores a value containing this
+    /// text fails to commit (the variable exists only in `[env.e2e]`).
+    fail_writes_containing: Option<String>,
+    /// Publishes that are settled, until their request reads them: the message id, or
+    /// `None` if its write failed.
+    published: RefCell<BTreeMap<PublishId, Option<u64>>>,
 }
 
-/// The room in memory, and its sockets by connection id.
+/// The room in memory, its sockets, and what their attachments hold.
 struct Resident {
     room: Room,
     sockets: BTreeMap<ConnId, WebSocket>,
-}
-
-/// What a round of outputs left for the event to do after the room is released.
-#[derive(Default)]
-struct Pending {
-    asks: Vec<(VerdictRequest, IpAddr)>,
-    published: Vec<(PublishId, u64)>,
+    /// The core's attachment bytes each socket carries now.
+    written: BTreeMap<ConnId, Vec<u8>>,
 }
 
 impl DurableObject for ChatRoom {
@@ -77,11 +86,19 @@ impl DurableObject for ChatRoom {
         if let Err(error) = sql::ensure_schema(&state.storage()) {
             worker::console_error!("room: cannot create its table: {error}");
         }
+        let fail_writes_containing = env
+            .var(FAIL_WRITES_VAR)
+            .ok()
+            .map(|v| v.to_string())
+            .filter(|v| !v.is_empty());
         ChatRoom {
             state,
             env,
             resident: RefCell::new(None),
             next_publish: Cell::new(1),
+            turn_open: Cell::new(false),
+            fail_writes_containing,
+            published: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -94,19 +111,19 @@ impl DurableObject for ChatRoom {
             "history" => {
                 let query = match HistoryQuery::parse(url.query()) {
                     Ok(query) => query,
-                    Err(refusal) => return text(refusal.status, refusal.body),
+                    Err(refusal) => return respond(answer::refused(refusal)),
                 };
                 let frames =
                     self.with_room(None, |room| room.history_page(query.before, query.limit))?;
-                json(200, format!(r#"{{"messages":[{}]}}"#, frames.join(",")))
+                respond(answer::history(&frames, query))
             }
             "presence" => {
                 let names: Vec<String> =
                     self.with_room(None, |room| room.presence().map(str::to_owned).collect())?;
-                json(200, serde_json::json!({ "users": names }).to_string())
+                respond(answer::presence(&names))
             }
             "messages" => self.publish(req).await,
-            _ => text(404, "Not found"),
+            _ => respond(answer::not_found()),
         }
     }
 
@@ -115,17 +132,34 @@ impl DurableObject for ChatRoom {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
-        let Some(conn) = self.conn_of(&ws) else {
-            return close_lost(&ws);
+        let Some(conn) = conn_of(&self.state, &ws) else {
+            close_lost(&ws);
+            return Ok(());
         };
+        let len = match &message {
+            WebSocketIncomingMessage::String(text) => text.len(),
+            WebSocketIncomingMessage::Binary(bytes) => bytes.len(),
+        };
+        if len > WS_MESSAGE_LEN_MAX_BYTES {
+            // The runtime takes messages up to its own limit; the rule is core's.
+            let _ = ws.close(
+                Some(CLOSE_FRAME_TOO_LARGE),
+                Some(CLOSE_REASON_FRAME_TOO_LARGE),
+            );
+            self.closed(&ws)?;
+            return self.finish_turn(false).await;
+        }
         let at = now();
-        let result = self.handle(Some(&ws), |room| match &message {
+        let result = self.input(Some(&ws), |room| match &message {
             WebSocketIncomingMessage::String(text) => room.handle_text(conn, text, at),
             WebSocketIncomingMessage::Binary(_) => room.handle_binary(conn, at),
         })?;
         match result {
-            Ok(pending) => self.settle(pending).await,
-            Err(RoomError::UnknownConnection(_)) => close_lost(&ws),
+            Ok(()) => self.finish_turn(false).await,
+            Err(RoomError::UnknownConnection(_)) => {
+                close_lost(&ws);
+                Ok(())
+            }
             Err(error) => Err(worker::Error::RustError(error.to_string())),
         }
     }
@@ -144,39 +178,36 @@ impl DurableObject for ChatRoom {
             _ => 1000,
         };
         let _ = ws.close(Some(code), Some(reason));
-        Ok(())
+        self.finish_turn(false).await
     }
 
     async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> Result<()> {
         worker::console_log!("room: socket error: {error}");
-        self.closed(&ws)
+        self.closed(&ws)?;
+        self.finish_turn(false).await
     }
 }
 
 impl ChatRoom {
     /// Accepts a hibernatable WebSocket as a new connection.
     async fn accept_socket(&self, req: &Request) -> Result<Response> {
-        let ip = client_ip(req);
+        // The Worker refused requests without a client address before forwarding them.
+        let Some(ip) = client_ip(req) else {
+            return respond(answer::client_unknown());
+        };
         let pair = WebSocketPair::new()?;
-        let server = pair.server;
-        let at = now();
-        let pending = self.register(&server, ip, at)?;
-        self.settle(pending).await?;
+        self.register(&pair.server, ip)?;
+        self.finish_turn(false).await?;
         Response::from_websocket(pair.client)
     }
 
-    /// Registers `server` and hands the room its connect (all synchronous).
-    fn register(
-        &self,
-        server: &WebSocket,
-        ip: IpAddr,
-        at: edgechat_core::Timestamp,
-    ) -> Result<Pending> {
+    /// Registers `server` and hands the room its connect.
+    fn register(&self, server: &WebSocket, ip: IpAddr) -> Result<()> {
+        let at = now();
         let mut slot = self.resident.borrow_mut();
-        self.ensure_resident(&mut slot, None)?;
-        let resident = slot.as_mut().expect("resident");
+        let resident = self.ensure_resident(&mut slot, None)?;
         let conn = loop {
-            let conn = ConnId(u64::from_le_bytes(random_bytes::<8>()));
+            let conn = ConnId(u64::from_le_bytes(random_bytes::<8>()?));
             if !resident.sockets.contains_key(&conn) {
                 break conn;
             }
@@ -188,8 +219,7 @@ impl ChatRoom {
         resident
             .room
             .handle_connect(conn, ip, at)
-            .map_err(|e| worker::Error::RustError(e.to_string()))?;
-        self.drive(&mut slot)
+            .map_err(|e| worker::Error::RustError(e.to_string()))
     }
 
     /// Publishes a message from the admin endpoint (already authorized by the Worker).
@@ -197,117 +227,117 @@ impl ChatRoom {
         let body = req.bytes().await?;
         let (name, message) = match PublishBody::parse(&body) {
             Ok(parsed) => parsed,
-            Err(why) => return text(400, why),
+            Err(why) => return respond(answer::publish_rejected(why)),
         };
         let request = PublishId(self.next_publish.get());
         self.next_publish.set(request.0 + 1);
         let at = now();
-        let result = self.handle(None, |room| {
-            room.handle_publish(request, &name, &message, at)
+        let result = self.input(None, |room| {
+            room.handle_publish_checked(request, name, message, at)
         })?;
-        let pending = match result {
-            Ok(pending) => pending,
-            Err(error @ PublishError::Busy) => return text(503, &error.to_string()),
-            Err(error) => return text(400, &error.to_string()),
-        };
-        let id = pending
-            .published
-            .iter()
-            .find(|(r, _)| *r == request)
-            .map(|(_, id)| *id);
-        self.settle(pending).await?;
-        match id {
-            Some(id) => json(200, format!(r#"{{"id":{id}}}"#)),
-            None => text(500, "The message was not confirmed."),
+        if let Err(error) = result {
+            return respond(answer::publish_failed(&error));
+        }
+        // Drain even if another event of this turn will: the answer needs the id now.
+        self.finish_turn(true).await?;
+        match self.published.borrow_mut().remove(&request) {
+            Some(Some(id)) => respond(answer::published(id)),
+            // The write failed, or (never expected) the room did not settle it.
+            Some(None) | None => respond(answer::unavailable()),
         }
     }
 
     /// A socket closed or broke: the room hears it once.
     fn closed(&self, ws: &WebSocket) -> Result<()> {
-        let Some(conn) = self.conn_of(ws) else {
+        let Some(conn) = conn_of(&self.state, ws) else {
             return Ok(());
         };
         let at = now();
         let mut slot = self.resident.borrow_mut();
-        self.ensure_resident(&mut slot, Some(ws))?;
-        let resident = slot.as_mut().expect("resident");
+        let resident = self.ensure_resident(&mut slot, Some(ws))?;
         resident.sockets.remove(&conn);
+        resident.written.remove(&conn);
         match resident.room.handle_close(conn, at) {
             // Already closed (an error then a close, or a socket the room never knew).
-            Ok(()) | Err(RoomError::UnknownConnection(_)) => {}
-            Err(error) => return Err(worker::Error::RustError(error.to_string())),
+            Ok(()) | Err(RoomError::UnknownConnection(_)) => Ok(()),
+            Err(error) => Err(worker::Error::RustError(error.to_string())),
         }
-        // A quit carries no rate-limiter question, so nothing remains to await.
-        let _ = self.drive(&mut slot)?;
-        Ok(())
     }
 
-    /// Makes the room resident, hands it one input with `f`, and carries out its outputs.
-    fn handle<T, E>(
+    /// Makes the room resident and hands it one input with `f`; its outputs wait for the
+    /// end of the turn.
+    fn input<E>(
         &self,
         event_ws: Option<&WebSocket>,
-        f: impl FnOnce(&mut Room) -> std::result::Result<T, E>,
-    ) -> Result<std::result::Result<Pending, E>> {
+        f: impl FnOnce(&mut Room) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<(), E>> {
         let mut slot = self.resident.borrow_mut();
-        self.ensure_resident(&mut slot, event_ws)?;
-        let room = &mut slot.as_mut().expect("resident").room;
-        if let Err(error) = f(room) {
-            // A refused input may still have queued outputs (none today); carry them out.
-            self.drive(&mut slot)?;
-            return Ok(Err(error));
+        let resident = self.ensure_resident(&mut slot, event_ws)?;
+        Ok(f(&mut resident.room))
+    }
+
+    /// Ends the turn: unless another event already will (or `always`), yields once so that
+    /// the events already delivered hand in their inputs, then carries out every output,
+    /// awaits the rate limiters, and writes the attachments that changed.
+    async fn finish_turn(&self, always: bool) -> Result<()> {
+        if self.turn_open.replace(true) && !always {
+            return Ok(());
         }
-        Ok(Ok(self.drive(&mut slot)?))
+        worker::Delay::from(Duration::ZERO).await;
+        self.turn_open.set(false);
+        let asks = self.drain()?;
+        self.settle(asks).await
     }
 
     /// Reads the resident room (restoring it first if needed).
     fn with_room<T>(&self, event_ws: Option<&WebSocket>, f: impl FnOnce(&Room) -> T) -> Result<T> {
         let mut slot = self.resident.borrow_mut();
-        self.ensure_resident(&mut slot, event_ws)?;
-        Ok(f(&slot.as_ref().expect("resident").room))
+        Ok(f(&self.ensure_resident(&mut slot, event_ws)?.room))
     }
 
     /// Rebuilds the room from storage and the open sockets' attachments, unless resident.
-    fn ensure_resident(
+    fn ensure_resident<'a>(
         &self,
-        slot: &mut Option<Resident>,
+        slot: &'a mut Option<Resident>,
         event_ws: Option<&WebSocket>,
-    ) -> Result<()> {
-        if slot.is_some() {
-            return Ok(());
+    ) -> Result<&'a mut Resident> {
+        if slot.is_none() {
+            *slot = Some(self.restore(event_ws)?);
         }
+        Ok(slot.as_mut().expect("resident"))
+    }
+
+    fn restore(&self, event_ws: Option<&WebSocket>) -> Result<Resident> {
         let config = RoomConfig::default();
         let stored = sql::list(&self.state.storage(), config.restore_query())?;
-        let mut sockets = BTreeMap::new();
-        let mut attachments = Vec::new();
         let mut all = self.state.get_websockets();
         // A socket whose close is being delivered may no longer be listed.
         if let Some(ws) = event_ws {
-            if let Some(conn) = self.conn_of(ws) {
-                if !all.iter().any(|other| self.conn_of(other) == Some(conn)) {
+            if let Some(conn) = conn_of(&self.state, ws) {
+                if !all
+                    .iter()
+                    .any(|other| conn_of(&self.state, other) == Some(conn))
+                {
                     all.push(ws.clone());
                 }
             }
         }
+        let mut sockets = BTreeMap::new();
+        let mut written = BTreeMap::new();
         for ws in all {
-            let Some(conn) = self.conn_of(&ws) else {
-                let _ = close_lost(&ws);
+            let Some(conn) = conn_of(&self.state, &ws) else {
+                close_lost(&ws);
                 continue;
             };
-            let bytes = ws
-                .deserialize_attachment::<SocketAttachment>()
-                .ok()
-                .flatten()
-                .filter(|a| a.v == ATTACHMENT_VERSION)
-                .and_then(|a| from_hex(&a.core));
             // A socket without a readable attachment gets empty bytes: the core closes it
             // with "Session state lost." rather than guessing.
-            attachments.push((conn, bytes.unwrap_or_default()));
+            written.insert(conn, socket::read_attachment(&ws).unwrap_or_default());
             sockets.insert(conn, ws);
         }
         let room = Room::restore(
             config,
             &stored,
-            attachments
+            written
                 .iter()
                 .map(|(conn, bytes)| (*conn, bytes.as_slice())),
         )
@@ -320,27 +350,34 @@ impl ChatRoom {
             stored.len(),
             sockets.len()
         );
-        *slot = Some(Resident { room, sockets });
-        Ok(())
+        Ok(Resident {
+            room,
+            sockets,
+            written,
+        })
     }
 
-    /// Carries out the room's outputs until it has none; returns what must be awaited.
-    fn drive(&self, slot: &mut Option<Resident>) -> Result<Pending> {
-        let mut pending = Pending::default();
-        let resident = slot.as_mut().expect("resident");
-        let storage = self.state.storage();
+    /// Carries out the room's outputs until it has none, then writes the attachments that
+    /// changed (each once, before anything is awaited, so that an eviction during the await
+    /// finds them current); returns the limiter questions.
+    fn drain(&self) -> Result<Vec<(VerdictRequest, IpAddr)>> {
+        let mut slot = self.resident.borrow_mut();
+        let resident = self.ensure_resident(&mut slot, None)?;
+        let mut asks = Vec::new();
+        let mut attachments = BTreeMap::new();
+        let mut failed = None;
         while let Some(output) = resident.room.poll_output() {
             match output {
                 Output::Send { conn, frame } => {
                     if let Some(ws) = resident.sockets.get(&conn) {
-                        let _ = ws.send_with_str(&*frame);
+                        socket::send(ws, &JsValue::from_str(&frame));
                     }
                 }
                 Output::Broadcast { recipients, frame } => {
+                    let frame = JsValue::from_str(&frame);
                     for conn in recipients.iter() {
                         if let Some(ws) = resident.sockets.get(conn) {
-                            // A socket that broke is reported by its own close event.
-                            let _ = ws.send_with_str(&*frame);
+                            socket::send(ws, &frame);
                         }
                     }
                 }
@@ -350,48 +387,82 @@ impl ChatRoom {
                     }
                 }
                 Output::Persist(batch) => {
-                    if let Err(error) = sql::commit(&storage, &batch) {
-                        worker::console_error!("room: storage write failed: {error}");
-                        // The room believes in writes that did not happen: forget it, so the
-                        // next event rebuilds it from what storage really holds.
-                        *slot = None;
-                        return Err(error);
+                    let inject = self.fail_writes_containing.as_deref().is_some_and(|text| {
+                        batch.writes.iter().any(
+                            |write| matches!(write, Write::Put { value, .. } if value.contains(text)),
+                        )
+                    });
+                    let settled = match sql::commit(&self.state.storage(), &batch, inject) {
+                        Ok(()) => resident.room.handle_durable(batch.id, now()),
+                        Err(error) => {
+                            // Nothing of the batch was written: the room tells each sender
+                            // (core's error frame) and broadcasts nothing.
+                            worker::console_error!("room: storage write failed: {error}");
+                            resident
+                                .room
+                                .handle_write_failed(batch.id, now())
+                                .map(|failed| {
+                                    let mut published = self.published.borrow_mut();
+                                    published.extend(failed.into_iter().map(|r| (r, None)));
+                                })
+                        }
+                    };
+                    if let Err(error) = settled {
+                        failed = Some(worker::Error::RustError(error.to_string()));
+                        break;
                     }
-                    resident
-                        .room
-                        .handle_durable(batch.id, now())
-                        .map_err(|e| worker::Error::RustError(e.to_string()))?;
                 }
                 Output::SetAttachment { conn, attachment } => {
-                    if let Some(ws) = resident.sockets.get(&conn) {
-                        ws.serialize_attachment(SocketAttachment {
-                            v: ATTACHMENT_VERSION,
-                            core: to_hex(&attachment),
-                        })?;
-                    }
+                    attachments.insert(conn, attachment);
                 }
-                Output::AskRateLimiter { request, ip } => pending.asks.push((request, ip)),
-                Output::Published { request, id } => pending.published.push((request, id)),
+                Output::AskRateLimiter { request, ip } => asks.push((request, ip)),
+                Output::Published { request, id } => {
+                    self.published.borrow_mut().insert(request, Some(id));
+                }
             }
         }
-        Ok(pending)
+        for (conn, bytes) in attachments {
+            let Some(ws) = resident.sockets.get(&conn) else {
+                continue;
+            };
+            if resident.written.get(&conn) == Some(&bytes) {
+                continue;
+            }
+            match socket::write_attachment(ws, &bytes) {
+                Ok(()) => {
+                    resident.written.insert(conn, bytes);
+                }
+                Err(error) => worker::console_error!("room: cannot write an attachment: {error}"),
+            }
+        }
+        if let Some(error) = failed {
+            // A broken contract between this adapter and the room: start over from what
+            // storage holds.
+            worker::console_error!("room: {error}");
+            *slot = None;
+            return Err(error);
+        }
+        Ok(asks)
     }
 
     /// Asks the rate limiters, feeds their verdicts back, and repeats until nothing is asked.
-    async fn settle(&self, mut pending: Pending) -> Result<()> {
-        while !pending.asks.is_empty() {
-            let asks = std::mem::take(&mut pending.asks);
+    async fn settle(&self, mut asks: Vec<(VerdictRequest, IpAddr)>) -> Result<()> {
+        while !asks.is_empty() {
             let answers = futures_util::future::join_all(
-                asks.into_iter().map(|(request, ip)| self.ask(request, ip)),
+                std::mem::take(&mut asks)
+                    .into_iter()
+                    .map(|(request, ip)| self.ask(request, ip)),
             )
             .await;
-            let mut slot = self.resident.borrow_mut();
-            self.ensure_resident(&mut slot, None)?;
-            for (request, wait_ms) in answers.into_iter().flatten() {
-                let room = &mut slot.as_mut().expect("resident").room;
-                room.handle_rate_limit_verdict(request, wait_ms, now());
+            {
+                let mut slot = self.resident.borrow_mut();
+                let room = &mut self.ensure_resident(&mut slot, None)?.room;
+                let at = now();
+                for (request, wait_ms) in answers.into_iter().flatten() {
+                    room.handle_rate_limit_verdict(request, wait_ms, at);
+                }
             }
-            pending = self.drive(&mut slot)?;
+            asks = self.drain()?;
         }
         Ok(())
     }
@@ -418,39 +489,4 @@ impl ChatRoom {
             }
         }
     }
-
-    /// The connection id in a socket's tag.
-    fn conn_of(&self, ws: &WebSocket) -> Option<ConnId> {
-        self.state
-            .get_tags(ws)
-            .iter()
-            .find_map(|tag| tag.strip_prefix(CONN_TAG_PREFIX)?.parse().ok())
-            .map(ConnId)
-    }
-}
-
-/// Closes a socket whose session state cannot be found.
-fn close_lost(ws: &WebSocket) -> Result<()> {
-    let _ = ws.close(Some(CLOSE_INTERNAL_ERROR), Some(CLOSE_REASON_STATE_LOST));
-    Ok(())
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)] as char);
-        out.push(DIGITS[usize::from(byte & 0xf)] as char);
-    }
-    out
-}
-
-fn from_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    hex.as_bytes()
-        .chunks_exact(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
-        .collect()
 }

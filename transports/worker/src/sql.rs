@@ -60,13 +60,21 @@ pub(crate) fn get(storage: &Storage, key: &str) -> Result<Option<String>> {
 
 /// Commits `batch` atomically, in one `transactionSync`.
 ///
+/// `fail_after_writes` is the end-to-end test's way to make a write fail for real: the
+/// transaction applies every write, then throws, so the runtime rolls it back.
+///
 /// # Errors
 /// If the runtime refuses a write; then nothing of the batch was applied.
-pub(crate) fn commit(storage: &Storage, batch: &WriteBatch) -> Result<()> {
+pub(crate) fn commit(storage: &Storage, batch: &WriteBatch, fail_after_writes: bool) -> Result<()> {
     let sql: SqlStorage = storage.sql();
     let writes = batch.writes.clone();
     let body = Closure::once(move || -> std::result::Result<JsValue, JsValue> {
         apply(&sql, &writes).map_err(|e| JsValue::from_str(&e.to_string()))?;
+        if fail_after_writes {
+            return Err(JsValue::from_str(
+                "injected storage failure (end-to-end test)",
+            ));
+        }
         Ok(JsValue::UNDEFINED)
     });
     let raw: &JsValue = storage.as_raw();
@@ -77,15 +85,20 @@ pub(crate) fn commit(storage: &Storage, batch: &WriteBatch) -> Result<()> {
     Ok(())
 }
 
+/// Sets `key` to `value` in one statement (atomic on its own, so no transaction is needed).
+pub(crate) fn put(storage: &Storage, key: &str, value: &str) -> Result<()> {
+    storage.sql().exec(UPSERT, vec![key.into(), value.into()])?;
+    Ok(())
+}
+
+const UPSERT: &str = "INSERT INTO kv (key, value) VALUES (?, ?) \
+                      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
 fn apply(sql: &SqlStorage, writes: &[Write]) -> Result<()> {
     for write in writes {
         match write {
             Write::Put { key, value } => {
-                sql.exec(
-                    "INSERT INTO kv (key, value) VALUES (?, ?) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    vec![key.as_str().into(), (&**value).into()],
-                )?;
+                sql.exec(UPSERT, vec![key.as_str().into(), (&**value).into()])?;
             }
             Write::Delete { key } => {
                 sql.exec("DELETE FROM kv WHERE key = ?", vec![key.as_str().into()])?;

