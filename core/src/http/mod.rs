@@ -516,7 +516,8 @@ mod tests {
                 MessageText::parse(message).unwrap(),
             ))
         };
-        let cases: Vec<(String, Result<(UserName, MessageText), &str>)> = vec![
+        type Parsed = Result<(UserName, MessageText), &'static str>;
+        let cases: Vec<(String, Parsed)> = vec![
             (r#"{"message":"hi"}"#.into(), ok("system", "hi")),
             (r#"{"name":"","message":"hi"}"#.into(), ok("system", "hi")),
             (r#"{"name":null,"message":""}"#.into(), ok("system", "")),
