@@ -150,15 +150,20 @@ impl RoomHost {
         None
     }
 
-    /// When to call [`RoomHost::handle_timeout`] next, if ever.
+    /// When to call [`RoomHost::handle_timeout`] next, if ever: the idle deadline, or a
+    /// token expiry in the room if that comes first.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.room
-            .as_ref()
-            .map(|_| self.last_activity.plus_millis(self.idle_ms))
+        let room = self.room.as_ref()?;
+        let idle = self.last_activity.plus_millis(self.idle_ms);
+        Some(room.poll_timeout().map_or(idle, |expiry| expiry.min(idle)))
     }
 
-    /// Evicts the room if it has been idle long enough (early or repeated calls are harmless).
+    /// Closes connections whose tokens expired, and evicts the room if it has been idle long
+    /// enough (early or repeated calls are harmless).
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        if let Some(room) = self.room.as_mut() {
+            room.handle_timeout(now);
+        }
         if self.room.is_some() && now >= self.last_activity.plus_millis(self.idle_ms) {
             self.request_eviction();
         }

@@ -28,6 +28,8 @@ pub enum Namespace {
     RateLimiter,
     /// Counters.
     Counter,
+    /// Per-user rate limiters (users known from a verified token).
+    UserRateLimiter,
 }
 
 impl Namespace {
@@ -36,6 +38,7 @@ impl Namespace {
             Namespace::Room => b"room",
             Namespace::RateLimiter => b"rate-limiter",
             Namespace::Counter => b"counter",
+            Namespace::UserRateLimiter => b"user-rate-limiter",
         }
     }
 }

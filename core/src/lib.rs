@@ -14,6 +14,7 @@
 //! - [`counter`]: the counter object.
 //! - [`ids`]: object ids from names and private ids minted and verified with a secret.
 //! - [`storage`]: the key scheme, write batches and an in-memory reference store.
+//! - [`auth`]: signed tokens, room grants, modes and the origin allow-list.
 //! - [`http`]: routes, the client-IP rule and every HTTP answer, shared by every adapter.
 //!
 //! # The run loop
@@ -74,6 +75,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod counter;
 pub mod host;
 pub mod http;

@@ -22,6 +22,23 @@ pub fn limiter_id(ip: IpAddr) -> ObjectId {
     ObjectId::from_name(Namespace::RateLimiter, &ip.to_string())
 }
 
+/// The object id of user `sub`'s limiter, for connections with a verified identity: one
+/// limiter per user wherever they connect from, in a namespace of its own so that no user id
+/// can share an IP's limiter.
+pub fn limiter_id_for_user(sub: &str) -> ObjectId {
+    ObjectId::from_name(Namespace::UserRateLimiter, sub)
+}
+
+/// The limiter a client's actions count against: its user's when the client is known (users
+/// behind one NAT are not throttled together, and switching IPs does not escape the limit),
+/// its IP's otherwise.
+pub fn limiter_id_for(user: Option<&str>, ip: IpAddr) -> ObjectId {
+    match user {
+        Some(sub) => limiter_id_for_user(sub),
+        None => limiter_id(ip),
+    }
+}
+
 /// Limiter settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimiterConfig {

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Identity;
 use crate::limiter::{SessionLimiter, SessionLimiterState, VerdictRequest};
 use crate::protocol::{
     self, ChatMessage, ClientFrame, Expecting, Frame, FrameError, MessageText, UserName,
@@ -32,6 +33,10 @@ use crate::storage::{keys, BatchId, ListQuery, Value, Write, WriteBatch};
 use crate::time::Timestamp;
 
 use crate::planted::PlantedBug;
+
+mod auth;
+
+pub use auth::{RoomAuth, CLOSE_REASON_TOKEN_EXPIRED, CLOSE_TOKEN_EXPIRED};
 
 /// A connection's id, chosen by the adapter and unique within a room for the room's life
 /// (including across hibernation).
@@ -54,6 +59,8 @@ pub struct RoomConfig {
     /// The most accepted messages waiting for storage; more are refused with
     /// [`ERROR_ROOM_BUSY`] rather than queued without bound.
     pub pending_messages_max: usize,
+    /// The access policy, for checking tokens a connection refreshes (`None`: auth off).
+    pub auth: Option<RoomAuth>,
     /// The bug to plant in this room, for the simulator's self-test.
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<PlantedBug>,
@@ -66,6 +73,7 @@ impl Default for RoomConfig {
             join_replay_max: 100,
             connections_max: 32_768,
             pending_messages_max: 10_000,
+            auth: None,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
@@ -291,14 +299,27 @@ struct Session {
     limiter: SessionLimiter,
     /// `{"joined": name}`, serialized once for the roster replays of later joiners.
     joined_frame: Option<Frame>,
+    /// Who the token says this is; `None` for an anonymous client.
+    identity: Option<Identity>,
 }
 
 /// The version of [`Attachment`]'s encoding; bump on any change and keep decoding old ones.
-const ATTACHMENT_VERSION: u8 = 1;
+const ATTACHMENT_VERSION: u8 = 2;
 
 /// What survives hibernation for one connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Attachment {
+    version: u8,
+    ip: IpAddr,
+    phase: Phase,
+    limiter: SessionLimiter,
+    /// Since version 2; version 1 attachments restore as anonymous.
+    identity: Option<Identity>,
+}
+
+/// Version 1 of [`Attachment`] (before identities), still restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct AttachmentV1 {
     version: u8,
     ip: IpAddr,
     phase: Phase,
@@ -334,13 +355,25 @@ impl Attachment {
         if bytes.len() > ATTACHMENT_LEN_MAX_BYTES {
             return Err(AttachmentError::TooLong);
         }
-        match bytes.first() {
-            Some(&ATTACHMENT_VERSION) => {}
-            Some(&other) => return Err(AttachmentError::Version(other)),
-            None => return Err(AttachmentError::Malformed),
-        }
         // A joined name is a `UserName`, so decoding checks its length rule again.
-        postcard::from_bytes(bytes).map_err(|_| AttachmentError::Malformed)
+        match bytes.first() {
+            Some(&ATTACHMENT_VERSION) => {
+                postcard::from_bytes(bytes).map_err(|_| AttachmentError::Malformed)
+            }
+            Some(1) => {
+                let old: AttachmentV1 =
+                    postcard::from_bytes(bytes).map_err(|_| AttachmentError::Malformed)?;
+                Ok(Attachment {
+                    version: ATTACHMENT_VERSION,
+                    ip: old.ip,
+                    phase: old.phase,
+                    limiter: old.limiter,
+                    identity: None,
+                })
+            }
+            Some(&other) => Err(AttachmentError::Version(other)),
+            None => Err(AttachmentError::Malformed),
+        }
     }
 }
 
@@ -480,6 +513,7 @@ impl Room {
                             phase,
                             limiter,
                             joined_frame,
+                            identity: attachment.identity,
                         },
                     );
                 }
@@ -548,6 +582,7 @@ impl Room {
             },
             limiter: SessionLimiter::default(),
             joined_frame: None,
+            identity: None,
         };
         self.sessions.insert(conn, session);
         self.push_attachment(conn);
@@ -567,6 +602,9 @@ impl Room {
         let Some(expecting) = self.admit_frame(conn, now)? else {
             return Ok(());
         };
+        if self.handle_token_frame(conn, text, now) {
+            return Ok(());
+        }
         match protocol::decode_client_frame(text, expecting) {
             Ok(ClientFrame::Join { name, since }) => self.join(conn, name, since),
             Ok(ClientFrame::Message { text }) => self.chat(conn, text, now),
@@ -833,6 +871,10 @@ impl Room {
         else {
             unreachable!("join is only decoded for unnamed sessions");
         };
+        // A verified user is called what its token says, whatever it asked for.
+        let name = self
+            .identity(conn)
+            .map_or(name, |identity| identity.name.clone());
 
         // 1. One `joined` per user already in the room.
         let roster: Vec<Frame> = self
@@ -878,6 +920,9 @@ impl Room {
     }
 
     fn chat(&mut self, conn: ConnId, text: MessageText, now: Timestamp) {
+        if !self.check_send(conn) {
+            return;
+        }
         if self.pending_len() >= self.config.pending_messages_max {
             self.send_error(conn, ERROR_ROOM_BUSY);
             return;
@@ -1019,6 +1064,7 @@ impl Room {
             ip: session.ip,
             phase: session.phase.clone(),
             limiter: session.limiter,
+            identity: session.identity.clone(),
         }
         .encode();
         self.outputs
