@@ -4,7 +4,7 @@
 //! It reads every source file and checks each `crate::<module>` path outside comments. A
 //! path through the crate root (`crate::Handle`) fails too: it would hide a dependency.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Bottom first. `lib.rs` (the root, which declares and re-exports) and this test are not
@@ -82,7 +82,7 @@ fn upward_imports(src: &Path) -> Vec<String> {
     let mut files = Vec::new();
     sources(src, None, &mut files);
     let mut wrong = Vec::new();
-    let mut seen = BTreeMap::new();
+    let mut seen = BTreeSet::new();
     for (module, path) in files {
         if NOT_LAYERED.contains(&module.as_str()) {
             continue;
@@ -97,7 +97,7 @@ fn upward_imports(src: &Path) -> Vec<String> {
                 continue;
             }
             let ok = layer_of(&target).is_some_and(|target_layer| target_layer < layer);
-            if !ok && seen.insert((module.clone(), target.clone()), ()).is_none() {
+            if !ok && seen.insert((module.clone(), target.clone())) {
                 wrong.push(format!("{module} -> {target} ({})", path.display()));
             }
         }

@@ -313,7 +313,9 @@ mod tests {
         let peer_closing: Event = WriteQueue::peer_closing;
         let finish: Event = WriteQueue::finish;
         let fail: Event = WriteQueue::fail;
-        let close: Event = |queue| drop(queue.push_close(frame(8, 2), true));
+        let close: Event = |queue| {
+            let _ = queue.push_close(frame(8, 2), true);
+        };
         let rows: [(QueueState, Event, QueueState); 11] = [
             (
                 QueueState::Open(Caller),
