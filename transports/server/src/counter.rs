@@ -10,11 +10,12 @@ use edgechat_core::ids::ObjectId;
 use edgechat_core::storage::{keys, BatchId};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::{dec, inc};
-use crate::objects::Shared;
+use crate::metrics::{dec, inc, Metrics};
+use crate::objects::Registry;
+use crate::store::Store;
 
 /// Inbox size of one counter.
-pub(crate) const COUNTER_INBOX_LEN: usize = 256;
+const COUNTER_INBOX_LEN: usize = 256;
 /// Most queued requests handled before the writes are drained into one batch.
 const INPUTS_PER_TURN_MAX: usize = 64;
 
@@ -30,14 +31,56 @@ pub(crate) enum CounterMsg {
     Shutdown { reply: oneshot::Sender<()> },
 }
 
-/// Starts the task of counter `id`.
-pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, inbox: mpsc::Receiver<CounterMsg>) {
-    inc(&shared.metrics.counters);
-    tokio::spawn(run(shared, id, inbox));
+/// The counters: their registry and what their tasks need.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    registry: Registry<CounterMsg>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    /// How long a counter task without requests stays alive.
+    idle_ms: u64,
+}
+
+impl Counters {
+    pub(crate) fn new(store: Store, metrics: Arc<Metrics>, idle_ms: u64) -> Arc<Counters> {
+        Arc::new(Counters {
+            registry: Registry::new(COUNTER_INBOX_LEN),
+            store,
+            metrics,
+            idle_ms,
+        })
+    }
+
+    /// Sends `msg` to counter `id` (starting its task if needed), following the counter
+    /// across a retirement.
+    ///
+    /// # Errors
+    /// Gives the message back if no task would take it.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        id: ObjectId,
+        msg: CounterMsg,
+    ) -> Result<(), CounterMsg> {
+        self.registry
+            .send(id, msg, |inbox| spawn(self.clone(), id, inbox))
+            .await
+    }
+
+    /// Every live counter's inbox (for shutdown).
+    pub(crate) fn inboxes(&self) -> Vec<mpsc::Sender<CounterMsg>> {
+        self.registry.inboxes()
+    }
+}
+
+/// Starts the task of counter `id` (a plain function: the task's future, which may send to
+/// a fresh task of the same counter, must not be part of its own type).
+fn spawn(counters: Arc<Counters>, id: ObjectId, inbox: mpsc::Receiver<CounterMsg>) {
+    inc(&counters.metrics.counters);
+    tokio::spawn(run(counters, id, inbox));
 }
 
 struct CounterTask {
-    shared: Arc<Shared>,
+    counters: Arc<Counters>,
     id: ObjectId,
     counter: Counter,
     durable: mpsc::UnboundedSender<BatchId>,
@@ -46,12 +89,12 @@ struct CounterTask {
     stopping: Vec<oneshot::Sender<()>>,
 }
 
-async fn run(shared: Arc<Shared>, id: ObjectId, mut inbox: mpsc::Receiver<CounterMsg>) {
-    let stored = match shared.store.get(id, keys::COUNTER_VALUE).await {
+async fn run(counters: Arc<Counters>, id: ObjectId, mut inbox: mpsc::Receiver<CounterMsg>) {
+    let stored = match counters.store.get(id, keys::COUNTER_VALUE).await {
         Ok(stored) => stored,
         Err(error) => {
             tracing::error!(%error, counter = %id, "reading a counter failed");
-            return retire(shared, id, inbox, Vec::new(), false).await;
+            return retire(counters, id, inbox, Vec::new(), false).await;
         }
     };
     let counter = match Counter::restore(stored.as_deref()) {
@@ -59,12 +102,12 @@ async fn run(shared: Arc<Shared>, id: ObjectId, mut inbox: mpsc::Receiver<Counte
         Err(error) => {
             // Dropping the requests answers them with an error (HTTP 503).
             tracing::error!(%error, counter = %id, "stored counter is corrupt");
-            return retire(shared, id, inbox, Vec::new(), false).await;
+            return retire(counters, id, inbox, Vec::new(), false).await;
         }
     };
     let (durable, mut durable_rx) = mpsc::unbounded_channel();
     let mut task = CounterTask {
-        shared: shared.clone(),
+        counters: counters.clone(),
         id,
         counter,
         durable,
@@ -72,7 +115,7 @@ async fn run(shared: Arc<Shared>, id: ObjectId, mut inbox: mpsc::Receiver<Counte
         next_request: 1,
         stopping: Vec::new(),
     };
-    let idle = Duration::from_millis(shared.config.idle_ms);
+    let idle = Duration::from_millis(counters.idle_ms);
     loop {
         tokio::select! {
             biased;
@@ -99,7 +142,7 @@ async fn run(shared: Arc<Shared>, id: ObjectId, mut inbox: mpsc::Receiver<Counte
         }
     }
     let stopping = std::mem::take(&mut task.stopping);
-    retire(shared, id, inbox, stopping, true).await;
+    retire(counters, id, inbox, stopping, true).await;
 }
 
 impl CounterTask {
@@ -121,7 +164,7 @@ impl CounterTask {
                 CounterOutput::Persist(batch) => {
                     let durable = self.durable.clone();
                     let id = batch.id;
-                    self.shared.store.write(
+                    self.counters.store.write(
                         self.id,
                         batch,
                         Box::new(move || {
@@ -144,14 +187,14 @@ impl CounterTask {
 }
 
 async fn retire(
-    shared: Arc<Shared>,
+    counters: Arc<Counters>,
     id: ObjectId,
     mut inbox: mpsc::Receiver<CounterMsg>,
     stopping: Vec<oneshot::Sender<()>>,
     redispatch: bool,
 ) {
-    shared.counters.retire(id, &mut inbox);
-    dec(&shared.metrics.counters);
+    counters.registry.retire(id, &mut inbox);
+    dec(&counters.metrics.counters);
     for reply in stopping {
         let _ = reply.send(());
     }
@@ -165,7 +208,7 @@ async fn retire(
             CounterMsg::Shutdown { reply } => drop(reply.send(())),
             // After a storage failure, dropping the request answers it with an error rather
             // than handing it to a fresh task that would fail the same way, forever.
-            msg if redispatch => drop(shared.send_counter(id, msg).await),
+            msg if redispatch => drop(counters.send(id, msg).await),
             msg => drop(msg),
         }
     }

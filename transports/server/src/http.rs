@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::counter::CounterMsg;
 use crate::room::RoomMsg;
-use crate::runtime::{Handle, PeerAddr};
+use crate::runtime::{Handle, PeerAddr, Refused};
 
 /// The body of every response a [`Handle`] gives.
 pub type Body = Full<Bytes>;
@@ -221,7 +221,8 @@ impl Handle {
         let (reply, answer) = oneshot::channel();
         if self
             .shared
-            .send_counter(id, CounterMsg::Request { op, reply })
+            .counters
+            .send(id, CounterMsg::Request { op, reply })
             .await
             .is_err()
         {
@@ -291,6 +292,13 @@ where
         }
     }
     Some(bytes)
+}
+
+impl Refused {
+    /// The whole answer as a response (status, headers and body).
+    pub fn into_response(self) -> Response<Body> {
+        response(self.answer())
+    }
 }
 
 /// An [`Answer`] as a response.

@@ -65,9 +65,24 @@
 //! # }
 //! ```
 
+// The modules form layers; a module imports only from layers below its own (checked by
+// the `layering` test, which holds the table):
+//
+//   server                        the listening socket (and tls, its acceptor)
+//   http                          Handle as a hyper/tower service: request -> core -> answer
+//   runtime                       Runtime, Handle: opens the store, wires every layer below
+//   socket                        one WebSocket task: reads frames into its room
+//   room                          room tasks (RoomContext: store, metrics, limiters, settings)
+//   counter, limiter              counter and rate-limiter tasks
+//   store, conn, objects          SQLite thread; socket writer; generic object registries
+//   clock, metrics, error         wall clock as core timestamps; counters; the open error
+mod clock;
 mod conn;
 mod counter;
+mod error;
 mod http;
+#[cfg(test)]
+mod layering;
 mod limiter;
 mod metrics;
 mod objects;
@@ -79,10 +94,11 @@ mod store;
 #[cfg(feature = "tls")]
 mod tls;
 
+pub use crate::error::OpenError;
 pub use crate::http::{Body, ResponseFuture};
 pub use crate::runtime::{
-    Handle, HistoryPage, OpenError, PeerAddr, Refused, RoomError, RoomTicket, Runtime,
-    RuntimeConfig, Storage, DATA_PATH_DEFAULT, MAX_CONNECTIONS_DEFAULT, MAX_FRAME_BYTES_DEFAULT,
+    Handle, HistoryPage, PeerAddr, Refused, RoomError, RoomTicket, Runtime, RuntimeConfig, Storage,
+    DATA_PATH_DEFAULT, MAX_CONNECTIONS_DEFAULT, MAX_FRAME_BYTES_DEFAULT,
     OUTBOUND_QUEUE_LEN_DEFAULT, PING_INTERVAL_MS_DEFAULT,
 };
 pub use crate::server::{Config, Server, StartError, LISTEN_DEFAULT};

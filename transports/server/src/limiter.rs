@@ -1,67 +1,94 @@
 //! Rate-limiter objects: one task per client IP, shared by every room and connection.
 //!
-//! A room asks with [`ask`] and never waits: the question is a `try_send`, the answer comes
-//! back on the room's reply channel. If a limiter's inbox is full the question is dropped,
-//! and the core's session limiter asks again after its timeout, which only makes the limit
-//! stricter; so a flood from one IP can neither block a room nor loosen its own limit.
-//! A limiter whose state is idle (equivalent to a fresh one) retires its task.
+//! A room asks with [`Limiters::ask`] and never waits: the question is a `try_send`, the
+//! answer ([`Verdict`]) comes back on the room's channel. If a limiter's inbox is full the
+//! question is dropped, and the core's session limiter asks again after its timeout, which
+//! only makes the limit stricter; so a flood from one IP can neither block a room nor loosen
+//! its own limit. A limiter whose state is idle (equivalent to a fresh one) retires its task.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use edgechat_core::ids::ObjectId;
-use edgechat_core::limiter::{limiter_id, RateLimiter, VerdictRequest};
+use edgechat_core::limiter::{limiter_id, RateLimiter, RateLimiterConfig, VerdictRequest};
 use tokio::sync::mpsc;
 
-use crate::metrics::{dec, inc};
-use crate::objects::{now, until, Shared};
-use crate::room::RoomReply;
+use crate::clock::{now, until};
+use crate::metrics::{dec, inc, Metrics};
+use crate::objects::Registry;
 
 /// Inbox size of one limiter.
-pub(crate) const LIMITER_INBOX_LEN: usize = 256;
+const LIMITER_INBOX_LEN: usize = 256;
 /// How often a question is re-addressed when its limiter has just retired.
 const ASK_ATTEMPTS_MAX: usize = 8;
+
+/// A limiter's answer: the session behind `request` waits `wait_ms` before acting again.
+#[derive(Debug)]
+pub(crate) struct Verdict {
+    pub request: VerdictRequest,
+    pub wait_ms: u64,
+}
 
 /// A question to a limiter: count one action and answer on `reply`.
 #[derive(Debug)]
 pub(crate) struct LimiterMsg {
     request: VerdictRequest,
-    reply: mpsc::UnboundedSender<RoomReply>,
+    reply: mpsc::UnboundedSender<Verdict>,
 }
 
-/// Counts one action against `ip`'s limiter; the verdict arrives on `reply`. Returns
-/// whether the question was sent (an overloaded limiter drops it: the room asks again
-/// after `VERDICT_TIMEOUT_MS`).
-pub(crate) fn ask(
-    shared: &Arc<Shared>,
-    ip: IpAddr,
-    request: VerdictRequest,
-    reply: mpsc::UnboundedSender<RoomReply>,
-) -> bool {
-    let id = limiter_id(ip);
-    let mut msg = LimiterMsg { request, reply };
-    for _ in 0..ASK_ATTEMPTS_MAX {
-        match shared.limiter(id).try_send(msg) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                inc(&shared.metrics.limiter_asks_dropped);
-                tracing::warn!(%ip, "rate limiter overloaded; question dropped");
-                return false;
-            }
-            Err(mpsc::error::TrySendError::Closed(back)) => msg = back,
-        }
+/// The rate limiters: their registry and what their tasks need.
+#[derive(Debug)]
+pub(crate) struct Limiters {
+    registry: Registry<LimiterMsg>,
+    metrics: Arc<Metrics>,
+    config: RateLimiterConfig,
+}
+
+impl Limiters {
+    pub(crate) fn new(metrics: Arc<Metrics>, config: RateLimiterConfig) -> Arc<Limiters> {
+        Arc::new(Limiters {
+            registry: Registry::new(LIMITER_INBOX_LEN),
+            metrics,
+            config,
+        })
     }
-    false
+
+    /// The inbox of limiter `id`, starting its task if none is alive.
+    fn inbox(self: &Arc<Self>, id: ObjectId) -> mpsc::Sender<LimiterMsg> {
+        self.registry.get_or_spawn(id, |inbox| {
+            inc(&self.metrics.limiters);
+            tokio::spawn(run(self.clone(), id, inbox));
+        })
+    }
+
+    /// Counts one action against `ip`'s limiter; the verdict arrives on `reply`. Returns
+    /// whether the question was sent (an overloaded limiter drops it: the room asks again
+    /// after `VERDICT_TIMEOUT_MS`).
+    pub(crate) fn ask(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        request: VerdictRequest,
+        reply: mpsc::UnboundedSender<Verdict>,
+    ) -> bool {
+        let id = limiter_id(ip);
+        let mut msg = LimiterMsg { request, reply };
+        for _ in 0..ASK_ATTEMPTS_MAX {
+            match self.inbox(id).try_send(msg) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    inc(&self.metrics.limiter_asks_dropped);
+                    tracing::warn!(%ip, "rate limiter overloaded; question dropped");
+                    return false;
+                }
+                Err(mpsc::error::TrySendError::Closed(back)) => msg = back,
+            }
+        }
+        false
+    }
 }
 
-/// Starts the task of limiter `id`.
-pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, inbox: mpsc::Receiver<LimiterMsg>) {
-    inc(&shared.metrics.limiters);
-    tokio::spawn(run(shared, id, inbox));
-}
-
-async fn run(shared: Arc<Shared>, id: ObjectId, mut inbox: mpsc::Receiver<LimiterMsg>) {
-    let config = shared.config.rate_limit;
+async fn run(limiters: Arc<Limiters>, id: ObjectId, mut inbox: mpsc::Receiver<LimiterMsg>) {
+    let config = limiters.config;
     let mut limiter = RateLimiter::new(config);
     // A fresh task waits for its first question (sent right after the spawn) before it may
     // retire; from then on, until the core says the limiter is idle.
@@ -73,7 +100,7 @@ async fn run(shared: Arc<Shared>, id: ObjectId, mut inbox: mpsc::Receiver<Limite
                 let at = now();
                 let wait_ms = limiter.handle_action(at);
                 check_at = check_at.max(limiter.poll_timeout().unwrap_or(at));
-                let _ = msg.reply.send(RoomReply::Verdict {
+                let _ = msg.reply.send(Verdict {
                     request: msg.request,
                     wait_ms,
                 });
@@ -91,8 +118,8 @@ async fn run(shared: Arc<Shared>, id: ObjectId, mut inbox: mpsc::Receiver<Limite
             }
         }
     }
-    shared.limiters.retire(id, &mut inbox);
-    dec(&shared.metrics.limiters);
+    limiters.registry.retire(id, &mut inbox);
+    dec(&limiters.metrics.limiters);
     // Questions that raced with the retirement go to a fresh limiter, which is equivalent.
     let mut leftovers = Vec::new();
     while let Some(msg) = inbox.recv().await {
@@ -100,7 +127,7 @@ async fn run(shared: Arc<Shared>, id: ObjectId, mut inbox: mpsc::Receiver<Limite
     }
     for mut msg in leftovers {
         for _ in 0..ASK_ATTEMPTS_MAX {
-            match shared.limiter(id).try_send(msg) {
+            match limiters.inbox(id).try_send(msg) {
                 Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => break,
                 Err(mpsc::error::TrySendError::Closed(back)) => msg = back,
             }

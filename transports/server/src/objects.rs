@@ -1,5 +1,9 @@
-//! The object host: every room, counter and rate limiter is one task that owns its core
+//! Object registries: every room, counter and rate limiter is one task that owns its core
 //! state machine, addressed by [`ObjectId`] through a registry, created on first use.
+//!
+//! The registries are generic over the message type (and a room's dormant record): they
+//! know nothing of rooms, counters or limiters. Each kind of object wraps one with what its
+//! tasks need (`room::Rooms`, `counter::Counters`, `limiter::Limiters`).
 //!
 //! # Lifecycle of an object task
 //! ```text
@@ -13,10 +17,10 @@
 //! sender that finds the inbox closed looks the id up again. Nothing is lost in the handover,
 //! and the lock is never held across an `.await`.
 //!
-//! Rooms have a registry of their own, [`Rooms`], because a room retires while it still has
-//! sockets: once it is evicted and nothing is in flight, its task ends and leaves a
-//! [`DormantRoom`] (each socket's writer and attachment, tens of bytes) in the registry, as
-//! Durable Objects hibernate. The next message for it starts a task from that record.
+//! Rooms have a registry of their own, [`HibernatingRegistry`], because a room retires while
+//! it still has sockets: once it is evicted and nothing is in flight, its task ends and
+//! leaves a dormant record (for a room, each socket's writer and attachment, tens of bytes)
+//! in the registry, as Durable Objects hibernate. The next message for it starts a task from that record.
 //! ```text
 //!   (none) ─first message─► Live ─evicted, idle─► Retiring ─queue drained─► Dormant
 //!                            ▲                    (messages park here,   │  (or gone, with
@@ -25,38 +29,13 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
 
-use edgechat_core::ids::{IdSecret, ObjectId};
-use edgechat_core::room::ConnId;
-use edgechat_core::Timestamp;
-use tokio::sync::{mpsc, watch};
-
-use crate::conn::ConnWriter;
-use crate::room::RoomMsg;
-
-use crate::metrics::Metrics;
-use crate::runtime::Settings;
-use crate::store::Store;
+use edgechat_core::ids::ObjectId;
+use tokio::sync::mpsc;
 
 /// How often a message is re-addressed when the task it was sent to has just retired.
-const SEND_ATTEMPTS_MAX: usize = 8;
-
-/// Wall-clock time as the core wants it: milliseconds since the Unix epoch.
-///
-/// The core clamps clocks that step backwards, so the wall clock is safe to pass in.
-pub(crate) fn now() -> Timestamp {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    Timestamp(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// How long from now until `deadline` (zero if it has passed).
-pub(crate) fn until(deadline: Timestamp) -> Duration {
-    Duration::from_millis(deadline.millis_since(now()))
-}
+pub(crate) const SEND_ATTEMPTS_MAX: usize = 8;
 
 /// Maps object ids to the inboxes of their live tasks.
 #[derive(Debug)]
@@ -106,80 +85,94 @@ impl<M> Registry<M> {
         let inboxes = self.inboxes.lock().expect("registry lock poisoned");
         inboxes.values().cloned().collect()
     }
-}
 
-/// A room without a task: evicted, nothing in flight, its sockets kept open.
-#[derive(Debug, Default)]
-pub(crate) struct DormantRoom {
-    /// Each socket's writer and the core's attachment for it.
-    pub sockets: Vec<(ConnId, Arc<ConnWriter>, Box<[u8]>)>,
+    /// Sends `msg` to `id`'s task (spawned with `spawn` if none is alive), following the
+    /// object across a retirement.
+    ///
+    /// # Errors
+    /// Gives the message back if no task would take it.
+    pub(crate) async fn send(
+        &self,
+        id: ObjectId,
+        mut msg: M,
+        spawn: impl Fn(mpsc::Receiver<M>),
+    ) -> Result<(), M> {
+        for _ in 0..SEND_ATTEMPTS_MAX {
+            match self.get_or_spawn(id, &spawn).send(msg).await {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(back)) => msg = back,
+            }
+        }
+        Err(msg)
+    }
 }
 
 #[derive(Debug)]
-enum RoomSlot {
-    Live(mpsc::Sender<RoomMsg>),
+enum Slot<M, D> {
+    Live(mpsc::Sender<M>),
     /// The task is draining its closed inbox; messages wait here, in order, for the next.
-    Retiring(Vec<RoomMsg>),
-    Dormant(DormantRoom),
+    Retiring(Vec<M>),
+    Dormant(D),
 }
 
-/// Where a message for a room went.
+/// Where a message for an object went.
 #[derive(Debug)]
-pub(crate) enum Route {
+pub(crate) enum Route<M> {
     /// Send it to this inbox (it may have closed since: route again).
-    Inbox(mpsc::Sender<RoomMsg>, RoomMsg),
-    /// The room is handing over to a new task; the message is queued for it.
+    Inbox(mpsc::Sender<M>, M),
+    /// The object is handing over to a new task; the message is queued for it.
     Parked,
 }
 
-/// How a room task starts: its inbox, the dormant record it wakes from, and messages that
+/// How a task starts: its inbox, the dormant record it wakes from, and messages that
 /// arrived during the handover (handled first).
-pub(crate) struct RoomStart {
-    pub inbox: mpsc::Receiver<RoomMsg>,
-    pub dormant: Option<DormantRoom>,
-    pub pending: Vec<RoomMsg>,
+pub(crate) struct Start<M, D> {
+    pub inbox: mpsc::Receiver<M>,
+    pub dormant: Option<D>,
+    pub pending: Vec<M>,
 }
 
-/// The room registry (see the module docs).
+/// The registry of objects that hibernate: a retired task may leave a dormant record `D`
+/// (see the module docs).
 #[derive(Debug)]
-pub(crate) struct Rooms {
-    slots: Mutex<HashMap<ObjectId, RoomSlot>>,
+pub(crate) struct HibernatingRegistry<M, D> {
+    slots: Mutex<HashMap<ObjectId, Slot<M, D>>>,
     capacity: usize,
 }
 
-impl Rooms {
-    pub(crate) fn new(capacity: usize) -> Rooms {
-        Rooms {
+impl<M, D> HibernatingRegistry<M, D> {
+    pub(crate) fn new(capacity: usize) -> HibernatingRegistry<M, D> {
+        HibernatingRegistry {
             slots: Mutex::new(HashMap::new()),
             capacity,
         }
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, RoomSlot>> {
-        self.slots.lock().expect("room registry lock poisoned")
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Slot<M, D>>> {
+        self.slots.lock().expect("registry lock poisoned")
     }
 
-    /// Routes `msg` to room `id`, starting its task (fresh or from its dormant record) with
+    /// Routes `msg` to `id`, starting its task (fresh or from its dormant record) with
     /// `spawn` if none is live.
-    pub(crate) fn route(&self, id: ObjectId, msg: RoomMsg, spawn: impl FnOnce(RoomStart)) -> Route {
+    pub(crate) fn route(&self, id: ObjectId, msg: M, spawn: impl FnOnce(Start<M, D>)) -> Route<M> {
         let mut slots = self.slots();
         match slots.get_mut(&id) {
-            Some(RoomSlot::Live(inbox)) if !inbox.is_closed() => {
+            Some(Slot::Live(inbox)) if !inbox.is_closed() => {
                 return Route::Inbox(inbox.clone(), msg);
             }
-            Some(RoomSlot::Retiring(parked)) => {
+            Some(Slot::Retiring(parked)) => {
                 parked.push(msg);
                 return Route::Parked;
             }
             _ => {}
         }
         let dormant = match slots.remove(&id) {
-            Some(RoomSlot::Dormant(dormant)) => Some(dormant),
+            Some(Slot::Dormant(dormant)) => Some(dormant),
             _ => None,
         };
         let (inbox, rx) = mpsc::channel(self.capacity);
-        slots.insert(id, RoomSlot::Live(inbox.clone()));
-        spawn(RoomStart {
+        slots.insert(id, Slot::Live(inbox.clone()));
+        spawn(Start {
             inbox: rx,
             dormant,
             pending: Vec::new(),
@@ -188,87 +181,65 @@ impl Rooms {
     }
 
     /// Starts `id`'s retirement: closes its inbox; from now on its messages are parked.
-    /// The task then drains the inbox and calls [`Rooms::finish_retiring`].
-    pub(crate) fn begin_retiring(&self, id: ObjectId, inbox: &mut mpsc::Receiver<RoomMsg>) {
+    /// The task then drains the inbox and calls [`HibernatingRegistry::finish_retiring`].
+    pub(crate) fn begin_retiring(&self, id: ObjectId, inbox: &mut mpsc::Receiver<M>) {
         let mut slots = self.slots();
         inbox.close();
-        slots.insert(id, RoomSlot::Retiring(Vec::new()));
+        slots.insert(id, Slot::Retiring(Vec::new()));
     }
 
     /// Ends `id`'s retirement. The messages drained from its inbox (`leftovers`) and those
-    /// parked meanwhile go, in that order, to a new task at once; with none, the room stays
-    /// dormant (or is forgotten, without sockets).
+    /// parked meanwhile go, in that order, to a new task at once; with none, the object
+    /// stays dormant (or is forgotten, without a dormant record).
     pub(crate) fn finish_retiring(
         &self,
         id: ObjectId,
-        dormant: Option<DormantRoom>,
-        mut leftovers: Vec<RoomMsg>,
-        spawn: impl FnOnce(RoomStart),
+        dormant: Option<D>,
+        mut leftovers: Vec<M>,
+        spawn: impl FnOnce(Start<M, D>),
     ) {
         let mut slots = self.slots();
-        if let Some(RoomSlot::Retiring(parked)) = slots.remove(&id) {
+        if let Some(Slot::Retiring(parked)) = slots.remove(&id) {
             leftovers.extend(parked);
         }
         if leftovers.is_empty() {
             if let Some(dormant) = dormant {
-                slots.insert(id, RoomSlot::Dormant(dormant));
+                slots.insert(id, Slot::Dormant(dormant));
             }
             return;
         }
         let (inbox, rx) = mpsc::channel(self.capacity);
-        slots.insert(id, RoomSlot::Live(inbox));
-        spawn(RoomStart {
+        slots.insert(id, Slot::Live(inbox));
+        spawn(Start {
             inbox: rx,
             dormant,
             pending: leftovers,
         });
     }
 
-    /// Every live room's inbox (dormant rooms have nothing in flight).
-    pub(crate) fn inboxes(&self) -> Vec<mpsc::Sender<RoomMsg>> {
+    /// Every live task's inbox (dormant objects have nothing in flight).
+    pub(crate) fn inboxes(&self) -> Vec<mpsc::Sender<M>> {
         self.slots()
             .values()
             .filter_map(|slot| match slot {
-                RoomSlot::Live(inbox) => Some(inbox.clone()),
+                Slot::Live(inbox) => Some(inbox.clone()),
                 _ => None,
             })
             .collect()
     }
-}
 
-/// Everything the object tasks and connection handlers share.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub config: Settings,
-    pub secret: IdSecret,
-    pub store: Store,
-    pub metrics: Arc<Metrics>,
-    pub rooms: Rooms,
-    pub limiters: Registry<crate::limiter::LimiterMsg>,
-    pub counters: Registry<crate::counter::CounterMsg>,
-    /// Flips to `true` once when the server starts shutting down. Held here (not by the
-    /// [`Server`](crate::Server) handle) so that dropping the handle does not stop anything.
-    pub shutdown: watch::Sender<bool>,
-}
-
-impl Shared {
-    /// Routes `msg` to room `id`, starting its task if needed.
-    pub(crate) fn route_room(self: &Arc<Self>, id: ObjectId, msg: RoomMsg) -> Route {
-        self.rooms
-            .route(id, msg, |start| crate::room::spawn(self.clone(), id, start))
-    }
-
-    /// Sends `msg` to room `id`, following the room across a retirement.
+    /// Sends `msg` to `id`, following it across a retirement.
     ///
     /// # Errors
     /// Gives the message back if no task would take it (only during shutdown).
-    pub(crate) async fn send_room(
-        self: &Arc<Self>,
+    pub(crate) async fn send(
+        &self,
         id: ObjectId,
-        mut msg: RoomMsg,
-    ) -> Result<(), RoomMsg> {
+        mut msg: M,
+        spawn: impl Fn(Start<M, D>),
+    ) -> Result<(), M> {
         for _ in 0..SEND_ATTEMPTS_MAX {
-            match self.route_room(id, msg) {
+            match self.route(id, msg, &spawn) {
                 Route::Parked => return Ok(()),
                 Route::Inbox(inbox, back) => match inbox.send(back).await {
                     Ok(()) => return Ok(()),
@@ -278,57 +249,25 @@ impl Shared {
         }
         Err(msg)
     }
-
-    /// The inbox of counter `id`.
-    pub(crate) fn counter(
-        self: &Arc<Self>,
-        id: ObjectId,
-    ) -> mpsc::Sender<crate::counter::CounterMsg> {
-        self.counters
-            .get_or_spawn(id, |rx| crate::counter::spawn(self.clone(), id, rx))
-    }
-
-    /// Sends `msg` to counter `id`, following the counter across a retirement.
-    ///
-    /// # Errors
-    /// Gives the message back if no task would take it.
-    pub(crate) async fn send_counter(
-        self: &Arc<Self>,
-        id: ObjectId,
-        mut msg: crate::counter::CounterMsg,
-    ) -> Result<(), crate::counter::CounterMsg> {
-        for _ in 0..SEND_ATTEMPTS_MAX {
-            match self.counter(id).send(msg).await {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::SendError(back)) => msg = back,
-            }
-        }
-        Err(msg)
-    }
-
-    /// The inbox of rate limiter `id`.
-    pub(crate) fn limiter(
-        self: &Arc<Self>,
-        id: ObjectId,
-    ) -> mpsc::Sender<crate::limiter::LimiterMsg> {
-        self.limiters
-            .get_or_spawn(id, |rx| crate::limiter::spawn(self.clone(), id, rx))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn binary(conn: u64) -> RoomMsg {
-        RoomMsg::Binary { conn: ConnId(conn) }
+    /// A message: its number.
+    type Msg = u64;
+    /// A dormant record: the sockets it kept.
+    #[derive(Debug, Default)]
+    struct Dormant;
+    type Rooms = HibernatingRegistry<Msg, Dormant>;
+
+    fn binary(n: u64) -> Msg {
+        n
     }
 
-    fn conn_of(msg: &RoomMsg) -> u64 {
-        match msg {
-            RoomMsg::Binary { conn } => conn.0,
-            other => panic!("unexpected {other:?}"),
-        }
+    fn conn_of(msg: &Msg) -> u64 {
+        *msg
     }
 
     /// The handover: messages already in the old inbox come first, then those parked while
@@ -360,7 +299,7 @@ mod tests {
             "a retiring room gets no broadcasts"
         );
         let leftovers = vec![task.inbox.try_recv().expect("message 1 was queued")];
-        let dormant = DormantRoom::default();
+        let dormant = Dormant;
         rooms.finish_retiring(id, Some(dormant), leftovers, |start| started.push(start));
 
         let next = started
@@ -380,7 +319,7 @@ mod tests {
         let _ = rooms.route(id, binary(1), |start| started.push(start));
         let mut task = started.pop().expect("a task started");
         rooms.begin_retiring(id, &mut task.inbox);
-        rooms.finish_retiring(id, Some(DormantRoom::default()), Vec::new(), |_| {
+        rooms.finish_retiring(id, Some(Dormant), Vec::new(), |_| {
             panic!("nothing to hand on")
         });
         assert!(rooms.inboxes().is_empty(), "dormant: no task, no inbox");

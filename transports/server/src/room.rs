@@ -20,8 +20,12 @@
 //! restores the room from storage and those attachments. A room with no sockets is simply
 //! forgotten.
 //!
-//! Replies arrive on an unbounded channel that is bounded by construction: one batch in
-//! flight per room, and one outstanding limiter question per session.
+//! Replies (storage confirmations, limiter verdicts) arrive on unbounded channels that are
+//! bounded by construction: one batch in flight per room, and one outstanding limiter
+//! question per session.
+//!
+//! A room task gets what it needs through [`Rooms`] (its registry and a [`RoomContext`]:
+//! storage, metrics, the rate limiters, its settings), not the whole runtime.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -31,25 +35,23 @@ use bytes::Bytes;
 use edgechat_core::host::{HostOutput, RoomHost};
 use edgechat_core::http::HistoryQuery;
 use edgechat_core::ids::ObjectId;
-use edgechat_core::limiter::VerdictRequest;
 use edgechat_core::protocol::Frame;
-use edgechat_core::room::{ConnId, Input, Output, PublishError, PublishId};
+use edgechat_core::room::{ConnId, Input, Output, PublishError, PublishId, RoomConfig};
 use edgechat_core::storage::BatchId;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::conn::{text_frame, ConnWriter, Queued};
-use crate::metrics::{dec, inc};
-use crate::objects::{now, until, DormantRoom, RoomStart, Shared};
+use crate::clock::{now, sleep_until};
+use crate::conn::{text_frame, ConnWriter, Queued, CLOSE_REASON_TOO_SLOW, CLOSE_TOO_SLOW};
+use crate::limiter::{Limiters, Verdict};
+use crate::metrics::{dec, inc, Metrics};
+use crate::objects::{HibernatingRegistry, Route, Start};
+use crate::store::Store;
 
 /// Inbox size of one room.
-pub(crate) const ROOM_INBOX_LEN: usize = 1_024;
+const ROOM_INBOX_LEN: usize = 1_024;
 /// Most queued inputs handled before the outputs are drained (bounds one turn's latency
 /// while letting a burst of messages share one storage batch).
 const INPUTS_PER_TURN_MAX: usize = 64;
-/// Close code for a consumer too slow to keep up ("policy violation").
-pub(crate) const CLOSE_TOO_SLOW: u16 = 1008;
-/// Close reason for a consumer too slow to keep up.
-pub(crate) const CLOSE_REASON_TOO_SLOW: &str = "Too slow: outbound queue full";
 /// Close code when a room's storage cannot be read.
 const CLOSE_ROOM_UNAVAILABLE: u16 = 1011;
 /// Close reason when a room's storage cannot be read.
@@ -92,14 +94,84 @@ pub(crate) enum RoomMsg {
 
 /// An answer to something the room asked for.
 #[derive(Debug)]
-pub(crate) enum RoomReply {
+enum RoomReply {
     /// Storage committed this batch.
     Durable(BatchId),
     /// A rate limiter answered.
-    Verdict {
-        request: VerdictRequest,
-        wait_ms: u64,
-    },
+    Verdict(Verdict),
+}
+
+/// The settings of every room (a slice of the runtime's).
+#[derive(Debug, Clone)]
+pub(crate) struct RoomSettings {
+    pub room: RoomConfig,
+    /// How long a room stays in memory without events before it hibernates.
+    pub idle_ms: u64,
+    /// Most frames from earlier turns a connection may leave unwritten after a flush.
+    pub outbound_queue_len: usize,
+}
+
+/// What a room task needs besides its own state, shared by every room.
+#[derive(Debug)]
+pub(crate) struct RoomContext {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// Where rooms ask whether a session may act.
+    pub limiters: Arc<Limiters>,
+    pub settings: RoomSettings,
+}
+
+/// A room without a task: evicted, nothing in flight, its sockets kept open.
+#[derive(Debug, Default)]
+pub(crate) struct DormantRoom {
+    /// Each socket's writer and the core's attachment for it.
+    pub sockets: Vec<(ConnId, Arc<ConnWriter>, Box<[u8]>)>,
+}
+
+/// How a room task starts.
+type RoomStart = Start<RoomMsg, DormantRoom>;
+
+/// The rooms: their registry and their tasks' context.
+#[derive(Debug)]
+pub(crate) struct Rooms {
+    registry: HibernatingRegistry<RoomMsg, DormantRoom>,
+    context: RoomContext,
+}
+
+impl Rooms {
+    pub(crate) fn new(context: RoomContext) -> Arc<Rooms> {
+        Arc::new(Rooms {
+            registry: HibernatingRegistry::new(ROOM_INBOX_LEN),
+            context,
+        })
+    }
+
+    /// Routes `msg` to room `id`, starting its task if needed.
+    pub(crate) fn route(self: &Arc<Self>, id: ObjectId, msg: RoomMsg) -> Route<RoomMsg> {
+        self.registry
+            .route(id, msg, |start| spawn(self.clone(), id, start))
+    }
+
+    /// Sends `msg` to room `id`, following the room across a retirement.
+    ///
+    /// # Errors
+    /// Gives the message back if no task would take it (only during shutdown).
+    pub(crate) async fn send(self: &Arc<Self>, id: ObjectId, msg: RoomMsg) -> Result<(), RoomMsg> {
+        self.registry
+            .send(id, msg, |start| spawn(self.clone(), id, start))
+            .await
+    }
+
+    /// Every live room's inbox (dormant rooms have nothing in flight).
+    pub(crate) fn inboxes(&self) -> Vec<mpsc::Sender<RoomMsg>> {
+        self.registry.inboxes()
+    }
+}
+
+/// Where a room task's replies arrive.
+struct Replies {
+    durable: mpsc::UnboundedReceiver<BatchId>,
+    verdicts: mpsc::UnboundedReceiver<Verdict>,
 }
 
 /// One open connection, as the room task sees it.
@@ -113,7 +185,7 @@ struct Socket {
 }
 
 /// Starts the task of room `id`.
-pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, start: RoomStart) {
+fn spawn(rooms: Arc<Rooms>, id: ObjectId, start: RoomStart) {
     let RoomStart {
         inbox,
         dormant,
@@ -121,10 +193,11 @@ pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, start: RoomStart) {
     } = start;
     // A new task starts evicted; it restores on its first event. A dormant room is counted
     // as hibernated already.
+    let context = &rooms.context;
     if dormant.is_none() {
-        inc(&shared.metrics.rooms_hibernated);
+        inc(&context.metrics.rooms_hibernated);
     }
-    inc(&shared.metrics.room_tasks);
+    inc(&context.metrics.room_tasks);
     let sockets = dormant
         .unwrap_or_default()
         .sockets
@@ -138,26 +211,33 @@ pub(crate) fn spawn(shared: Arc<Shared>, id: ObjectId, start: RoomStart) {
             (conn, socket)
         })
         .collect();
-    let (replies, replies_rx) = mpsc::unbounded_channel();
+    let (durable, durable_rx) = mpsc::unbounded_channel();
+    let (verdicts, verdicts_rx) = mpsc::unbounded_channel();
+    let settings = &context.settings;
     let task = RoomTask {
-        backlog_max: shared.config.outbound_queue_len.max(1),
+        backlog_max: settings.outbound_queue_len.max(1),
         dirty: Vec::new(),
-        host: RoomHost::new(shared.config.room.clone(), shared.config.idle_ms),
-        shared,
+        host: RoomHost::new(settings.room.clone(), settings.idle_ms),
+        rooms,
         id,
         sockets,
-        replies,
+        durable,
+        verdicts,
         asks_outstanding: 0,
         publishes: BTreeMap::new(),
         next_publish: 1,
         counted_resident: false,
         stopping: Vec::new(),
     };
-    tokio::spawn(task.run(inbox, replies_rx, pending));
+    let replies = Replies {
+        durable: durable_rx,
+        verdicts: verdicts_rx,
+    };
+    tokio::spawn(task.run(inbox, replies, pending));
 }
 
 struct RoomTask {
-    shared: Arc<Shared>,
+    rooms: Arc<Rooms>,
     id: ObjectId,
     host: RoomHost,
     sockets: BTreeMap<ConnId, Socket>,
@@ -166,7 +246,10 @@ struct RoomTask {
     /// Most frames from earlier turns a connection may leave unwritten after a flush (a
     /// turn's own frames, such as a join's roster and history, never count against it).
     backlog_max: usize,
-    replies: mpsc::UnboundedSender<RoomReply>,
+    /// Storage confirms batches here.
+    durable: mpsc::UnboundedSender<BatchId>,
+    /// Rate limiters answer here.
+    verdicts: mpsc::UnboundedSender<Verdict>,
     /// Limiter questions not yet answered (the room stays live until they are).
     asks_outstanding: usize,
     publishes: BTreeMap<PublishId, oneshot::Sender<Result<u64, PublishError>>>,
@@ -180,7 +263,7 @@ impl RoomTask {
     async fn run(
         mut self,
         mut inbox: mpsc::Receiver<RoomMsg>,
-        mut replies: mpsc::UnboundedReceiver<RoomReply>,
+        mut replies: Replies,
         pending: Vec<RoomMsg>,
     ) {
         // What arrived while the previous task handed over comes first, in order.
@@ -197,10 +280,16 @@ impl RoomTask {
             };
             tokio::select! {
                 biased;
-                Some(reply) = replies.recv() => {
-                    self.handle_reply(reply).await;
-                    while let Ok(reply) = replies.try_recv() {
-                        self.handle_reply(reply).await;
+                Some(batch) = replies.durable.recv() => {
+                    self.handle_reply(RoomReply::Durable(batch)).await;
+                    while let Ok(batch) = replies.durable.try_recv() {
+                        self.handle_reply(RoomReply::Durable(batch)).await;
+                    }
+                }
+                Some(verdict) = replies.verdicts.recv() => {
+                    self.handle_reply(RoomReply::Verdict(verdict)).await;
+                    while let Ok(verdict) = replies.verdicts.try_recv() {
+                        self.handle_reply(RoomReply::Verdict(verdict)).await;
                     }
                 }
                 msg = inbox.recv() => {
@@ -329,7 +418,7 @@ impl RoomTask {
                     tracing::error!(room = %self.id, ?batch, "confirmation for an evicted room");
                 }
             }
-            RoomReply::Verdict { request, wait_ms } => {
+            RoomReply::Verdict(Verdict { request, wait_ms }) => {
                 self.asks_outstanding = self.asks_outstanding.saturating_sub(1);
                 // An answer can outlive a residency (evictions do not wait for limiters);
                 // like any event it wakes the room, so that the session's cooldown is the
@@ -347,7 +436,7 @@ impl RoomTask {
             return true;
         }
         let query = self.host.config().restore_query();
-        let stored = match self.shared.store.list(self.id, query).await {
+        let stored = match self.rooms.context.store.list(self.id, query).await {
             Ok(stored) => stored,
             Err(error) => {
                 tracing::error!(room = %self.id, %error, "reading a room failed");
@@ -360,7 +449,7 @@ impl RoomTask {
             .map(|(conn, socket)| (*conn, socket.attachment.as_slice()));
         match self.host.restore(&stored, attachments, now()) {
             Ok(()) => {
-                inc(&self.shared.metrics.restores);
+                inc(&self.rooms.context.metrics.restores);
                 tracing::debug!(
                     room = %self.id,
                     messages = stored.len(),
@@ -397,7 +486,7 @@ impl RoomTask {
                 match output {
                     HostOutput::Room(output) => self.carry_out(output),
                     HostOutput::Hibernated => {
-                        inc(&self.shared.metrics.hibernations);
+                        inc(&self.rooms.context.metrics.hibernations);
                         tracing::info!(room = %self.id, sockets = self.sockets.len(), "room hibernated");
                     }
                 }
@@ -408,7 +497,7 @@ impl RoomTask {
             }
         }
         let stats = self.host.take_stats();
-        let metrics = &self.shared.metrics;
+        let metrics = &self.rooms.context.metrics;
         let relaxed = std::sync::atomic::Ordering::Relaxed;
         metrics.messages.fetch_add(stats.messages_durable, relaxed);
         metrics
@@ -453,12 +542,14 @@ impl RoomTask {
                 }
             }
             Output::Persist(batch) => {
-                let replies = self.replies.clone();
+                let durable = self.durable.clone();
                 let id = batch.id;
-                self.shared.store.write(
+                self.rooms.context.store.write(
                     self.id,
                     batch,
-                    Box::new(move || drop(replies.send(RoomReply::Durable(id)))),
+                    Box::new(move || {
+                        let _ = durable.send(id);
+                    }),
                 );
             }
             Output::SetAttachment { conn, attachment } => {
@@ -467,7 +558,8 @@ impl RoomTask {
                 }
             }
             Output::AskRateLimiter { request, ip } => {
-                if crate::limiter::ask(&self.shared, ip, request, self.replies.clone()) {
+                let limiters = &self.rooms.context.limiters;
+                if limiters.ask(ip, request, self.verdicts.clone()) {
                     self.asks_outstanding += 1;
                 }
             }
@@ -498,7 +590,7 @@ impl RoomTask {
         let Some(socket) = self.sockets.remove(&conn) else {
             return;
         };
-        inc(&self.shared.metrics.slow_consumers_closed);
+        inc(&self.rooms.context.metrics.slow_consumers_closed);
         tracing::warn!(room = %self.id, conn = conn.0, "closing a slow consumer");
         socket
             .writer
@@ -511,7 +603,7 @@ impl RoomTask {
     fn count_residency(&mut self) {
         let resident = self.host.is_resident();
         if resident != self.counted_resident {
-            let metrics = &self.shared.metrics;
+            let metrics = &self.rooms.context.metrics;
             if resident {
                 inc(&metrics.rooms_resident);
                 dec(&metrics.rooms_hibernated);
@@ -541,12 +633,12 @@ impl RoomTask {
     /// Hands over: messages that raced with the retirement, and any that arrive meanwhile,
     /// go to a new task in order; the sockets stay in the registry as a dormant room.
     async fn retire(self, mut inbox: mpsc::Receiver<RoomMsg>) {
-        self.shared.rooms.begin_retiring(self.id, &mut inbox);
+        self.rooms.registry.begin_retiring(self.id, &mut inbox);
         let mut leftovers = Vec::new();
         while let Some(msg) = inbox.recv().await {
             leftovers.push(msg);
         }
-        let metrics = &self.shared.metrics;
+        let metrics = &self.rooms.context.metrics;
         dec(&metrics.room_tasks);
         if self.counted_resident {
             dec(&metrics.rooms_resident);
@@ -564,19 +656,12 @@ impl RoomTask {
                     .collect(),
             }
         });
-        let shared = self.shared.clone();
+        let rooms = self.rooms.clone();
         let id = self.id;
-        shared
-            .rooms
+        rooms
+            .registry
             .finish_retiring(id, dormant, leftovers, |start| {
-                spawn(shared.clone(), id, start);
+                spawn(rooms.clone(), id, start);
             });
-    }
-}
-
-async fn sleep_until(deadline: Option<edgechat_core::Timestamp>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep(until(deadline)).await,
-        None => std::future::pending().await,
     }
 }

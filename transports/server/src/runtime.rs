@@ -19,18 +19,19 @@ use std::time::Duration;
 
 use edgechat_core::http::answer::{self, Answer};
 use edgechat_core::http::{room_id, HistoryQuery, HISTORY_PAGE_LEN_MAX, UNKNOWN_CLIENT_IP};
-use edgechat_core::ids::ObjectId;
+use edgechat_core::ids::{IdSecret, ObjectId};
 use edgechat_core::limiter::RateLimiterConfig;
 use edgechat_core::protocol::{ChatMessage, Frame};
 use edgechat_core::room::{PublishError, RoomConfig};
 use tokio::sync::{oneshot, watch};
 
+use crate::counter::{CounterMsg, Counters};
+use crate::error::OpenError;
+use crate::limiter::Limiters;
 use crate::metrics::Metrics;
-use crate::objects::{Registry, Rooms, Shared};
-use crate::room::RoomMsg;
-use crate::socket::ConnectionGuard;
+use crate::room::{RoomContext, RoomMsg, RoomSettings, Rooms};
+use crate::socket::{ConnectionGuard, SocketContext, SocketSettings};
 use crate::store::Store;
-use crate::{counter, limiter, room};
 
 /// Default database path.
 pub const DATA_PATH_DEFAULT: &str = "./edgechat.db";
@@ -107,49 +108,28 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// The settings every object and connection reads (a [`RuntimeConfig`] without storage).
+/// The settings the runtime's front reads (the objects got theirs when it opened).
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    pub idle_ms: u64,
-    pub max_frame_bytes: usize,
     pub max_connections: usize,
-    pub outbound_queue_len: usize,
     pub trust_proxy_header: Option<String>,
     pub admin_token: Option<String>,
-    pub rate_limit: RateLimiterConfig,
-    pub room: RoomConfig,
-    pub ping_interval_ms: u64,
+    pub socket: SocketSettings,
 }
 
-/// Why a runtime could not open.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OpenError {
-    /// The database file could not be opened.
-    #[error("opening database {}", path.display())]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// SQLite's reason.
-        source: rusqlite::Error,
-    },
-    /// The database file refused WAL mode.
-    #[error("database {path:?} refused WAL mode (got {mode})")]
-    NotWal {
-        /// The file.
-        path: String,
-        /// The journal mode it kept.
-        mode: String,
-    },
-    /// The schema or the id secret could not be set up.
-    #[error("initializing the database")]
-    Schema(#[source] rusqlite::Error),
-    /// The OS gave no randomness for the id secret (no weaker source is used instead).
-    #[error("no OS randomness for the id secret: {0}")]
-    Randomness(getrandom::Error),
-    /// The storage thread could not start.
-    #[error("starting the storage thread")]
-    Thread(#[source] std::io::Error),
+/// What every [`Handle`] shares: the objects and the runtime's front settings.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: Settings,
+    pub secret: IdSecret,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub rooms: Arc<Rooms>,
+    pub counters: Arc<Counters>,
+    /// Flips to `true` once when the runtime starts shutting down. Held here (not by the
+    /// [`Runtime`] or [`Server`](crate::Server)) so that dropping those does not stop
+    /// anything.
+    pub shutdown: watch::Sender<bool>,
 }
 
 /// The TCP (or other transport) peer of a request, put into the request's extensions by
@@ -193,24 +173,33 @@ impl Runtime {
             Storage::Connection(conn) => Store::open(conn, metrics.clone())?,
         };
         let (shutdown, _) = watch::channel(false);
+        let limiters = Limiters::new(metrics.clone(), rate_limit);
+        let rooms = Rooms::new(RoomContext {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            limiters,
+            settings: RoomSettings {
+                room,
+                idle_ms,
+                outbound_queue_len,
+            },
+        });
+        let counters = Counters::new(store.clone(), metrics.clone(), idle_ms);
         let shared = Arc::new(Shared {
             config: Settings {
-                idle_ms,
-                max_frame_bytes,
                 max_connections,
-                outbound_queue_len,
                 trust_proxy_header,
                 admin_token,
-                rate_limit,
-                room,
-                ping_interval_ms,
+                socket: SocketSettings {
+                    max_frame_bytes,
+                    ping_interval_ms,
+                },
             },
             secret,
             store,
             metrics,
-            rooms: Rooms::new(room::ROOM_INBOX_LEN),
-            limiters: Registry::new(limiter::LIMITER_INBOX_LEN),
-            counters: Registry::new(counter::COUNTER_INBOX_LEN),
+            rooms,
+            counters,
             shutdown,
         });
         Ok(Runtime {
@@ -265,11 +254,7 @@ impl Runtime {
         }
         for inbox in shared.counters.inboxes() {
             let (reply, done) = oneshot::channel();
-            if inbox
-                .send(counter::CounterMsg::Shutdown { reply })
-                .await
-                .is_ok()
-            {
+            if inbox.send(CounterMsg::Shutdown { reply }).await.is_ok() {
                 stopped.push(done);
             }
         }
@@ -372,9 +357,9 @@ impl Refused {
         &self.answer.body
     }
 
-    /// The whole answer as a response (status, headers and body).
-    pub fn into_response(self) -> http::Response<crate::http::Body> {
-        crate::http::response(self.answer)
+    /// The answer (its response is built by [`Refused::into_response`]).
+    pub(crate) fn answer(self) -> Answer {
+        self.answer
     }
 }
 
@@ -436,7 +421,12 @@ impl Handle {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
         let RoomTicket { room, guard } = ticket;
-        crate::socket::serve(io, self.shared.clone(), room, client_ip, guard).await;
+        let context = SocketContext {
+            rooms: self.shared.rooms.clone(),
+            settings: self.shared.config.socket,
+            shutdown: self.shared.shutdown.subscribe(),
+        };
+        crate::socket::serve(io, context, room, client_ip, guard).await;
     }
 
     /// The client IP of a request from `peer`: the trusted proxy header if one is
@@ -555,7 +545,7 @@ impl Handle {
         msg: RoomMsg,
         answer: oneshot::Receiver<T>,
     ) -> Option<T> {
-        self.shared.send_room(room, msg).await.ok()?;
+        self.shared.rooms.send(room, msg).await.ok()?;
         answer.await.ok()
     }
 }

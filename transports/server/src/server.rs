@@ -17,7 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::runtime::{self, Handle, OpenError, PeerAddr, Runtime, RuntimeConfig, Storage};
+use crate::error::OpenError;
+use crate::runtime::{self, Handle, PeerAddr, Runtime, RuntimeConfig, Storage};
 
 /// Default listen address.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8787";
@@ -214,7 +215,12 @@ fn transport(config: &Config) -> Result<Transport, StartError> {
     match (&config.tls_cert, &config.tls_key) {
         (None, None) => Ok(Transport::Plain),
         #[cfg(feature = "tls")]
-        (Some(cert), Some(key)) => Ok(Transport::Tls(crate::tls::acceptor(cert, key)?)),
+        (Some(cert), Some(key)) => match crate::tls::acceptor(cert, key) {
+            Ok(acceptor) => Ok(Transport::Tls(acceptor)),
+            Err(crate::tls::TlsSetupError { what, source }) => {
+                Err(StartError::Tls { what, source })
+            }
+        },
         #[cfg(not(feature = "tls"))]
         (Some(_), Some(_)) => Err(StartError::Tls {
             what: "this build has no TLS support (feature `tls`)".into(),

@@ -23,7 +23,7 @@ use std::time::Duration;
 use edgechat_core::ids::ObjectId;
 use edgechat_core::room::ConnId;
 use futures_util::StreamExt as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -31,8 +31,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::conn::{self, ConnIo, ConnWriter, Io, Split};
 use crate::metrics::{dec, inc, Metrics};
-use crate::objects::{Route, Shared};
-use crate::room::RoomMsg;
+use crate::objects::Route;
+use crate::room::{RoomMsg, Rooms};
 
 /// A WebSocket as tungstenite reads it (its writes go to the shared writer).
 type WebSocket = WebSocketStream<ConnIo>;
@@ -80,6 +80,25 @@ fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_frame_bytes))
 }
 
+/// The settings of every WebSocket connection (a slice of the runtime's).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SocketSettings {
+    /// Largest frame or message a client may send, in bytes.
+    pub max_frame_bytes: usize,
+    /// Interval between keepalive pings.
+    pub ping_interval_ms: u64,
+}
+
+/// What a connection's task needs: the rooms to talk to, its settings, and the runtime's
+/// shutdown signal.
+#[derive(Debug)]
+pub(crate) struct SocketContext {
+    pub rooms: Arc<Rooms>,
+    pub settings: SocketSettings,
+    /// Turns `true` once the runtime starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
 /// Counts one open connection for as long as it lives (also when an upgrade never
 /// completes and the guard is dropped unused).
 #[derive(Debug)]
@@ -113,7 +132,7 @@ impl Drop for ConnectionGuard {
 /// Serves one upgraded WebSocket in room `room` until it closes.
 pub(crate) async fn serve(
     io: impl Io,
-    shared: Arc<Shared>,
+    context: SocketContext,
     room: ObjectId,
     ip: IpAddr,
     guard: ConnectionGuard,
@@ -124,7 +143,7 @@ pub(crate) async fn serve(
         writer,
         mut task_sink,
     } = conn::split(io);
-    let config = ws_config(shared.config.max_frame_bytes);
+    let config = ws_config(context.settings.max_frame_bytes);
     let mut socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let write_side = writer.drive(task_sink.as_mut());
     tokio::pin!(write_side);
@@ -136,7 +155,8 @@ pub(crate) async fn serve(
         writer: writer.clone(),
         ack,
     };
-    let joined = shared.send_room(room, connect).await.is_ok() && acked.await.is_ok();
+    let rooms = &context.rooms;
+    let joined = rooms.send(room, connect).await.is_ok() && acked.await.is_ok();
     let mut write_done = false;
     if joined {
         tracing::debug!(conn = conn.0, %ip, room = %room, "connection open");
@@ -144,12 +164,12 @@ pub(crate) async fn serve(
             &mut socket,
             &writer,
             write_side.as_mut(),
-            &shared,
+            &context,
             room,
             conn,
         )
         .await;
-        let _ = shared.send_room(room, RoomMsg::Closed { conn }).await;
+        let _ = rooms.send(room, RoomMsg::Closed { conn }).await;
     } else {
         writer.close(CLOSE_INTERNAL_ERROR, CLOSE_REASON_UNAVAILABLE, true);
     }
@@ -168,14 +188,15 @@ async fn run(
     socket: &mut WebSocket,
     writer: &ConnWriter,
     mut write_side: Pin<&mut impl Future<Output = io::Result<()>>>,
-    shared: &Arc<Shared>,
+    context: &SocketContext,
     room: ObjectId,
     conn: ConnId,
 ) -> bool {
-    let ping_every = Duration::from_millis(shared.config.ping_interval_ms.max(1));
+    let rooms = &context.rooms;
+    let ping_every = Duration::from_millis(context.settings.ping_interval_ms.max(1));
     let mut liveness = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let mut last_seen = Instant::now();
-    let mut shutdown = shared.shutdown.subscribe();
+    let mut shutdown = context.shutdown.clone();
     let mut stopping = false;
     // Set once a close is under way: the peer gets this long to complete the handshake.
     let mut close_deadline: Option<Instant> = None;
@@ -198,10 +219,10 @@ async fn run(
                         // tungstenite has checked the UTF-8 already.
                         Message::Text(text) => {
                             let text = text.as_str().to_owned();
-                            to_room = hand_to_room(shared, room, RoomMsg::Text { conn, text });
+                            to_room = hand_to_room(rooms, room, RoomMsg::Text { conn, text });
                         }
                         Message::Binary(_) => {
-                            to_room = hand_to_room(shared, room, RoomMsg::Binary { conn });
+                            to_room = hand_to_room(rooms, room, RoomMsg::Binary { conn });
                         }
                         Message::Close(_) => {
                             // The next read queues tungstenite's answer and ends the stream.
@@ -227,9 +248,9 @@ async fn run(
                 let (_, msg) = to_room.take().expect("pending while nothing waits");
                 match permit {
                     Ok(permit) => drop(permit.send(msg)),
-                    Err(_) if *shared.shutdown.borrow() => return write_done,
+                    Err(_) if *context.shutdown.borrow() => return write_done,
                     // The room task retired meanwhile: route again.
-                    Err(_) => to_room = hand_to_room(shared, room, msg),
+                    Err(_) => to_room = hand_to_room(rooms, room, msg),
                 }
             }
             written = write_side.as_mut(), if !write_done => {
@@ -264,12 +285,12 @@ async fn run(
 
 /// Hands `msg` to room `room` without waiting; gives it back with the inbox if that is full.
 fn hand_to_room(
-    shared: &Arc<Shared>,
+    rooms: &Arc<Rooms>,
     room: ObjectId,
     mut msg: RoomMsg,
 ) -> Option<(mpsc::Sender<RoomMsg>, RoomMsg)> {
     for _ in 0..ROUTE_ATTEMPTS_MAX {
-        match shared.route_room(room, msg) {
+        match rooms.route(room, msg) {
             Route::Parked => return None,
             Route::Inbox(inbox, back) => match inbox.try_send(back) {
                 Ok(()) => return None,

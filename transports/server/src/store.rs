@@ -27,8 +27,8 @@ use edgechat_core::storage::{ListQuery, Value, Write, WriteBatch};
 use rusqlite::{params, Connection, OptionalExtension as _};
 use tokio::sync::oneshot;
 
+use crate::error::OpenError;
 use crate::metrics::{inc, Metrics};
-use crate::OpenError;
 
 /// Most jobs taken into one group commit; bounds one transaction's size and latency.
 const GROUP_JOBS_MAX: usize = 4_096;

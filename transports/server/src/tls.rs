@@ -12,15 +12,22 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use crate::StartError;
+/// Why the TLS files are unusable (the server reports it as `StartError::Tls`).
+#[derive(Debug)]
+pub(crate) struct TlsSetupError {
+    /// What failed.
+    pub what: String,
+    /// Why.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
 
 /// How long a client may take to finish the TLS handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Builds the acceptor from PEM files (read now, so that a bad file fails the start).
-pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartError> {
+pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsSetupError> {
     let tls_error = |what: String| {
-        move |source: rustls_pki_types::pem::Error| StartError::Tls {
+        move |source: rustls_pki_types::pem::Error| TlsSetupError {
             what,
             source: source.into(),
         }
@@ -32,7 +39,7 @@ pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartErro
             cert.display()
         )))?;
     if certs.is_empty() {
-        return Err(StartError::Tls {
+        return Err(TlsSetupError {
             what: format!("no certificate in {}", cert.display()),
             source: "empty PEM file".into(),
         });
@@ -42,7 +49,7 @@ pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartErro
     let mut config = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
-        .map_err(|source| StartError::Tls {
+        .map_err(|source| TlsSetupError {
             what: "TLS certificate and key".into(),
             source: source.into(),
         })?;
