@@ -497,7 +497,12 @@ mod tests {
                 );
             }
         }
-        for path in ["/edgechat.js/", "/js/edgechat.js", "/page.js/x", "/page.mjs"] {
+        for path in [
+            "/edgechat.js/",
+            "/js/edgechat.js",
+            "/page.js/x",
+            "/page.mjs",
+        ] {
             assert_eq!(
                 refusal(r(Method::Get, path, false)),
                 (404, "Not found"),
