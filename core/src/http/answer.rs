@@ -194,9 +194,9 @@ pub fn origin_refused() -> Answer {
     Answer::text(403, "Origin not allowed.")
 }
 
-/// The Content-Security-Policy of the chat page once it carries no inline script: scripts,
-/// styles and connections from its own origin only (`connect-src 'self'` covers `ws:`/`wss:`
-/// to the same host in current browsers), and no framing.
+/// The Content-Security-Policy of the chat page, which carries no inline script or style:
+/// scripts, styles and connections from its own origin only (`connect-src 'self'` covers
+/// `ws:`/`wss:` to the same host in current browsers), and no framing.
 pub const PAGE_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
 style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
 form-action 'self'; frame-ancestors 'none'";
