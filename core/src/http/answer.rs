@@ -20,6 +20,10 @@ pub const CONTENT_TYPE_TEXT: &str = "text/plain;charset=UTF-8";
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 /// The content type of the chat page.
 pub const CONTENT_TYPE_HTML: &str = "text/html;charset=UTF-8";
+/// The content type of JavaScript: the client module and the page's script.
+pub const CONTENT_TYPE_JAVASCRIPT: &str = "text/javascript;charset=UTF-8";
+/// The content type of the page's style sheet.
+pub const CONTENT_TYPE_CSS: &str = "text/css;charset=UTF-8";
 /// The content type of `/metrics` (Prometheus text exposition format 0.0.4).
 pub const CONTENT_TYPE_METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -190,9 +194,9 @@ pub fn origin_refused() -> Answer {
     Answer::text(403, "Origin not allowed.")
 }
 
-/// The Content-Security-Policy of the chat page once it carries no inline script: scripts,
-/// styles and connections from its own origin only (`connect-src 'self'` covers `ws:`/`wss:`
-/// to the same host in current browsers), and no framing.
+/// The Content-Security-Policy of the chat page, which carries no inline script or style:
+/// scripts, styles and connections from its own origin only (`connect-src 'self'` covers
+/// `ws:`/`wss:` to the same host in current browsers), and no framing.
 pub const PAGE_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
 style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
 form-action 'self'; frame-ancestors 'none'";
@@ -227,15 +231,30 @@ pub fn page(html: &'static str) -> Answer {
 /// The chat page with its security headers: [`PAGE_CONTENT_SECURITY_POLICY`], `nosniff`, no
 /// referrer beyond the origin, and no framing.
 ///
-/// Only for a page without inline script: the CSP forbids it, so the page would not run.
-/// Today's `transports/web/index.html` still has inline script, so adapters keep serving
-/// [`page`] until the script moves to its own file.
+/// Only for a page without inline script or style: the CSP forbids both. The chat page loads
+/// its script ([`page_script`]), the client module ([`client_module`]) and its style sheet
+/// ([`page_style`]) from its own origin.
 pub fn page_with_security_headers(html: &'static str) -> Answer {
     page(html)
         .with_header("content-security-policy", PAGE_CONTENT_SECURITY_POLICY)
         .with_header("x-content-type-options", "nosniff")
         .with_header("referrer-policy", "strict-origin-when-cross-origin")
         .with_header("x-frame-options", "DENY")
+}
+
+/// The JavaScript client module (`clients/js/edgechat.js`), an ES module.
+pub fn client_module(js: &'static str) -> Answer {
+    Answer::with_content_type(200, CONTENT_TYPE_JAVASCRIPT, js)
+}
+
+/// The chat page's script (`transports/web/page.js`), an ES module.
+pub fn page_script(js: &'static str) -> Answer {
+    Answer::with_content_type(200, CONTENT_TYPE_JAVASCRIPT, js)
+}
+
+/// The chat page's style sheet (`transports/web/page.css`).
+pub fn page_style(css: &'static str) -> Answer {
+    Answer::with_content_type(200, CONTENT_TYPE_CSS, css)
 }
 
 /// 400: the request body could not be read off the connection.
@@ -463,6 +482,33 @@ mod tests {
                         ("x-frame-options", "DENY"),
                     ],
                     "<!doctype html>",
+                ),
+            ),
+            (
+                "client_module",
+                client_module("export {};"),
+                (
+                    200,
+                    vec![("content-type", "text/javascript;charset=UTF-8")],
+                    "export {};",
+                ),
+            ),
+            (
+                "page_script",
+                page_script("import \"/edgechat.js\";"),
+                (
+                    200,
+                    vec![("content-type", "text/javascript;charset=UTF-8")],
+                    "import \"/edgechat.js\";",
+                ),
+            ),
+            (
+                "page_style",
+                page_style("body { margin: 0 }"),
+                (
+                    200,
+                    vec![("content-type", "text/css;charset=UTF-8")],
+                    "body { margin: 0 }",
                 ),
             ),
             (

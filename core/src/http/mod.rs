@@ -56,6 +56,13 @@ pub struct RoomAddress {
 pub enum Route {
     /// `GET /`: the chat page.
     Page,
+    /// `GET /edgechat.js`: the JavaScript client module (`clients/js/edgechat.js`), which the
+    /// page imports and other pages of the origin may too.
+    ClientModule,
+    /// `GET /page.js`: the chat page's script (`transports/web/page.js`).
+    PageScript,
+    /// `GET /page.css`: the chat page's style sheet (`transports/web/page.css`).
+    PageStyle,
     /// `POST /api/room`: mint a private room id.
     CreateRoom,
     /// `/api/room/<room>/websocket` with an upgrade: join the room.
@@ -189,6 +196,10 @@ pub fn route(
             Method::Get => Ok(Route::Page),
             _ => Err(METHOD_NOT_ALLOWED),
         },
+        // The page's own files: separate, so that its policy can forbid inline script and style.
+        ["edgechat.js"] => get_only(method, Route::ClientModule),
+        ["page.js"] => get_only(method, Route::PageScript),
+        ["page.css"] => get_only(method, Route::PageStyle),
         ["metrics"] => Ok(Route::Metrics),
         ["admin", "hibernate"] => match method {
             Method::Post => Ok(Route::AdminHibernate),
@@ -229,6 +240,14 @@ pub fn route(
             }
         }
         _ => Err(NOT_FOUND),
+    }
+}
+
+/// `route` for a GET, 405 for any other method.
+fn get_only(method: Method, route: Route) -> Result<Route, Refusal> {
+    match method {
+        Method::Get => Ok(route),
+        _ => Err(METHOD_NOT_ALLOWED),
     }
 }
 
@@ -459,6 +478,37 @@ mod tests {
         );
         assert_eq!(r(Method::Get, "/metrics", false), Ok(Route::Metrics));
         assert_eq!(r(Method::Get, "/healthz", false), Ok(Route::Health));
+    }
+
+    #[test]
+    fn routes_the_pages_files() {
+        let files = [
+            ("/edgechat.js", Route::ClientModule),
+            ("/page.js", Route::PageScript),
+            ("/page.css", Route::PageStyle),
+        ];
+        for (path, expected) in files {
+            assert_eq!(r(Method::Get, path, false), Ok(expected), "{path}");
+            for method in [Method::Post, Method::Other] {
+                assert_eq!(
+                    refusal(r(method, path, false)),
+                    (405, "Method not allowed"),
+                    "{path}"
+                );
+            }
+        }
+        for path in [
+            "/edgechat.js/",
+            "/js/edgechat.js",
+            "/page.js/x",
+            "/page.mjs",
+        ] {
+            assert_eq!(
+                refusal(r(Method::Get, path, false)),
+                (404, "Not found"),
+                "{path}"
+            );
+        }
     }
 
     #[test]

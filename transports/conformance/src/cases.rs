@@ -33,6 +33,7 @@ macro_rules! case {
 pub fn cases() -> Vec<Case> {
     vec![
         case!(page_is_html),
+        case!(page_files_and_policy),
         case!(create_room_mints_private_id),
         case!(room_route_other_methods_405),
         case!(websocket_route_without_upgrade_400),
@@ -290,6 +291,51 @@ async fn page_is_html(t: Target) -> Result<()> {
         response.text().to_ascii_lowercase().contains("<html"),
         "GET /: the body is not an HTML page"
     );
+    Ok(())
+}
+
+/// The page runs under a policy without inline script, so its script, its style sheet and
+/// the client module it imports are served from the same origin.
+async fn page_files_and_policy(t: Target) -> Result<()> {
+    let page = t.get("/").await?;
+    let csp = page
+        .header("content-security-policy")
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        csp.split(';').any(|d| d.trim() == "script-src 'self'")
+            && csp.contains("frame-ancestors 'none'"),
+        "GET /: the policy must allow only same-origin scripts and no framing, got {csp:?}"
+    );
+    ensure!(
+        page.header("x-content-type-options") == Some("nosniff"),
+        "GET /: x-content-type-options must be nosniff"
+    );
+    for (path, content_type, needle) in [
+        (
+            "/edgechat.js",
+            "text/javascript;charset=UTF-8",
+            "export function connect",
+        ),
+        ("/page.js", "text/javascript;charset=UTF-8", "edgechat.js"),
+        ("/page.css", "text/css;charset=UTF-8", "{"),
+    ] {
+        let response = t.get(path).await?;
+        ensure!(
+            response.status == 200,
+            "GET {path}: status {}",
+            response.status
+        );
+        let got = response.header("content-type");
+        ensure!(
+            got == Some(content_type),
+            "GET {path}: content-type must be {content_type:?}, got {got:?}"
+        );
+        ensure!(
+            response.text().contains(needle),
+            "GET {path}: the body is not the expected file"
+        );
+    }
     Ok(())
 }
 

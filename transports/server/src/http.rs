@@ -37,8 +37,12 @@ pub type Body = Full<Bytes>;
 /// The error type a request body may fail with.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The chat page, one HTML file with no build step.
+/// The chat page, one HTML file with no build step; its script, style sheet and the client
+/// module it imports are separate files, so that its policy can forbid inline code.
 const PAGE: &str = include_str!("../../web/index.html");
+const PAGE_SCRIPT: &str = include_str!("../../web/page.js");
+const PAGE_STYLE: &str = include_str!("../../web/page.css");
+const CLIENT_MODULE: &str = include_str!("../../../clients/js/edgechat.js");
 
 /// The future of one request to a [`Handle`].
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -99,7 +103,10 @@ impl Handle {
         );
         let answer = match routed {
             Err(refusal) => answer::refused(refusal),
-            Ok(Route::Page) => answer::page(PAGE),
+            Ok(Route::Page) => answer::page_with_security_headers(PAGE),
+            Ok(Route::PageScript) => answer::page_script(PAGE_SCRIPT),
+            Ok(Route::PageStyle) => answer::page_style(PAGE_STYLE),
+            Ok(Route::ClientModule) => answer::client_module(CLIENT_MODULE),
             Ok(Route::CreateRoom) => self.create_room(),
             Ok(Route::RoomWebSocket(room)) => {
                 return match self.upgrade_websocket(&mut parts, room.id) {

@@ -95,6 +95,7 @@ macro_rules! conformance_tests {
 
 conformance_tests!(
     page_is_html,
+    page_files_and_policy,
     create_room_mints_private_id,
     room_route_other_methods_405,
     websocket_route_without_upgrade_400,

@@ -99,12 +99,30 @@ async function openUser(name, room) {
   const problems = [];
   page.on("pageerror", (e) => problems.push(String(e)));
   page.on("console", (m) => { if (m.type() === "error") problems.push(m.text()); });
+  // Violations of the page's policy, as the page itself sees them (a blocked script may log
+  // nothing else).
+  await page.addInitScript(() => {
+    window.cspViolations = [];
+    document.addEventListener("securitypolicyviolation", (e) => {
+      window.cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`);
+    });
+  });
   await page.goto(`http://127.0.0.1:${port}/#${room}`);
   await page.getByLabel("Your name", { exact: true }).fill(name);
   assert.equal(await page.getByLabel("Room", { exact: true }).inputValue(), room, "the room comes from the URL hash");
   await page.getByRole("button", { name: "Join room" }).click();
   await waitLive(page);
   return { name, context, page, problems };
+}
+
+/** The policy violations the page has seen since it was loaded. */
+async function cspViolations(page) {
+  return page.evaluate(() => window.cspViolations);
+}
+
+/** Errors except the browser's own reports of sockets cut by a server restart. */
+function scriptProblems(user) {
+  return user.problems.filter((p) => !/^WebSocket connection to .* failed/.test(p));
 }
 
 async function waitLive(page) {
@@ -141,6 +159,29 @@ function assertExactlyOnce(list, texts, who) {
   assert.deepEqual(ids, sorted, `${who}: messages out of order`);
   assert.deepEqual(list.map((m) => m.text), texts, `${who}: expected exactly these messages, in order`);
 }
+
+test("the page and its scripts come with their content types and the page's policy", async () => {
+  const page = await fetch(`http://127.0.0.1:${port}/`);
+  assert.equal(page.status, 200);
+  const csp = page.headers.get("content-security-policy") ?? "";
+  assert.match(csp, /(^|; )script-src 'self'(;|$)/, `GET / has a CSP allowing only its own scripts: ${csp}`);
+  assert.match(csp, /frame-ancestors 'none'/);
+  assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
+  assert.equal(page.headers.get("x-content-type-options"), "nosniff");
+  const html = await page.text();
+  assert.doesNotMatch(html, /<script(?![^>]*\bsrc=)[^>]*>/i, "no inline script");
+  assert.doesNotMatch(html, /<style|\sstyle=|\son[a-z]+=/i, "no inline style or event handler");
+  for (const [path, type, needle] of [
+    ["/edgechat.js", "text/javascript;charset=UTF-8", "export function connect"],
+    ["/page.js", "text/javascript;charset=UTF-8", 'from "./edgechat.js"'],
+    ["/page.css", "text/css;charset=UTF-8", ".msg"],
+  ]) {
+    const response = await fetch(`http://127.0.0.1:${port}${path}`);
+    assert.equal(response.status, 200, path);
+    assert.equal(response.headers.get("content-type"), type, path);
+    assert.ok((await response.text()).includes(needle), `${path} is the expected file`);
+  }
+});
 
 test("two users chat; reloads and a server restart lose and double nothing", { timeout: 120_000 }, async () => {
   const room = `browser-${Date.now().toString(36)}`;
@@ -187,6 +228,7 @@ test("two users chat; reloads and a server restart lose and double nothing", { t
   server = await startServer();
   await waitLive(ada.page);
   await waitLive(bob.page);
+  await ada.page.locator("#messages li.note", { hasText: "Reconnected" }).first().waitFor({ timeout: TIMEOUT });
   await send(bob, "Back after the restart");
   await waitForText(ada.page, "Back after the restart");
   assertExactlyOnce(await shown(ada.page), texts, "Ada after the restart");
@@ -196,8 +238,17 @@ test("two users chat; reloads and a server restart lose and double nothing", { t
   await bob.page.setViewportSize({ width: 390, height: 760 });
   await bob.page.screenshot({ path: join(SHOTS, "edgechat-browser-bob-narrow.png"), animations: "disabled" });
 
-  assert.deepEqual(ada.problems, [], "no script errors in Ada's tab");
-  assert.deepEqual(bob.problems.filter((p) => !/WebSocket/.test(p)), [], "no script errors in Bob's tab");
+  // Bob leaves: back to the form, not connected, and Ada sees him go.
+  await bob.page.setViewportSize({ width: 1000, height: 700 });
+  await bob.page.getByRole("button", { name: "Leave" }).click();
+  await bob.page.getByRole("button", { name: "Join room" }).waitFor({ timeout: TIMEOUT });
+  assert.equal(await bob.page.locator("#status").getAttribute("data-state"), "idle");
+  await ada.page.locator("#messages li.note", { hasText: "Bob left" }).last().waitFor({ timeout: TIMEOUT });
+
+  assert.deepEqual(scriptProblems(ada), [], "no script errors in Ada's tab");
+  assert.deepEqual(scriptProblems(bob), [], "no script errors in Bob's tab");
+  assert.deepEqual(await cspViolations(ada.page), [], "no policy violations in Ada's tab");
+  assert.deepEqual(await cspViolations(bob.page), [], "no policy violations in Bob's tab");
   await ada.context.close();
   await bob.context.close();
 });

@@ -39,8 +39,11 @@ use edgechat_core::limiter::limiter_id;
 use edgechat_core::Timestamp;
 use worker::{event, Context, Env, Request, RequestInit, Response, ResponseBuilder, Result};
 
-/// The chat page, the same file the standalone server serves.
+/// The chat page and its files, the same ones the standalone server serves.
 const PAGE_HTML: &str = include_str!("../../web/index.html");
+const PAGE_SCRIPT: &str = include_str!("../../web/page.js");
+const PAGE_STYLE: &str = include_str!("../../web/page.css");
+const CLIENT_MODULE: &str = include_str!("../../../clients/js/edgechat.js");
 
 /// Binding names, as in `wrangler.toml`.
 const ROOMS_BINDING: &str = "ROOMS";
@@ -132,7 +135,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         Err(refused) => return respond(answer::refused(refused)),
     };
     match route {
-        Route::Page => respond(answer::page(PAGE_HTML)),
+        Route::Page => respond(answer::page_with_security_headers(PAGE_HTML)),
+        Route::PageScript => respond(answer::page_script(PAGE_SCRIPT)),
+        Route::PageStyle => respond(answer::page_style(PAGE_STYLE)),
+        Route::ClientModule => respond(answer::client_module(CLIENT_MODULE)),
         Route::CreateRoom => match random_bytes::<PRIVATE_ID_RANDOM_LEN_BYTES>() {
             Ok(random) => respond(answer::room_created(&ObjectId::mint_private(
                 Namespace::Room,
