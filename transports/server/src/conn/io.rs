@@ -96,6 +96,15 @@ pub(super) fn halves<T: Io>(io: T) -> Halves {
 }
 
 fn tcp_halves(tcp: TcpStream, prefix: Bytes) -> Halves {
+    // hyper hands over what it read past the request head as a view into its whole read
+    // buffer (8 KiB): kept as is, even an empty view would pin that buffer for the life of
+    // the connection, most of an idle connection's memory. A copy of the few bytes (usually
+    // none) lets it go.
+    let prefix = if prefix.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&prefix)
+    };
     let (read, write) = tcp.into_split();
     Halves {
         prefix,
