@@ -1,10 +1,10 @@
 //! `edgechat`: the standalone chat server. `edgechat serve --help` lists every setting.
 //!
-//! Exit codes: 0 after a clean stop (everything accepted was written); 1 for a bad setting
-//! or an unusable listen address or TLS file; 2 when the data file is refused at startup
-//! (locked by another process, unwritable, foreign or corrupt: the message names the file
-//! and the cause); 3 after a stop that could not write everything (logged; none of it was
-//! ever acknowledged).
+//! Exit codes: 0 after a clean stop (everything accepted was written); 1 for an unusable
+//! listen address or TLS file; 2 for a bad command line (clap's); 3 after a stop that could
+//! not write everything (logged; none of it was ever acknowledged); 4 when the data file is
+//! refused at startup (locked by another process, unwritable, foreign or corrupt: the
+//! message names the file and the cause).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -111,7 +111,7 @@ impl ServeArgs {
 }
 
 /// Exit code when the data file is refused at startup.
-const EXIT_STORAGE_REFUSED: u8 = 2;
+const EXIT_STORAGE_REFUSED: u8 = 4;
 /// Exit code when a stop could not write everything that was accepted.
 const EXIT_UNWRITTEN: u8 = 3;
 

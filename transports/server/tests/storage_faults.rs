@@ -26,7 +26,7 @@ const STORAGE_UNAVAILABLE: &str = "Message not sent: storage unavailable.";
 /// The storage timeout the tests run the server with (short, so that tests are quick).
 const STORAGE_TIMEOUT_MS: &str = "1000";
 /// Exit code of a data file refused at startup.
-const EXIT_STORAGE_REFUSED: i32 = 2;
+const EXIT_STORAGE_REFUSED: i32 = 4;
 /// Exit code of a stop that could not write everything.
 const EXIT_UNWRITTEN: i32 = 3;
 
