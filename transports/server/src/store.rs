@@ -24,7 +24,10 @@
 //! later. While healthy, a failing commit is retried until the storage timeout; once storage
 //! is known to fail, each new group is tried once, so objects hear of the failure at once.
 //! A group that fails is retried one object batch at a time, so a failure confined to one
-//! object's records takes only that object out. While failing, an idle thread probes the
+//! object's records takes only that object out; when no batch of the group commits, a
+//! tiny write of the thread's own (the probe) tells a failing file (every write refused,
+//! `/healthz` 503) from failing objects (their writes refused, logged at a bounded rate,
+//! the file healthy). While failing, an idle thread probes the
 //! file with a tiny write every [`PROBE_INTERVAL`] so that recovery (space freed) is noticed
 //! without traffic. [`StorageHealth`] carries the state to `/healthz`; the log says it once
 //! per change and then at most every [`FAILING_LOG_INTERVAL`].
@@ -279,6 +282,8 @@ impl Store {
             file: path.display().to_string(),
             timeout,
             failing: None,
+            objects_logged_at: None,
+            objects_refused_unlogged: 0,
         };
         let thread = std::thread::Builder::new()
             .name("edgechat-storage".into())
@@ -427,6 +432,10 @@ struct Worker {
     file: String,
     timeout: Duration,
     failing: Option<Failing>,
+    /// When a refusal confined to some objects was last logged.
+    objects_logged_at: Option<Instant>,
+    /// Such refusals since then.
+    objects_refused_unlogged: u64,
 }
 
 impl Worker {
@@ -528,6 +537,7 @@ impl Worker {
         // refuses only that object's batch.
         let mut any_committed = false;
         let mut last_error = error;
+        let mut refused_objects = Vec::new();
         if writes.len() > 1 {
             for write in writes {
                 let started = Instant::now();
@@ -540,7 +550,7 @@ impl Worker {
                     Err(error) => {
                         inc(&self.metrics.storage_errors);
                         rollback_leftover(&self.conn);
-                        tracing::warn!(file = %self.file, object = %write.0, %error, "write refused");
+                        refused_objects.push(write.0);
                         self.refuse(write);
                         last_error = error;
                     }
@@ -548,13 +558,38 @@ impl Worker {
             }
         } else {
             for write in writes {
+                refused_objects.push(write.0);
                 self.refuse(write);
             }
         }
-        if any_committed {
+        // Whether the file fails or only these objects' writes do: other writes succeeded,
+        // or the file takes a tiny write of its own.
+        if any_committed || (self.failing.is_none() && probe(&self.conn).is_ok()) {
             self.recovered();
+            self.object_refused(&refused_objects, &last_error);
         } else {
             self.failed(&last_error);
+        }
+    }
+
+    /// Some objects' writes fail while the file works: said at most every
+    /// `FAILING_LOG_INTERVAL` (with a count), as a whole-file failure is.
+    fn object_refused(&mut self, objects: &[ObjectId], error: &rusqlite::Error) {
+        self.objects_refused_unlogged += objects.len() as u64;
+        let now = Instant::now();
+        let due = self
+            .objects_logged_at
+            .is_none_or(|at| now.duration_since(at) >= FAILING_LOG_INTERVAL);
+        if due && !objects.is_empty() {
+            tracing::error!(
+                file = %self.file,
+                object = %objects[0],
+                %error,
+                batches_refused = self.objects_refused_unlogged,
+                "writes of some objects refused (the file takes other writes)"
+            );
+            self.objects_logged_at = Some(now);
+            self.objects_refused_unlogged = 0;
         }
     }
 

@@ -563,3 +563,71 @@ async fn a_corrupt_record_takes_only_its_room_out_of_service() {
     println!("measured: corrupt record: SIGTERM exit {code} in {took:?}");
     assert_eq!(code, 0, "{log}");
 }
+
+#[tokio::test]
+async fn a_write_failure_confined_to_one_room_refuses_only_that_room() {
+    use edgechat_core::ids::{Namespace, ObjectId};
+    let dir = DataDir::new("oneroom");
+    let (code, _, log) = Server::start(&dir.db()).await.terminate().await;
+    assert_eq!(code, 0, "{log}");
+    // SQLite itself refuses every write of room "bad" (as a damaged index page under its
+    // keys would), through a trigger added while the server is stopped.
+    let bad_id = ObjectId::from_name(Namespace::Room, "bad");
+    let hex: String = bad_id
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TRIGGER injected_fault BEFORE INSERT ON kv WHEN NEW.object = x'{hex}'
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END;"
+    ))
+    .unwrap();
+    drop(conn);
+
+    let server = Server::start(&dir.db()).await;
+    let addr = server.addr;
+    let mut good = TcpClient::connect(addr, "good").await;
+    good.join("ada").await;
+    let mut bad = TcpClient::connect(addr, "bad").await;
+    bad.join("bob").await;
+    let started = Instant::now();
+    assert!(matches!(send(&mut bad, "bad 0").await, Fate::Refused));
+    println!(
+        "measured: one room's writes fail: refusal in {:?}",
+        started.elapsed()
+    );
+    let mut acknowledged = Vec::new();
+    for n in 0..5 {
+        // Both rooms' writes in flight together (often in one group commit).
+        bad.send(json!({ "message": format!("bad {}", n + 1) }))
+            .await;
+        let Fate::Acknowledged(frame) = send(&mut good, &format!("good {n}")).await else {
+            panic!("the healthy room keeps chatting");
+        };
+        acknowledged.push(frame);
+        loop {
+            let frame = bad.frame().await;
+            if frame.get("error").and_then(Value::as_str) == Some(STORAGE_UNAVAILABLE) {
+                break;
+            }
+            assert!(
+                frame.get("message").is_none(),
+                "a refused message was broadcast: {frame}"
+            );
+        }
+    }
+    assert_eq!(healthz(addr).await.0, 200, "the file works");
+    assert!(metric(addr, "edgechat_storage_commit_failures_total").await >= 6);
+    let stored = history(addr, "good").await;
+    assert_eq!(stored, as_history(&acknowledged));
+    assert_consecutive(&stored);
+    assert!(history(addr, "bad").await.is_empty());
+    drop((good, bad));
+    let (code, took, log) = server.terminate().await;
+    println!("measured: one room's writes fail: SIGTERM exit {code} in {took:?}");
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("writes of some objects refused"), "{log}");
+    assert!(!log.contains("storage failing"), "{log}");
+}
