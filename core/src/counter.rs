@@ -108,6 +108,30 @@ impl Counter {
         }
     }
 
+    /// The batch `batch` could not be committed: none of its changes, nor those accepted
+    /// after them, happened. The counter goes back to its durable value and returns every
+    /// change request that failed, in order, for the adapter to refuse.
+    ///
+    /// # Errors
+    /// Returns the batch id back if it is not the batch in flight (caller misuse).
+    pub fn handle_write_failed(&mut self, batch: BatchId) -> Result<Vec<CounterRequest>, BatchId> {
+        match self.in_flight.take() {
+            Some((id, changes)) if id == batch => {
+                let failed = changes
+                    .into_iter()
+                    .chain(std::mem::take(&mut self.pending))
+                    .map(|(request, _)| request)
+                    .collect();
+                self.latest = self.durable;
+                Ok(failed)
+            }
+            other => {
+                self.in_flight = other;
+                Err(batch)
+            }
+        }
+    }
+
     /// The next thing to do, if any (changes since the last poll share one batch).
     pub fn poll_output(&mut self) -> Option<CounterOutput> {
         if let Some(output) = self.outputs.pop_front() {
@@ -189,5 +213,25 @@ mod tests {
         };
         assert_eq!(counter.handle_durable(BatchId(99)), Err(BatchId(99)));
         assert_eq!(counter.handle_durable(batch.id), Ok(()));
+    }
+
+    #[test]
+    fn a_failed_write_refuses_its_changes_and_those_after_and_keeps_the_durable_value() {
+        let mut store = MemoryStore::new();
+        let mut counter = Counter::restore(None).unwrap();
+        counter.handle_request(CounterRequest(1), CounterOp::Increment);
+        assert_eq!(drain(&mut counter, &mut store), vec![(1, 1)]);
+        counter.handle_request(CounterRequest(2), CounterOp::Increment);
+        let Some(CounterOutput::Persist(batch)) = counter.poll_output() else {
+            panic!("expected a batch");
+        };
+        counter.handle_request(CounterRequest(3), CounterOp::Increment);
+        assert_eq!(counter.handle_write_failed(BatchId(99)), Err(BatchId(99)));
+        let failed = counter.handle_write_failed(batch.id).unwrap();
+        assert_eq!(failed, vec![CounterRequest(2), CounterRequest(3)]);
+        assert!(counter.is_quiescent());
+        // The next change builds on the durable value, not on the refused ones.
+        counter.handle_request(CounterRequest(4), CounterOp::Increment);
+        assert_eq!(drain(&mut counter, &mut store), vec![(4, 2)]);
     }
 }

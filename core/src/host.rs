@@ -132,6 +132,7 @@ impl RoomHost {
             let resident = room.take_stats();
             stats.messages_durable += resident.messages_durable;
             stats.frames_rate_limited += resident.frames_rate_limited;
+            stats.messages_refused_storage += resident.messages_refused_storage;
         }
         stats
     }

@@ -57,6 +57,10 @@ pub const CLOSE_NAME_TOO_LONG: u16 = 1009;
 pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
 /// WebSocket close reason for a session whose state could not be restored.
 pub const CLOSE_REASON_STATE_LOST: &str = "Session state lost.";
+/// WebSocket close reason (with [`CLOSE_INTERNAL_ERROR`]) for a room whose stored state
+/// cannot be read (its storage fails, or its records are corrupt): only that room is out of
+/// service.
+pub const CLOSE_REASON_ROOM_UNAVAILABLE: &str = "Room unavailable.";
 
 /// A user name: 1 to [`NAME_LEN_MAX_UTF16`] UTF-16 code units.
 ///

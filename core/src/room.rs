@@ -189,6 +189,10 @@ pub enum PublishError {
     /// Too many messages are waiting for storage.
     #[error("Room is busy, please try again later.")]
     Busy,
+    /// The write that held the message failed: it was not stored and nobody received it
+    /// (the text is [`ERROR_STORAGE_UNAVAILABLE`]).
+    #[error("Message not sent: storage unavailable.")]
+    StorageUnavailable,
 }
 
 /// Why stored state could not be restored.
@@ -392,6 +396,9 @@ pub struct RoomStats {
     pub messages_durable: u64,
     /// Frames refused because the session's rate limiter held it back.
     pub frames_rate_limited: u64,
+    /// Accepted messages (including publishes) refused because their write failed
+    /// ([`Room::handle_write_failed`]): never stored, never broadcast.
+    pub messages_refused_storage: u64,
 }
 
 /// A batch handed to storage and not yet confirmed.
@@ -713,6 +720,7 @@ impl Room {
         let pending = std::mem::take(&mut self.pending);
         let mut failed_publishes = Vec::new();
         for message in in_flight.messages.into_iter().chain(pending) {
+            self.stats.messages_refused_storage += 1;
             if let Some(request) = message.publish {
                 failed_publishes.push(request);
             }

@@ -797,6 +797,7 @@ fn a_failed_write_tells_only_its_senders_and_its_ids_are_reused() {
     assert!(failed.broadcasts.is_empty(), "{:?}", failed.broadcasts);
     assert_eq!(failed.failed_publishes, vec![PublishId(7)]);
     assert_eq!(room.last_durable_id(), 0);
+    assert_eq!(room.take_stats().messages_refused_storage, 2);
 
     // The sender is not held back (no rate-limit error), and the next message takes id 1.
     room.handle_text(ada, r#"{"message":"kept"}"#, t.plus_millis(1))

@@ -141,11 +141,11 @@ pub fn published(id: u64) -> Answer {
     Answer::json(format!("{{\"id\":{id}}}"))
 }
 
-/// A publish the room refused: 503 while it is busy (worth retrying), else 400; the body is
-/// the error's text.
+/// A publish the room refused: 503 while it is busy or its storage fails (worth retrying),
+/// else 400; the body is the error's text.
 pub fn publish_failed(error: &PublishError) -> Answer {
     let status = match error {
-        PublishError::Busy => 503,
+        PublishError::Busy | PublishError::StorageUnavailable => 503,
         _ => 400,
     };
     Answer::text(status, error.to_string())
@@ -209,6 +209,14 @@ pub fn unavailable() -> Answer {
 /// 200 `ok`, for health checks.
 pub fn health() -> Answer {
     Answer::text(200, "ok")
+}
+
+/// 503 for health checks while the adapter's storage fails: `Storage failing: <reason>`,
+/// where `reason` is the adapter's description of the failure (the file and the storage
+/// engine's error). Load balancers take the instance out; it answers [`health`] again once
+/// a write succeeds.
+pub fn health_failing(reason: &str) -> Answer {
+    Answer::text(503, format!("Storage failing: {reason}"))
 }
 
 /// The result of `POST /admin/hibernate`: rooms asked, and how many of them hibernated.
@@ -361,6 +369,16 @@ mod tests {
                 "publish_failed busy",
                 publish_failed(&PublishError::Busy),
                 (503, vec![TEXT], "Room is busy, please try again later."),
+            ),
+            (
+                "publish_failed storage",
+                publish_failed(&PublishError::StorageUnavailable),
+                (503, vec![TEXT], "Message not sent: storage unavailable."),
+            ),
+            (
+                "health_failing",
+                health_failing("disk full"),
+                (503, vec![TEXT], "Storage failing: disk full"),
             ),
             (
                 "publish_failed name",

@@ -83,7 +83,8 @@ struct CounterTask {
     counters: Arc<Counters>,
     id: ObjectId,
     counter: Counter,
-    durable: mpsc::UnboundedSender<BatchId>,
+    /// Storage settles batches here: committed (`true`) or refused (`false`).
+    durable: mpsc::UnboundedSender<(BatchId, bool)>,
     replies: BTreeMap<CounterRequest, oneshot::Sender<i64>>,
     next_request: u64,
     stopping: Vec<oneshot::Sender<()>>,
@@ -119,9 +120,23 @@ async fn run(counters: Arc<Counters>, id: ObjectId, mut inbox: mpsc::Receiver<Co
     loop {
         tokio::select! {
             biased;
-            Some(batch) = durable_rx.recv() => {
-                if task.counter.handle_durable(batch).is_err() {
-                    tracing::error!(counter = %id, ?batch, "confirmation for a batch not in flight");
+            Some((batch, durable)) = durable_rx.recv() => {
+                if durable {
+                    if task.counter.handle_durable(batch).is_err() {
+                        tracing::error!(counter = %id, ?batch, "confirmation for a batch not in flight");
+                    }
+                } else {
+                    match task.counter.handle_write_failed(batch) {
+                        // Dropping a reply answers its request with an error (HTTP 503).
+                        Ok(failed) => {
+                            for request in failed {
+                                task.replies.remove(&request);
+                            }
+                        }
+                        Err(batch) => {
+                            tracing::error!(counter = %id, ?batch, "refusal for a batch not in flight");
+                        }
+                    }
                 }
             }
             msg = inbox.recv() => {
@@ -167,8 +182,8 @@ impl CounterTask {
                     self.counters.store.write(
                         self.id,
                         batch,
-                        Box::new(move || {
-                            let _ = durable.send(id);
+                        Box::new(move |committed| {
+                            let _ = durable.send((id, committed));
                         }),
                     );
                 }

@@ -15,6 +15,34 @@ pub enum OpenError {
         /// SQLite's reason.
         source: rusqlite::Error,
     },
+    /// The data file cannot serve: another process holds its lock, it cannot be written, it
+    /// is not an SQLite database, or it is corrupt (`why` says which, in words).
+    #[error("refusing data file {}: {why}", path.display())]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// The cause, for the operator.
+        why: &'static str,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The data file exists but cannot be opened for writing (read-only filesystem,
+    /// permissions).
+    #[error("refusing data file {}: it cannot be written", path.display())]
+    Unwritable {
+        /// The file.
+        path: PathBuf,
+        /// The OS's reason.
+        source: std::io::Error,
+    },
+    /// The data file is an SQLite database of some other application.
+    #[error("refusing data file {}: it is not an edgechat database (it has a table {table:?})", path.display())]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// A table edgechat does not have.
+        table: String,
+    },
     /// The database file refused WAL mode.
     #[error("database {path:?} refused WAL mode (got {mode})")]
     NotWal {
@@ -23,9 +51,6 @@ pub enum OpenError {
         /// The journal mode it kept.
         mode: String,
     },
-    /// The schema or the id secret could not be set up.
-    #[error("initializing the database")]
-    Schema(#[source] rusqlite::Error),
     /// The OS gave no randomness for the id secret (no weaker source is used instead).
     #[error("no OS randomness for the id secret: {0}")]
     Randomness(getrandom::Error),

@@ -122,7 +122,10 @@ impl Handle {
             Ok(Route::RoomPublish(room)) => self.publish_answer(&parts, room.id, body).await,
             Ok(Route::Counter(id, op)) => self.counter_answer(id, op).await,
             Ok(Route::Metrics) => answer::metrics(self.shared.metrics.render()),
-            Ok(Route::Health) => answer::health(),
+            Ok(Route::Health) => match self.shared.store.health().failing() {
+                Some(reason) => answer::health_failing(&reason),
+                None => answer::health(),
+            },
             Ok(Route::AdminHibernate) => self.admin_hibernate(&parts).await,
             // A route this adapter does not serve yet.
             Ok(_) => answer::not_found(),

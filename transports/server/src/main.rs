@@ -1,11 +1,18 @@
 //! `edgechat`: the standalone chat server. `edgechat serve --help` lists every setting.
+//!
+//! Exit codes: 0 after a clean stop (everything accepted was written); 1 for an unusable
+//! listen address or TLS file; 2 for a bad command line (clap's); 3 after a stop that could
+//! not write everything (logged; none of it was ever acknowledged); 4 when the data file is
+//! refused at startup (locked by another process, unwritable, foreign or corrupt: the
+//! message names the file and the cause).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use edgechat_core::limiter::RateLimiterConfig;
-use edgechat_server::{Config, Server};
+use edgechat_server::{Config, Server, StartError};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -73,6 +80,10 @@ struct ServeArgs {
     /// Milliseconds between keepalive pings; a client silent for two intervals is closed.
     #[arg(long, env = "EDGECHAT_PING_INTERVAL_MS", default_value_t = edgechat_server::PING_INTERVAL_MS_DEFAULT)]
     ping_interval_ms: u64,
+    /// Milliseconds a write may take to become durable; past it the write is rolled back and
+    /// its senders get `{"error":"Message not sent: storage unavailable."}` (publishes: 503).
+    #[arg(long, env = "EDGECHAT_STORAGE_TIMEOUT_MS", default_value_t = edgechat_server::STORAGE_TIMEOUT_MS_DEFAULT)]
+    storage_timeout_ms: u64,
 }
 
 impl ServeArgs {
@@ -91,6 +102,7 @@ impl ServeArgs {
                 grace_ms: self.rate_limit_grace_ms,
             },
             ping_interval_ms: self.ping_interval_ms,
+            storage_timeout_ms: self.storage_timeout_ms,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             ..Config::default()
@@ -98,8 +110,13 @@ impl ServeArgs {
     }
 }
 
+/// Exit code when the data file is refused at startup.
+const EXIT_STORAGE_REFUSED: u8 = 4;
+/// Exit code when a stop could not write everything that was accepted.
+const EXIT_UNWRITTEN: u8 = 3;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("EDGECHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -108,13 +125,24 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let Command::Serve(args) = Cli::parse().command;
     let tls = args.tls_cert.is_some();
-    let server = Server::start(args.into_config()).await?;
+    let server = match Server::start(args.into_config()).await {
+        Ok(server) => server,
+        Err(error @ StartError::Open(_)) => {
+            tracing::error!("{:#}", anyhow::Error::from(error));
+            return Ok(ExitCode::from(EXIT_STORAGE_REFUSED));
+        }
+        Err(error) => return Err(error.into()),
+    };
     // One line on stdout, for people and for scripts that asked for port 0.
     let scheme = if tls { "https" } else { "http" };
     println!("edgechat listening on {scheme}://{}", server.local_addr());
     wait_for_signal().await?;
-    server.shutdown().await;
-    Ok(())
+    let report = server.shutdown().await;
+    Ok(if report.flushed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_UNWRITTEN)
+    })
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -84,8 +84,15 @@ pub(crate) struct Metrics {
     pub storage_commits: AtomicU64,
     /// Object write batches committed (several per transaction under load).
     pub storage_batches: AtomicU64,
-    /// Failed commit attempts (each is retried).
+    /// Failed storage operations: commit attempts (retried while healthy), recovery probes
+    /// and reads.
     pub storage_errors: AtomicU64,
+    /// Write batches given up on: rolled back and refused to their objects.
+    pub storage_commit_failures: AtomicU64,
+    /// Chat messages (and publishes) refused because their write failed.
+    pub messages_refused_storage: AtomicU64,
+    /// 1 while storage fails (writes are refused), else 0 (gauge).
+    pub storage_failing: AtomicU64,
     /// Time from `BEGIN` to a finished `COMMIT`.
     pub storage_commit_latency: Histogram,
 }
@@ -104,7 +111,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let rows: [(&str, &str, &str, &AtomicU64); 17] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 20] = [
             (
                 "edgechat_connections",
                 "gauge",
@@ -204,8 +211,26 @@ impl Metrics {
             (
                 "edgechat_storage_errors_total",
                 "counter",
-                "Failed (and retried) commit attempts.",
+                "Failed storage operations (commit attempts, recovery probes, reads).",
                 &self.storage_errors,
+            ),
+            (
+                "edgechat_storage_commit_failures_total",
+                "counter",
+                "Write batches rolled back and refused (never written, senders told).",
+                &self.storage_commit_failures,
+            ),
+            (
+                "edgechat_messages_refused_storage_total",
+                "counter",
+                "Chat messages and publishes refused because storage failed.",
+                &self.messages_refused_storage,
+            ),
+            (
+                "edgechat_storage_failing",
+                "gauge",
+                "1 while storage fails and writes are refused, else 0.",
+                &self.storage_failing,
             ),
         ];
         for (name, kind, help, value) in rows {

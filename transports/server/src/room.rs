@@ -35,7 +35,7 @@ use bytes::Bytes;
 use edgechat_core::host::{HostOutput, RoomHost};
 use edgechat_core::http::HistoryQuery;
 use edgechat_core::ids::ObjectId;
-use edgechat_core::protocol::Frame;
+use edgechat_core::protocol::{Frame, CLOSE_INTERNAL_ERROR, CLOSE_REASON_ROOM_UNAVAILABLE};
 use edgechat_core::room::{ConnId, Input, Output, PublishError, PublishId, RoomConfig};
 use edgechat_core::storage::BatchId;
 use tokio::sync::{mpsc, oneshot};
@@ -52,10 +52,6 @@ const ROOM_INBOX_LEN: usize = 1_024;
 /// Most queued inputs handled before the outputs are drained (bounds one turn's latency
 /// while letting a burst of messages share one storage batch).
 const INPUTS_PER_TURN_MAX: usize = 64;
-/// Close code when a room's storage cannot be read.
-const CLOSE_ROOM_UNAVAILABLE: u16 = 1011;
-/// Close reason when a room's storage cannot be read.
-const CLOSE_REASON_ROOM_UNAVAILABLE: &str = "Room unavailable.";
 
 /// A message to a room task.
 #[derive(Debug)]
@@ -95,8 +91,8 @@ pub(crate) enum RoomMsg {
 /// An answer to something the room asked for.
 #[derive(Debug)]
 enum RoomReply {
-    /// Storage committed this batch.
-    Durable(BatchId),
+    /// Storage settled this batch: committed (`true`) or refused (`false`).
+    Settled(BatchId, bool),
     /// A rate limiter answered.
     Verdict(Verdict),
 }
@@ -170,7 +166,7 @@ impl Rooms {
 
 /// Where a room task's replies arrive.
 struct Replies {
-    durable: mpsc::UnboundedReceiver<BatchId>,
+    durable: mpsc::UnboundedReceiver<(BatchId, bool)>,
     verdicts: mpsc::UnboundedReceiver<Verdict>,
 }
 
@@ -246,8 +242,8 @@ struct RoomTask {
     /// Most frames from earlier turns a connection may leave unwritten after a flush (a
     /// turn's own frames, such as a join's roster and history, never count against it).
     backlog_max: usize,
-    /// Storage confirms batches here.
-    durable: mpsc::UnboundedSender<BatchId>,
+    /// Storage settles batches here.
+    durable: mpsc::UnboundedSender<(BatchId, bool)>,
     /// Rate limiters answer here.
     verdicts: mpsc::UnboundedSender<Verdict>,
     /// Limiter questions not yet answered (the room stays live until they are).
@@ -280,10 +276,10 @@ impl RoomTask {
             };
             tokio::select! {
                 biased;
-                Some(batch) = replies.durable.recv() => {
-                    self.handle_reply(RoomReply::Durable(batch)).await;
-                    while let Ok(batch) = replies.durable.try_recv() {
-                        self.handle_reply(RoomReply::Durable(batch)).await;
+                Some((batch, durable)) = replies.durable.recv() => {
+                    self.handle_reply(RoomReply::Settled(batch, durable)).await;
+                    while let Ok((batch, durable)) = replies.durable.try_recv() {
+                        self.handle_reply(RoomReply::Settled(batch, durable)).await;
                     }
                 }
                 Some(verdict) = replies.verdicts.recv() => {
@@ -410,12 +406,36 @@ impl RoomTask {
 
     async fn handle_reply(&mut self, reply: RoomReply) {
         match reply {
-            RoomReply::Durable(batch) => {
+            RoomReply::Settled(batch, true) => {
                 // The host never evicts with a batch in flight, so the room is resident.
                 if self.host.is_resident() {
                     self.input(Input::Durable { batch });
                 } else {
                     tracing::error!(room = %self.id, ?batch, "confirmation for an evicted room");
+                }
+            }
+            RoomReply::Settled(batch, false) => {
+                // Nothing of the batch was written: the core tells each sender and reuses
+                // the ids; failed publishes get the core's refusal (HTTP 503).
+                let at = now();
+                let failed = self
+                    .host
+                    .room_mut(at)
+                    .map(|room| room.handle_write_failed(batch, at));
+                match failed {
+                    Some(Ok(publishes)) => {
+                        for request in publishes {
+                            if let Some(reply) = self.publishes.remove(&request) {
+                                let _ = reply.send(Err(PublishError::StorageUnavailable));
+                            }
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::error!(room = %self.id, %error, "refusal for a batch not in flight");
+                    }
+                    None => {
+                        tracing::error!(room = %self.id, ?batch, "refusal for an evicted room");
+                    }
                 }
             }
             RoomReply::Verdict(Verdict { request, wait_ms }) => {
@@ -461,11 +481,9 @@ impl RoomTask {
             Err(error) => {
                 tracing::error!(room = %self.id, %error, "room storage is corrupt");
                 for socket in self.sockets.values() {
-                    socket.writer.close(
-                        CLOSE_ROOM_UNAVAILABLE,
-                        CLOSE_REASON_ROOM_UNAVAILABLE,
-                        true,
-                    );
+                    socket
+                        .writer
+                        .close(CLOSE_INTERNAL_ERROR, CLOSE_REASON_ROOM_UNAVAILABLE, true);
                 }
                 false
             }
@@ -503,6 +521,9 @@ impl RoomTask {
         metrics
             .rate_limited
             .fetch_add(stats.frames_rate_limited, relaxed);
+        metrics
+            .messages_refused_storage
+            .fetch_add(stats.messages_refused_storage, relaxed);
     }
 
     /// Writes every connection that got frames this turn, once each; closes those whose
@@ -547,8 +568,8 @@ impl RoomTask {
                 self.rooms.context.store.write(
                     self.id,
                     batch,
-                    Box::new(move || {
-                        let _ = durable.send(id);
+                    Box::new(move |committed| {
+                        let _ = durable.send((id, committed));
                     }),
                 );
             }

@@ -44,11 +44,16 @@ pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
 pub const OUTBOUND_QUEUE_LEN_DEFAULT: usize = 256;
 /// Default interval between keepalive pings (a peer silent for two is closed).
 pub const PING_INTERVAL_MS_DEFAULT: u64 = 30_000;
+/// Default longest time a write may take to become durable before it is refused.
+pub const STORAGE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 
 /// How long shutdown waits for sockets to finish their closing handshakes.
 const SHUTDOWN_SOCKETS_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for objects to commit what they accepted.
+/// How long shutdown waits for objects to commit what they accepted (at least; longer if
+/// the storage timeout is: every write is settled within it).
 const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than the storage timeout shutdown waits for the storage thread to stop.
+const SHUTDOWN_STORAGE_MARGIN: Duration = Duration::from_secs(5);
 
 /// Where the runtime keeps its data.
 #[derive(Debug)]
@@ -89,6 +94,10 @@ pub struct RuntimeConfig {
     pub room: RoomConfig,
     /// Interval between keepalive pings, in milliseconds.
     pub ping_interval_ms: u64,
+    /// Longest time, in milliseconds, a write may take to become durable: past it the write
+    /// is rolled back and refused (its senders get the core's storage error, publishes get
+    /// 503). Restores, history and counters are bounded by it too.
+    pub storage_timeout_ms: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -104,6 +113,7 @@ impl Default for RuntimeConfig {
             rate_limit: RateLimiterConfig::default(),
             room: RoomConfig::default(),
             ping_interval_ms: PING_INTERVAL_MS_DEFAULT,
+            storage_timeout_ms: STORAGE_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -146,6 +156,23 @@ pub struct PeerAddr(pub SocketAddr);
 pub struct Runtime {
     shared: Arc<Shared>,
     storage_thread: std::thread::JoinHandle<()>,
+    storage_timeout: Duration,
+}
+
+/// How a shutdown ended: whether everything the objects accepted was written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// What could not be written, in words; `None` when everything was. Nothing in it was
+    /// ever acknowledged: writes are acknowledged only once durable.
+    pub unwritten: Option<String>,
+}
+
+impl ShutdownReport {
+    /// Whether everything accepted was written (exit 0).
+    pub fn flushed(&self) -> bool {
+        self.unwritten.is_none()
+    }
 }
 
 impl Runtime {
@@ -166,11 +193,13 @@ impl Runtime {
             rate_limit,
             room,
             ping_interval_ms,
+            storage_timeout_ms,
         } = config;
         let metrics = Arc::new(Metrics::default());
+        let storage_timeout = Duration::from_millis(storage_timeout_ms.max(1));
         let (store, secret, storage_thread) = match storage {
-            Storage::Path(path) => Store::open_path(&path, metrics.clone())?,
-            Storage::Connection(conn) => Store::open(conn, metrics.clone())?,
+            Storage::Path(path) => Store::open_path(&path, metrics.clone(), storage_timeout)?,
+            Storage::Connection(conn) => Store::open(conn, metrics.clone(), storage_timeout)?,
         };
         let (shutdown, _) = watch::channel(false);
         let limiters = Limiters::new(metrics.clone(), rate_limit);
@@ -205,6 +234,7 @@ impl Runtime {
         Ok(Runtime {
             shared,
             storage_thread,
+            storage_timeout,
         })
     }
 
@@ -219,9 +249,11 @@ impl Runtime {
     /// closing handshakes, lets rooms and counters commit what they accepted, then commits
     /// every pending write and closes the database. Stop serving HTTP first (or alongside),
     /// as [`Server::shutdown`](crate::Server::shutdown) does.
-    pub async fn shutdown(self) {
+    ///
+    /// Bounded whatever storage does; the report says whether everything was written.
+    pub async fn shutdown(self) -> ShutdownReport {
         self.close_sockets().await;
-        self.stop().await;
+        self.stop().await
     }
 
     /// Shutdown's first step: every socket is told to close (1001), new upgrades are refused.
@@ -243,7 +275,7 @@ impl Runtime {
     }
 
     /// Shutdown's last steps: objects commit what they accepted, storage closes.
-    pub(crate) async fn stop(self) {
+    pub(crate) async fn stop(self) -> ShutdownReport {
         let shared = self.shared;
         let mut stopped = Vec::new();
         for inbox in shared.rooms.inboxes() {
@@ -263,16 +295,45 @@ impl Runtime {
                 let _ = done.await;
             }
         };
-        if tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, all_stopped)
+        let mut unwritten = Vec::new();
+        let drain_timeout =
+            SHUTDOWN_DRAIN_TIMEOUT.max(self.storage_timeout + SHUTDOWN_STORAGE_MARGIN);
+        if tokio::time::timeout(drain_timeout, all_stopped)
             .await
             .is_err()
         {
             tracing::warn!("some objects did not finish their writes in time");
+            unwritten.push("some rooms or counters did not settle their writes in time".to_owned());
         }
-        shared.store.stop().await;
-        let thread = self.storage_thread;
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        tracing::info!("stopped");
+        let stop_timeout = self.storage_timeout + SHUTDOWN_STORAGE_MARGIN;
+        match tokio::time::timeout(stop_timeout, shared.store.stop()).await {
+            Ok(report) => {
+                let report = report.unwrap_or_default();
+                if let Some(failing) = report.failing {
+                    unwritten.push(format!(
+                        "storage is failing ({failing}); {} write batches were refused since it began",
+                        report.batches_refused
+                    ));
+                }
+                let thread = self.storage_thread;
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+            Err(_) => unwritten.push(format!(
+                "the storage thread did not stop within {} ms; writes still queued were not written",
+                stop_timeout.as_millis()
+            )),
+        }
+        let report = ShutdownReport {
+            unwritten: (!unwritten.is_empty()).then(|| unwritten.join("; ")),
+        };
+        match &report.unwritten {
+            None => tracing::info!("stopped: everything accepted was written"),
+            Some(unwritten) => tracing::error!(
+                %unwritten,
+                "stopped: not everything could be written (none of it was acknowledged)"
+            ),
+        }
+        report
     }
 
     /// A receiver that turns `true` once shutdown begins.

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::OpenError;
-use crate::runtime::{self, Handle, PeerAddr, Runtime, RuntimeConfig, Storage};
+use crate::runtime::{self, Handle, PeerAddr, Runtime, RuntimeConfig, ShutdownReport, Storage};
 
 /// Default listen address.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8787";
@@ -57,6 +57,8 @@ pub struct Config {
     pub room: RoomConfig,
     /// See [`RuntimeConfig::ping_interval_ms`].
     pub ping_interval_ms: u64,
+    /// See [`RuntimeConfig::storage_timeout_ms`].
+    pub storage_timeout_ms: u64,
     /// PEM certificate chain for HTTPS/WSS (with [`Config::tls_key`]).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for HTTPS/WSS (with [`Config::tls_cert`]).
@@ -78,6 +80,7 @@ impl Default for Config {
             rate_limit: runtime.rate_limit,
             room: runtime.room,
             ping_interval_ms: runtime.ping_interval_ms,
+            storage_timeout_ms: runtime.storage_timeout_ms,
             tls_cert: None,
             tls_key: None,
         }
@@ -98,6 +101,7 @@ impl Config {
             rate_limit: self.rate_limit,
             room: self.room.clone(),
             ping_interval_ms: self.ping_interval_ms,
+            storage_timeout_ms: self.storage_timeout_ms,
         }
     }
 }
@@ -194,7 +198,9 @@ impl Server {
 
     /// Stops gracefully: stops accepting, closes every WebSocket with 1001, finishes
     /// in-flight requests, commits every pending write and closes the database.
-    pub async fn shutdown(self) {
+    ///
+    /// Bounded whatever storage does; the report says whether everything was written.
+    pub async fn shutdown(self) -> ShutdownReport {
         // 1. Every writer sends 1001 and the readers wait for the peers' answers; the
         //    accept loop stops on the same signal and tells its connections to finish.
         self.runtime.close_sockets().await;
@@ -206,7 +212,7 @@ impl Server {
             tracing::warn!("some HTTP requests did not finish in time");
         }
         // 3. Objects commit what they accepted; storage commits what is queued and closes.
-        self.runtime.stop().await;
+        self.runtime.stop().await
     }
 }
 

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgechat_core::ids::ObjectId;
+use edgechat_core::protocol::{CLOSE_INTERNAL_ERROR, CLOSE_REASON_ROOM_UNAVAILABLE};
 use edgechat_core::room::ConnId;
 use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -56,8 +57,6 @@ const CLOSE_REASON_TOO_BIG: &str = "Frame too large.";
 /// Close code for a WebSocket protocol violation.
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 const CLOSE_REASON_PROTOCOL_ERROR: &str = "Protocol error.";
-const CLOSE_INTERNAL_ERROR: u16 = 1011;
-const CLOSE_REASON_UNAVAILABLE: &str = "Room unavailable.";
 
 /// Bytes read from the socket per read call, and the read buffer each connection keeps
 /// (chat frames from clients are a few hundred bytes; a larger frame takes several reads).
@@ -171,7 +170,7 @@ pub(crate) async fn serve(
         .await;
         let _ = rooms.send(room, RoomMsg::Closed { conn }).await;
     } else {
-        writer.close(CLOSE_INTERNAL_ERROR, CLOSE_REASON_UNAVAILABLE, true);
+        writer.close(CLOSE_INTERNAL_ERROR, CLOSE_REASON_ROOM_UNAVAILABLE, true);
     }
     // Write what is still queued (a close frame, the answer to the peer's close), within
     // limits, before the socket is dropped.
