@@ -22,3 +22,27 @@ pub fn close_after_restore_failure(conns: impl IntoIterator<Item = ConnId>) -> V
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_socket_of_the_room_is_closed_with_the_unavailable_code() {
+        let outputs = close_after_restore_failure([ConnId(3), ConnId(7)]);
+        let closed: Vec<_> = outputs
+            .iter()
+            .map(|output| match output {
+                Output::Close { conn, code, reason } => (*conn, *code, *reason),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            closed,
+            [
+                (ConnId(3), 1013, "Room unavailable: storage failed."),
+                (ConnId(7), 1013, "Room unavailable: storage failed."),
+            ]
+        );
+    }
+}
