@@ -21,16 +21,34 @@ pub enum PlantedBug {
     LimiterResetOnRestore,
     /// A `since` resume replays from `since` itself, duplicating one message.
     SinceReplayDuplicate,
+    /// A failed write tells none of its senders.
+    FailedWriteSilent,
+    /// A failed write tells its senders, then writes and broadcasts their messages anyway.
+    FailedBatchLandsLater,
+    /// After a failed write the next message takes the newest durable id, overwriting an
+    /// acknowledged message.
+    FailedWriteReusesDurableId,
+    /// After a failed write the next message does not take the first id that failed, so
+    /// ids have a gap.
+    FailedWriteSkipsIds,
+    /// A failed write is reported to its senders, but the room keeps waiting for it, so
+    /// nothing is written (or answered) again.
+    FailedWriteStalls,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 6] = [
+    pub const ALL: [PlantedBug; 11] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
         PlantedBug::BroadcastBeforeDurable,
         PlantedBug::LimiterResetOnRestore,
         PlantedBug::SinceReplayDuplicate,
+        PlantedBug::FailedWriteSilent,
+        PlantedBug::FailedBatchLandsLater,
+        PlantedBug::FailedWriteReusesDurableId,
+        PlantedBug::FailedWriteSkipsIds,
+        PlantedBug::FailedWriteStalls,
     ];
 }

@@ -35,8 +35,12 @@ use crate::time::Timestamp;
 use crate::planted::PlantedBug;
 
 mod auth;
+mod unavailable;
 
 pub use auth::{RoomAuth, CLOSE_REASON_TOKEN_EXPIRED, CLOSE_TOKEN_EXPIRED};
+pub use unavailable::{
+    close_after_restore_failure, CLOSE_REASON_ROOM_UNAVAILABLE, CLOSE_ROOM_UNAVAILABLE,
+};
 
 /// A connection's id, chosen by the adapter and unique within a room for the room's life
 /// (including across hibernation).
@@ -718,6 +722,10 @@ impl Room {
         }
         let in_flight = self.in_flight.take().expect("checked above");
         let pending = std::mem::take(&mut self.pending);
+        if self.config.planted(PlantedBug::FailedBatchLandsLater) {
+            // Tells the senders, yet keeps the messages for the next batch.
+            self.pending = in_flight.messages.iter().chain(&pending).cloned().collect();
+        }
         let mut failed_publishes = Vec::new();
         for message in in_flight.messages.into_iter().chain(pending) {
             self.stats.messages_refused_storage += 1;
@@ -725,12 +733,27 @@ impl Room {
                 failed_publishes.push(request);
             }
             if let Some(conn) = message.sender {
-                if self.sessions.contains_key(&conn) {
+                if self.sessions.contains_key(&conn)
+                    && !self.config.planted(PlantedBug::FailedWriteSilent)
+                {
                     self.send_error(conn, ERROR_STORAGE_UNAVAILABLE);
                 }
             }
         }
-        self.last_id = self.durable_id;
+        if self.config.planted(PlantedBug::FailedWriteReusesDurableId) {
+            self.last_id = self.durable_id.saturating_sub(1);
+        } else if !self.config.planted(PlantedBug::FailedBatchLandsLater)
+            && !self.config.planted(PlantedBug::FailedWriteSkipsIds)
+        {
+            self.last_id = self.durable_id;
+        }
+        if self.config.planted(PlantedBug::FailedWriteStalls) {
+            // Still waits for the batch that failed, so never starts another.
+            self.in_flight = Some(InFlight {
+                batch,
+                messages: Vec::new(),
+            });
+        }
         Ok(failed_publishes)
     }
 

@@ -26,13 +26,16 @@ use std::time::Duration;
 
 use edgechat_core::planted::PlantedBug;
 
-pub use world::{FaultKind, Scenario, Violation};
+pub use world::{FaultKind, HostBug, Scenario, Violation};
 
 /// What a caller may choose about a run besides its seed.
 #[derive(Debug, Clone, Default)]
 pub struct SimOptions {
     /// Plant this bug in every room (the simulator's self-test).
     pub planted: Option<PlantedBug>,
+    /// Plant this bug in every room host (the simulator's self-test of host-level
+    /// invariants, such as storage isolation, that core alone cannot break).
+    pub host_bug: Option<HostBug>,
     /// Keep the whole trace in the report (otherwise only its hash and last lines).
     pub keep_trace: bool,
 }
@@ -54,12 +57,18 @@ pub struct RunReport {
     pub messages_durable: u64,
     /// The first broken invariant, if any.
     pub violation: Option<Violation>,
+    /// The host bug planted, if any (for the replay command).
+    pub host_bug: Option<HostBug>,
 }
 
 impl RunReport {
     /// The shell command that replays this run.
     pub fn replay_command(&self, planted: Option<PlantedBug>) -> String {
-        let bug = planted.map_or(String::new(), |bug| format!(" --bug {bug:?}"));
+        let bug = match (planted, self.host_bug) {
+            (Some(bug), _) => format!(" --bug {bug:?}"),
+            (None, Some(bug)) => format!(" --bug {bug:?}"),
+            (None, None) => String::new(),
+        };
         format!(
             "SIM_SEED={seed} cargo test -p sim --test sim replay -- --nocapture   # or: cargo run -p sim --release -- --seed {seed}{bug} --trace",
             seed = self.seed
@@ -72,6 +81,7 @@ impl RunReport {
 /// The same seed and options always give the same report, byte for byte. A panic inside the
 /// simulation (a broken `assert!` in core, say) is reported as a violation, not propagated.
 pub fn run_seed(seed: u64, options: &SimOptions) -> RunReport {
+    let host_bug = options.host_bug;
     let options = options.clone();
     let result = std::thread::spawn(move || {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_inner(seed, &options)))
@@ -92,6 +102,7 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> RunReport {
                 trace: Vec::new(),
                 faults: BTreeMap::new(),
                 messages_durable: 0,
+                host_bug,
                 violation: Some(Violation {
                     invariant: "no-panic",
                     detail: what,
@@ -139,6 +150,13 @@ pub fn seed_from_env() -> Option<u64> {
 /// Parses a planted bug's name as printed by `Debug` (e.g. `HistoryTrimOffByOne`).
 pub fn parse_bug(name: &str) -> Option<PlantedBug> {
     PlantedBug::ALL
+        .into_iter()
+        .find(|bug| format!("{bug:?}").eq_ignore_ascii_case(name))
+}
+
+/// Parses a planted host bug's name as printed by `Debug` (e.g. `SharedStorageQueue`).
+pub fn parse_host_bug(name: &str) -> Option<HostBug> {
+    HostBug::ALL
         .into_iter()
         .find(|bug| format!("{bug:?}").eq_ignore_ascii_case(name))
 }

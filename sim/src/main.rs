@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sim::{parse_bug, run_seed, RunReport, SimOptions};
+use sim::{parse_bug, parse_host_bug, run_seed, RunReport, SimOptions};
 
 #[derive(Debug)]
 struct Args {
@@ -60,7 +60,11 @@ fn parse_args() -> Result<Args, String> {
             "--max-secs" => args.max_secs = Some(value()?.parse().map_err(|_| "bad seconds")?),
             "--bug" => {
                 let name = value()?;
-                args.options.planted = Some(parse_bug(&name).ok_or(format!("no bug {name}"))?);
+                match (parse_bug(&name), parse_host_bug(&name)) {
+                    (Some(bug), _) => args.options.planted = Some(bug),
+                    (None, Some(bug)) => args.options.host_bug = Some(bug),
+                    (None, None) => return Err(format!("no bug {name}")),
+                }
             }
             "--trace" => args.options.keep_trace = true,
             "--machine" => args.machine = true,
@@ -137,6 +141,9 @@ fn sweep_in_children(args: Args) -> ExitCode {
             command.args(["--max-secs", &(s - elapsed).to_string()]);
         }
         if let Some(bug) = args.options.planted {
+            command.args(["--bug", &format!("{bug:?}")]);
+        }
+        if let Some(bug) = args.options.host_bug {
             command.args(["--bug", &format!("{bug:?}")]);
         }
         let output = command.output().expect("child sweep");

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use edgechat_core::host::{HostOutput, RoomHost};
 use edgechat_core::limiter::{RateLimiter, SessionLimiter, VerdictRequest};
-use edgechat_core::protocol::{Frame, ERROR_RATE_LIMITED};
-use edgechat_core::room::{ConnId, Input, Output};
+use edgechat_core::protocol::{Frame, ERROR_RATE_LIMITED, ERROR_STORAGE_UNAVAILABLE};
+use edgechat_core::room::{close_after_restore_failure, ConnId, Input, Output};
 use edgechat_core::storage::{keys, WriteBatch};
 use edgechat_core::testkit::ServerFrameView;
 use edgechat_core::Timestamp;
@@ -18,8 +18,8 @@ use madsim::time::{sleep, sleep_until};
 
 use crate::mailbox::Mailbox;
 use crate::world::{
-    client_ip, newest_id, ClientConn, ClientEvent, FaultKind, HostEvent, LimiterAsk, Shared, World,
-    SETTLE_MS,
+    client_ip, newest_id, ClientConn, ClientEvent, CommitOutcome, FaultKind, HostEvent, LimiterAsk,
+    Shared, World, CLIENT_LATENCY_MAX_MS, COMMIT_BOUND_MS, SETTLE_MS,
 };
 
 /// Presence and retained history: what an eviction must not change.
@@ -242,7 +242,11 @@ impl Host {
         let room = match event {
             HostEvent::Connect { conn, room, ip } => {
                 self.trace(format_args!("h{} r{room} connect {conn:?}", self.index));
-                self.ensure_resident(room);
+                if !self.ensure_resident(room) {
+                    // The room is out of service: this socket is closed like its others.
+                    self.close_sockets(room, vec![conn]);
+                    return;
+                }
                 self.sockets.insert(
                     conn,
                     Socket {
@@ -268,7 +272,9 @@ impl Host {
                 };
                 self.trace(format_args!("h{} r{room} closed {conn:?}", self.index));
                 // The runtime wakes a hibernated room with the closing socket still attached.
-                self.ensure_resident(room);
+                if !self.ensure_resident(room) {
+                    return; // every socket of the room, this one included, was closed
+                }
                 self.sockets.remove(&conn);
                 lock(&self.world).conn_closed(conn);
                 self.input(room, Input::Closed { conn });
@@ -287,6 +293,49 @@ impl Host {
                     socket.shadow.handle_verdict(request.seq, wait_ms, now);
                 }
                 self.input(room, Input::Verdict { request, wait_ms });
+                room
+            }
+            HostEvent::WriteFailed { room, batch } => {
+                self.trace(format_args!(
+                    "h{} r{room} write failed {batch:?}",
+                    self.index
+                ));
+                let checks = match self.in_flight.remove(&room) {
+                    Some(in_flight) if in_flight.id == batch => {
+                        lock(&self.world).refused(room, &in_flight)
+                    }
+                    other => {
+                        lock(&self.world).violate(
+                            "host-contract",
+                            format!("write failed {batch:?} for room {room}, in flight {other:?}"),
+                        );
+                        Vec::new()
+                    }
+                };
+                let host = self.rooms.get_mut(&room).expect("room on this host");
+                let failed = match host.room_mut(now) {
+                    Some(r) => r
+                        .handle_write_failed(batch, now)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    None => Err("the room is not resident".to_owned()),
+                };
+                if let Err(error) = failed {
+                    lock(&self.world).violate(
+                        "host-contract",
+                        format!("room {room} refused the failure of {batch:?}: {error}"),
+                    );
+                }
+                self.drain(room);
+                // Each sender still connected must have its error within the link's latency.
+                let world = self.world.clone();
+                madsim::task::spawn(async move {
+                    sleep(Duration::from_millis(CLIENT_LATENCY_MAX_MS + 50)).await;
+                    let mut w = lock(&world);
+                    for (client, conn, owed) in checks {
+                        w.check_told(client, conn, owed);
+                    }
+                });
                 room
             }
             HostEvent::Durable { room, batch } => {
@@ -315,8 +364,9 @@ impl Host {
                 room
             }
             HostEvent::Probe { room } => {
-                self.ensure_resident(room);
-                self.drain(room);
+                if self.ensure_resident(room) {
+                    self.drain(room);
+                }
                 room
             }
         };
@@ -351,17 +401,36 @@ impl Host {
         lock(&self.world).trace(line);
     }
 
-    fn ensure_resident(&mut self, room: usize) {
+    /// Makes `room` resident; `false` if its restore failed, in which case every socket of
+    /// the room has been closed (the room is out of service until a later restore works).
+    fn ensure_resident(&mut self, room: usize) -> bool {
         let now = self.now();
         let host = self.rooms.get_mut(&room).expect("room on this host");
         if host.is_resident() {
-            return;
+            return true;
         }
         let stored = {
             let mut w = lock(&self.world);
-            let stored = w.stores[room].list(host.config().restore_query());
-            w.restored(room, &stored);
-            stored
+            if w.restore_fails(room) {
+                None
+            } else {
+                let stored = w.stores[room].list(host.config().restore_query());
+                w.restored(room, &stored);
+                Some(stored)
+            }
+        };
+        let Some(stored) = stored else {
+            self.trace(format_args!("h{} r{room} restore failed", self.index));
+            // What the room looked like before its eviction is gone with its sockets.
+            self.views.remove(&room);
+            let conns = self
+                .sockets
+                .iter()
+                .filter(|(_, socket)| socket.room == room)
+                .map(|(conn, _)| *conn)
+                .collect();
+            self.close_sockets(room, conns);
+            return false;
         };
         let attachments: Vec<(ConnId, &[u8])> = self
             .sockets
@@ -378,7 +447,7 @@ impl Host {
         ));
         if let Err(error) = restored {
             w.violate("restore", format!("room {room}: {error}"));
-            return;
+            return false;
         }
         if let Some(before) = self.views.remove(&room) {
             let after = view(host);
@@ -391,15 +460,43 @@ impl Host {
         }
         drop(w);
         self.drain(room);
+        true
+    }
+
+    /// Closes `conns` of `room`, which could not be restored, as core says to.
+    fn close_sockets(&mut self, room: usize, conns: Vec<ConnId>) {
+        let shared = self.world.clone();
+        let mut w = lock(&shared);
+        for conn in &conns {
+            self.sockets.remove(conn);
+        }
+        for output in close_after_restore_failure(conns) {
+            let Output::Close { conn, code, reason } = output else {
+                w.violate(
+                    "host-contract",
+                    format!("room {room}: {output:?} on a failed restore"),
+                );
+                continue;
+            };
+            w.trace(format_args!("r{room} close {conn:?} {code} {reason}"));
+            if !w.sc.faulty_rooms.contains(&room) {
+                w.violate(
+                    "healthy-rooms-unaffected",
+                    format!("room {room} on healthy storage closed {conn:?} with {code}"),
+                );
+            }
+            // The network carries the close after what was sent before it; if the host
+            // crashes first, the connection breaks instead.
+            to_client(&shared, &mut w, conn, ClientEvent::Closed { conn });
+        }
     }
 
     fn input(&mut self, room: usize, input: Input) {
-        self.ensure_resident(room);
+        if !self.ensure_resident(room) {
+            return; // restore failed: the room's sockets are closed
+        }
         let now = self.now();
         let host = self.rooms.get_mut(&room).expect("room on this host");
-        if !host.is_resident() {
-            return; // restore failed; already reported
-        }
         let description = format!("{input:?}");
         if let Err(error) = host.handle_input(input, now) {
             lock(&self.world).violate(
@@ -448,14 +545,62 @@ impl Host {
                         batch.writes.len()
                     ));
                     self.in_flight.insert(room, batch.clone());
-                    let commit = if w.sc.faults.contains(&FaultKind::Latency) {
-                        random_ms((1, 300))
-                    } else {
-                        random_ms((1, 20))
+                    let outcome = w.commit_outcome(room);
+                    let busy = match outcome {
+                        CommitOutcome::Commit(took)
+                        | CommitOutcome::Fail(took, _)
+                        | CommitOutcome::Hang(took) => took,
                     };
+                    let queued = w.storage_queue_wait(self.index, busy);
                     let (shared, inbox) = (shared.clone(), self.inbox.clone());
                     let (index, incarnation) = (self.index, self.incarnation);
                     madsim::task::spawn(async move {
+                        if !queued.is_zero() {
+                            sleep(queued).await;
+                        }
+                        let commit = match outcome {
+                            CommitOutcome::Commit(took) => took,
+                            CommitOutcome::Fail(took, why) => {
+                                sleep(took).await;
+                                let mut w = lock(&shared);
+                                if w.hosts[index].incarnation == incarnation {
+                                    w.trace(format_args!(
+                                        "r{room} commit {:?} failed ({why})",
+                                        batch.id
+                                    ));
+                                    inbox.push(HostEvent::WriteFailed {
+                                        room,
+                                        batch: batch.id,
+                                    });
+                                }
+                                return;
+                            }
+                            CommitOutcome::Hang(took) => {
+                                let bound = Duration::from_millis(COMMIT_BOUND_MS);
+                                sleep(bound).await;
+                                {
+                                    let mut w = lock(&shared);
+                                    if w.hosts[index].incarnation != incarnation {
+                                        return; // the process died with the write
+                                    }
+                                    w.trace(format_args!(
+                                        "r{room} commit {:?} hangs: host gives up",
+                                        batch.id
+                                    ));
+                                    inbox.push(HostEvent::WriteFailed {
+                                        room,
+                                        batch: batch.id,
+                                    });
+                                }
+                                // The storage finishes later, and must roll the write back.
+                                sleep(took - bound).await;
+                                lock(&shared).trace(format_args!(
+                                    "r{room} late commit {:?} rolled back",
+                                    batch.id
+                                ));
+                                return;
+                            }
+                        };
                         sleep(commit).await;
                         let mut w = lock(&shared);
                         if w.hosts[index].incarnation != incarnation {
@@ -622,6 +767,7 @@ async fn client_main(world: Shared, index: usize) {
                 }
             }
             ClientEvent::Closed { conn } => {
+                w.conn_closed(conn);
                 if w.clients[index].current.conn == Some(conn) {
                     w.trace(format_args!("u{index} lost {conn:?}"));
                     w.clients[index].current = ClientConn::default();
@@ -675,13 +821,44 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
             left => left - 1,
         };
         slot.sent += 1;
-        let text = format!(r#"{{"message":"{}#{}"}}"#, slot.name, slot.sent);
+        let message = format!("{}#{}", slot.name, slot.sent);
+        let text = format!(r#"{{"message":"{message}"}}"#);
+        slot.sent_on.insert(message, conn);
+        expect_answer(shared, w, index, conn);
         to_host(shared, w, conn, HostEvent::Text { conn, text });
     } else if roll < 0.58 {
         let text = format!(r#"{{"message":"{}"}}"#, "x".repeat(300));
+        expect_answer(shared, w, index, conn);
         to_host(shared, w, conn, HostEvent::Text { conn, text });
     } else if roll < 0.66 && w.fault_on(FaultKind::Disconnect) {
         w.clients[index].inbox.push(ClientEvent::Disconnect);
+    }
+}
+
+/// A chat frame is about to be sent on `conn`: it must be answered (echo or error) within
+/// the room's bound while the connection lasts.
+fn expect_answer(shared: &Shared, w: &mut World, index: usize, conn: ConnId) {
+    let current = &mut w.clients[index].current;
+    current.sent += 1;
+    let sent = current.sent;
+    let bound = w.answer_bound(w.clients[index].room);
+    let shared = shared.clone();
+    madsim::task::spawn(async move {
+        sleep(bound).await;
+        lock(&shared).check_answered(index, conn, sent);
+    });
+}
+
+/// `conn` got an answer to one of its chat frames: never more answers than frames.
+fn answered(w: &mut World, index: usize, conn: ConnId) {
+    let current = &mut w.clients[index].current;
+    current.answers += 1;
+    if current.answers > current.sent {
+        let detail = format!(
+            "u{index} on {conn:?} got {} answers to {} chat frames",
+            current.answers, current.sent
+        );
+        w.violate("one-answer-each", detail);
     }
 }
 
@@ -703,9 +880,20 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
     if let Some(error) = parsed.error {
         w.trace(format_args!("u{index} {conn:?} <- error {error}"));
         let current = &mut w.clients[index].current;
-        if !current.ready && error == ERROR_RATE_LIMITED {
-            current.join_rejected = true;
+        if !current.ready {
+            if error == ERROR_RATE_LIMITED {
+                current.join_rejected = true;
+            }
+            return;
         }
+        if error == ERROR_STORAGE_UNAVAILABLE {
+            current.storage_errors += 1;
+            if !w.sc.faulty_rooms.contains(&room) {
+                let detail = format!("room {room} on healthy storage: u{index} got {error}");
+                w.violate("healthy-rooms-unaffected", detail);
+            }
+        }
+        answered(w, index, conn);
         return;
     }
     if let Some(name) = parsed.joined {
@@ -750,8 +938,30 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
         return;
     };
     w.trace(format_args!("u{index} {conn:?} <- #{id}"));
-    // One total order: the same frame for the same id everywhere, timestamps increasing.
     let mut problem = None;
+    // Storage failures: what was refused is never seen, what was acknowledged never changes.
+    let text = serde_json::from_str::<serde_json::Value>(frame)
+        .ok()
+        .and_then(|value| Some(value.get("message")?.as_str()?.to_owned()))
+        .unwrap_or_default();
+    let oracle = &mut w.rooms[room];
+    if oracle.refused.contains(&text) {
+        problem = Some((
+            "refused-never-visible",
+            format!("u{index} saw id {id}: {frame}, whose sender was told it failed"),
+        ));
+    }
+    if let Some(acked) = oracle.acked.get(&id).filter(|acked| ***acked != **frame) {
+        problem = Some((
+            "acked-never-lost",
+            format!("u{index} saw id {id} as {frame}, acknowledged as {acked}"),
+        ));
+    }
+    oracle.seen_texts.insert(text.clone(), id);
+    if w.clients[index].sent_on.get(&text) == Some(&conn) {
+        answered(w, index, conn);
+    }
+    // One total order: the same frame for the same id everywhere, timestamps increasing.
     match w.rooms[room].seen.get(&id) {
         Some((seen, _)) if seen != frame => {
             problem = Some(("one-total-order", format!("id {id} is {frame} and {seen}")));
@@ -869,7 +1079,10 @@ pub(crate) async fn supervise(world: Shared) {
         .filter(|kind| {
             !matches!(
                 kind,
-                FaultKind::LossClient | FaultKind::LossLimiter | FaultKind::ClockSkew
+                FaultKind::LossClient
+                    | FaultKind::LossLimiter
+                    | FaultKind::ClockSkew
+                    | FaultKind::CommitFail
             )
         })
         .collect();
@@ -1026,6 +1239,27 @@ fn inject(world: &Shared, handle: &madsim::runtime::Handle, kind: FaultKind) {
             }
             w.trace(format_args!("clock step node {target} by {step} ms"));
         }
-        FaultKind::LossClient | FaultKind::LossLimiter | FaultKind::ClockSkew => {}
+        FaultKind::CommitHang | FaultKind::CommitFlaky | FaultKind::RestoreFail => {
+            let faulty: Vec<usize> = w.sc.faulty_rooms.iter().copied().collect();
+            let room = faulty[rng.gen_range(0..faulty.len())];
+            let until = w.elapsed_ms() + rng.gen_range(500..=15_000);
+            w.trace(format_args!("{} room {room} until {until} ms", kind.name()));
+            let faults = &mut w.storage_faults[room];
+            match kind {
+                FaultKind::CommitHang => faults.hang_until_ms = until,
+                FaultKind::CommitFlaky => faults.fail_until_ms = until,
+                _ => {
+                    faults.restore_fail_until_ms = until;
+                    // A resident room needs no restore: ask for its eviction.
+                    if let Some(inbox) = &w.hosts[room % w.sc.hosts].inbox {
+                        inbox.push(HostEvent::Evict { room });
+                    }
+                }
+            }
+        }
+        FaultKind::LossClient
+        | FaultKind::LossLimiter
+        | FaultKind::ClockSkew
+        | FaultKind::CommitFail => {}
     }
 }

@@ -62,11 +62,20 @@ pub enum FaultKind {
     ClockSkew,
     /// Host and limiter clocks step backwards and forwards.
     ClockStep,
+    /// Some commits of the rooms on faulty storage fail (nothing is written).
+    CommitFail,
+    /// The faulty storage hangs for a while: commits take longer than
+    /// [`COMMIT_BOUND_MS`], the host gives up at the bound and the late write is rolled back.
+    CommitHang,
+    /// The faulty storage fails every commit for a while, then commits again.
+    CommitFlaky,
+    /// The faulty storage fails every restore (read) for a while.
+    RestoreFail,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Evict,
         FaultKind::Crash,
         FaultKind::Disconnect,
@@ -77,6 +86,10 @@ impl FaultKind {
         FaultKind::LossLimiter,
         FaultKind::ClockSkew,
         FaultKind::ClockStep,
+        FaultKind::CommitFail,
+        FaultKind::CommitHang,
+        FaultKind::CommitFlaky,
+        FaultKind::RestoreFail,
     ];
 
     /// A short name for reports.
@@ -92,8 +105,37 @@ impl FaultKind {
             FaultKind::LossLimiter => "loss-limiter",
             FaultKind::ClockSkew => "clock-skew",
             FaultKind::ClockStep => "clock-step",
+            FaultKind::CommitFail => "commit-fail",
+            FaultKind::CommitHang => "commit-hang",
+            FaultKind::CommitFlaky => "commit-flaky",
+            FaultKind::RestoreFail => "restore-fail",
         }
     }
+
+    /// Whether this kind is a storage fault (it concerns only the rooms on faulty storage).
+    pub fn is_storage(self) -> bool {
+        matches!(
+            self,
+            FaultKind::CommitFail
+                | FaultKind::CommitHang
+                | FaultKind::CommitFlaky
+                | FaultKind::RestoreFail
+        )
+    }
+}
+
+/// A deliberately wrong room host, for the invariants that only a host can break (core's
+/// rooms are independent of each other by construction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostBug {
+    /// A host commits all its rooms' batches one at a time, so a hanging commit of one
+    /// room holds up every other room on the host (as the server's storage thread did).
+    SharedStorageQueue,
+}
+
+impl HostBug {
+    /// Every host bug.
+    pub const ALL: [HostBug; 1] = [HostBug::SharedStorageQueue];
 }
 
 /// The shape of one run, drawn from its seed.
@@ -115,6 +157,9 @@ pub struct Scenario {
     pub idle_ms: u64,
     /// The rooms' settings.
     pub room: RoomConfig,
+    /// Rooms whose storage has faults (empty unless a storage fault kind is on); the
+    /// others are healthy and must not notice.
+    pub faulty_rooms: BTreeSet<usize>,
 }
 
 /// A broken invariant.
@@ -170,6 +215,14 @@ pub enum HostEvent {
         request: VerdictRequest,
         /// The answer.
         wait_ms: u64,
+    },
+    /// A storage commit failed, or the host gave up on it at [`COMMIT_BOUND_MS`] (and the
+    /// write is rolled back): nothing of it was written.
+    WriteFailed {
+        /// Whose.
+        room: usize,
+        /// Which.
+        batch: BatchId,
     },
     /// A storage commit finished.
     Durable {
@@ -290,6 +343,14 @@ pub struct ClientConn {
     pub roster: Vec<String>,
     /// Its join was rate limited, so it must be sent again.
     pub join_rejected: bool,
+    /// Chat frames sent on this connection (each expects exactly one answer).
+    pub sent: u64,
+    /// Answers received: an echo of a message sent on this connection, or an error.
+    pub answers: u64,
+    /// Storage errors received.
+    pub storage_errors: u64,
+    /// Storage errors owed: messages of this connection in batches that failed.
+    pub storage_errors_owed: u64,
 }
 
 /// A client's state, shared so the oracle can read it.
@@ -313,6 +374,8 @@ pub struct ClientSlot {
     pub burst_left: u32,
     /// Connections opened.
     pub connects: u64,
+    /// The connection each chat message (by text) was sent on.
+    pub sent_on: BTreeMap<String, ConnId>,
 }
 
 /// What the oracle knows of a room.
@@ -324,6 +387,50 @@ pub struct RoomOracle {
     pub acked: BTreeMap<u64, Frame>,
     /// Presence the last time the room was resident.
     pub presence: Vec<String>,
+    /// Texts of acknowledged messages.
+    pub acked_texts: BTreeSet<String>,
+    /// Texts of every chat frame a client saw, with its id.
+    pub seen_texts: BTreeMap<String, u64>,
+    /// Texts of messages in batches that failed: never to be seen or stored.
+    pub refused: BTreeSet<String>,
+}
+
+/// How long a room host waits for a commit before it gives up, reports the write failed
+/// (so the senders are told) and rolls the write back.
+pub const COMMIT_BOUND_MS: u64 = 5_000;
+/// The longest a client link delays a frame (the `latency` fault's maximum).
+pub const CLIENT_LATENCY_MAX_MS: u64 = 1_000;
+/// The longest a commit takes when it is neither hanging nor failing.
+pub const COMMIT_LATENCY_MAX_MS: u64 = 300;
+/// A chat frame in a healthy room is answered within this (there and back, behind at most
+/// one other commit, then its own).
+pub const ANSWER_BOUND_HEALTHY_MS: u64 = 2 * CLIENT_LATENCY_MAX_MS + 2 * COMMIT_LATENCY_MAX_MS + 50;
+/// A chat frame in a room on faulty storage is answered within this (there and back,
+/// behind at most one other commit, then its own, each ending by the bound).
+pub const ANSWER_BOUND_FAULTY_MS: u64 = 2 * CLIENT_LATENCY_MAX_MS + 2 * COMMIT_BOUND_MS + 50;
+
+/// Storage faults of one room's storage, as they stand.
+#[derive(Debug, Clone, Default)]
+pub struct StorageFaults {
+    /// Probability that a commit fails (`commit-fail`).
+    pub commit_fail_p: f64,
+    /// Commits started before this (virtual ms) hang (`commit-hang`).
+    pub hang_until_ms: u64,
+    /// Commits started before this fail (`commit-flaky`).
+    pub fail_until_ms: u64,
+    /// Restores before this fail (`restore-fail`).
+    pub restore_fail_until_ms: u64,
+}
+
+/// How a commit will end, decided when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Durable after this long.
+    Commit(Duration),
+    /// Fails after this long (nothing written).
+    Fail(Duration, &'static str),
+    /// Would take this long (more than [`COMMIT_BOUND_MS`]): the host gives up at the bound.
+    Hang(Duration),
 }
 
 /// The world.
@@ -372,6 +479,12 @@ pub struct World {
     next_conn: u64,
     /// Committed storage, per room; survives host crashes.
     pub stores: Vec<MemoryStore>,
+    /// Storage faults, per room.
+    pub storage_faults: Vec<StorageFaults>,
+    /// The host bug planted, if any.
+    pub host_bug: Option<HostBug>,
+    /// With [`HostBug::SharedStorageQueue`]: when each host's storage is next free.
+    pub storage_free_at: Vec<Duration>,
     /// What the oracle knows, per room.
     pub rooms: Vec<RoomOracle>,
     /// Frames accepted per IP (virtual ms, connection), for the window bound.
@@ -404,8 +517,18 @@ impl World {
             faults.insert(FaultKind::ALL[rng.gen_range(0..FaultKind::ALL.len())]);
         }
         let history_retained_max = rng.gen_range(4..=24);
+        let rooms = rng.gen_range(1..=3);
+        // Storage faults hit a random non-empty subset of the rooms (all of them: a failing
+        // file); the others are healthy.
+        let mut faulty_rooms = BTreeSet::new();
+        if faults.iter().any(|kind| kind.is_storage()) {
+            faulty_rooms = (0..rooms).filter(|_| rng.gen_bool(0.5)).collect();
+            if faulty_rooms.is_empty() {
+                faulty_rooms.insert(rng.gen_range(0..rooms));
+            }
+        }
         let sc = Scenario {
-            rooms: rng.gen_range(1..=3),
+            rooms,
             hosts: rng.gen_range(1..=2),
             ips: rng.gen_range(1..=3),
             clients: rng.gen_range(2..=7),
@@ -418,6 +541,7 @@ impl World {
                 planted_bug: options.planted,
                 ..RoomConfig::default()
             },
+            faulty_rooms,
         };
         let on = |kind| sc.faults.contains(&kind);
         let skew = |rng: &mut madsim::rand::GlobalRng| {
@@ -444,6 +568,21 @@ impl World {
         } else {
             0.0
         };
+        let commit_fail_p = if on(FaultKind::CommitFail) {
+            rng.gen_range(0.02..0.3)
+        } else {
+            0.0
+        };
+        let storage_faults = (0..sc.rooms)
+            .map(|room| StorageFaults {
+                commit_fail_p: if sc.faulty_rooms.contains(&room) {
+                    commit_fail_p
+                } else {
+                    0.0
+                },
+                ..StorageFaults::default()
+            })
+            .collect();
         let clients = (0..sc.clients)
             .map(|index| {
                 let ip_index = rng.gen_range(0..sc.ips);
@@ -457,6 +596,7 @@ impl World {
                     sent: 0,
                     burst_left: 0,
                     connects: 0,
+                    sent_on: BTreeMap::new(),
                 }
             })
             .collect();
@@ -488,6 +628,9 @@ impl World {
             to_client_queue: BTreeMap::new(),
             next_conn: 1,
             stores: (0..sc.rooms).map(|_| MemoryStore::new()).collect(),
+            storage_faults,
+            host_bug: options.host_bug,
+            storage_free_at: vec![Duration::ZERO; sc.hosts],
             rooms: vec![RoomOracle::default(); sc.rooms],
             accepts: BTreeMap::new(),
             zero_answers: BTreeMap::new(),
@@ -565,6 +708,7 @@ impl World {
             faults: self.faults.clone(),
             messages_durable: self.durable_messages,
             violation: self.violation.clone(),
+            host_bug: self.host_bug,
         }
     }
 
@@ -703,6 +847,24 @@ impl World {
                 self.violate("storage", format!("undecodable record {key}: {value}"));
                 return;
             };
+            let oracle = &self.rooms[room];
+            if let Some(acked) = oracle
+                .acked
+                .get(&message.id)
+                .filter(|acked| *acked != value)
+            {
+                let detail = format!(
+                    "room {room} overwrites acknowledged id {} ({acked}) with {value}",
+                    message.id
+                );
+                self.violate("acked-never-lost", detail);
+                return;
+            }
+            if oracle.refused.contains(&message.message) {
+                let detail = format!("room {room} writes {value}, whose sender was told it failed");
+                self.violate("refused-never-visible", detail);
+                return;
+            }
             if let Some((id, timestamp)) = previous {
                 if message.id != id + 1 {
                     self.violate(
@@ -722,6 +884,166 @@ impl World {
             }
             previous = Some((message.id, message.timestamp));
         }
+    }
+
+    /// Decides how a commit of `room` that starts now will end.
+    pub fn commit_outcome(&mut self, room: usize) -> CommitOutcome {
+        let mut rng = thread_rng();
+        let max = if self.sc.faults.contains(&FaultKind::Latency) {
+            COMMIT_LATENCY_MAX_MS
+        } else {
+            20
+        };
+        let latency = Duration::from_millis(rng.gen_range(1..=max));
+        if self.settling {
+            return CommitOutcome::Commit(latency);
+        }
+        let now = self.elapsed_ms();
+        let faults = &self.storage_faults[room];
+        if now < faults.hang_until_ms {
+            // Some hangs end just before the bound (slow but durable), most after it.
+            let took = rng.gen_range(COMMIT_BOUND_MS / 2..=3 * COMMIT_BOUND_MS);
+            let took = Duration::from_millis(took);
+            return if took > Duration::from_millis(COMMIT_BOUND_MS) {
+                self.count_fault(FaultKind::CommitHang.name());
+                CommitOutcome::Hang(took)
+            } else {
+                CommitOutcome::Commit(took)
+            };
+        }
+        if now < faults.fail_until_ms {
+            self.count_fault(FaultKind::CommitFlaky.name());
+            return CommitOutcome::Fail(latency, "storage failing");
+        }
+        if faults.commit_fail_p > 0.0 && rng.gen_bool(faults.commit_fail_p) {
+            self.count_fault(FaultKind::CommitFail.name());
+            return CommitOutcome::Fail(latency, "commit failed");
+        }
+        CommitOutcome::Commit(latency)
+    }
+
+    /// How long a commit of `room` on `host` that will keep storage busy for `busy` waits
+    /// for the host's storage: always zero, but for [`HostBug::SharedStorageQueue`].
+    pub fn storage_queue_wait(&mut self, host: usize, busy: Duration) -> Duration {
+        if self.host_bug != Some(HostBug::SharedStorageQueue) {
+            return Duration::ZERO;
+        }
+        let now = self.elapsed();
+        let start = self.storage_free_at[host].max(now);
+        self.storage_free_at[host] = start + busy;
+        start - now
+    }
+
+    /// Whether a restore of `room` (its storage read) fails now.
+    pub fn restore_fails(&mut self, room: usize) -> bool {
+        let fails =
+            !self.settling && self.elapsed_ms() < self.storage_faults[room].restore_fail_until_ms;
+        if fails {
+            self.count_fault(FaultKind::RestoreFail.name());
+        }
+        fails
+    }
+
+    /// A batch failed (nothing of it was written) and the host told the room: its messages
+    /// must never be seen, and each sender still connected is owed a storage error within
+    /// the client link's latency. Returns the checks to run then: (client, conn, errors owed).
+    pub fn refused(&mut self, room: usize, batch: &WriteBatch) -> Vec<(usize, ConnId, u64)> {
+        let mut checks = Vec::new();
+        for write in &batch.writes {
+            let Write::Put { value, .. } = write else {
+                continue;
+            };
+            let Some(message) = decode(value) else {
+                continue;
+            };
+            self.count_fault("storage-refused");
+            let oracle = &mut self.rooms[room];
+            oracle.refused.insert(message.message.clone());
+            let problem = if let Some(id) = oracle.seen_texts.get(&message.message) {
+                Some(format!(
+                    "{} was seen as id {id} before its write failed",
+                    message.message
+                ))
+            } else if oracle.acked_texts.contains(&message.message) {
+                Some(format!(
+                    "{} was acknowledged before its write failed",
+                    message.message
+                ))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                self.violate("refused-never-visible", format!("room {room}: {problem}"));
+            }
+            let Some(client) = message
+                .name
+                .strip_prefix('u')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|client| *client < self.clients.len())
+            else {
+                continue;
+            };
+            let slot = &mut self.clients[client];
+            let Some(conn) = slot.sent_on.get(&message.message).copied() else {
+                continue;
+            };
+            if slot.current.conn == Some(conn) {
+                slot.current.storage_errors_owed += 1;
+                checks.push((client, conn, slot.current.storage_errors_owed));
+            }
+        }
+        checks
+    }
+
+    /// Whether `conn` is still `client`'s open connection.
+    fn still_on(&self, client: usize, conn: ConnId) -> bool {
+        self.clients[client].current.conn == Some(conn)
+            && self.conns.get(&conn).is_some_and(|info| info.open)
+    }
+
+    /// The told-within-bound check: `client`, still on `conn`, has had `owed` storage errors.
+    pub fn check_told(&mut self, client: usize, conn: ConnId, owed: u64) {
+        if !self.still_on(client, conn) {
+            return;
+        }
+        let got = self.clients[client].current.storage_errors;
+        if got < owed {
+            let detail = format!(
+                "u{client} on {conn:?} had {owed} messages in failed writes but got {got} \
+                 storage errors within {CLIENT_LATENCY_MAX_MS} ms of the last failure"
+            );
+            self.violate("told-within-bound", detail);
+        }
+    }
+
+    /// The answered-within-bound check: `client`, still on `conn`, has had `sent` answers.
+    pub fn check_answered(&mut self, client: usize, conn: ConnId, sent: u64) {
+        if !self.still_on(client, conn) {
+            return;
+        }
+        let room = self.clients[client].room;
+        let got = self.clients[client].current.answers;
+        if got < sent {
+            let (invariant, bound) = if self.sc.faulty_rooms.contains(&room) {
+                ("answered-within-bound", ANSWER_BOUND_FAULTY_MS)
+            } else {
+                ("healthy-rooms-unaffected", ANSWER_BOUND_HEALTHY_MS)
+            };
+            let detail = format!(
+                "room {room}: u{client} on {conn:?} sent {sent} chat frames but had {got} \
+                 answers within {bound} ms of the last"
+            );
+            self.violate(invariant, detail);
+        }
+    }
+
+    /// The bound within which a chat frame sent now to `room` must be answered.
+    pub fn answer_bound(&self, room: usize) -> Duration {
+        Duration::from_millis(if self.sc.faulty_rooms.contains(&room) {
+            ANSWER_BOUND_FAULTY_MS
+        } else {
+            ANSWER_BOUND_HEALTHY_MS
+        })
     }
 
     /// Checks the shape of a room's storage: ids consecutive, exactly the newest retained.
@@ -758,6 +1080,9 @@ impl World {
             if let Write::Put { key, value } = write {
                 if let Some(id) = keys::parse_message(key) {
                     self.rooms[room].acked.insert(id, value.clone());
+                    if let Some(message) = decode(value) {
+                        self.rooms[room].acked_texts.insert(message.message);
+                    }
                     self.durable_messages += 1;
                 }
             }
@@ -774,6 +1099,9 @@ impl World {
                     .acked
                     .entry(id)
                     .or_insert_with(|| value.clone());
+                if let Some(message) = decode(value) {
+                    self.rooms[room].acked_texts.insert(message.message);
+                }
             }
         }
         self.check_seen_stored(room);

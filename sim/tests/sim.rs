@@ -1,7 +1,7 @@
 //! The simulator's CI tests: a fixed seed range, determinism, replay, and its teeth.
 
 use edgechat_core::planted::PlantedBug;
-use sim::{find_violation, run_seed, seed_from_env, RunReport, SimOptions};
+use sim::{find_violation, run_seed, seed_from_env, HostBug, RunReport, SimOptions};
 
 /// Seeds every `cargo test -p sim` runs (about two minutes of debug build on 2 cores, other builds aside).
 const CI_SEEDS: std::ops::Range<u64> = 0..2_500;
@@ -77,14 +77,27 @@ fn same_seed_gives_a_byte_identical_trace() {
 
 #[test]
 fn every_planted_bug_is_caught() {
-    let mut table = Vec::new();
-    for bug in PlantedBug::ALL {
+    let mut runs: Vec<(String, SimOptions)> = PlantedBug::ALL
+        .into_iter()
+        .map(|bug| {
+            let options = SimOptions {
+                planted: Some(bug),
+                ..SimOptions::default()
+            };
+            (format!("{bug:?}"), options)
+        })
+        .collect();
+    runs.extend(HostBug::ALL.into_iter().map(|bug| {
         let options = SimOptions {
-            planted: Some(bug),
-            keep_trace: false,
+            host_bug: Some(bug),
+            ..SimOptions::default()
         };
+        (format!("{bug:?} (host)"), options)
+    }));
+    let mut table = Vec::new();
+    for (name, options) in runs {
         let caught = find_violation(0..PLANTED_SEEDS_MAX, &options);
-        table.push((bug, caught));
+        table.push((name, caught));
     }
     println!("| planted bug | seed | invariant | finding |");
     println!("|---|---|---|---|");
@@ -94,15 +107,15 @@ fn every_planted_bug_is_caught() {
                 let v = report.violation.as_ref().expect("a violation");
                 let mut detail = v.detail.clone();
                 detail.truncate(100);
-                println!("| {bug:?} | {} | {} | {detail} |", report.seed, v.invariant);
+                println!("| {bug} | {} | {} | {detail} |", report.seed, v.invariant);
             }
-            None => println!("| {bug:?} | - | NOT CAUGHT | |"),
+            None => println!("| {bug} | - | NOT CAUGHT | |"),
         }
     }
     let missed: Vec<_> = table
         .iter()
         .filter(|(_, caught)| caught.is_none())
-        .map(|(bug, _)| *bug)
+        .map(|(bug, _)| bug.clone())
         .collect();
     assert!(
         missed.is_empty(),
