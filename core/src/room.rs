@@ -38,9 +38,7 @@ mod auth;
 mod unavailable;
 
 pub use auth::{RoomAuth, CLOSE_REASON_TOKEN_EXPIRED, CLOSE_TOKEN_EXPIRED};
-pub use unavailable::{
-    close_after_restore_failure, CLOSE_REASON_ROOM_UNAVAILABLE, CLOSE_ROOM_UNAVAILABLE,
-};
+pub use unavailable::close_after_restore_failure;
 
 /// A connection's id, chosen by the adapter and unique within a room for the room's life
 /// (including across hibernation).

@@ -5,11 +5,7 @@
 //! reason, and restores again on the next connection. Other rooms are not concerned.
 
 use super::{ConnId, Output};
-
-/// Close code for the sockets of a room whose restore failed ("try again later").
-pub const CLOSE_ROOM_UNAVAILABLE: u16 = 1013;
-/// Close reason for the sockets of a room whose restore failed.
-pub const CLOSE_REASON_ROOM_UNAVAILABLE: &str = "Room unavailable: storage failed.";
+use crate::protocol::{CLOSE_INTERNAL_ERROR, CLOSE_REASON_ROOM_UNAVAILABLE};
 
 /// The outputs that close `conns`, the open sockets of a room that could not be restored.
 pub fn close_after_restore_failure(conns: impl IntoIterator<Item = ConnId>) -> Vec<Output> {
@@ -17,7 +13,7 @@ pub fn close_after_restore_failure(conns: impl IntoIterator<Item = ConnId>) -> V
         .into_iter()
         .map(|conn| Output::Close {
             conn,
-            code: CLOSE_ROOM_UNAVAILABLE,
+            code: CLOSE_INTERNAL_ERROR,
             reason: CLOSE_REASON_ROOM_UNAVAILABLE,
         })
         .collect()
@@ -40,8 +36,8 @@ mod tests {
         assert_eq!(
             closed,
             [
-                (ConnId(3), 1013, "Room unavailable: storage failed."),
-                (ConnId(7), 1013, "Room unavailable: storage failed."),
+                (ConnId(3), 1011, "Room unavailable."),
+                (ConnId(7), 1011, "Room unavailable."),
             ]
         );
     }
