@@ -113,10 +113,17 @@ impl HttpClient {
     /// # Errors
     /// [`Error::InvalidUrl`] if the URL does not parse, or is `https://` without `tls`.
     pub fn new(base_url: &str, tls: Option<Arc<ClientConfig>>) -> Result<HttpClient> {
-        let base = BaseUrl::parse(base_url)?;
+        Self::for_base(BaseUrl::parse(base_url)?, tls)
+    }
+
+    /// A client for an already parsed base URL.
+    ///
+    /// # Errors
+    /// [`Error::InvalidUrl`] if it is `https://` without `tls`.
+    pub fn for_base(base: BaseUrl, tls: Option<Arc<ClientConfig>>) -> Result<HttpClient> {
         if base.secure && tls.is_none() {
             return Err(Error::InvalidUrl {
-                url: base_url.to_owned(),
+                url: base.ws_url(""),
                 why: "https:// needs TLS settings",
             });
         }
