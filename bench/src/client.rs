@@ -1,20 +1,19 @@
 //! Connecting: the target URL, source-address spreading, the trusted IP header, joining.
+//!
+//! The WebSocket and HTTP sides are edgechat-client's frame-level session and HTTP client;
+//! this module only chooses each connection's source address and fake client IP.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use edgechat_client::http::HttpClient;
+use edgechat_client::raw::{Event, Session, SessionOptions};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 /// A connected WebSocket.
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = Session;
 
 /// How long one connect plus join may take before it counts as an error.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -106,7 +105,7 @@ impl Target {
     /// If the TCP connection or the upgrade fails.
     pub async fn open(&self, room: &str, index: u64) -> anyhow::Result<Ws> {
         let url = format!("ws://{}/api/room/{room}/websocket", self.authority);
-        let mut request = url.as_str().into_client_request()?;
+        let mut headers = Vec::new();
         if let Some(header) = &self.ip_header {
             let fake = format!(
                 "10.{}.{}.{}",
@@ -114,57 +113,46 @@ impl Target {
                 (index >> 8) & 0xff,
                 index & 0xff
             );
-            request.headers_mut().insert(
-                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(header.as_bytes())?,
-                HeaderValue::from_str(&fake)?,
-            );
+            headers.push((header.clone(), fake));
         }
-        let stream = self.tcp(index).await?;
         // Small write buffering; the generator flushes after each frame it sends. Reads in
         // 4 KiB like tungstenite before 0.26 (its 128 KiB default read size, zero-filled per
         // read, costs the generator CPU that the server then lacks on a shared machine).
-        let config = WebSocketConfig::default()
-            .write_buffer_size(0)
-            .read_buffer_size(4 * 1024);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+        let options = SessionOptions {
+            headers,
+            websocket: Some(
+                WebSocketConfig::default()
+                    .write_buffer_size(0)
+                    .read_buffer_size(4 * 1024),
+            ),
+            handshake_timeout: JOIN_TIMEOUT,
+            ..SessionOptions::default()
+        };
+        let stream = self.tcp(index).await?;
+        Session::connect_on(stream, &url, &options)
             .await
-            .with_context(|| format!("upgrading {url}"))?;
-        Ok(ws)
+            .with_context(|| format!("upgrading {url}"))
     }
 
     /// Sends a plain HTTP request and returns the status code and body (for admin calls
     /// and `/metrics`).
     ///
     /// # Errors
-    /// On a connection or parse failure.
+    /// On a connection or protocol failure.
     pub async fn http(
         &self,
         method: &str,
         path: &str,
         bearer: Option<&str>,
     ) -> anyhow::Result<(u16, String)> {
-        let mut stream = TcpStream::connect(self.addr).await?;
-        let auth = bearer
-            .map(|token| format!("Authorization: Bearer {token}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
-            self.authority
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        let text = String::from_utf8_lossy(&response);
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .context("malformed HTTP response")?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
+        let client = HttpClient::new(&format!("http://{}", self.authority), None)?;
+        let auth = bearer.map(|token| format!("Bearer {token}"));
+        let headers: Vec<(&str, &str)> = auth
+            .iter()
+            .map(|auth| ("Authorization", auth.as_str()))
+            .collect();
+        let response = client.request(method, path, &headers, b"").await?;
+        Ok((response.status, response.text()))
     }
 }
 
@@ -183,20 +171,20 @@ pub struct Joined {
 /// On an error frame, a close, a transport error or a timeout.
 pub async fn join(ws: &mut Ws, name: &str) -> anyhow::Result<Joined> {
     let run = async {
-        ws.send(Message::text(format!("{{\"name\":\"{name}\"}}")))
-            .await?;
+        ws.send_text(format!("{{\"name\":\"{name}\"}}")).await?;
         let mut joined = Joined::default();
-        while let Some(frame) = ws.next().await {
-            match frame? {
-                Message::Text(text) => match classify(&text) {
+        while let Some(event) = ws.next().await {
+            match event {
+                Event::Text(text) => match classify(&text) {
                     Kind::Ready => return Ok(joined),
                     Kind::Chat => joined.messages += 1,
                     Kind::Joined => joined.roster += 1,
                     Kind::Error => bail!("error frame while joining: {text}"),
                     Kind::Other => {}
                 },
-                Message::Close(close) => bail!("closed while joining: {close:?}"),
-                _ => {}
+                Event::Close(close) => bail!("closed while joining: {close:?}"),
+                Event::Ended(how) => bail!("connection ended while joining: {how}"),
+                Event::Binary(_) => {}
             }
         }
         bail!("connection ended while joining")

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
 use tokio::sync::{watch, Semaphore};
+
+use edgechat_client::raw::Event;
 
 use crate::client::{join, Target};
 use crate::load::rss_kib;
@@ -91,7 +92,7 @@ pub async fn run(target: Arc<Target>, config: IdleConfig) -> anyhow::Result<serd
             // Stay silent but keep reading (pings, later joins in the same room).
             loop {
                 tokio::select! {
-                    frame = ws.next() => if !matches!(frame, Some(Ok(_))) { return },
+                    frame = ws.next() => if !matches!(frame, Some(Event::Text(_) | Event::Binary(_))) { return },
                     _ = hold.wait_for(|hold| !*hold) => return,
                 }
             }

@@ -284,7 +284,8 @@ async fn client(
         }
     };
     bump(&stats.ready);
-    let (mut sink, mut stream) = ws.split();
+    // The hot loop drives the session's tungstenite stream directly, as a sink and a stream.
+    let (mut sink, mut stream) = ws.into_stream().split();
     // Open loop: each sender owns an equal share of the rate, phase-shifted so that the
     // senders do not fire together.
     let period = (config.rate > 0.0)

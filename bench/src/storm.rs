@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt as _, StreamExt as _};
+use edgechat_client::raw::Event;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{classify, join, Kind, Target};
 use crate::hist::Histogram;
@@ -39,21 +38,21 @@ async fn prefill(target: &Target, room: &str, count: u64, index: u64) -> anyhow:
     let mut ws = target.open(room, index).await?;
     join(&mut ws, "filler").await?;
     for seq in 0..count {
-        ws.send(Message::text(format!("{{\"message\":\"history {seq}\"}}")))
+        ws.send_text(format!("{{\"message\":\"history {seq}\"}}"))
             .await?;
         loop {
             match ws.next().await {
-                Some(Ok(Message::Text(text))) => match classify(&text) {
+                Some(Event::Text(text)) => match classify(&text) {
                     Kind::Chat => break,
                     Kind::Error => anyhow::bail!("prefill refused: {text} (relax the rate limit)"),
                     _ => {}
                 },
-                Some(Ok(_)) => {}
+                Some(Event::Binary(_)) => {}
                 _ => anyhow::bail!("prefill connection ended"),
             }
         }
     }
-    drop(ws.close(None).await);
+    ws.close(1000, "").await;
     Ok(())
 }
 

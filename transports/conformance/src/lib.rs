@@ -1,7 +1,8 @@
 //! A black-box conformance suite for the edgechat wire protocol (`shared/PROTOCOL.md`).
 //!
 //! Every [`Case`] talks to a [`Target`] only through its base URL, real WebSockets and plain
-//! HTTP/1.1, so the same cases run against the standalone server and the Workers adapter.
+//! HTTP/1.1 (edgechat-client's frame-level session and HTTP client), so the same cases run
+//! against the standalone server and the Workers adapter.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -24,8 +25,6 @@
 //! cases never share a limiter. Without that header, every connection is the same IP: run
 //! the target with relaxed limits, and the cases that need the real limiter skip.
 
-// This file is also compiled as a module of the server's tests (`#[path]`), so it uses
-// only `self::`/`super::` paths and the dependencies that crate's tests have.
 #![warn(missing_docs)]
 
 pub mod cases;
@@ -161,9 +160,13 @@ impl Target {
     /// The parsed base URL.
     ///
     /// # Errors
-    /// If `base_url` is not an `http://` URL.
+    /// If `base_url` is not an `http://` or `ws://` URL.
     pub fn url(&self) -> Result<Url> {
-        Url::parse(&self.base_url)
+        let url = Url::parse(&self.base_url)?;
+        if url.secure {
+            bail!("{}: the suite speaks http:// and ws:// only", self.base_url);
+        }
+        Ok(url)
     }
 
     /// A fresh fake client IP, if the target trusts an IP header.
@@ -204,12 +207,7 @@ impl Target {
     /// # Errors
     /// If the base URL does not parse.
     pub fn ws_url(&self, room: &str) -> Result<String> {
-        let url = self.url()?;
-        Ok(format!(
-            "ws://{}{}/api/room/{room}/websocket",
-            url.authority(),
-            url.path
-        ))
+        Ok(self.url()?.ws_url(&format!("/api/room/{room}/websocket")))
     }
 
     /// Opens a WebSocket to `room` from a fresh client IP.

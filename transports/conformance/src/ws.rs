@@ -1,22 +1,19 @@
 //! A chat client over a real WebSocket that keeps every frame it receives, in order, as text.
+//!
+//! The WebSocket is edgechat-client's frame-level [`Session`]; this module adds what the
+//! cases check with: the log of every frame, a backlog for frames read ahead, and joins and
+//! chats that expect exact sequences.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
+use edgechat_client::raw::{Event as RawEvent, Session, SessionOptions};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The exact text of the rate-limit error (PROTOCOL.md).
-pub const ERROR_RATE_LIMITED: &str = "Your IP is being rate-limited, please try again later.";
+pub const ERROR_RATE_LIMITED: &str = edgechat_client::ERROR_RATE_LIMITED;
 /// How long a client waits for an expected frame.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Client::chat`] keeps retrying a frame that was refused only because the
@@ -136,8 +133,6 @@ impl Joined {
     }
 }
 
-type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// A frame to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
@@ -150,7 +145,7 @@ pub enum Outgoing {
 /// A WebSocket chat client.
 #[derive(Debug)]
 pub struct Client {
-    ws: Stream,
+    session: Session,
     /// Events received but not yet handed out (read by [`Client::chat`] while it waited).
     backlog: VecDeque<Event>,
     name: Option<String>,
@@ -184,36 +179,23 @@ impl Client {
     /// A [`Refused`] if the server answers the upgrade with an HTTP error; other errors for
     /// connection failures and timeouts.
     pub async fn connect(url: &str, headers: &[(&str, &str)], label: &str) -> Result<Client> {
-        let mut request = url.into_client_request().context("building the upgrade")?;
-        for (name, value) in headers {
-            request.headers_mut().insert(
-                HeaderName::from_bytes(name.as_bytes())?,
-                HeaderValue::from_str(value)?,
-            );
-        }
-        let connected =
-            tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(request))
-                .await
-                .map_err(|_| {
-                    anyhow!("{label}: no handshake answer from {url} within {FRAME_TIMEOUT:?}")
-                })?;
-        let ws = match connected {
-            Ok((ws, _)) => ws,
-            Err(WsError::Http(response)) => {
-                let body = response
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                return Err(anyhow::Error::new(Refused {
-                    status: response.status().as_u16(),
-                    body,
-                }));
+        let options = SessionOptions {
+            headers: headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+            handshake_timeout: FRAME_TIMEOUT,
+            ..SessionOptions::default()
+        };
+        let session = match Session::connect(url, &options).await {
+            Ok(session) => session,
+            Err(edgechat_client::Error::Refused { status, body }) => {
+                return Err(anyhow::Error::new(Refused { status, body }))
             }
             Err(error) => return Err(anyhow!("{label}: connecting to {url}: {error}")),
         };
         Ok(Client {
-            ws,
+            session,
             backlog: VecDeque::new(),
             name: None,
             label: label.to_owned(),
@@ -231,8 +213,8 @@ impl Client {
     /// # Errors
     /// If the socket is broken.
     pub async fn send_text(&mut self, text: &str) -> Result<()> {
-        self.ws
-            .send(Message::text(text))
+        self.session
+            .send_text(text)
             .await
             .with_context(|| format!("{}: sending {text:?}", self.label))
     }
@@ -250,8 +232,8 @@ impl Client {
     /// # Errors
     /// If the socket is broken.
     pub async fn send_binary(&mut self, bytes: &[u8]) -> Result<()> {
-        self.ws
-            .send(Message::binary(bytes.to_vec()))
+        self.session
+            .send_binary(bytes)
             .await
             .with_context(|| format!("{}: sending a binary frame", self.label))
     }
@@ -261,11 +243,8 @@ impl Client {
     /// # Errors
     /// If the socket is broken.
     pub async fn send_close(&mut self, code: u16, reason: &str) -> Result<()> {
-        self.ws
-            .send(Message::Close(Some(CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.to_owned().into(),
-            })))
+        self.session
+            .send_close(code, reason)
             .await
             .with_context(|| format!("{}: sending close", self.label))
     }
@@ -282,28 +261,18 @@ impl Client {
     }
 
     async fn read_socket(&mut self, timeout: Duration) -> Result<Option<Event>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let next = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return Ok(None),
-                Ok(next) => next,
-            };
-            let event = match next {
-                None => Event::Ended("stream ended".into()),
-                Some(Ok(Message::Text(text))) => {
-                    let frame = Frame::new(text.as_str().to_owned());
-                    self.log.push(frame.clone());
-                    Event::Text(frame)
-                }
-                Some(Ok(Message::Binary(bytes))) => Event::Binary(bytes.to_vec()),
-                Some(Ok(Message::Close(frame))) => {
-                    Event::Close(frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())))
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Err(error)) => Event::Ended(error.to_string()),
-            };
-            return Ok(Some(event));
-        }
+        let event = match self.session.next_within(timeout).await {
+            None => return Ok(None),
+            Some(RawEvent::Text(text)) => {
+                let frame = Frame::new(text);
+                self.log.push(frame.clone());
+                Event::Text(frame)
+            }
+            Some(RawEvent::Binary(bytes)) => Event::Binary(bytes),
+            Some(RawEvent::Close(close)) => Event::Close(close),
+            Some(RawEvent::Ended(how)) => Event::Ended(how),
+        };
+        Ok(Some(event))
     }
 
     /// The next event, waiting at most [`FRAME_TIMEOUT`].
@@ -564,18 +533,12 @@ impl Client {
     }
 
     /// Drops the connection without a closing handshake (the TCP connection is shut down).
-    pub async fn drop_abruptly(mut self) {
-        if let MaybeTlsStream::Plain(tcp) = self.ws.get_mut() {
-            use tokio::io::AsyncWriteExt;
-            let _ = tcp.shutdown().await;
-        }
-        drop(self);
+    pub async fn drop_abruptly(self) {
+        self.session.abort().await;
     }
 
     /// Closes politely (1000) and waits briefly for the server's close frame.
-    pub async fn close(mut self) {
-        let _ = self.send_close(1000, "bye").await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.ws.next()).await {}
+    pub async fn close(self) {
+        self.session.close(1000, "bye").await;
     }
 }

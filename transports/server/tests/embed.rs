@@ -88,11 +88,7 @@ async fn serve_warp(handle: Handle) -> Served {
 
 /// A WebSocket client for `url`.
 async fn connect(url: &str) -> TcpClient {
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("connect in time")
-        .expect("the upgrade succeeds");
-    Client::from_stream(ws)
+    Client::connect_url(url).await
 }
 
 /// Every conformance case against the axum app, with the chat under `/chat`.

@@ -162,10 +162,7 @@ async fn a_slow_consumer_is_closed_not_buffered() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(addr).await.unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(ws_url(addr, "slow"), stream)
-        .await
-        .unwrap();
-    let mut slow = Client::from_stream(ws);
+    let mut slow = Client::connect_on(stream, &ws_url(addr, "slow")).await;
     slow.join("slow").await;
 
     let mut fast = TcpClient::connect(addr, "slow").await;
@@ -489,12 +486,17 @@ async fn connections_beyond_the_maximum_get_503() {
     .await;
     let addr = server.local_addr();
     let first = TcpClient::connect(addr, "full").await;
-    let refused = tokio_tungstenite::connect_async(ws_url(addr, "full")).await;
+    let refused = edgechat_client::raw::Session::connect(
+        &ws_url(addr, "full"),
+        &edgechat_client::raw::SessionOptions::default(),
+    )
+    .await;
     match refused {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 503);
-        }
-        other => panic!("expected 503, got {:?}", other.map(|(_, r)| r.status())),
+        Err(edgechat_client::Error::Refused { status, .. }) => assert_eq!(status, 503),
+        other => panic!(
+            "expected 503, got {:?}",
+            other.map(|_| "an accepted upgrade")
+        ),
     }
     assert_eq!(metric(addr, "edgechat_connections_refused_total").await, 1);
     first.close().await;

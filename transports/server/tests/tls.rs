@@ -8,12 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::*;
+use edgechat_client::http::HttpClient;
+use edgechat_client::rustls::{ClientConfig, RootCertStore};
+use edgechat_client::{connect, ConnectOptions, Event};
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-use tokio_rustls::TlsConnector;
+use rustls_pki_types::CertificateDer;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -21,8 +20,8 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A TLS client that trusts only the test CA.
-fn connector() -> TlsConnector {
+/// TLS settings that trust only the test CA.
+fn tls() -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(fixture("ca.pem")).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -30,16 +29,7 @@ fn connector() -> TlsConnector {
     let config = ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
-
-async fn tls_stream(addr: std::net::SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    connector()
-        .connect(name, tcp)
-        .await
-        .expect("the TLS handshake succeeds")
+    Arc::new(config)
 }
 
 #[tokio::test]
@@ -55,11 +45,7 @@ async fn wss_and_https_serve_the_protocol() {
 
     // WSS: join, chat, and the echo comes back over TLS.
     let url = format!("wss://localhost:{}/api/room/secure/websocket", addr.port());
-    let (ws, response) = tokio_tungstenite::client_async(url, tls_stream(addr).await)
-        .await
-        .expect("the upgrade succeeds over TLS");
-    assert_eq!(response.status(), 101);
-    let mut ada = Client::from_stream(ws);
+    let mut ada = Client::connect_tls(&url, tls()).await;
     let joined = ada.join("ada").await;
     assert_eq!(
         joined.last().unwrap(),
@@ -68,28 +54,43 @@ async fn wss_and_https_serve_the_protocol() {
     let echo = ada.chat("over tls").await;
     assert_eq!(echo["id"], 1);
 
+    // The room client over wss:// with the same roots: an acknowledged send.
+    let base = format!("https://localhost:{}", addr.port());
+    let (bob, mut events) = connect(ConnectOptions {
+        tls: Some(tls()),
+        ..ConnectOptions::new(&base, "secure", "bob")
+    })
+    .unwrap();
+    assert_eq!(bob.send("from the room client").await.unwrap(), 2);
+    let replayed = tokio::time::timeout(WAIT, async {
+        while let Some(event) = events.next().await {
+            if let Event::Message(message) = event {
+                return Some(message);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the replay in time")
+    .expect("a replayed message");
+    assert_eq!(replayed.message, "over tls");
+    bob.close().await;
+
     // HTTPS: the HTTP API answers on the same port.
-    let mut https = tls_stream(addr).await;
-    https
-        .write_all(b"GET /api/room/secure/history HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    https.read_to_string(&mut answer).await.ok();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains("over tls"), "{answer}");
+    let https = HttpClient::new(&base, Some(tls())).unwrap();
+    let answer = https.get("/api/room/secure/history").await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.text().contains("over tls"), "{}", answer.text());
+    let page = https.history("secure", None, 10).await.unwrap();
+    assert_eq!(page.messages.len(), 2);
 
     // A client that does not speak TLS gets no chat (and does not stall the server).
-    let mut plain = TcpStream::connect(addr).await.unwrap();
-    plain
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(WAIT, plain.read(&mut buf)).await;
+    let mut plain = HttpClient::new(&format!("http://{addr}"), None).unwrap();
+    plain.timeout = WAIT;
+    let answer = plain.get("/healthz").await;
     assert!(
-        !matches!(read, Ok(Ok(n)) if buf[..n].starts_with(b"HTTP/1.1 200")),
-        "plain HTTP must not be served on the TLS port"
+        !matches!(&answer, Ok(response) if response.status == 200),
+        "plain HTTP must not be served on the TLS port: {answer:?}"
     );
     ada.chat("still up").await;
     server.shutdown().await;

@@ -1,5 +1,6 @@
 //! Helpers for the server's own integration tests: a server on an ephemeral port with its
-//! own data directory, a WebSocket client that speaks the protocol, and a tiny HTTP client.
+//! own data directory, and a protocol-speaking WebSocket client and HTTP calls, both over
+//! edgechat-client (its frame-level session and its HTTP client).
 
 #![allow(dead_code)]
 
@@ -8,16 +9,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use edgechat_client::http::HttpClient;
+use edgechat_client::raw::{Event as RawEvent, Session, SessionOptions};
+use edgechat_client::rustls::ClientConfig;
 use edgechat_core::limiter::RateLimiterConfig;
 use edgechat_server::{Config, Server};
-use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 /// Generous bound for anything a test waits for; never a pass/fail timing.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -82,77 +82,91 @@ pub enum Event {
     Closed(Option<(u16, String)>),
 }
 
-pub struct Client<S> {
-    ws: WebSocketStream<S>,
+/// A WebSocket client that speaks the protocol, panicking on anything unexpected.
+pub struct Client {
+    session: Session,
     pub name: String,
 }
 
-pub type TcpClient = Client<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+/// The name the tests have always used for a client over TCP.
+pub type TcpClient = Client;
 
 pub fn ws_url(addr: SocketAddr, room: &str) -> String {
     format!("ws://{addr}/api/room/{room}/websocket")
 }
 
-impl TcpClient {
-    pub async fn connect(addr: SocketAddr, room: &str) -> TcpClient {
-        TcpClient::connect_with(addr, room, &[]).await
+impl Client {
+    pub async fn connect(addr: SocketAddr, room: &str) -> Client {
+        Client::connect_with(addr, room, &[]).await
     }
 
-    pub async fn connect_with(addr: SocketAddr, room: &str, headers: &[(&str, &str)]) -> TcpClient {
-        let mut request = ws_url(addr, room).into_client_request().unwrap();
-        for (name, value) in headers {
-            let name: tokio_tungstenite::tungstenite::http::HeaderName = name.parse().unwrap();
-            request
-                .headers_mut()
-                .insert(name, HeaderValue::from_str(value).unwrap());
-        }
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-            .await
-            .expect("connect in time")
-            .expect("the upgrade succeeds");
-        Client {
-            ws,
-            name: String::new(),
+    pub async fn connect_with(addr: SocketAddr, room: &str, headers: &[(&str, &str)]) -> Client {
+        let options = SessionOptions {
+            headers: headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+            handshake_timeout: WAIT,
+            ..SessionOptions::default()
+        };
+        Client::open(Session::connect(&ws_url(addr, room), &options).await)
+    }
+
+    /// A client for any WebSocket URL (an embedding's own routes).
+    pub async fn connect_url(url: &str) -> Client {
+        Client::open(Session::connect(url, &Client::options()).await)
+    }
+
+    /// A client over a TCP stream the test set up itself (a tiny receive buffer, say).
+    pub async fn connect_on(stream: TcpStream, url: &str) -> Client {
+        Client::open(Session::connect_on(stream, url, &Client::options()).await)
+    }
+
+    /// A `wss://` client trusting the roots in `tls`.
+    pub async fn connect_tls(url: &str, tls: Arc<ClientConfig>) -> Client {
+        let options = SessionOptions {
+            tls: Some(tls),
+            ..Client::options()
+        };
+        Client::open(Session::connect(url, &options).await)
+    }
+
+    fn options() -> SessionOptions {
+        SessionOptions {
+            handshake_timeout: WAIT,
+            ..SessionOptions::default()
         }
     }
-}
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    pub fn from_stream(ws: WebSocketStream<S>) -> Client<S> {
+    fn open(session: edgechat_client::Result<Session>) -> Client {
         Client {
-            ws,
+            session: session.expect("the upgrade succeeds"),
             name: String::new(),
         }
     }
 
     pub async fn send(&mut self, frame: Value) {
-        self.ws
-            .send(Message::text(frame.to_string()))
+        self.session
+            .send_text(frame.to_string())
             .await
             .expect("send a frame");
-    }
-
-    pub async fn send_raw(&mut self, message: Message) {
-        self.ws.send(message).await.expect("send a frame");
     }
 
     /// The next frame or the close, within [`WAIT`].
     pub async fn next(&mut self) -> Event {
         loop {
-            let read = tokio::time::timeout(WAIT, self.ws.next())
+            match self
+                .session
+                .next_within(WAIT)
                 .await
-                .expect("a frame in time");
-            match read {
-                Some(Ok(Message::Text(text))) => {
+                .expect("a frame in time")
+            {
+                RawEvent::Text(text) => {
                     return Event::Frame(serde_json::from_str(&text).expect("frames are JSON"))
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    return Event::Closed(
-                        frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())),
-                    )
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Event::Closed(None),
+                RawEvent::Close(close) => return Event::Closed(close),
+                RawEvent::Binary(_) => continue,
+                RawEvent::Ended(_) => return Event::Closed(None),
             }
         }
     }
@@ -207,13 +221,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+    pub async fn close(self) {
+        self.session.close(1000, "").await;
     }
 }
 
-/// A plain HTTP/1.1 response.
+/// An HTTP response, the body as text.
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
@@ -242,44 +255,16 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Response {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.expect("read");
-        raw
-    };
-    let raw = tokio::time::timeout(WAIT, exchange)
+    let mut client = HttpClient::new(&format!("http://{addr}"), None).expect("a base URL");
+    client.timeout = WAIT;
+    let response = client
+        .request(method, path, headers, body.as_bytes())
         .await
-        .expect("an HTTP answer in time");
-    let raw = String::from_utf8(raw).expect("UTF-8 response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
+        .unwrap_or_else(|error| panic!("{method} {path}: {error}"));
     Response {
-        status,
-        headers,
-        body: body.to_owned(),
+        status: response.status,
+        body: response.text(),
+        headers: response.headers,
     }
 }
 

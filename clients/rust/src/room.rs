@@ -1,0 +1,929 @@
+//! One user's membership of one room: reconnect, resume, de-duplication, acknowledged sends.
+//!
+//! A task (the actor) owns the WebSocket and all delivery state; [`Room`] handles talk to it
+//! over a channel and read a snapshot of its state, and [`Events`] receives what it emits.
+//! The rules are the JavaScript client's (`clients/js/edgechat.js`), line for line where
+//! they matter:
+//!
+//! - Delivery: every chat frame carries the room's gap-free id. The actor remembers the
+//!   highest id it delivered, rejoins with `since` set to it, and drops any frame at or
+//!   below it, so the application sees each message once, in id order. When the server
+//!   cannot fill the gap it says `recovered: false`; that is an [`Event::Gap`].
+//! - Acknowledgement: at most one chat frame is in flight per connection. The server answers
+//!   a session's frames in order, but a refusal is sent at once while an accepted message is
+//!   broadcast only after its storage write, so with several frames in flight a later
+//!   frame's refusal could overtake an earlier frame's echo. With one, the first error after
+//!   the frame is its refusal, and its echo is the first chat message from our own name (as
+//!   the server spelled it in our `joined`) with the same text and an id above every id seen
+//!   when it was sent. A frame in flight when the socket drops is looked for in the resume
+//!   replay; if it is not there, it was not stored, and it is sent again.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::http::HttpClient;
+use crate::raw::{Event as RawEvent, Session, SessionOptions};
+use crate::url::{encode_component, BaseUrl};
+use crate::{ChatMessage, ConnectOptions, Event, State};
+
+/// The server's refusal while a session's rate limiter holds it back (PROTOCOL.md).
+pub const ERROR_RATE_LIMITED: &str = "Your IP is being rate-limited, please try again later.";
+/// The server's refusal while too many messages wait for storage.
+pub const ERROR_ROOM_BUSY: &str = "Room is busy, please try again later.";
+/// The close code for a name the server refuses (while joining) or a frame over its limit.
+const CLOSE_TOO_BIG: u16 = 1009;
+
+/// A handle on a room membership; cheap to clone, all clones drive the same connection.
+///
+/// Dropping every handle closes the membership as [`Room::close`] does.
+#[derive(Debug, Clone)]
+pub struct Room {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Mutex<Snapshot>>,
+    http: HttpClient,
+    room: String,
+    /// Where [`Room::load_older`] goes on; held across the request so pages come in turn.
+    older: tokio::sync::Mutex<Older>,
+}
+
+/// The stream of [`Event`]s of one [`Room`], in the order they happened.
+///
+/// Unbounded on purpose: a bounded queue would have to either stall the socket (and the
+/// server closes clients that fall behind) or drop messages, and this client promises every
+/// message. Read it, or drop it to discard events.
+#[derive(Debug)]
+pub struct Events {
+    receiver: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Events {
+    /// The next event; `None` once the room is closed and every event has been read.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.receiver.recv().await
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.receiver.try_recv().ok()
+    }
+}
+
+/// A page from [`Room::load_older`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OlderPage {
+    /// The messages, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// Whether older messages remain in the server's retained history.
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Older {
+    NotStarted,
+    Before(u64),
+    Done,
+}
+
+#[derive(Debug)]
+enum Command {
+    Send {
+        text: String,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Close {
+        done: oneshot::Sender<()>,
+    },
+    ReconnectNow,
+}
+
+/// What the handles can read without asking the actor.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    state: State,
+    roster: Vec<(String, usize)>,
+    last_id: u64,
+    oldest_id: Option<u64>,
+    recovered: Option<bool>,
+    pending_sends: usize,
+    join_name: Option<String>,
+}
+
+/// Joins `options.room` and keeps the membership alive until [`Room::close`].
+///
+/// Returns at once; the connection is opened by a task on the current tokio runtime, and
+/// its progress shows as [`Event::State`] and [`Event::Ready`].
+///
+/// # Errors
+/// [`Error::InvalidUrl`] if `options.url` does not parse, or is `https`/`wss` without
+/// [`ConnectOptions::tls`].
+///
+/// # Panics
+/// Outside a tokio runtime.
+pub fn connect(options: ConnectOptions) -> Result<(Room, Events)> {
+    let base = BaseUrl::parse(&options.url)?;
+    let http =
+        HttpClient::new(&options.url, options.tls.clone())?.with_token(options.token.clone());
+    let (commands, command_receiver) = mpsc::unbounded_channel();
+    let (events, receiver) = mpsc::unbounded_channel();
+    let last_id = options.since.unwrap_or(0);
+    let shared = Arc::new(Mutex::new(Snapshot {
+        state: State::Connecting,
+        roster: Vec::new(),
+        last_id,
+        oldest_id: None,
+        recovered: None,
+        pending_sends: 0,
+        join_name: None,
+    }));
+    let actor = Actor {
+        base,
+        commands: command_receiver,
+        events,
+        shared: shared.clone(),
+        queue: VecDeque::new(),
+        state: State::Connecting,
+        last_id,
+        oldest_id: None,
+        ever_ready: last_id > 0,
+        attempt: 0,
+        rate_limit_streak: 0,
+        join_name: None,
+        recovered: None,
+        retry_at: None,
+        close_waiters: Vec::new(),
+        options: options.clone(),
+    };
+    tokio::spawn(actor.run());
+    let room = Room {
+        inner: Arc::new(Inner {
+            commands,
+            shared,
+            http,
+            room: options.room,
+            older: tokio::sync::Mutex::new(Older::NotStarted),
+        }),
+    };
+    Ok((room, Events { receiver }))
+}
+
+impl Room {
+    fn snapshot(&self) -> MutexGuard<'_, Snapshot> {
+        self.inner
+            .shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends a chat message; returns its id once the server broadcast it (it is durable then).
+    ///
+    /// Queued while not connected; retried while rate limited or the room is busy.
+    ///
+    /// # Errors
+    /// [`Error::Server`] with the server's refusal (`Message too long.`, or the close reason
+    /// of a frame over its size limit); [`Error::Closed`] if the client is (or gets) closed
+    /// first; [`Error::QueueFull`] past [`ConnectOptions::max_queued_sends`].
+    pub async fn send(&self, text: impl Into<String>) -> Result<u64> {
+        let (reply, answer) = oneshot::channel();
+        let text = text.into();
+        self.inner
+            .commands
+            .send(Command::Send { text, reply })
+            .map_err(|_| Error::Closed("The client is closed.".into()))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Error::Closed("The client is closed.".into())))
+    }
+
+    /// Leaves the room: rejects unacknowledged sends and closes the socket, waiting for the
+    /// closing handshake at most [`ConnectOptions::close_timeout`].
+    pub async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.inner.commands.send(Command::Close { done }).is_ok() {
+            let _ = closed.await;
+        }
+    }
+
+    /// Skips the reconnect wait if the client is waiting to reconnect (say, when the
+    /// network comes back).
+    pub fn reconnect_now(&self) {
+        let _ = self.inner.commands.send(Command::ReconnectNow);
+    }
+
+    /// The page of messages before the oldest this client has delivered (or before the
+    /// previous page), oldest first, from the history route.
+    ///
+    /// Calls made at once are answered one page after the other.
+    ///
+    /// # Errors
+    /// [`Error::Http`] with the server's answer if it refuses; transport errors.
+    pub async fn load_older(&self, limit: u32) -> Result<OlderPage> {
+        let mut cursor = self.inner.older.lock().await;
+        let before = match *cursor {
+            Older::Done => {
+                return Ok(OlderPage {
+                    messages: Vec::new(),
+                    has_more: false,
+                })
+            }
+            Older::Before(id) => Some(id),
+            Older::NotStarted => {
+                let snapshot = self.snapshot();
+                snapshot
+                    .oldest_id
+                    .or((snapshot.last_id > 0).then(|| snapshot.last_id + 1))
+            }
+        };
+        let page = self
+            .inner
+            .http
+            .history(&self.inner.room, before, limit)
+            .await?;
+        *cursor = match page.next_before {
+            Some(id) => Older::Before(id),
+            None => Older::Done,
+        };
+        let mut messages = page.messages;
+        messages.reverse();
+        Ok(OlderPage {
+            messages,
+            has_more: page.next_before.is_some(),
+        })
+    }
+
+    /// The names of the users joined now, from the presence route.
+    ///
+    /// # Errors
+    /// [`Error::Http`] with the server's answer if it refuses; transport errors.
+    pub async fn presence(&self) -> Result<Vec<String>> {
+        self.inner.http.presence(&self.inner.room).await
+    }
+
+    /// Publishes `message` as `name` in this room over HTTP with the admin token; returns
+    /// its id once durable.
+    ///
+    /// # Errors
+    /// [`Error::Http`] with the server's answer (`401 Unauthorized`...).
+    pub async fn publish(&self, admin_token: &str, name: &str, message: &str) -> Result<u64> {
+        self.inner
+            .http
+            .publish(&self.inner.room, admin_token, name, message)
+            .await
+    }
+
+    /// The HTTP client for this server (with the token, if any).
+    pub fn http(&self) -> &HttpClient {
+        &self.inner.http
+    }
+
+    /// The room this client is in.
+    pub fn room(&self) -> &str {
+        &self.inner.room
+    }
+
+    /// connecting, live, reconnecting or closed.
+    pub fn state(&self) -> State {
+        self.snapshot().state
+    }
+
+    /// The name the server knows us by, once joined.
+    pub fn name(&self) -> Option<String> {
+        self.snapshot().join_name.clone()
+    }
+
+    /// The highest message id delivered so far (0 if none): resume from here.
+    pub fn last_id(&self) -> u64 {
+        self.snapshot().last_id
+    }
+
+    /// The last join's `recovered` flag: `Some(false)` if messages were missed.
+    pub fn recovered(&self) -> Option<bool> {
+        self.snapshot().recovered
+    }
+
+    /// The names in the room now, in roster order, each once.
+    pub fn roster(&self) -> Vec<String> {
+        self.snapshot()
+            .roster
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The names in the room now, with how many connections each has.
+    pub fn roster_counts(&self) -> Vec<(String, usize)> {
+        self.snapshot().roster.clone()
+    }
+
+    /// Sends waiting for their acknowledgement.
+    pub fn pending_sends(&self) -> usize {
+        self.snapshot().pending_sends
+    }
+}
+
+/// A send not yet acknowledged; only the head of the queue is ever in flight.
+#[derive(Debug)]
+struct Pending {
+    text: String,
+    reply: oneshot::Sender<Result<u64>>,
+    /// Sent on the current connection, no answer yet.
+    in_flight: bool,
+    /// The highest id delivered when it was sent: its echo has a higher one.
+    id_at_send: u64,
+    /// In flight when a connection dropped: maybe stored, look for it in the replay.
+    maybe_stored: bool,
+}
+
+/// One connection, from the upgrade to its end.
+struct Conn {
+    session: Session,
+    /// What the join has gathered so far; `None` once `ready` came.
+    joining: Option<Joining>,
+    join_deadline: Instant,
+    send_deadline: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Joining {
+    roster: Vec<(String, usize)>,
+    messages: Vec<ChatMessage>,
+    /// The last `joined` before `ready` is our own, spelled as the server has it.
+    last_joined: Option<String>,
+}
+
+/// What the actor does next.
+enum Flow {
+    Reconnect,
+    Stop,
+}
+
+/// The task that owns the connection.
+///
+/// ```text
+///   connect() ──► connecting ──ready──► live ──socket ends──► reconnecting ──ready──► live
+///                     │                                        ▲   │
+///                     └──────────socket fails──────────────────┘   └─ backoff, open again
+///   any state ──close(), or a join the server refuses──► closed (for good)
+/// ```
+struct Actor {
+    options: ConnectOptions,
+    base: BaseUrl,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<Event>,
+    shared: Arc<Mutex<Snapshot>>,
+    queue: VecDeque<Pending>,
+    state: State,
+    last_id: u64,
+    oldest_id: Option<u64>,
+    /// Whether the next join asks for messages after `last_id` (after a first join, or `since`).
+    ever_ready: bool,
+    attempt: u32,
+    rate_limit_streak: u32,
+    join_name: Option<String>,
+    recovered: Option<bool>,
+    retry_at: Option<Instant>,
+    close_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        while let Flow::Reconnect = self.connection().await {
+            if let Flow::Stop = self.backoff().await {
+                break;
+            }
+        }
+        self.shutdown("closed");
+        for waiter in self.close_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    fn shared(&self) -> MutexGuard<'_, Snapshot> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Copies the scalar state for the handles (the roster is written where it changes).
+    fn sync(&self) {
+        let pending = self.queue.len();
+        let mut shared = self.shared();
+        shared.state = self.state;
+        shared.last_id = self.last_id;
+        shared.oldest_id = self.oldest_id;
+        shared.recovered = self.recovered;
+        shared.pending_sends = pending;
+        shared.join_name.clone_from(&self.join_name);
+    }
+
+    fn set_state(&mut self, state: State) {
+        if state == self.state {
+            return;
+        }
+        let previous = self.state;
+        self.state = state;
+        self.sync();
+        self.emit(Event::State { state, previous });
+    }
+
+    fn ws_url(&self) -> String {
+        let mut path = BaseUrl::room_path(&self.options.room, "websocket");
+        if let Some(token) = &self.options.token {
+            path.push_str("?token=");
+            path.push_str(&encode_component(token));
+        }
+        self.base.ws_url(&path)
+    }
+
+    /// Opens one connection, joins, and runs it until it ends.
+    async fn connection(&mut self) -> Flow {
+        let join_deadline = Instant::now() + self.options.join_timeout;
+        let session_options = SessionOptions {
+            headers: self.options.headers.clone(),
+            tls: self.options.tls.clone(),
+            websocket: None,
+            handshake_timeout: self.options.join_timeout,
+        };
+        let url = self.ws_url();
+        let connect = Session::connect(&url, &session_options);
+        tokio::pin!(connect);
+        let mut session = loop {
+            tokio::select! {
+                connected = &mut connect => match connected {
+                    Ok(session) => break session,
+                    Err(error) => return self.connect_failed(&error),
+                },
+                command = self.commands.recv() => {
+                    if let Some(Flow::Stop) = self.command(command, None).await {
+                        return Flow::Stop;
+                    }
+                }
+            }
+        };
+        let mut join = serde_json::json!({ "name": self.options.name });
+        if self.ever_ready {
+            join["since"] = self.last_id.into();
+        }
+        if session.send_text(join.to_string()).await.is_err() {
+            return Flow::Reconnect;
+        }
+        let mut conn = Conn {
+            session,
+            joining: Some(Joining::default()),
+            join_deadline,
+            send_deadline: None,
+        };
+        let flow = self.connected(&mut conn).await;
+        if let Some(head) = self.queue.front_mut() {
+            if head.in_flight {
+                head.in_flight = false;
+                head.maybe_stored = true;
+            }
+        }
+        self.retry_at = None;
+        self.sync();
+        flow
+    }
+
+    fn connect_failed(&mut self, error: &Error) -> Flow {
+        // A room name too long or an id this server did not mint: asking again cannot help.
+        if let Error::Refused {
+            status: 400 | 404,
+            body,
+        } = error
+        {
+            let message = if body.is_empty() {
+                error.to_string()
+            } else {
+                body.clone()
+            };
+            self.emit(Event::Error {
+                message: message.clone(),
+                fatal: true,
+            });
+            self.shutdown(&message);
+            return Flow::Stop;
+        }
+        self.emit(Event::Error {
+            message: format!("connecting: {error}"),
+            fatal: false,
+        });
+        Flow::Reconnect
+    }
+
+    /// Runs a connected socket until it ends.
+    async fn connected(&mut self, conn: &mut Conn) -> Flow {
+        loop {
+            let wake = [
+                conn.joining.as_ref().map(|_| conn.join_deadline),
+                conn.send_deadline,
+                self.retry_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let flow = tokio::select! {
+                event = conn.session.next() => self.socket_event(conn, event).await,
+                command = self.commands.recv() => self.command(command, Some(conn)).await,
+                () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                    self.timers(conn)
+                }
+            };
+            match flow {
+                Some(Flow::Stop) => {
+                    let session = &mut conn.session;
+                    let _ = tokio::time::timeout(self.options.close_timeout, async {
+                        let _ = session.send_close(1000, "leaving").await;
+                        while let Some(event) = session.next().await {
+                            if !matches!(event, RawEvent::Text(_) | RawEvent::Binary(_)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                    return Flow::Stop;
+                }
+                Some(Flow::Reconnect) => return Flow::Reconnect,
+                None => {}
+            }
+            self.pump(conn).await;
+            self.sync();
+        }
+    }
+
+    fn timers(&mut self, conn: &mut Conn) -> Option<Flow> {
+        let now = Instant::now();
+        if conn.joining.is_some() && now >= conn.join_deadline {
+            self.emit(Event::Error {
+                message: "join timeout".into(),
+                fatal: false,
+            });
+            return Some(Flow::Reconnect);
+        }
+        if conn.send_deadline.is_some_and(|deadline| now >= deadline) {
+            // No answer: the path is dead without a close. Replace it; the resume settles it.
+            conn.send_deadline = None;
+            self.emit(Event::Error {
+                message: "no answer to a send".into(),
+                fatal: false,
+            });
+            return Some(Flow::Reconnect);
+        }
+        if self.retry_at.is_some_and(|at| now >= at) {
+            self.retry_at = None;
+        }
+        None
+    }
+
+    async fn command(&mut self, command: Option<Command>, conn: Option<&mut Conn>) -> Option<Flow> {
+        match command {
+            Some(Command::Send { text, reply }) => {
+                if self.state == State::Closed {
+                    let _ = reply.send(Err(Error::Closed("The client is closed.".into())));
+                } else if self.queue.len() >= self.options.max_queued_sends {
+                    let _ = reply.send(Err(Error::QueueFull));
+                } else {
+                    self.queue.push_back(Pending {
+                        text,
+                        reply,
+                        in_flight: false,
+                        id_at_send: 0,
+                        maybe_stored: false,
+                    });
+                    if let Some(conn) = conn {
+                        self.pump(conn).await;
+                    }
+                    self.sync();
+                }
+                None
+            }
+            Some(Command::Close { done }) => {
+                self.close_waiters.push(done);
+                self.shutdown("closed by the application");
+                Some(Flow::Stop)
+            }
+            // Every handle dropped: nobody can send or read any more.
+            None => {
+                self.shutdown("closed: every handle was dropped");
+                Some(Flow::Stop)
+            }
+            Some(Command::ReconnectNow) => None,
+        }
+    }
+
+    async fn socket_event(&mut self, conn: &mut Conn, event: Option<RawEvent>) -> Option<Flow> {
+        match event {
+            Some(RawEvent::Text(text)) => self.frame(conn, &text),
+            Some(RawEvent::Binary(_)) => None,
+            Some(RawEvent::Close(Some((code, reason)))) => {
+                Some(self.closed_by_server(conn, code, reason))
+            }
+            Some(RawEvent::Close(None) | RawEvent::Ended(_)) | None => Some(Flow::Reconnect),
+        }
+    }
+
+    fn closed_by_server(&mut self, conn: &Conn, code: u16, reason: String) -> Flow {
+        if code != CLOSE_TOO_BIG {
+            return Flow::Reconnect;
+        }
+        if conn.joining.is_some() {
+            // 1009 before `ready` refuses the name: rejoining cannot help.
+            let message = if reason.is_empty() {
+                "The server refused the name.".to_owned()
+            } else {
+                reason
+            };
+            self.emit(Event::Error {
+                message: message.clone(),
+                fatal: true,
+            });
+            self.shutdown(&message);
+            return Flow::Stop;
+        }
+        if self.queue.front().is_some_and(|head| head.in_flight) {
+            // The frame in flight was over the server's frame size limit: refused, not stored.
+            if let Some(head) = self.queue.pop_front() {
+                let message = if reason.is_empty() {
+                    "Message too big.".to_owned()
+                } else {
+                    reason
+                };
+                let _ = head.reply.send(Err(Error::Server(message)));
+            }
+        }
+        Flow::Reconnect
+    }
+
+    fn frame(&mut self, conn: &mut Conn, text: &str) -> Option<Flow> {
+        let Ok(data) = serde_json::from_str::<Value>(text) else {
+            return None;
+        };
+        if let Some(error) = data.get("error").and_then(Value::as_str) {
+            return self.server_error(conn, error.to_owned());
+        }
+        if let Some(name) = data.get("joined").and_then(Value::as_str) {
+            match &mut conn.joining {
+                Some(joining) => {
+                    add_name(&mut joining.roster, name);
+                    joining.last_joined = Some(name.to_owned());
+                }
+                None => {
+                    add_name(&mut self.shared().roster, name);
+                    self.emit(Event::Join {
+                        name: name.to_owned(),
+                    });
+                    self.emit_roster();
+                }
+            }
+        } else if let Some(name) = data.get("quit").and_then(Value::as_str) {
+            match &mut conn.joining {
+                Some(joining) => remove_name(&mut joining.roster, name),
+                None => {
+                    remove_name(&mut self.shared().roster, name);
+                    self.emit(Event::Quit {
+                        name: name.to_owned(),
+                    });
+                    self.emit_roster();
+                }
+            }
+        } else if data.get("ready") == Some(&Value::Bool(true)) {
+            if let Some(joining) = conn.joining.take() {
+                let recovered = data.get("recovered").and_then(Value::as_bool);
+                self.ready(conn, joining, recovered);
+            }
+        } else if let (Some(name), Some(message)) = (
+            data.get("name").and_then(Value::as_str),
+            data.get("message").and_then(Value::as_str),
+        ) {
+            let message = ChatMessage {
+                name: name.to_owned(),
+                message: message.to_owned(),
+                timestamp: data.get("timestamp").and_then(Value::as_u64).unwrap_or(0),
+                id: data.get("id").and_then(Value::as_u64),
+            };
+            match &mut conn.joining {
+                Some(joining) => joining.messages.push(message),
+                None => self.deliver(conn, message),
+            }
+        }
+        None
+    }
+
+    fn emit_roster(&self) {
+        let roster = self.shared().roster.clone();
+        self.emit(Event::Roster { roster });
+    }
+
+    fn ready(&mut self, conn: &mut Conn, joining: Joining, recovered: Option<bool>) {
+        let resumed = self.ever_ready;
+        self.ever_ready = true;
+        self.attempt = 0;
+        self.rate_limit_streak = 0;
+        self.recovered = recovered;
+        self.shared().roster = joining.roster;
+        self.join_name = joining.last_joined;
+        if recovered == Some(false) {
+            // Messages after our last id are gone from the server; what it sent instead
+            // starts a new stretch (after a lost data file its ids may even start again).
+            self.emit(Event::Gap {
+                since: self.last_id,
+            });
+            self.last_id = 0;
+        }
+        for message in joining.messages {
+            self.deliver(conn, message);
+        }
+        if let Some(head) = self.queue.front_mut() {
+            // In flight when the last socket dropped and not in the replay: not stored.
+            head.maybe_stored = false;
+        }
+        self.set_state(State::Live);
+        self.emit_roster();
+        self.emit(Event::Ready { recovered, resumed });
+    }
+
+    fn deliver(&mut self, conn: &mut Conn, message: ChatMessage) {
+        if let Some(id) = message.id {
+            if id <= self.last_id {
+                return;
+            }
+            self.last_id = id;
+            if self.oldest_id.is_none_or(|oldest| id < oldest) {
+                self.oldest_id = Some(id);
+            }
+        }
+        let acknowledges = self.queue.front().is_some_and(|head| {
+            Some(&message.name) == self.join_name.as_ref()
+                && message.message == head.text
+                && (head.in_flight || head.maybe_stored)
+                && message.id.is_none_or(|id| id > head.id_at_send)
+        });
+        let id = message.id;
+        self.emit(Event::Message(message));
+        if acknowledges {
+            if let Some(head) = self.queue.pop_front() {
+                conn.send_deadline = None;
+                self.rate_limit_streak = 0;
+                let _ = head.reply.send(Ok(id.unwrap_or(0)));
+            }
+        }
+    }
+
+    fn server_error(&mut self, conn: &mut Conn, text: String) -> Option<Flow> {
+        let retryable = text == ERROR_RATE_LIMITED || text == ERROR_ROOM_BUSY;
+        if conn.joining.is_some() {
+            if retryable {
+                // A join refused for a passing reason: a new connection after the backoff.
+                self.emit(Event::Error {
+                    message: text,
+                    fatal: false,
+                });
+                return Some(Flow::Reconnect);
+            }
+            // Refused to join (a name too long, or worse): rejoining cannot help.
+            self.emit(Event::Error {
+                message: text.clone(),
+                fatal: true,
+            });
+            self.shutdown(&text);
+            return Some(Flow::Stop);
+        }
+        let in_flight = self.queue.front().is_some_and(|head| head.in_flight);
+        if !in_flight {
+            self.emit(Event::Error {
+                message: text,
+                fatal: false,
+            });
+            return None;
+        }
+        conn.send_deadline = None;
+        if retryable {
+            if let Some(head) = self.queue.front_mut() {
+                head.in_flight = false;
+            }
+            let delay = self.rate_limit_delay();
+            self.retry_at = Some(Instant::now() + delay);
+            self.emit(Event::RateLimited {
+                message: text,
+                retry_in: delay,
+            });
+        } else if let Some(head) = self.queue.pop_front() {
+            let _ = head.reply.send(Err(Error::Server(text)));
+        }
+        None
+    }
+
+    /// Short first, doubling up to twice the limiter's cost per action, half jittered.
+    fn rate_limit_delay(&mut self) -> Duration {
+        let doubled = self
+            .options
+            .rate_limit_first_retry
+            .saturating_mul(1 << self.rate_limit_streak.min(20));
+        let base = doubled.min(self.options.rate_limit_cost.saturating_mul(2));
+        self.rate_limit_streak += 1;
+        base / 2 + base.mul_f64(random_unit() / 2.0)
+    }
+
+    /// Sends the head of the queue if the connection is live and nothing is in flight.
+    async fn pump(&mut self, conn: &mut Conn) {
+        if self.state != State::Live || conn.joining.is_some() || self.retry_at.is_some() {
+            return;
+        }
+        let last_id = self.last_id;
+        let Some(head) = self.queue.front_mut() else {
+            return;
+        };
+        if head.in_flight || head.maybe_stored {
+            return;
+        }
+        head.in_flight = true;
+        head.id_at_send = last_id;
+        let frame = serde_json::json!({ "message": head.text }).to_string();
+        conn.send_deadline = Some(Instant::now() + self.options.send_timeout);
+        // A failed write shows as the end of the socket on the next read.
+        let _ = conn.session.send_text(frame).await;
+    }
+
+    /// Waits before the next connection (full jitter), still taking commands.
+    async fn backoff(&mut self) -> Flow {
+        if self.state == State::Closed {
+            return Flow::Stop;
+        }
+        let cap = self
+            .options
+            .reconnect_initial
+            .saturating_mul(1 << self.attempt.min(30))
+            .min(self.options.reconnect_max);
+        let delay = cap.mul_f64(random_unit());
+        self.attempt += 1;
+        self.set_state(State::Reconnecting);
+        self.emit(Event::Reconnect {
+            attempt: self.attempt,
+            delay,
+        });
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return Flow::Reconnect,
+                command = self.commands.recv() => match command {
+                    Some(Command::ReconnectNow) => {
+                        self.attempt = 0;
+                        return Flow::Reconnect;
+                    }
+                    other => {
+                        if let Some(Flow::Stop) = self.command(other, None).await {
+                            return Flow::Stop;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes for good: every unacknowledged send is rejected.
+    fn shutdown(&mut self, reason: &str) {
+        self.set_state(State::Closed);
+        self.retry_at = None;
+        for send in self.queue.drain(..) {
+            let _ = send
+                .reply
+                .send(Err(Error::Closed(format!("Not sent: {reason}"))));
+        }
+        self.sync();
+    }
+}
+
+fn add_name(roster: &mut Vec<(String, usize)>, name: &str) {
+    match roster.iter_mut().find(|(n, _)| n == name) {
+        Some((_, count)) => *count += 1,
+        None => roster.push((name.to_owned(), 1)),
+    }
+}
+
+fn remove_name(roster: &mut Vec<(String, usize)>, name: &str) {
+    if let Some(at) = roster.iter().position(|(n, _)| n == name) {
+        roster[at].1 -= 1;
+        if roster[at].1 == 0 {
+            roster.remove(at);
+        }
+    }
+}
+
+/// Uniform in [0, 1) from the OS (it is only jitter; 0.5 if the OS has none to give).
+fn random_unit() -> f64 {
+    getrandom::u64().map_or(0.5, |bits| (bits >> 11) as f64 / (1u64 << 53) as f64)
+}
