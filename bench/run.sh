@@ -9,6 +9,7 @@
 #   bench/run.sh fanout rooms    # some of them
 #   DURATION=20 REPEAT=3 bench/run.sh fanout
 #   SERVER=/tmp/old/target/release/edgechat bench/run.sh fanout-open   # A/B another build
+#   BENCH=/tmp/old/target/release/edgechat-bench bench/run.sh fanout     # A/B another generator
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +31,8 @@ mkdir -p "$OUT"
 cargo build --release -q -p edgechat-server -p edgechat-bench
 # SERVER=<path to another edgechat binary> compares builds with the same generator.
 SERVER=${SERVER:-target/release/edgechat}
-BENCH=target/release/edgechat-bench
+# BENCH=<path to another edgechat-bench binary> compares generators against the same server.
+BENCH=${BENCH:-target/release/edgechat-bench}
 
 # Both processes need one descriptor per connection (the hard limit caps the idle test).
 ulimit -n "$(ulimit -Hn)"
