@@ -298,6 +298,45 @@ async fn expiring_token_is_refreshed_in_place_or_closes_the_connection() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_known_user_is_rate_limited_as_one_whatever_its_ip() {
+    const IP_HEADER: &str = "CF-Connecting-IP";
+    let (server, _dir) = server("auth-limits", |config| {
+        config.auth = policy(AuthMode::Optional, 30_000, &[]);
+        config.trust_proxy_header = Some(IP_HEADER.into());
+        // The default limit: a burst of about four actions, then one per five seconds.
+        config.rate_limit = edgechat_core::limiter::RateLimiterConfig::default();
+    })
+    .await;
+    let addr = server.local_addr();
+    let ada = token("user-ada", "Ada", json!({ "lobby": "write" }));
+    let mut first =
+        Client::connect_url_with(&url(addr, "lobby", &ada), &[(IP_HEADER, "10.0.0.1")]).await;
+    first.join("Ada").await;
+    let mut limited = false;
+    for n in 0..20 {
+        if send_message(&mut first, &format!("burst {n}")).await["error"] == common::RATE_LIMITED {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the burst runs into the limit");
+
+    // The same user from another IP shares the limit...
+    let mut second =
+        Client::connect_url_with(&url(addr, "lobby", &ada), &[(IP_HEADER, "10.0.0.2")]).await;
+    second.join("Ada").await;
+    let answer = send_message(&mut second, "new ip").await;
+    assert_eq!(answer["error"], common::RATE_LIMITED, "{answer}");
+
+    // ...and an anonymous neighbour behind the first IP is not throttled by it.
+    let mut neighbour = Client::connect_with(addr, "lobby", &[(IP_HEADER, "10.0.0.1")]).await;
+    neighbour.join("neighbour").await;
+    let answer = send_message(&mut neighbour, "hello").await;
+    assert_eq!(answer["name"], "neighbour", "{answer}");
+    server.shutdown().await;
+}
+
 /// Where the log lines of every test in this binary go (debug level).
 fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
