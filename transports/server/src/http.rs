@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf as _, Bytes};
+use edgechat_core::auth::{bearer_token, token_from_query};
 use edgechat_core::counter::CounterOp;
 use edgechat_core::http::answer::{self, Answer};
 use edgechat_core::http::{
@@ -114,10 +115,16 @@ impl Handle {
                     Err(refused) => response(refused),
                 }
             }
-            Ok(Route::RoomHistory(room, query)) => self.history_answer(room.id, query).await,
-            Ok(Route::RoomPresence(room)) => match self.presence_of(room.id).await {
-                Some(users) => answer::presence(&users),
-                None => answer::unavailable(),
+            Ok(Route::RoomHistory(room, query)) => match self.admit_bearer(&parts, room.id) {
+                Ok(()) => self.history_answer(room.id, query).await,
+                Err(refused) => refused,
+            },
+            Ok(Route::RoomPresence(room)) => match self.admit_bearer(&parts, room.id) {
+                Ok(()) => match self.presence_of(room.id).await {
+                    Some(users) => answer::presence(&users),
+                    None => answer::unavailable(),
+                },
+                Err(refused) => refused,
             },
             Ok(Route::RoomPublish(room)) => self.publish_answer(&parts, room.id, body).await,
             Ok(Route::Counter(id, op)) => self.counter_answer(id, op).await,
@@ -171,7 +178,15 @@ impl Handle {
         let (Some(key), Some(on_upgrade), true) = (key, on_upgrade, handshake) else {
             return Err(answer::expected_websocket());
         };
-        let ticket = self.ticket(room)?;
+        self.check_origin(
+            header_str(&parts.headers, header::ORIGIN),
+            header_str(&parts.headers, header::HOST),
+        )?;
+        // The token is on the URL (browsers cannot set headers on a WebSocket); it is never
+        // logged.
+        let token = token_from_query(parts.uri.query());
+        let access = self.admit(room, token.as_deref())?;
+        let ticket = self.ticket(room, access)?;
         let accept = derive_accept_key(key.as_bytes());
         let peer = parts.extensions.get::<PeerAddr>().map(|peer| peer.0);
         let ip = self.client_ip(&parts.headers, peer);
@@ -263,6 +278,13 @@ impl Handle {
             }
         }
         answer::hibernated(rooms, hibernated)
+    }
+
+    /// Whether a read of `room` (history, presence) may go ahead: by the access policy, with
+    /// the request's `Authorization: Bearer` token (every role reads).
+    fn admit_bearer(&self, parts: &Parts, room: ObjectId) -> Result<(), Answer> {
+        let token = bearer_token(header_str(&parts.headers, header::AUTHORIZATION));
+        self.admit(room, token).map(drop)
     }
 
     fn is_authorized(&self, headers: &HeaderMap) -> bool {

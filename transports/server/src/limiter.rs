@@ -1,4 +1,4 @@
-//! Rate-limiter objects: one task per client IP, shared by every room and connection.
+//! Rate-limiter objects: one task per client IP (or per known user), shared by every room and connection.
 //!
 //! A room asks with [`Limiters::ask`] and never waits: the question is a `try_send`, the
 //! answer ([`Verdict`]) comes back on the room's channel. If a limiter's inbox is full the
@@ -6,11 +6,10 @@
 //! only makes the limit stricter; so a flood from one IP can neither block a room nor loosen
 //! its own limit. A limiter whose state is idle (equivalent to a fresh one) retires its task.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use edgechat_core::ids::ObjectId;
-use edgechat_core::limiter::{limiter_id, RateLimiter, RateLimiterConfig, VerdictRequest};
+use edgechat_core::limiter::{RateLimiter, RateLimiterConfig, VerdictRequest};
 use tokio::sync::mpsc;
 
 use crate::clock::{now, until};
@@ -61,23 +60,23 @@ impl Limiters {
         })
     }
 
-    /// Counts one action against `ip`'s limiter; the verdict arrives on `reply`. Returns
+    /// Counts one action against limiter `id` (an IP's or a user's, see
+    /// [`limiter_id_for`](edgechat_core::limiter::limiter_id_for)); the verdict arrives on `reply`. Returns
     /// whether the question was sent (an overloaded limiter drops it: the room asks again
     /// after `VERDICT_TIMEOUT_MS`).
     pub(crate) fn ask(
         self: &Arc<Self>,
-        ip: IpAddr,
+        id: ObjectId,
         request: VerdictRequest,
         reply: mpsc::UnboundedSender<Verdict>,
     ) -> bool {
-        let id = limiter_id(ip);
         let mut msg = LimiterMsg { request, reply };
         for _ in 0..ASK_ATTEMPTS_MAX {
             match self.inbox(id).try_send(msg) {
                 Ok(()) => return true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     inc(&self.metrics.limiter_asks_dropped);
-                    tracing::warn!(%ip, "rate limiter overloaded; question dropped");
+                    tracing::warn!(limiter = %id, "rate limiter overloaded; question dropped");
                     return false;
                 }
                 Err(mpsc::error::TrySendError::Closed(back)) => msg = back,

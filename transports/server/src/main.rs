@@ -1,16 +1,21 @@
 //! `edgechat`: the standalone chat server. `edgechat serve --help` lists every setting.
 //!
 //! Exit codes: 0 after a clean stop (everything accepted was written); 1 for an unusable
-//! listen address or TLS file; 2 for a bad command line (clap's); 3 after a stop that could
+//! listen address, TLS file or auth setting (a key file's error names the file); 2 for a bad command line (clap's); 3 after a stop that could
 //! not write everything (logged; none of it was ever acknowledged); 4 when the data file is
 //! refused at startup (locked by another process, unwritable, foreign or corrupt: the
 //! message names the file and the cause).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use edgechat_core::auth::{
+    Algorithm, AuthConfig, AuthMode, TokenVerifier, VerifyingKeys, KEY_DOCUMENT_LEN_MAX_BYTES,
+};
+use edgechat_core::ids::{is_lower_hex_id, Namespace, ObjectId};
 use edgechat_core::limiter::RateLimiterConfig;
 use edgechat_server::{Config, Server, StartError};
 use tracing_subscriber::EnvFilter;
@@ -84,11 +89,108 @@ struct ServeArgs {
     /// its senders get `{"error":"Message not sent: storage unavailable."}` (publishes: 503).
     #[arg(long, env = "EDGECHAT_STORAGE_TIMEOUT_MS", default_value_t = edgechat_server::STORAGE_TIMEOUT_MS_DEFAULT)]
     storage_timeout_ms: u64,
+    /// Identity checks: `off` (anyone joins under any name), `optional` (a token on the
+    /// WebSocket URL, `?token=<jwt>`, fixes the user; without one a client is anonymous),
+    /// `required` (no valid token, no connection). optional and required need a key.
+    #[arg(long, env = "EDGECHAT_AUTH_MODE", value_enum, default_value_t = AuthModeArg::Off)]
+    auth_mode: AuthModeArg,
+    /// File holding the HS256 secret shared with the application that issues tokens (at
+    /// least 32 bytes; a trailing newline is not part of it).
+    #[arg(long, env = "EDGECHAT_AUTH_HS256_SECRET_FILE")]
+    auth_hs256_secret_file: Option<PathBuf>,
+    /// A public key that verifies tokens, as ALG:PATH (ALG one of RS256, ES256, EdDSA; PATH
+    /// a PEM file). Repeat for several keys.
+    #[arg(long, env = "EDGECHAT_AUTH_PUBLIC_KEY_FILE", value_delimiter = ',')]
+    auth_public_key_file: Vec<String>,
+    /// A JWKS document (`{"keys": [...]}`) of public keys that verify tokens.
+    #[arg(long, env = "EDGECHAT_AUTH_JWKS_FILE")]
+    auth_jwks_file: Option<PathBuf>,
+    /// The `iss` every token must carry.
+    #[arg(long, env = "EDGECHAT_AUTH_ISSUER")]
+    auth_issuer: Option<String>,
+    /// A value the `aud` of every token must contain (without it, tokens with an `aud` are
+    /// refused).
+    #[arg(long, env = "EDGECHAT_AUTH_AUDIENCE")]
+    auth_audience: Option<String>,
+    /// Rooms (names or private ids, comma-separated) that admit only clients with a valid
+    /// token even in optional mode.
+    #[arg(long, env = "EDGECHAT_AUTH_TOKEN_ROOMS", value_delimiter = ',')]
+    auth_token_rooms: Vec<String>,
+    /// Web origins allowed to open WebSockets from a browser (comma-separated
+    /// `scheme://host[:port]`). When set, upgrades from other origins get 403; clients
+    /// sending no Origin, and the page's own origin, are always allowed.
+    #[arg(long, env = "EDGECHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+}
+
+/// `--auth-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AuthModeArg {
+    Off,
+    Optional,
+    Required,
 }
 
 impl ServeArgs {
-    fn into_config(self) -> Config {
-        Config {
+    /// The access policy the auth flags describe; an unreadable or invalid key file is an
+    /// error naming the file.
+    fn auth_config(&self) -> anyhow::Result<AuthConfig> {
+        let mode = match self.auth_mode {
+            AuthModeArg::Off => AuthMode::Off,
+            AuthModeArg::Optional => AuthMode::Optional,
+            AuthModeArg::Required => AuthMode::Required,
+        };
+        let mut keys: Option<VerifyingKeys> = None;
+        let mut add = |more: VerifyingKeys| -> anyhow::Result<()> {
+            keys = Some(match keys.take() {
+                Some(keys) => keys.merge(more)?,
+                None => more,
+            });
+            Ok(())
+        };
+        if let Some(path) = &self.auth_hs256_secret_file {
+            let secret = read_key_file(path)?;
+            let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
+            let secret = secret.strip_suffix(b"\r").unwrap_or(secret);
+            add(VerifyingKeys::hs256(secret).with_context(|| path.display().to_string())?)?;
+        }
+        for spec in &self.auth_public_key_file {
+            let (alg, path) = spec
+                .split_once(':')
+                .with_context(|| format!("--auth-public-key-file {spec}: expected ALG:PATH"))?;
+            let algorithm = Algorithm::from_name(alg).with_context(|| {
+                format!("--auth-public-key-file {spec}: unknown algorithm {alg}")
+            })?;
+            let path = Path::new(path);
+            let pem = read_key_file(path)?;
+            add(VerifyingKeys::from_pem(algorithm, &pem)
+                .with_context(|| path.display().to_string())?)?;
+        }
+        if let Some(path) = &self.auth_jwks_file {
+            let json = String::from_utf8(read_key_file(path)?)
+                .with_context(|| format!("{}: not UTF-8", path.display()))?;
+            add(VerifyingKeys::from_jwks(&json).with_context(|| path.display().to_string())?)?;
+        }
+        let verifier = keys.map(|keys| {
+            let mut verifier = TokenVerifier::new(keys);
+            verifier.issuer = self.auth_issuer.clone();
+            verifier.audience = self.auth_audience.clone();
+            verifier
+        });
+        let rooms = self.auth_token_rooms.iter().map(|room| {
+            if is_lower_hex_id(room) {
+                ObjectId::parse_hex(room)
+                    .unwrap_or_else(|_| ObjectId::from_name(Namespace::Room, room))
+            } else {
+                ObjectId::from_name(Namespace::Room, room)
+            }
+        });
+        Ok(AuthConfig::new(mode, verifier, rooms.collect::<Vec<_>>())?)
+    }
+
+    fn into_config(self) -> anyhow::Result<Config> {
+        let auth = self.auth_config()?;
+        Ok(Config {
             listen: self.listen,
             data_path: self.data,
             idle_ms: self.idle_ms,
@@ -105,9 +207,22 @@ impl ServeArgs {
             storage_timeout_ms: self.storage_timeout_ms,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
+            auth,
+            allowed_origins: self.allowed_origins,
             ..Config::default()
-        }
+        })
     }
+}
+
+/// A key file's bytes, bounded (keys are small); errors name the file.
+fn read_key_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?
+        .len();
+    if len > KEY_DOCUMENT_LEN_MAX_BYTES as u64 {
+        anyhow::bail!("key file {} is too large ({len} bytes)", path.display());
+    }
+    std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))
 }
 
 /// Exit code when the data file is refused at startup.
@@ -125,7 +240,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         .init();
     let Command::Serve(args) = Cli::parse().command;
     let tls = args.tls_cert.is_some();
-    let server = match Server::start(args.into_config()).await {
+    let config = args.into_config()?;
+    let server = match Server::start(config).await {
         Ok(server) => server,
         Err(error @ StartError::Open(_)) => {
             tracing::error!("{:#}", anyhow::Error::from(error));

@@ -32,11 +32,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use edgechat_core::auth::{AuthConfig, Identity};
 use edgechat_core::host::{HostOutput, RoomHost};
 use edgechat_core::http::HistoryQuery;
 use edgechat_core::ids::ObjectId;
+use edgechat_core::limiter::limiter_id_for;
 use edgechat_core::protocol::{Frame, CLOSE_INTERNAL_ERROR, CLOSE_REASON_ROOM_UNAVAILABLE};
-use edgechat_core::room::{ConnId, Input, Output, PublishError, PublishId, RoomConfig};
+use edgechat_core::room::{ConnId, Input, Output, PublishError, PublishId, RoomAuth, RoomConfig};
 use edgechat_core::storage::BatchId;
 use tokio::sync::{mpsc, oneshot};
 
@@ -60,6 +62,8 @@ pub(crate) enum RoomMsg {
     Connect {
         conn: ConnId,
         ip: IpAddr,
+        /// The verified user, when the upgrade carried a valid token.
+        identity: Option<Identity>,
         writer: Arc<ConnWriter>,
         ack: oneshot::Sender<()>,
     },
@@ -101,6 +105,8 @@ enum RoomReply {
 #[derive(Debug, Clone)]
 pub(crate) struct RoomSettings {
     pub room: RoomConfig,
+    /// The access policy, when auth is on: each room checks refreshed tokens with it.
+    pub auth: Option<Arc<AuthConfig>>,
     /// How long a room stays in memory without events before it hibernates.
     pub idle_ms: u64,
     /// Most frames from earlier turns a connection may leave unwritten after a flush.
@@ -180,6 +186,18 @@ struct Socket {
     queued_this_turn: usize,
 }
 
+/// The core settings of room `id`: the shared ones, with the access policy aimed at it.
+fn room_config(settings: &RoomSettings, id: ObjectId) -> RoomConfig {
+    let mut config = settings.room.clone();
+    if let Some(auth) = &settings.auth {
+        config.auth = Some(RoomAuth {
+            config: auth.clone(),
+            room: id,
+        });
+    }
+    config
+}
+
 /// Starts the task of room `id`.
 fn spawn(rooms: Arc<Rooms>, id: ObjectId, start: RoomStart) {
     let RoomStart {
@@ -213,7 +231,7 @@ fn spawn(rooms: Arc<Rooms>, id: ObjectId, start: RoomStart) {
     let task = RoomTask {
         backlog_max: settings.outbound_queue_len.max(1),
         dirty: Vec::new(),
-        host: RoomHost::new(settings.room.clone(), settings.idle_ms),
+        host: RoomHost::new(room_config(settings, id), settings.idle_ms),
         rooms,
         id,
         sockets,
@@ -322,6 +340,7 @@ impl RoomTask {
             RoomMsg::Connect {
                 conn,
                 ip,
+                identity,
                 writer,
                 ack,
             } => {
@@ -337,7 +356,10 @@ impl RoomTask {
                         queued_this_turn: 0,
                     },
                 );
-                self.input(Input::Connect { conn, ip });
+                match identity {
+                    None => self.input(Input::Connect { conn, ip }),
+                    Some(identity) => self.connect_as(conn, ip, identity),
+                }
                 let _ = ack.send(());
             }
             RoomMsg::Text { conn, text } => {
@@ -490,6 +512,17 @@ impl RoomTask {
         }
     }
 
+    /// Connects a verified user (the caller has restored the room).
+    fn connect_as(&mut self, conn: ConnId, ip: IpAddr, identity: Identity) {
+        let now = now();
+        let Some(room) = self.host.room_mut(now) else {
+            return;
+        };
+        if let Err(error) = room.handle_connect_as(conn, ip, Some(identity), now) {
+            tracing::error!(room = %self.id, %error, "room refused a connection");
+        }
+    }
+
     /// Hands the resident room an input (the caller has restored it).
     fn input(&mut self, input: Input) {
         if let Err(error) = self.host.handle_input(input, now()) {
@@ -579,8 +612,14 @@ impl RoomTask {
                 }
             }
             Output::AskRateLimiter { request, ip } => {
+                // A known user's actions count against the user's limiter, wherever from.
+                let user = self
+                    .host
+                    .room()
+                    .and_then(|room| room.identity(request.conn));
+                let limiter = limiter_id_for(user.map(|identity| identity.sub.as_str()), ip);
                 let limiters = &self.rooms.context.limiters;
-                if limiters.ask(ip, request, self.verdicts.clone()) {
+                if limiters.ask(limiter, request, self.verdicts.clone()) {
                     self.asks_outstanding += 1;
                 }
             }

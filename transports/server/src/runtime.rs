@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edgechat_core::auth::{origin_allowed, Access, AuthConfig, AuthMode, Identity};
 use edgechat_core::http::answer::{self, Answer};
 use edgechat_core::http::{room_id, HistoryQuery, HISTORY_PAGE_LEN_MAX, UNKNOWN_CLIENT_IP};
 use edgechat_core::ids::{IdSecret, ObjectId};
@@ -98,6 +99,13 @@ pub struct RuntimeConfig {
     /// is rolled back and refused (its senders get the core's storage error, publishes get
     /// 503). Restores, history and counters are bounded by it too.
     pub storage_timeout_ms: u64,
+    /// Who may connect where (signed tokens, token-only rooms). The default is
+    /// [`AuthMode::Off`]: no token is read and anyone joins under any name.
+    pub auth: AuthConfig,
+    /// Web origins (`scheme://host[:port]`) whose pages may open WebSockets; empty: any.
+    /// When set, a browser upgrade from another origin is refused with 403; clients that
+    /// send no `Origin` and the page's own origin are always allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -114,6 +122,8 @@ impl Default for RuntimeConfig {
             room: RoomConfig::default(),
             ping_interval_ms: PING_INTERVAL_MS_DEFAULT,
             storage_timeout_ms: STORAGE_TIMEOUT_MS_DEFAULT,
+            auth: AuthConfig::default(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -125,6 +135,8 @@ pub(crate) struct Settings {
     pub trust_proxy_header: Option<String>,
     pub admin_token: Option<String>,
     pub socket: SocketSettings,
+    pub auth: Arc<AuthConfig>,
+    pub allowed_origins: Vec<String>,
 }
 
 /// What every [`Handle`] shares: the objects and the runtime's front settings.
@@ -194,7 +206,10 @@ impl Runtime {
             room,
             ping_interval_ms,
             storage_timeout_ms,
+            auth,
+            allowed_origins,
         } = config;
+        let auth = Arc::new(auth);
         let metrics = Arc::new(Metrics::default());
         let storage_timeout = Duration::from_millis(storage_timeout_ms.max(1));
         let (store, secret, storage_thread) = match storage {
@@ -209,6 +224,7 @@ impl Runtime {
             limiters,
             settings: RoomSettings {
                 room,
+                auth: (auth.mode() != AuthMode::Off).then(|| auth.clone()),
                 idle_ms,
                 outbound_queue_len,
             },
@@ -223,6 +239,8 @@ impl Runtime {
                     max_frame_bytes,
                     ping_interval_ms,
                 },
+                auth,
+                allowed_origins,
             },
             secret,
             store,
@@ -435,6 +453,7 @@ impl From<Answer> for Refused {
 #[derive(Debug)]
 pub struct RoomTicket {
     room: ObjectId,
+    identity: Option<Identity>,
     guard: ConnectionGuard,
 }
 
@@ -443,20 +462,79 @@ impl RoomTicket {
     pub fn room(&self) -> ObjectId {
         self.room
     }
+
+    /// The verified user the connection will be, if its token gave one.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
 }
 
 impl Handle {
     /// Checks a WebSocket for `room` (a name or a private id, as in the path) before its
-    /// upgrade is answered: the room address, shutdown and the connection limit.
+    /// upgrade is answered: the room address, access without a token
+    /// ([`RuntimeConfig::auth`]), shutdown and the connection limit.
     ///
     /// # Errors
     /// The answer to give instead of `101` ([`Refused`]).
     pub fn accept_websocket(&self, room: &str) -> Result<RoomTicket, Refused> {
-        let room = room_id(room, &self.shared.secret).map_err(answer::refused)?;
-        self.ticket(room).map_err(Refused::from)
+        self.accept_websocket_with_token(room, None)
     }
 
-    pub(crate) fn ticket(&self, room: ObjectId) -> Result<RoomTicket, Answer> {
+    /// [`Handle::accept_websocket`] for a client presenting `token` (the `token` of the
+    /// upgrade URL's query, see [`token_from_query`](edgechat_core::auth::token_from_query)):
+    /// a valid token fixes the user's name and role in the room.
+    ///
+    /// # Errors
+    /// The answer to give instead of `101` ([`Refused`]): 401 or 403 for a token refused.
+    pub fn accept_websocket_with_token(
+        &self,
+        room: &str,
+        token: Option<&str>,
+    ) -> Result<RoomTicket, Refused> {
+        let room = room_id(room, &self.shared.secret).map_err(answer::refused)?;
+        let access = self.admit(room, token)?;
+        self.ticket(room, access).map_err(Refused::from)
+    }
+
+    /// Whether a browser page from `origin` (the upgrade's `Origin` header) may open a
+    /// WebSocket; `host` is the request's `Host`, whose own page is always allowed.
+    ///
+    /// # Errors
+    /// The answer to give instead of `101`.
+    pub(crate) fn check_origin(
+        &self,
+        origin: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<(), Answer> {
+        let allowed = &self.shared.config.allowed_origins;
+        if allowed.is_empty() {
+            return Ok(());
+        }
+        // The page is served over whichever scheme the client used; either is its own.
+        let own = |scheme: &str| host.map(|host| format!("{scheme}://{host}"));
+        let ok = ["http", "https"]
+            .iter()
+            .any(|scheme| origin_allowed(origin, allowed, own(scheme).as_deref()));
+        if ok {
+            Ok(())
+        } else {
+            Err(answer::origin_refused())
+        }
+    }
+
+    /// Who a client presenting `token` is in `room`, by the runtime's policy.
+    ///
+    /// # Errors
+    /// The core's refusal (401 or 403).
+    pub(crate) fn admit(&self, room: ObjectId, token: Option<&str>) -> Result<Access, Answer> {
+        self.shared
+            .config
+            .auth
+            .admit(&room, token, crate::clock::now())
+            .map_err(answer::auth_refused)
+    }
+
+    pub(crate) fn ticket(&self, room: ObjectId, access: Access) -> Result<RoomTicket, Answer> {
         let shared = &self.shared;
         if *shared.shutdown.borrow() {
             return Err(answer::shutting_down());
@@ -466,7 +544,15 @@ impl Handle {
             crate::metrics::inc(&shared.metrics.connections_refused);
             return Err(answer::too_many_connections());
         };
-        Ok(RoomTicket { room, guard })
+        let identity = match access {
+            Access::Anonymous => None,
+            Access::User(identity) => Some(identity),
+        };
+        Ok(RoomTicket {
+            room,
+            identity,
+            guard,
+        })
     }
 
     /// Serves an upgraded WebSocket connection (after `101` was sent) in the ticket's room
@@ -481,13 +567,17 @@ impl Handle {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let RoomTicket { room, guard } = ticket;
+        let RoomTicket {
+            room,
+            identity,
+            guard,
+        } = ticket;
         let context = SocketContext {
             rooms: self.shared.rooms.clone(),
             settings: self.shared.config.socket,
             shutdown: self.shared.shutdown.subscribe(),
         };
-        crate::socket::serve(io, context, room, client_ip, guard).await;
+        crate::socket::serve(io, context, room, client_ip, identity, guard).await;
     }
 
     /// The client IP of a request from `peer`: the trusted proxy header if one is

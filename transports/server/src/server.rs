@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use edgechat_core::auth::AuthConfig;
 use edgechat_core::limiter::RateLimiterConfig;
 use edgechat_core::room::RoomConfig;
 use hyper::body::Incoming;
@@ -59,6 +60,10 @@ pub struct Config {
     pub ping_interval_ms: u64,
     /// See [`RuntimeConfig::storage_timeout_ms`].
     pub storage_timeout_ms: u64,
+    /// See [`RuntimeConfig::auth`].
+    pub auth: AuthConfig,
+    /// See [`RuntimeConfig::allowed_origins`].
+    pub allowed_origins: Vec<String>,
     /// PEM certificate chain for HTTPS/WSS (with [`Config::tls_key`]).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for HTTPS/WSS (with [`Config::tls_cert`]).
@@ -81,6 +86,8 @@ impl Default for Config {
             room: runtime.room,
             ping_interval_ms: runtime.ping_interval_ms,
             storage_timeout_ms: runtime.storage_timeout_ms,
+            auth: runtime.auth,
+            allowed_origins: runtime.allowed_origins,
             tls_cert: None,
             tls_key: None,
         }
@@ -102,6 +109,8 @@ impl Config {
             room: self.room.clone(),
             ping_interval_ms: self.ping_interval_ms,
             storage_timeout_ms: self.storage_timeout_ms,
+            auth: self.auth.clone(),
+            allowed_origins: self.allowed_origins.clone(),
         }
     }
 }

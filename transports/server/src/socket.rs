@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use edgechat_core::auth::Identity;
 use edgechat_core::ids::ObjectId;
 use edgechat_core::protocol::{CLOSE_INTERNAL_ERROR, CLOSE_REASON_ROOM_UNAVAILABLE};
 use edgechat_core::room::ConnId;
@@ -134,6 +135,7 @@ pub(crate) async fn serve(
     context: SocketContext,
     room: ObjectId,
     ip: IpAddr,
+    identity: Option<Identity>,
     guard: ConnectionGuard,
 ) {
     let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
@@ -151,6 +153,7 @@ pub(crate) async fn serve(
     let connect = RoomMsg::Connect {
         conn,
         ip,
+        identity,
         writer: writer.clone(),
         ack,
     };

@@ -112,6 +112,18 @@ impl Client {
         Client::open(Session::connect(&ws_url(addr, room), &options).await)
     }
 
+    /// A client for any WebSocket URL, sending extra request headers.
+    pub async fn connect_url_with(url: &str, headers: &[(&str, &str)]) -> Client {
+        let options = SessionOptions {
+            headers: headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+            ..Client::options()
+        };
+        Client::open(Session::connect(url, &options).await)
+    }
+
     /// A client for any WebSocket URL (an embedding's own routes).
     pub async fn connect_url(url: &str) -> Client {
         Client::open(Session::connect(url, &Client::options()).await)
