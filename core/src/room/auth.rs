@@ -83,18 +83,24 @@ impl Room {
     }
 
     /// When to call [`Room::handle_timeout`] next: the earliest token expiry among open
-    /// connections, if any.
+    /// connections, or the earliest limiter answer given up on while frames wait for it, if
+    /// any.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.sessions
+        let held = self.held_frames_timeout();
+        let expiry = self
+            .sessions
             .values()
             .filter(|session| session.phase != Phase::Closing)
             .filter_map(|session| session.identity.as_ref()?.expires_at)
-            .min()
+            .min();
+        expiry.into_iter().chain(held).min()
     }
 
-    /// Closes every connection whose token has expired by `now`; a joined user's `quit` is
-    /// broadcast to the others. Early or repeated calls are harmless.
+    /// Closes every connection whose token has expired by `now` (a joined user's `quit` is
+    /// broadcast to the others), and decides frames held for a limiter answer that is
+    /// overdue. Early or repeated calls are harmless.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.release_overdue(now);
         let expired: Vec<ConnId> = self
             .sessions
             .iter()

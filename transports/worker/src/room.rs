@@ -308,7 +308,11 @@ impl ChatRoom {
     }
 
     fn restore(&self, event_ws: Option<&WebSocket>) -> Result<Resident> {
-        let config = RoomConfig::default();
+        let config = RoomConfig {
+            // A limiter that never makes anyone wait is not asked at all.
+            limiter_may_wait: !crate::limiter::limiter_config(&self.env).never_waits(),
+            ..RoomConfig::default()
+        };
         let stored = sql::list(&self.state.storage(), config.restore_query())?;
         let mut all = self.state.get_websockets();
         // A socket whose close is being delivered may no longer be listed.
