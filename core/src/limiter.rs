@@ -254,12 +254,10 @@ impl SessionLimiter {
         }
     }
 
-    /// When an outstanding question is given up on (`None` if none is outstanding).
-    pub fn answer_deadline(&self) -> Option<Timestamp> {
+    /// When the question still outstanding was asked (`None` if none is).
+    pub fn asked_at(&self) -> Option<Timestamp> {
         match self.state {
-            SessionLimiterState::Waiting { asked_at } => {
-                Some(asked_at.plus_millis(VERDICT_TIMEOUT_MS))
-            }
+            SessionLimiterState::Waiting { asked_at } => Some(asked_at),
             _ => None,
         }
     }

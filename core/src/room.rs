@@ -39,7 +39,7 @@ mod pipeline;
 mod unavailable;
 
 pub use auth::{RoomAuth, CLOSE_REASON_TOKEN_EXPIRED, CLOSE_TOKEN_EXPIRED};
-pub use pipeline::{PIPELINED_BYTES_MAX, PIPELINED_FRAMES_MAX};
+pub use pipeline::{PIPELINED_BYTES_MAX, PIPELINED_FRAMES_MAX, PIPELINE_WAIT_MAX_MS};
 pub use unavailable::close_after_restore_failure;
 
 use pipeline::{HeldFrames, Incoming};
@@ -342,6 +342,11 @@ struct AttachmentV1 {
     phase: Phase,
     limiter: SessionLimiter,
 }
+
+/// How many of the newest outputs not yet taken are searched for an attachment to replace
+/// (see `Room::push_attachment`): enough for a verdict and the next question, bounded so
+/// that a long output queue is never scanned.
+const ATTACHMENT_COALESCE_LOOKBACK: usize = 4;
 
 /// Largest encoded attachment the room produces (Workers allow 16 KiB; we stay far below).
 pub const ATTACHMENT_LEN_MAX_BYTES: usize = 2 * 1024;
@@ -1120,7 +1125,26 @@ impl Room {
             identity: session.identity.clone(),
         }
         .encode();
-        self.outputs
-            .push_back(Output::SetAttachment { conn, attachment });
+        // A connection's attachment often changes twice in one input (a limiter's answer, then
+        // the next held frame's question): only the latest matters, so one not yet taken is
+        // replaced rather than written twice.
+        let unwritten = self
+            .outputs
+            .iter_mut()
+            .rev()
+            .take(ATTACHMENT_COALESCE_LOOKBACK)
+            .find_map(|output| match output {
+                Output::SetAttachment {
+                    conn: c,
+                    attachment,
+                } if *c == conn => Some(attachment),
+                _ => None,
+            });
+        match unwritten {
+            Some(previous) => *previous = attachment,
+            None => self
+                .outputs
+                .push_back(Output::SetAttachment { conn, attachment }),
+        }
     }
 }

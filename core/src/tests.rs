@@ -10,6 +10,7 @@ use crate::planted::PlantedBug;
 use crate::protocol::ERROR_RATE_LIMITED;
 use crate::room::{
     ConnId, Output, PublishId, Room, RoomConfig, PIPELINED_BYTES_MAX, PIPELINED_FRAMES_MAX,
+    PIPELINE_WAIT_MAX_MS,
 };
 use crate::storage::{keys, MemoryStore};
 use crate::testkit::{Harness, Step};
@@ -309,7 +310,9 @@ fn frames_sent_while_the_answer_is_outstanding_are_decided_in_order() {
     h.settle().unwrap();
     let texts: Vec<String> = since(&h, 2, from)
         .iter()
-        .map(|frame| serde_json::from_str::<serde_json::Value>(frame).unwrap()["message"].to_string())
+        .map(|frame| {
+            serde_json::from_str::<serde_json::Value>(frame).unwrap()["message"].to_string()
+        })
         .collect();
     assert_eq!(texts, [r#""a""#, r#""b""#, r#""c""#]);
 }
@@ -320,13 +323,21 @@ fn frames_beyond_the_pipeline_bound_are_refused_at_once() {
     join(&mut h, 1, "ada");
     let sent = 1 + PIPELINED_FRAMES_MAX + 2;
     for n in 0..sent {
-        h.step(text(1, &format!(r#"{{"message":"m{n}"}}"#))).unwrap();
+        h.step(text(1, &format!(r#"{{"message":"m{n}"}}"#)))
+            .unwrap();
     }
     let rejected = format!(r#"{{"error":"{ERROR_RATE_LIMITED}"}}"#);
     let refused_now = h.frames(1).iter().filter(|f| **f == rejected).count();
-    assert_eq!(refused_now, 2, "one decided, {PIPELINED_FRAMES_MAX} held, the rest refused");
+    assert_eq!(
+        refused_now, 2,
+        "one decided, {PIPELINED_FRAMES_MAX} held, the rest refused"
+    );
     h.settle().unwrap();
-    let echoed = h.frames(1).iter().filter(|f| f.contains(r#""message":"m"#)).count();
+    let echoed = h
+        .frames(1)
+        .iter()
+        .filter(|f| f.contains(r#""message":"m"#))
+        .count();
     assert_eq!(echoed, 1 + PIPELINED_FRAMES_MAX);
     assert_eq!(h.frames(1).iter().filter(|f| **f == rejected).count(), 2);
 }
@@ -356,7 +367,8 @@ fn a_cooldown_refuses_held_frames_exactly_as_the_limiter_would() {
     let mut h = harness();
     join(&mut h, 1, "ada");
     for n in 1..=6 {
-        h.step(text(1, &format!(r#"{{"message":"m{n}"}}"#))).unwrap();
+        h.step(text(1, &format!(r#"{{"message":"m{n}"}}"#)))
+            .unwrap();
     }
     h.settle().unwrap();
     let rejected = format!(r#"{{"error":"{ERROR_RATE_LIMITED}"}}"#);
@@ -402,33 +414,100 @@ fn a_limiter_that_never_waits_is_never_asked() {
 }
 
 #[test]
-fn held_frames_are_released_when_the_answer_is_lost() {
-    let t = Timestamp(1_000);
+fn a_clock_stepping_back_does_not_stretch_a_held_frame_s_wait() {
+    let t = Timestamp(100_000);
+    let conn = ConnId(1);
     let mut room = Room::new(RoomConfig::default());
-    room.handle_connect(ConnId(1), "127.0.0.1".parse().unwrap(), t)
+    room.handle_connect(conn, "127.0.0.1".parse().unwrap(), t)
         .unwrap();
-    room.handle_text(ConnId(1), r#"{"name":"ada"}"#, t).unwrap();
-    room.handle_text(ConnId(1), r#"{"message":"held"}"#, t)
+    room.handle_text(conn, r#"{"name":"ada"}"#, t).unwrap();
+    room.handle_text(conn, r#"{"message":"held"}"#, t).unwrap();
+    while room.poll_output().is_some() {}
+    // The host's timer fires after the wait, but its clock has meanwhile stepped back 15 s.
+    room.handle_timeout(Timestamp(t.0 - 15_000));
+    let refused = std::iter::from_fn(|| room.poll_output())
+        .filter(|output| matches!(output, Output::Send { frame, .. } if frame.contains(ERROR_RATE_LIMITED)))
+        .count();
+    assert_eq!(refused, 1);
+}
+
+#[test]
+fn an_answer_and_the_next_question_write_one_attachment() {
+    let t = Timestamp(1_000);
+    let conn = ConnId(1);
+    let mut room = Room::new(RoomConfig::default());
+    room.handle_connect(conn, "127.0.0.1".parse().unwrap(), t)
         .unwrap();
-    let asks = |room: &mut Room| {
-        let mut asked = 0;
+    room.handle_text(conn, r#"{"name":"ada"}"#, t).unwrap();
+    room.handle_text(conn, r#"{"message":"held"}"#, t).unwrap();
+    let mut asked = Vec::new();
+    while let Some(output) = room.poll_output() {
+        if let Output::AskRateLimiter { request, .. } = output {
+            asked.push(request);
+        }
+    }
+    let [join_question] = asked[..] else {
+        panic!("one question, about the join: {asked:?}")
+    };
+    // The answer makes the session idle, and the held frame makes it wait again at once.
+    room.handle_rate_limit_verdict(join_question, 0, t);
+    let (mut attachments, mut questions) = (0, 0);
+    while let Some(output) = room.poll_output() {
+        match output {
+            Output::SetAttachment { .. } => attachments += 1,
+            Output::AskRateLimiter { .. } => questions += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((attachments, questions), (1, 1));
+}
+
+#[test]
+fn held_frames_are_refused_when_the_answer_is_late() {
+    let t = Timestamp(1_000);
+    let conn = ConnId(1);
+    let mut room = Room::new(RoomConfig::default());
+    room.handle_connect(conn, "127.0.0.1".parse().unwrap(), t)
+        .unwrap();
+    room.handle_text(conn, r#"{"name":"ada"}"#, t).unwrap();
+    room.handle_text(conn, r#"{"message":"held"}"#, t).unwrap();
+    let take = |room: &mut Room| {
+        let (mut asked, mut refused) = (0, 0);
         while let Some(output) = room.poll_output() {
-            if let Output::AskRateLimiter { .. } = output {
-                asked += 1;
+            match output {
+                Output::AskRateLimiter { .. } => asked += 1,
+                Output::Send { frame, .. } if frame.contains(ERROR_RATE_LIMITED) => refused += 1,
+                _ => {}
             }
         }
-        asked
+        (asked, refused)
     };
-    assert_eq!(asks(&mut room), 1, "only the join was asked about");
-    assert!(!room.is_quiescent(), "a held frame keeps the room from eviction");
-    // The answer never comes: at the deadline the held frame is decided (asked again).
+    assert_eq!(take(&mut room), (1, 0), "only the join was asked about");
+    assert!(
+        !room.is_quiescent(),
+        "a held frame keeps the room from eviction"
+    );
+    // The answer does not come: at the deadline the held frame is refused, as the demo
+    // would have refused it at once.
     let deadline = room.poll_timeout().expect("a deadline for the held frame");
-    assert_eq!(deadline, t.plus_millis(crate::limiter::VERDICT_TIMEOUT_MS));
+    assert_eq!(deadline, t.plus_millis(PIPELINE_WAIT_MAX_MS));
     room.handle_timeout(Timestamp(deadline.0 - 1));
-    assert_eq!(asks(&mut room), 0, "not before the deadline");
+    assert_eq!(take(&mut room), (0, 0), "not before the deadline");
     room.handle_timeout(deadline);
-    assert_eq!(asks(&mut room), 1);
+    assert_eq!(take(&mut room), (0, 1));
     assert_eq!(room.poll_timeout(), None);
+    assert!(room.is_quiescent());
+    // A frame arriving while the answer is still outstanding is held again, for as long.
+    room.handle_text(conn, r#"{"message":"late"}"#, deadline)
+        .unwrap();
+    assert_eq!(take(&mut room), (0, 0));
+    room.handle_timeout(deadline.plus_millis(PIPELINE_WAIT_MAX_MS));
+    assert_eq!(take(&mut room), (0, 1));
+    // Once the limiter is given up on, the session asks again.
+    let retry = t.plus_millis(crate::limiter::VERDICT_TIMEOUT_MS);
+    room.handle_text(conn, r#"{"message":"again"}"#, retry)
+        .unwrap();
+    assert_eq!(take(&mut room), (1, 0));
 }
 
 #[test]

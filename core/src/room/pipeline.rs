@@ -19,6 +19,12 @@ use crate::time::Timestamp;
 /// refused with the rate-limit error. Enough for a paste of a few lines or a bridge's burst.
 pub const PIPELINED_FRAMES_MAX: usize = 8;
 
+/// The longest a frame is held waiting for its connection's limiter answers. A limiter
+/// slower than this is overloaded or unreachable: the frame is then refused with the
+/// rate-limit error (what the demo answers at once), so that no client waits long for an
+/// answer.
+pub const PIPELINE_WAIT_MAX_MS: u64 = 1_000;
+
 /// The most bytes of text one connection may have waiting for its limiter's answer, so that
 /// held frames cost at most this much memory per connection (a chat frame is well under
 /// 1 KiB; larger ones would be refused anyway).
@@ -35,8 +41,8 @@ pub(super) enum Incoming<'a> {
 /// The frames one connection has waiting for its limiter's answer, oldest first.
 #[derive(Debug, Clone, Default)]
 pub(super) struct HeldFrames {
-    /// `None` for a binary frame.
-    frames: VecDeque<Option<Box<str>>>,
+    /// Each frame with when it arrived; `None` for a binary frame.
+    frames: VecDeque<(Timestamp, Option<Box<str>>)>,
     bytes: usize,
 }
 
@@ -45,8 +51,8 @@ impl HeldFrames {
         self.frames.is_empty()
     }
 
-    /// Holds `frame` if it fits within the bounds; `false` if it does not.
-    fn try_push(&mut self, frame: Incoming<'_>) -> bool {
+    /// Holds `frame`, arrived at `now`, if it fits within the bounds; `false` if it does not.
+    fn try_push(&mut self, frame: Incoming<'_>, now: Timestamp) -> bool {
         let len = match frame {
             Incoming::Text(text) => text.len(),
             Incoming::Binary => 0,
@@ -55,17 +61,33 @@ impl HeldFrames {
             return false;
         }
         self.bytes += len;
-        self.frames.push_back(match frame {
+        let frame = match frame {
             Incoming::Text(text) => Some(text.into()),
             Incoming::Binary => None,
-        });
+        };
+        self.frames.push_back((now, frame));
         true
     }
 
     fn pop(&mut self) -> Option<Option<Box<str>>> {
-        let frame = self.frames.pop_front()?;
+        let (_, frame) = self.frames.pop_front()?;
         self.bytes -= frame.as_deref().map_or(0, str::len);
         Some(frame)
+    }
+
+    /// When the oldest held frame has waited as long as it may.
+    fn deadline(&self) -> Option<Timestamp> {
+        let (arrived_at, _) = self.frames.front()?;
+        Some(arrived_at.plus_millis(PIPELINE_WAIT_MAX_MS))
+    }
+
+    /// Whether the oldest held frame has waited as long as it may at `now`, or the clock has
+    /// stepped back past its arrival (its wait can no longer be measured, and must not
+    /// stretch by the size of the step).
+    fn is_late(&self, now: Timestamp) -> bool {
+        self.frames.front().is_some_and(|(arrived_at, _)| {
+            now < *arrived_at || now >= arrived_at.plus_millis(PIPELINE_WAIT_MAX_MS)
+        })
     }
 }
 
@@ -85,12 +107,12 @@ impl Room {
         self.release_held(conn, now);
         let may_wait = self.config.limiter_may_wait;
         let session = self.sessions.get_mut(&conn).expect("checked above");
-        let must_wait = !session.held.is_empty()
-            || (may_wait && session.limiter.awaiting_answer(now));
+        let must_wait =
+            !session.held.is_empty() || (may_wait && session.limiter.awaiting_answer(now));
         if !must_wait || session.phase == Phase::Closing {
             return self.decide_frame(conn, frame, now);
         }
-        if session.held.try_push(frame) {
+        if session.held.try_push(frame, now) {
             self.held_conns.insert(conn);
         } else {
             self.stats.frames_rate_limited += 1;
@@ -132,6 +154,9 @@ impl Room {
                 return;
             }
             if may_wait && session.limiter.awaiting_answer(now) {
+                if session.held.is_late(now) {
+                    self.refuse_late(conn, now);
+                }
                 return;
             }
             let frame = session.held.pop().expect("checked above");
@@ -144,23 +169,44 @@ impl Room {
         }
     }
 
-    /// When held frames must be released because their connection's answer is overdue.
+    /// Refuses, each with the rate-limit error, the frames `conn` has held as long as they
+    /// may (younger ones keep waiting: a refused frame never reorders the accepted ones).
+    fn refuse_late(&mut self, conn: ConnId, now: Timestamp) {
+        let mut refused = 0;
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            while session.held.is_late(now) {
+                session.held.pop();
+                refused += 1;
+            }
+            if session.held.is_empty() {
+                self.held_conns.remove(&conn);
+            }
+        }
+        for _ in 0..refused {
+            self.stats.frames_rate_limited += 1;
+            self.send_error(conn, ERROR_RATE_LIMITED);
+        }
+    }
+
+    /// When held frames must be refused because they have waited as long as they may (see
+    /// [`PIPELINE_WAIT_MAX_MS`]).
     pub(super) fn held_frames_timeout(&self) -> Option<Timestamp> {
         self.held_conns
             .iter()
-            .filter_map(|conn| self.sessions.get(conn)?.limiter.answer_deadline())
+            .filter_map(|conn| self.sessions.get(conn)?.held.deadline())
             .min()
     }
 
-    /// Releases the held frames of every connection whose answer is overdue at `now`.
+    /// Settles the held frames of every connection whose oldest has waited as long as it may
+    /// at `now`.
     pub(super) fn release_overdue(&mut self, now: Timestamp) {
         let overdue: Vec<ConnId> = self
             .held_conns
             .iter()
             .filter(|conn| {
-                self.sessions
-                    .get(conn)
-                    .is_some_and(|session| !session.limiter.awaiting_answer(now))
+                self.sessions.get(conn).is_some_and(|session| {
+                    !session.limiter.awaiting_answer(now) || session.held.is_late(now)
+                })
             })
             .copied()
             .collect();

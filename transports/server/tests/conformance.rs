@@ -116,6 +116,7 @@ conformance_tests!(
     quit_when_joined_socket_closes,
     close_handshake_completed,
     rate_limit_rapid_frames,
+    frames_sent_back_to_back_within_the_burst_are_all_accepted,
     rate_limit_shared_across_rooms_and_connections,
     history_replays_newest_100,
     since_resumes_exactly,
