@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use edgechat_conformance::{cases, run_case, Outcome, Target};
+use edgechat_conformance::{cases, run_case, AuthSetup, Outcome, Target};
 use edgechat_server::{Handle, RoomError, Runtime, RuntimeConfig, Storage};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -103,6 +103,7 @@ async fn the_axum_mount_passes_the_conformance_suite() {
         client_ip_header: Some(IP_HEADER.into()),
         admin_token: Some(ADMIN_TOKEN.into()),
         hibernate: Some(format!("http://{addr}/chat/admin/hibernate")),
+        auth: AuthSetup::default(),
     };
     let mut failures = Vec::new();
     for case in cases() {
