@@ -335,7 +335,7 @@ async fn auth_bad_tokens_refused_unless_off(t: Target) -> Result<()> {
     ];
     for (token, text, what) in bad {
         if t.auth.mode == AuthMode::Off {
-            let mut client = join(&t, &room, Some(token), "ignored", "ignored").await?;
+            let client = join(&t, &room, Some(token), "ignored", "ignored").await?;
             client.close().await;
         } else {
             expect_refused(&t, &room, Some(token), &[], 401, text, what).await?;
