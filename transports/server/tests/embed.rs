@@ -109,7 +109,11 @@ async fn the_axum_mount_passes_the_conformance_suite() {
     for case in cases() {
         let outcome = run_case(&case, &target, CASE_TIMEOUT).await;
         println!("{} ... {outcome}", case.name);
-        if outcome != Outcome::Passed {
+        // Auth is off here: the auth cases that need it skip (tests/conformance.rs runs them
+        // in every mode).
+        let expected_skip =
+            case.name.starts_with("auth_") && matches!(outcome, Outcome::Skipped(_));
+        if outcome != Outcome::Passed && !expected_skip {
             failures.push(format!("{}: {outcome}", case.name));
         }
     }
