@@ -4,7 +4,9 @@
 // then the Worker's own checks (test/worker-rules.mjs). Then, once per identity mode
 // (wrangler.toml's [env.e2e-auth-optional] and [env.e2e-auth-required]), a fresh Worker
 // configured that way runs the suite's auth_* cases only (the other cases ran above; in
-// required mode they could not even join).
+// required mode they could not even join). Last, a Worker whose key setting cannot work
+// ([env.e2e-auth-misconfigured]) must answer room requests with core's 500 naming the
+// setting, and still serve its page.
 //
 //   node test/e2e.mjs [extra conformance arguments, e.g. --only hibernation]
 //
@@ -127,6 +129,51 @@ async function run(env, args, { workerRules }) {
   return status;
 }
 
+/** A Worker with a secret too short to use: room requests get core's 500, never a crash. */
+async function misconfigured() {
+  const server = createTestHarness({
+    root: crateDir,
+    workers: [{ configPath: "./wrangler.toml", env: "e2e-auth-misconfigured" }],
+  });
+  const expected = "Server misconfigured: AUTH_HS256_SECRET: the HS256 secret must be at least 32 bytes.";
+  let failures = 0;
+  try {
+    const { url } = await server.listen();
+    const upgrade = { Upgrade: "websocket", Connection: "Upgrade", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==" };
+    const checks = [
+      ["upgrade", "/api/room/lobby/websocket", upgrade, 500, expected],
+      ["history", "/api/room/lobby/history", {}, 500, expected],
+      ["presence", "/api/room/lobby/presence", {}, 500, expected],
+      ["health", "/healthz", {}, 200, "ok"],
+    ];
+    for (const [what, route, headers, status, body] of checks) {
+      // node:http, not fetch: fetch refuses to send Upgrade and Connection headers.
+      const [got, text] = await new Promise((resolve, reject) => {
+        const req = http.get(new URL(route, url), { headers }, (res) => {
+          let data = "";
+          res.setEncoding("utf8");
+          res.on("data", (chunk) => (data += chunk));
+          res.on("end", () => resolve([res.statusCode, data.trim()]));
+        });
+        req.on("upgrade", (res, socket) => {
+          socket.destroy();
+          resolve([res.statusCode, ""]);
+        });
+        req.on("error", reject);
+      });
+      const ok = got === status && text === body;
+      if (!ok) failures += 1;
+      console.log(`${ok ? "ok  " : "FAILED"} misconfigured worker: ${what}: ${got} ${JSON.stringify(text)}`);
+    }
+  } catch (error) {
+    console.error(error);
+    failures += 1;
+  } finally {
+    await server.close();
+  }
+  return failures === 0 ? 0 : 1;
+}
+
 const extra = process.argv.slice(2);
 let failed = false;
 // Identity off (the default): every case, the auth_* ones expecting tokens to be ignored.
@@ -136,5 +183,6 @@ if (extra.length === 0) {
   const optional = [...auth, "--auth-mode", "optional", "--allowed-origins", "https://chat.example"];
   failed = (await run("e2e-auth-optional", optional, { workerRules: false })) !== 0 || failed;
   failed = (await run("e2e-auth-required", [...auth, "--auth-mode", "required"], { workerRules: false })) !== 0 || failed;
+  failed = (await misconfigured()) !== 0 || failed;
 }
 process.exit(failed ? 1 : 0);
