@@ -15,7 +15,7 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 
 use super::http::Response;
-use super::ws::{Client, Event, Outgoing, Refused};
+use super::ws::{Client, Event, Outgoing, Refused, ERROR_RATE_LIMITED};
 use super::{unique_name, Case, Skip, Target};
 
 /// How a target checks identities (its `--auth-mode`).
@@ -52,6 +52,8 @@ pub struct AuthSetup {
     pub hs256_secret: Option<String>,
     /// The target's origin allow-list (empty: it has none).
     pub allowed_origins: Vec<String>,
+    /// Rooms (names) the target marks token-only (`--auth-token-rooms`).
+    pub token_rooms: Vec<String>,
 }
 
 /// The exact texts of PROTOCOL.md, "Identity and access".
@@ -70,6 +72,8 @@ const WRONG_SECRET: &str = "not the target's secret, but 32 bytes long or more";
 /// How far in the past the `exp` of a token that is about to expire lies: within the
 /// default leeway of 30 s, so the token is accepted and runs out a few seconds later.
 const NEARLY_EXPIRED_SECS: i64 = 25;
+/// Longer than any limiter round trip: after this, a session's verdict is surely in.
+const VERDICT_SETTLE: Duration = Duration::from_millis(600);
 /// Longer than a nearly expired token lives (the leeway's rest), with margin.
 const OUTLIVE_NEARLY_EXPIRED: Duration = Duration::from_secs(8);
 /// How long a socket is watched for the expiry close.
@@ -96,6 +100,8 @@ pub fn cases() -> Vec<Case> {
         case!(auth_expiry_closes_4001),
         case!(auth_expiry_closes_4001_after_hibernation),
         case!(auth_bearer_on_history_and_presence),
+        case!(auth_token_only_room),
+        case!(auth_user_limited_across_ips),
         case!(auth_origin_allow_list),
     ]
 }
@@ -601,4 +607,99 @@ async fn auth_origin_allow_list(t: Target) -> Result<()> {
         .close()
         .await;
     Ok(())
+}
+
+/// In optional mode, a room marked token-only refuses a client without a token (401) and
+/// admits one with a token that grants it.
+async fn auth_token_only_room(t: Target) -> Result<()> {
+    let Some(room) = t
+        .auth
+        .token_rooms
+        .first()
+        .filter(|_| t.auth.mode == AuthMode::Optional)
+    else {
+        bail!(Skip(
+            "needs --auth-mode optional and a token-only room (--auth-token-rooms)".into()
+        ));
+    };
+    expect_refused(
+        &t,
+        room,
+        None,
+        &[],
+        401,
+        TOKEN_REQUIRED,
+        "a token-only room without a token",
+    )
+    .await?;
+    let token = token(&t, &unique_name("user"), "Member", room, "write")?;
+    join(&t, room, Some(&token), "member", "Member")
+        .await?
+        .close()
+        .await;
+    Ok(())
+}
+
+/// A known user's actions count against the user's limiter wherever they come from: its
+/// connections from two IPs share one budget, while another user on the second IP is not
+/// throttled with it.
+async fn auth_user_limited_across_ips(t: Target) -> Result<()> {
+    require_auth(&t)?;
+    t.require_distinct_ips()?;
+    let (room1, room2) = (unique_name("url1"), unique_name("url2"));
+    let sub = unique_name("user");
+    let rooms = json!({ &room1: "write", &room2: "write" });
+    let ada = token_signed(secret(&t)?, &sub, "Ada", 600, rooms.clone())?;
+    let (ip1, ip2) = (t.fresh_ip(), t.fresh_ip());
+    let mut first = Client::connect(
+        &format!("{}{}", t.ws_url(&room1)?, query(Some(&ada))),
+        &ip_header(&t, ip1.as_deref()),
+        "ada@ip1",
+    )
+    .await?;
+    first.join_with(&json!({ "name": "x" }), "Ada").await?; // action 1
+    first.chat("a1").await?; // 2
+    first.chat("a2").await?; // 3
+    let mut second = Client::connect(
+        &format!("{}{}", t.ws_url(&room2)?, query(Some(&ada))),
+        &ip_header(&t, ip2.as_deref()),
+        "ada@ip2",
+    )
+    .await?;
+    second.join_with(&json!({ "name": "x" }), "Ada").await?; // 4: within the burst
+    second.chat("b1").await?; // 5: passes, and puts the user in a cooldown
+    tokio::time::sleep(VERDICT_SETTLE).await;
+    // With a limiter per IP, the second connection would have used only 2 actions.
+    let error = second
+        .error_reply(
+            &Outgoing::Text(json!({ "message": "b2" }).to_string()),
+            |e| e == ERROR_RATE_LIMITED,
+        )
+        .await?;
+    ensure!(
+        error == ERROR_RATE_LIMITED,
+        "the user's 6th action from a second IP: expected the rate-limit error, got {error:?}"
+    );
+    // Another user on the second IP has a budget of its own.
+    let bob = token_signed(secret(&t)?, &unique_name("user"), "Bob", 600, rooms)?;
+    let mut neighbour = Client::connect(
+        &format!("{}{}", t.ws_url(&room2)?, query(Some(&bob))),
+        &ip_header(&t, ip2.as_deref()),
+        "bob@ip2",
+    )
+    .await?;
+    neighbour.join_with(&json!({ "name": "x" }), "Bob").await?;
+    neighbour.chat("not throttled with Ada").await?;
+    first.close().await;
+    second.close().await;
+    neighbour.close().await;
+    Ok(())
+}
+
+/// The client-IP header claiming `ip`, if the target trusts one.
+fn ip_header<'a>(t: &'a Target, ip: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+    match (&t.client_ip_header, ip) {
+        (Some(header), Some(ip)) => vec![(header.as_str(), ip)],
+        _ => Vec::new(),
+    }
 }

@@ -12,7 +12,7 @@ const USAGE: &str = "\
 usage: edgechat-conformance --base-url URL [--ip-header NAME] [--admin-token TOKEN]
                             [--hibernate-url URL] [--only NAME] [--timeout SECONDS] [--list]
                             [--auth-mode MODE] [--auth-hs256-secret SECRET]
-                            [--allowed-origins ORIGINS]
+                            [--allowed-origins ORIGINS] [--auth-token-rooms ROOMS]
 
   --base-url URL        the target, e.g. http://127.0.0.1:8787
   --ip-header NAME      a client-IP header the target trusts (CF-Connecting-IP on Workers);
@@ -30,7 +30,9 @@ usage: edgechat-conformance --base-url URL [--ip-header NAME] [--admin-token TOK
                         the HS256 secret the target verifies tokens with (the cases sign
                         their own tokens with it)
   --allowed-origins ORIGINS
-                        the target's origin allow-list, comma-separated";
+                        the target's origin allow-list, comma-separated
+  --auth-token-rooms ROOMS
+                        rooms (names, comma-separated) the target marks token-only";
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1).collect()) {
@@ -68,14 +70,8 @@ fn parse(argv: Vec<String>) -> Result<Option<Args>, String> {
                     .ok_or_else(|| format!("--auth-mode {mode:?}: off, optional or required"))?;
             }
             "--auth-hs256-secret" => target.auth.hs256_secret = Some(value()?),
-            "--allowed-origins" => {
-                target.auth.allowed_origins = value()?
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|origin| !origin.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-            }
+            "--auth-token-rooms" => target.auth.token_rooms = list(&value()?),
+            "--allowed-origins" => target.auth.allowed_origins = list(&value()?),
             "--only" => only = Some(value()?),
             "--timeout" => {
                 let seconds: u64 = value()?
@@ -144,4 +140,14 @@ fn run(args: Args) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// A comma-separated flag's entries, trimmed, without empty ones.
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(str::to_owned)
+        .collect()
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use edgechat_conformance::{cases, run_case, AuthMode, AuthSetup, Outcome, Target};
 use edgechat_core::auth::{AuthConfig, TokenVerifier, VerifyingKeys};
+use edgechat_core::ids::{Namespace, ObjectId};
 use edgechat_server::{Config, Server};
 
 const ADMIN_TOKEN: &str = "conformance-admin-token";
@@ -25,6 +26,8 @@ const CASE_TIMEOUT: Duration = Duration::from_secs(120);
 const AUTH_SECRET: &str = "the conformance secret, 32 bytes or more";
 /// The allow-list of the optional-mode server.
 const ALLOWED_ORIGIN: &str = "https://chat.example";
+/// The token-only room of the optional-mode server.
+const TOKEN_ROOM: &str = "auth-token-only";
 
 /// A data directory removed when dropped.
 struct DataDir(PathBuf);
@@ -63,8 +66,13 @@ async fn start_with(idle_ms: Option<u64>, auth: AuthSetup) -> (Server, Target, D
     let verifier = auth.hs256_secret.as_ref().map(|secret| {
         TokenVerifier::new(VerifyingKeys::hs256(secret.as_bytes()).expect("a valid secret"))
     });
+    let token_rooms: Vec<ObjectId> = auth
+        .token_rooms
+        .iter()
+        .map(|room| ObjectId::from_name(Namespace::Room, room))
+        .collect();
     let mut config = Config {
-        auth: AuthConfig::new(mode, verifier, []).expect("a valid policy"),
+        auth: AuthConfig::new(mode, verifier, token_rooms).expect("a valid policy"),
         allowed_origins: auth.allowed_origins.clone(),
         data_path: dir.0.join("db"),
         listen: "127.0.0.1:0".parse().expect("a socket address"),
@@ -210,8 +218,9 @@ async fn auth_cases_mode_optional() {
         mode: AuthMode::Optional,
         hs256_secret: Some(AUTH_SECRET.into()),
         allowed_origins: vec![ALLOWED_ORIGIN.into()],
+        token_rooms: vec![TOKEN_ROOM.into()],
     };
-    run_auth_cases(auth, 9).await;
+    run_auth_cases(auth, 11).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,8 +229,9 @@ async fn auth_cases_mode_required() {
         mode: AuthMode::Required,
         hs256_secret: Some(AUTH_SECRET.into()),
         allowed_origins: Vec::new(),
+        token_rooms: Vec::new(),
     };
-    run_auth_cases(auth, 9).await;
+    run_auth_cases(auth, 10).await;
 }
 
 #[test]

@@ -109,9 +109,16 @@ async function run(env, args, { workerRules }) {
     console.log(`forced hibernations: ${hibernations} (${evictions} room evictions)`);
     // A room that is rebuilt while sockets are open was evicted with them hibernating: this
     // shows the evictions really dropped the objects' memory and the rooms came back.
-    const rebuilds = server
+    const logs = server
       .getLogs()
-      .map((log) => String(log.message ?? log.msg ?? JSON.stringify(log)))
+      .map((log) => String(log.message ?? log.msg ?? JSON.stringify(log)));
+    // Tokens are never logged: a JWT's header always encodes to a text starting "eyJ".
+    const leaks = logs.filter((text) => text.includes("eyJ"));
+    if (leaks.length > 0) {
+      console.error(`the Worker logged ${leaks.length} lines holding a token, e.g. ${leaks[0].slice(0, 80)}`);
+      status = 1;
+    }
+    const rebuilds = logs
       .filter((text) => /room: rebuilt from \d+ stored messages and [1-9]\d* sockets/.test(text));
     console.log(`rooms rebuilt from storage and hibernated sockets: ${rebuilds.length}`);
     if (hibernations > 0 && rebuilds.length === 0) {
@@ -180,7 +187,11 @@ let failed = false;
 failed ||= (await run("e2e", extra, { workerRules: true })) !== 0;
 if (extra.length === 0) {
   const auth = ["--only", "auth_", "--auth-hs256-secret", AUTH_SECRET];
-  const optional = [...auth, "--auth-mode", "optional", "--allowed-origins", "https://chat.example"];
+  const optional = [
+    ...auth, "--auth-mode", "optional",
+    "--allowed-origins", "https://chat.example",
+    "--auth-token-rooms", "auth-token-only",
+  ];
   failed = (await run("e2e-auth-optional", optional, { workerRules: false })) !== 0 || failed;
   failed = (await run("e2e-auth-required", [...auth, "--auth-mode", "required"], { workerRules: false })) !== 0 || failed;
   failed = (await misconfigured()) !== 0 || failed;
