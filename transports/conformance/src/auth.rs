@@ -443,7 +443,15 @@ async fn auth_refresh_keeps_connection(t: Target) -> Result<()> {
     client
         .join_with(&json!({ "name": "x" }), "Refresher")
         .await?;
-    let stranger = token_signed(&secret, &unique_name("other"), "Other", 600, grant.clone())?;
+    // The refresh first: the short token runs out within seconds.
+    let fresh = token_signed(&secret, &sub, "Refresher", 600, grant.clone())?;
+    client.send_json(&json!({ "token": fresh })).await?;
+    client
+        .until("the refresh acknowledgement", |f| {
+            f.json == json!({ "refreshed": true })
+        })
+        .await?;
+    let stranger = token_signed(&secret, &unique_name("other"), "Other", 600, grant)?;
     let refused = client
         .error_reply(
             &Outgoing::Text(json!({ "token": stranger }).to_string()),
@@ -454,13 +462,6 @@ async fn auth_refresh_keeps_connection(t: Target) -> Result<()> {
         refused == SUBJECT_CHANGED,
         "another user's token: expected {SUBJECT_CHANGED:?}, got {refused:?}"
     );
-    let fresh = token_signed(&secret, &sub, "Refresher", 600, grant)?;
-    client.send_json(&json!({ "token": fresh })).await?;
-    let (_, _) = client
-        .until("the refresh acknowledgement", |f| {
-            f.json == json!({ "refreshed": true })
-        })
-        .await?;
     // Past the old token's expiry, the connection is open and sends.
     tokio::time::sleep(OUTLIVE_NEARLY_EXPIRED).await;
     client.chat("still here after the refresh").await?;
