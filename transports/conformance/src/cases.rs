@@ -78,6 +78,9 @@ pub fn cases() -> Vec<Case> {
         case!(counter_named_like_an_operation),
         case!(client_ip_is_the_first_header_entry),
     ]
+    .into_iter()
+    .chain(super::auth::cases())
+    .collect()
 }
 
 // ---------------------------------------------------------------------------------------
