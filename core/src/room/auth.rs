@@ -289,6 +289,29 @@ mod tests {
     }
 
     #[test]
+    fn an_evicted_room_says_when_it_must_wake_for_an_expiry() {
+        let auth = auth();
+        let config = RoomConfig {
+            auth: Some(auth.clone()),
+            ..RoomConfig::default()
+        };
+        let mut host = crate::host::RoomHost::new(config, 600_000);
+        host.restore(&[], std::iter::empty(), NOW).unwrap();
+        let identity = identity(&auth, &token("ada", "write", NOW_SECS + 60));
+        let room = host.room_mut(NOW).unwrap();
+        room.handle_connect_as(ConnId(1), "127.0.0.1".parse().unwrap(), Some(identity), NOW)
+            .unwrap();
+        text(room, 1, r#"{"name":"ada"}"#, NOW);
+        assert_eq!(host.wake_at(), None, "a resident room keeps its own timer");
+        host.request_eviction();
+        assert!(!host.is_resident());
+        let expires = Timestamp((NOW_SECS + 60) * 1_000 + LEEWAY_MS);
+        assert_eq!(host.wake_at(), Some(expires));
+        host.restore(&[], std::iter::empty(), NOW).unwrap();
+        assert_eq!(host.wake_at(), None);
+    }
+
+    #[test]
     fn an_expired_token_closes_its_connection_once() {
         let (mut room, _) = room_with_two();
         let ada_expires = Timestamp((NOW_SECS + 60) * 1_000 + LEEWAY_MS);

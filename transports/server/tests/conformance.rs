@@ -174,14 +174,6 @@ conformance_tests!(
     client_ip_is_the_first_header_entry,
 );
 
-/// Cases this server is known to fail, each with why. Such a case must still fail (a fix
-/// then shows up as a failure here, asking to remove it from the list).
-///
-/// - `auth_expiry_closes_4001_after_hibernation`: an evicted room's task retires, and with it
-///   the only timer that knew the sockets' token expiries (`RoomHost::poll_timeout` is `None`
-///   while evicted), so an expired token is not closed until the next event restores the room.
-const KNOWN_FAILURES: &[&str] = &["auth_expiry_closes_4001_after_hibernation"];
-
 /// Runs every `auth_*` case against a server configured as `auth`; fails on any failure, and
 /// unless at least `passed_min` cases passed (the others skip: not for this mode).
 async fn run_auth_cases(auth: AuthSetup, passed_min: usize) {
@@ -190,14 +182,8 @@ async fn run_auth_cases(auth: AuthSetup, passed_min: usize) {
     for case in cases().iter().filter(|case| case.name.starts_with("auth_")) {
         let outcome = run_case(case, &target, CASE_TIMEOUT).await;
         println!("{} ... {outcome}", case.name);
-        let known = KNOWN_FAILURES.contains(&case.name);
         match outcome {
-            Outcome::Passed if known => failures.push(format!(
-                "{}: passes now; remove it from KNOWN_FAILURES",
-                case.name
-            )),
             Outcome::Passed => passed += 1,
-            Outcome::Skipped(_) | Outcome::Failed(_) if known => {}
             Outcome::Skipped(_) => {}
             Outcome::Failed(why) => failures.push(format!("{}: {why}", case.name)),
         }
