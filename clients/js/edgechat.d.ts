@@ -81,8 +81,11 @@ export interface RoomEvents {
   ready: { recovered: boolean | undefined; resumed: boolean };
   /** The server could not replay everything after `since`: messages were missed. */
   gap: { since: number };
-  /** A server error not tied to a send, or a fatal one (then the client is closed). */
-  error: { message: string; fatal: boolean };
+  /**
+   * A server error not tied to a send, or a fatal one (then the client is closed). `code`
+   * is the close code that ended it, when that says why: `CLOSE_TOKEN_EXPIRED`.
+   */
+  error: { message: string; fatal: boolean; code?: number };
   /** A send was refused by the rate limiter (or a busy room) and will be retried. */
   ratelimited: { message: string; retryInMs: number };
   /** A reconnect is scheduled in `delayMs` (for a countdown). */

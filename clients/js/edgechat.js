@@ -637,7 +637,7 @@ export class RoomClient extends EventTarget {
     if (code === CLOSE_TOKEN_EXPIRED && typeof this.#options.getToken !== "function") {
       // The same token again would be refused: only the application can sign in anew.
       const message = reason || "Token expired.";
-      this.#emit("error", { message, fatal: true });
+      this.#emit("error", { message, fatal: true, code });
       this.#shutdown(message);
       return;
     }

@@ -6,7 +6,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect, tokenExpiryMs } from "../edgechat.js";
+import { CLOSE_TOKEN_EXPIRED, connect, tokenExpiryMs } from "../edgechat.js";
 import { dataDir, hs256Token, record, roomName, startServer, waitFor, within } from "./harness.mjs";
 
 const SECRET = "the js client test secret, 32 bytes or more";
@@ -77,7 +77,7 @@ test("negative control: with a static token the expiry closes the client for goo
     await waitFor(() => client.state === "live", "live");
     assert.equal(client.name, "Bob");
     await waitFor(() => client.state === "closed", "closed by the expiry");
-    assert.deepEqual(seen.errors, [{ message: "Token expired.", fatal: true }]);
+    assert.deepEqual(seen.errors, [{ message: "Token expired.", fatal: true, code: CLOSE_TOKEN_EXPIRED }]);
     await assert.rejects(client.send("too late"), /closed/);
   } finally {
     await client.close();
