@@ -103,8 +103,10 @@ export declare class EdgechatEvent<T = unknown> extends Event {
 
 /** A server refusal (`server: true`, the message is the server's text) or a send given up. */
 export declare class EdgechatError extends Error {
-  constructor(message: string, options?: { server?: boolean });
+  constructor(message: string, options?: { server?: boolean; status?: number });
   readonly server: boolean;
+  /** The HTTP status of a refused request (history, presence); undefined otherwise. */
+  readonly status: number | undefined;
 }
 
 export declare class RoomClient extends EventTarget {

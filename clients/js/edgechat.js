@@ -61,11 +61,13 @@ export class EdgechatEvent extends Event {
 
 /** A refusal from the server (its `{"error": ...}` text), or a send the client gave up on. */
 export class EdgechatError extends Error {
-  /** @param {string} message @param {{ server?: boolean }} [options] */
+  /** @param {string} message @param {{ server?: boolean, status?: number }} [options] */
   constructor(message, options = {}) {
     super(message);
     this.name = "EdgechatError";
     this.server = Boolean(options.server);
+    /** The HTTP status of a refused request (history, presence); undefined otherwise. */
+    this.status = options.status;
   }
 }
 
@@ -317,7 +319,9 @@ export class RoomClient extends EventTarget {
     // Reads take the token as a bearer credential (PROTOCOL.md), never on the URL.
     const response = await this.#fetch(url, token ? { headers: { authorization: `Bearer ${token}` } } : undefined);
     const text = await response.text();
-    if (!response.ok) throw new EdgechatError(text.trim() || `HTTP ${response.status}`, { server: true });
+    if (!response.ok) {
+      throw new EdgechatError(text.trim() || `HTTP ${response.status}`, { server: true, status: response.status });
+    }
     return JSON.parse(text);
   }
 

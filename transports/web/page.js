@@ -36,8 +36,9 @@ const ui = {
 };
 
 /**
- * The room joined now: the client, and the countdown shown while it waits to reconnect.
- * @type {{ client: import("./edgechat.js").RoomClient, room: string, tick?: ReturnType<typeof setInterval> } | null}
+ * The room joined now: the client, the countdown shown while it waits to reconnect, whether
+ * it ever joined, and whether a failed first join was looked into.
+ * @type {{ client: import("./edgechat.js").RoomClient, room: string, everReady: boolean, probed: boolean, tick?: ReturnType<typeof setInterval> } | null}
  */
 let session = null;
 /** @type {ReturnType<typeof setTimeout> | undefined} */
@@ -193,7 +194,7 @@ function start(name, room) {
   if (session) leave();
   const token = signedToken || undefined;
   const client = connect({ url: SERVER_URL, room, name, token });
-  const s = { client, room };
+  const s = { client, room, everReady: false, probed: false };
   session = s;
   const current = () => session === s;
   if (!token) {
@@ -222,7 +223,21 @@ function start(name, room) {
     if (state !== "reconnecting") clearInterval(s.tick);
     if (state === "live") setStatus("live", "Live");
   });
-  client.on("reconnect", ({ delayMs }) => { if (current()) showReconnectWait(s, delayMs); });
+  client.on("reconnect", ({ delayMs }) => {
+    if (!current()) return;
+    showReconnectWait(s, delayMs);
+    // Never joined: a browser hides why an upgrade failed, so ask once over HTTP, where a
+    // refused token (or a missing one) comes back with the server's own words.
+    if (!s.everReady && !s.probed) {
+      s.probed = true;
+      client.presence().catch((error) => {
+        if (!current() || s.everReady || (error.status !== 401 && error.status !== 403)) return;
+        leave();
+        if (token) setSignedToken("");
+        showJoinError(token ? `Your sign-in link was refused: ${error.message}` : `This room needs a sign-in: ${error.message}`);
+      });
+    }
+  });
   client.on("message", (message) => {
     if (current()) addMessage(message, message.name === client.name, client.state === "live");
   });
@@ -234,6 +249,7 @@ function start(name, room) {
   });
   client.on("ready", ({ resumed, recovered }) => {
     if (!current()) return;
+    s.everReady = true;
     if (token) {
       // Who we are is the server's answer (our own `joined`), not the token's claims.
       ui.whoami.textContent = "Signed in as ";

@@ -113,6 +113,15 @@ test("history and presence take the token as a bearer credential", async () => {
     const page = await within(client.loadOlder({ limit: 10 }), "history");
     assert.deepEqual(page, { messages: [], hasMore: false }, "nothing before the first message");
     assert.deepEqual(await within(client.presence(), "presence"), ["Dee"]);
+    // A reader without a token is refused with the server's text and status.
+    const anonymous = connect({ url: server.url, room, name: "anon", ...FAST });
+    try {
+      const refused = await within(anonymous.presence().catch((error) => error), "refused presence");
+      assert.equal(refused.message, "A token is required.");
+      assert.equal(refused.status, 401);
+    } finally {
+      await anonymous.close();
+    }
   } finally {
     await client.close();
   }
