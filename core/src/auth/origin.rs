@@ -165,11 +165,10 @@ fn valid_host(text: &str) -> Option<String> {
         if !address_ok {
             return None;
         }
-        let port = match after {
+        match after {
             "" => None,
             _ => Some(after.strip_prefix(':')?),
-        };
-        port
+        }
     } else {
         let (name, port) = match text.split_once(':') {
             Some((name, port)) => (name, Some(port)),
@@ -200,6 +199,29 @@ fn valid_host(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any `Host` and `Origin`, however odd: no panic, and every own origin derived is a
+        /// well-formed origin that the check then admits (and no other browser page is).
+        #[test]
+        fn any_host_gives_well_formed_own_origins(
+            host in prop_oneof![".{0,300}", "[a-zA-Z0-9.:\\[\\]_-]{0,40}"],
+            origin in prop_oneof![".{0,60}", "https?://[a-z0-9.:]{0,30}"],
+        ) {
+            let allowed = vec!["https://app.example".to_owned()];
+            let own = own_origins(Some(&host), PageScheme::Either);
+            prop_assert!(own.is_empty() || own.len() == 2);
+            for page in &own {
+                prop_assert!(Origin::parse(page).is_some(), "{page}");
+                prop_assert!(upgrade_origin_allowed(Some(page), &allowed, Some(&host), PageScheme::Either));
+            }
+            let admitted = upgrade_origin_allowed(Some(&origin), &allowed, Some(&host), PageScheme::Either);
+            let expected = origin_allowed(Some(&origin), &allowed, None)
+                || own.iter().any(|page| Origin::parse(page) == Origin::parse(&origin) && Origin::parse(&origin).is_some());
+            prop_assert_eq!(admitted, expected);
+        }
+    }
 
     #[test]
     fn own_origins_from_host_and_scheme() {
