@@ -126,3 +126,31 @@ test("history and presence take the token as a bearer credential", async () => {
     await client.close();
   }
 });
+
+test("a refused refresh is reported, never taken for a send's answer; the expiry then rejoins", async () => {
+  const room = roomName("refused");
+  // The first token is Fay's; every later one names another user, which the server refuses
+  // as a refresh ("must name the same user") but admits on a new connection.
+  let calls = 0;
+  const getToken = () => { calls += 1; return calls === 1 ? mint("u-fay", "Fay") : mint("u-gus", "Gus", 600); };
+  const client = connect({ url: server.url, room, name: "ignored", getToken, ...FAST });
+  const seen = record(client);
+  try {
+    await waitFor(() => client.state === "live", "live");
+    assert.equal(client.name, "Fay");
+    // Sends keep going while the refresh is tried and refused: each is acknowledged.
+    const sends = [];
+    await waitFor(() => {
+      if (sends.length < 200 && client.state === "live") sends.push(client.send(`m${sends.length}`));
+      return seen.errors.length > 0;
+    }, "the refused refresh");
+    assert.deepEqual(seen.errors, [{ message: "Token refresh refused: A refreshed token must name the same user.", fatal: false }]);
+    const ids = await within(Promise.all(sends), "every send acknowledged");
+    assert.ok(ids.every(Number.isSafeInteger));
+    // The first token then expires: the server closes (4001), the client rejoins as Gus.
+    await waitFor(() => seen.ready.length >= 2 && client.state === "live", "the rejoin");
+    assert.equal(client.name, "Gus");
+  } finally {
+    await client.close();
+  }
+});
