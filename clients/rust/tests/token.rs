@@ -274,3 +274,69 @@ async fn reads_send_the_token_as_a_bearer() {
     with_provider.close().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_refresh_is_reported_and_never_taken_for_a_sends_answer() {
+    let (server, url, _dir) = start("refused").await;
+    // The first token is Fay's; every later one names another user, which the server
+    // refuses as a refresh ("must name the same user") but admits on a new connection.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let provider = TokenProvider::new(move || {
+        let first = counted.fetch_add(1, Ordering::Relaxed) == 0;
+        async move {
+            Some(if first {
+                mint("Fay", 3)
+            } else {
+                mint("Gus", 600)
+            })
+        }
+    });
+    let (room, mut events) = connect(ConnectOptions {
+        token_provider: Some(provider),
+        ..options(&url, "refused")
+    })
+    .unwrap();
+    let mut seen = Vec::new();
+    until(&mut events, &mut seen, "ready", |e| {
+        matches!(e, Event::Ready { .. }).then_some(())
+    })
+    .await;
+    assert_eq!(room.name().as_deref(), Some("Fay"));
+    // Sends go on, one after the other, while the refresh is tried and refused: every one
+    // is acknowledged, and the refusal is reported as the refresh's.
+    let sender = room.clone();
+    let sending = tokio::spawn(async move {
+        for n in 0..1_000 {
+            if sender.name().as_deref() != Some("Fay") {
+                break;
+            }
+            let sent = tokio::time::timeout(WAIT, sender.send(format!("m{n}"))).await;
+            assert!(matches!(sent, Ok(Ok(_))), "send {n}: {sent:?}");
+        }
+    });
+    let error = until(&mut events, &mut seen, "the refused refresh", |e| match e {
+        Event::Error { message, fatal } => Some((message.clone(), *fatal)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        error,
+        (
+            "Token refresh refused: A refreshed token must name the same user.".to_owned(),
+            false
+        )
+    );
+    // The first token then expires: the server closes (4001), the client rejoins as Gus.
+    until(&mut events, &mut seen, "the rejoin", |e| {
+        matches!(e, Event::Ready { resumed: true, .. }).then_some(())
+    })
+    .await;
+    assert_eq!(room.name().as_deref(), Some("Gus"));
+    tokio::time::timeout(WAIT, sending)
+        .await
+        .expect("the sender stops")
+        .expect("every send was acknowledged");
+    room.close().await;
+    server.shutdown().await;
+}
