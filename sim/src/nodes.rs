@@ -197,7 +197,7 @@ struct Host {
     sockets: BTreeMap<ConnId, Socket>,
     in_flight: BTreeMap<usize, WriteBatch>,
     views: BTreeMap<usize, RoomView>,
-    wakes: BTreeMap<usize, Timestamp>,
+    wakes: BTreeMap<usize, madsim::time::Instant>,
 }
 
 async fn host_main(world: Shared, index: usize) {
@@ -677,11 +677,14 @@ impl Host {
             let Some(deadline) = host.poll_timeout() else {
                 continue;
             };
-            if self.wakes.get(room).is_some_and(|at| *at <= deadline) {
+            // Compared in simulated real time, not on the host's clock: a wake scheduled
+            // before the clock stepped forward fires later than its timestamp says.
+            let delay = Duration::from_millis(deadline.millis_since(now).max(1));
+            let fire_at = madsim::time::Instant::now() + delay;
+            if self.wakes.get(room).is_some_and(|at| *at <= fire_at) {
                 continue;
             }
-            self.wakes.insert(*room, deadline);
-            let delay = Duration::from_millis(deadline.millis_since(now).max(1));
+            self.wakes.insert(*room, fire_at);
             let (inbox, room) = (self.inbox.clone(), *room);
             madsim::task::spawn(async move {
                 sleep(delay).await;
