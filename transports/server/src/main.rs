@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use edgechat_core::auth::{
     Algorithm, AuthConfig, AuthMode, TokenVerifier, VerifyingKeys, KEY_DOCUMENT_LEN_MAX_BYTES,
+    LEEWAY_MS_DEFAULT,
 };
 use edgechat_core::ids::{is_lower_hex_id, Namespace, ObjectId};
 use edgechat_core::limiter::RateLimiterConfig;
@@ -112,6 +113,10 @@ struct ServeArgs {
     /// refused).
     #[arg(long, env = "EDGECHAT_AUTH_AUDIENCE")]
     auth_audience: Option<String>,
+    /// Milliseconds of slack on a token's `exp` and `nbf`, for clocks that disagree (a
+    /// connection is closed with 4001 this long after its token's `exp`).
+    #[arg(long, env = "EDGECHAT_AUTH_LEEWAY_MS", default_value_t = LEEWAY_MS_DEFAULT)]
+    auth_leeway_ms: u64,
     /// Rooms (names or private ids, comma-separated) that admit only clients with a valid
     /// token even in optional mode.
     #[arg(long, env = "EDGECHAT_AUTH_TOKEN_ROOMS", value_delimiter = ',')]
@@ -175,6 +180,7 @@ impl ServeArgs {
             let mut verifier = TokenVerifier::new(keys);
             verifier.issuer = self.auth_issuer.clone();
             verifier.audience = self.auth_audience.clone();
+            verifier.leeway_ms = self.auth_leeway_ms;
             verifier
         });
         let rooms = self.auth_token_rooms.iter().map(|room| {
