@@ -247,6 +247,9 @@ async fn main() -> anyhow::Result<ExitCode> {
     let Command::Serve(args) = Cli::parse().command;
     let tls = args.tls_cert.is_some();
     let config = args.into_config()?;
+    // Registered before the address is printed: a SIGTERM right after it (a script or a
+    // supervisor that saw the line) must stop the server cleanly, not kill it.
+    let stop = stop_signal()?;
     let server = match Server::start(config).await {
         Ok(server) => server,
         Err(error @ StartError::Open(_)) => {
@@ -258,7 +261,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     // One line on stdout, for people and for scripts that asked for port 0.
     let scheme = if tls { "https" } else { "http" };
     println!("edgechat listening on {scheme}://{}", server.local_addr());
-    wait_for_signal().await?;
+    stop.await?;
     let report = server.shutdown().await;
     Ok(if report.flushed() {
         ExitCode::SUCCESS
@@ -267,17 +270,21 @@ async fn main() -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Registers for SIGTERM and SIGINT now; the future ends when either arrives.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut terminate = signal(SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result?,
-            _ = terminate.recv() => {}
-        }
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            Ok(())
+        })
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+    Ok(async { Ok(tokio::signal::ctrl_c().await?) })
 }
