@@ -87,6 +87,9 @@ for scenario in "${SCENARIOS[@]}"; do
             fanout)      start_server; bench "$tag" fanout --duration "$DURATION" ;;
             fanout-open) start_server; bench "$tag" fanout --senders 100 --rate 200 --duration "$DURATION" ;;
             fanout-light) start_server; bench "$tag" fanout --senders 100 --rate 50 --duration "$DURATION" ;;
+            # One fast sender (a bot, a bridge): frames sent while the previous answer is in
+            # flight are held, not refused (issue 15's pipelining).
+            fanout-one)  start_server; bench "$tag" fanout --senders 1 --rate 200 --duration "$DURATION" ;;
             rooms-open)  start_server; bench "$tag" rooms --rate 5000 --duration "$DURATION" --connect-concurrency 128 ;;
             rooms)       start_server; bench "$tag" rooms --duration "$DURATION" --connect-concurrency 128 ;;
             # Every client of every room sends (closed loop): a room's turn carries several

@@ -195,12 +195,6 @@ async fn send(client: &mut TcpClient, text: &str) -> Fate {
         if frame.get("error").and_then(Value::as_str) == Some(STORAGE_UNAVAILABLE) {
             return Fate::Refused;
         }
-        // The limiter's answer to the previous frame may still be on its way: again.
-        if frame.get("error").and_then(Value::as_str) == Some(common::RATE_LIMITED) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            client.send(json!({ "message": text })).await;
-            continue;
-        }
         assert!(frame.get("error").is_none(), "unexpected error {frame}");
         if frame["message"] == text {
             return Fate::Acknowledged(frame);
