@@ -37,8 +37,11 @@ use edgechat_core::host::{HostOutput, RoomHost};
 use edgechat_core::http::HistoryQuery;
 use edgechat_core::ids::ObjectId;
 use edgechat_core::limiter::limiter_id_for;
-use edgechat_core::protocol::{Frame, CLOSE_INTERNAL_ERROR, CLOSE_REASON_ROOM_UNAVAILABLE};
-use edgechat_core::room::{ConnId, Input, Output, PublishError, PublishId, RoomAuth, RoomConfig};
+use edgechat_core::protocol::Frame;
+use edgechat_core::room::{
+    close_after_restore_failure, ConnId, Input, Output, PublishError, PublishId, RoomAuth,
+    RoomConfig,
+};
 use edgechat_core::storage::BatchId;
 use tokio::sync::{mpsc, oneshot};
 
@@ -510,10 +513,9 @@ impl RoomTask {
             }
             Err(error) => {
                 tracing::error!(room = %self.id, %error, "room storage is corrupt");
-                for socket in self.sockets.values() {
-                    socket
-                        .writer
-                        .close(CLOSE_INTERNAL_ERROR, CLOSE_REASON_ROOM_UNAVAILABLE, true);
+                // Core's close for a room out of service (the simulator uses the same).
+                for output in close_after_restore_failure(self.sockets.keys().copied()) {
+                    self.carry_out(output);
                 }
                 false
             }

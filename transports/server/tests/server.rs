@@ -390,11 +390,23 @@ fn strict_rate_limit() -> RateLimiterConfig {
     }
 }
 
-/// Whether `client` gets `text` through within `window` (retrying rate-limit errors).
+/// Whether `client` gets `text` through within `window` (`false` if it is refused as rate
+/// limited, or nothing comes).
 async fn gets_through(client: &mut TcpClient, text: &str, window: Duration) -> bool {
-    tokio::time::timeout(window, client.chat(text))
-        .await
-        .is_ok()
+    client.send(serde_json::json!({ "message": text })).await;
+    let answer = async {
+        loop {
+            let frame = client.frame().await;
+            if frame["error"] == common::RATE_LIMITED {
+                return false;
+            }
+            assert!(frame.get("error").is_none(), "sending {text:?}: {frame}");
+            if frame["message"] == text {
+                return true;
+            }
+        }
+    };
+    tokio::time::timeout(window, answer).await.unwrap_or(false)
 }
 
 #[tokio::test]
