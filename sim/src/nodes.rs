@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use edgechat_core::auth::{Access, AuthError, Identity};
 use edgechat_core::host::{HostOutput, RoomHost};
 use edgechat_core::limiter::{RateLimiter, SessionLimiter, VerdictRequest};
 use edgechat_core::protocol::{Frame, ERROR_RATE_LIMITED, ERROR_STORAGE_UNAVAILABLE};
-use edgechat_core::room::{close_after_restore_failure, ConnId, Input, Output};
+use edgechat_core::room::{
+    close_after_restore_failure, ConnId, Input, Output, CLOSE_TOKEN_EXPIRED,
+};
 use edgechat_core::storage::{keys, WriteBatch};
 use edgechat_core::testkit::ServerFrameView;
 use edgechat_core::Timestamp;
@@ -17,10 +20,14 @@ use madsim::rand::{thread_rng, Rng};
 use madsim::time::{sleep, sleep_until};
 
 use crate::mailbox::Mailbox;
+use crate::tokens;
 use crate::world::{
-    client_ip, newest_id, ClientConn, ClientEvent, CommitOutcome, FaultKind, HostEvent, LimiterAsk,
-    Shared, World, CLIENT_LATENCY_MAX_MS, COMMIT_BOUND_MS, SETTLE_MS,
+    client_ip, newest_id, ClientConn, ClientEvent, CommitOutcome, FaultKind, HostBug, HostEvent,
+    LimiterAsk, Shared, World, CLIENT_LATENCY_MAX_MS, COMMIT_BOUND_MS, SETTLE_MS,
 };
+
+/// The room's answer to a refresh it took.
+const REFRESHED_FRAME: &str = r#"{"refreshed":true}"#;
 
 /// Presence and retained history: what an eviction must not change.
 type RoomView = (Vec<String>, Vec<Frame>);
@@ -198,6 +205,10 @@ struct Host {
     in_flight: BTreeMap<usize, WriteBatch>,
     views: BTreeMap<usize, RoomView>,
     wakes: BTreeMap<usize, Timestamp>,
+    /// The earliest token expiry of each hibernated room (the host's alarm for it).
+    expiry_alarms: BTreeMap<usize, Timestamp>,
+    /// A refresh frame being handed to its room, to judge the room's answer.
+    refreshing: Option<(ConnId, String)>,
 }
 
 async fn host_main(world: Shared, index: usize) {
@@ -212,7 +223,11 @@ async fn host_main(world: Shared, index: usize) {
         w.trace(line);
         let rooms = (0..w.sc.rooms)
             .filter(|room| room % w.sc.hosts == index)
-            .map(|room| (room, RoomHost::new(w.sc.room.clone(), w.sc.idle_ms)))
+            .map(|room| {
+                let mut config = w.sc.room.clone();
+                config.auth = w.tokens.as_ref().map(|t| t.room_auth(room));
+                (room, RoomHost::new(config, w.sc.idle_ms))
+            })
             .collect();
         (w.hosts[index].incarnation, rooms)
     };
@@ -226,6 +241,8 @@ async fn host_main(world: Shared, index: usize) {
         in_flight: BTreeMap::new(),
         views: BTreeMap::new(),
         wakes: BTreeMap::new(),
+        expiry_alarms: BTreeMap::new(),
+        refreshing: None,
     };
     while let Some(event) = host.inbox.recv().await {
         host.handle(event);
@@ -240,8 +257,17 @@ impl Host {
     fn handle(&mut self, event: HostEvent) {
         let now = self.now();
         let room = match event {
-            HostEvent::Connect { conn, room, ip } => {
+            HostEvent::Connect {
+                conn,
+                room,
+                ip,
+                token,
+            } => {
                 self.trace(format_args!("h{} r{room} connect {conn:?}", self.index));
+                // Admission comes first, as at the server's upgrade.
+                let Some(access) = self.admit(conn, room, token.as_deref(), now) else {
+                    return;
+                };
                 if !self.ensure_resident(room) {
                     // The room is out of service: this socket is closed like its others.
                     self.close_sockets(room, vec![conn]);
@@ -255,7 +281,10 @@ impl Host {
                         shadow: SessionLimiter::default(),
                     },
                 );
-                self.input(room, Input::Connect { conn, ip });
+                match access {
+                    Access::User(identity) => self.connect_as(room, conn, ip, identity),
+                    Access::Anonymous => self.input(room, Input::Connect { conn, ip }),
+                }
                 room
             }
             HostEvent::Text { conn, text } => {
@@ -263,7 +292,9 @@ impl Host {
                     return;
                 };
                 self.trace(format_args!("h{} r{room} {conn:?} -> {text}", self.index));
+                self.refreshing = tokens::refresh_token(&text).map(|token| (conn, token));
                 self.input(room, Input::Text { conn, text });
+                self.refreshing = None;
                 room
             }
             HostEvent::Closed { conn } => {
@@ -276,7 +307,10 @@ impl Host {
                     return; // every socket of the room, this one included, was closed
                 }
                 self.sockets.remove(&conn);
-                lock(&self.world).conn_closed(conn);
+                let mut w = lock(&self.world);
+                w.conn_closed(conn);
+                tokens::forget(&mut w, conn);
+                drop(w);
                 self.input(room, Input::Closed { conn });
                 room
             }
@@ -354,6 +388,13 @@ impl Host {
             }
             HostEvent::Wake { room } => {
                 self.wakes.remove(&room);
+                // A hibernated room with a token expiring is restored to close it.
+                if self.expiry_alarms.get(&room).is_some_and(|at| *at <= now)
+                    && !self.ensure_resident(room)
+                {
+                    return;
+                }
+                self.note_expiry_alarm(room);
                 let host = self.rooms.get_mut(&room).expect("room on this host");
                 host.handle_timeout(now);
                 self.drain(room);
@@ -393,8 +434,27 @@ impl Host {
         w.count_fault(FaultKind::Evict.name());
         w.trace(format_args!("h{} r{room} eviction requested", self.index));
         drop(w);
-        host.request_eviction();
+        self.note_expiry_alarm(room);
+        self.rooms
+            .get_mut(&room)
+            .expect("room on this host")
+            .request_eviction();
         self.drain(room);
+    }
+
+    /// The platform's alarm for token expiries: while `room` is resident, keep its
+    /// earliest token expiry, so that once hibernated it is woken (restored) then.
+    fn note_expiry_alarm(&mut self, room: usize) {
+        let Some(resident) = self.rooms[&room].room() else {
+            return;
+        };
+        if lock(&self.world).host_bug == Some(HostBug::NoExpiryWakeWhileHibernated) {
+            return;
+        }
+        match resident.poll_timeout() {
+            Some(at) => self.expiry_alarms.insert(room, at),
+            None => self.expiry_alarms.remove(&room),
+        };
     }
 
     fn trace(&self, line: std::fmt::Arguments<'_>) {
@@ -469,6 +529,7 @@ impl Host {
         let mut w = lock(&shared);
         for conn in &conns {
             self.sockets.remove(conn);
+            tokens::forget(&mut w, *conn);
         }
         for output in close_after_restore_failure(conns) {
             let Output::Close { conn, code, reason } = output else {
@@ -489,6 +550,57 @@ impl Host {
             // crashes first, the connection breaks instead.
             to_client(&shared, &mut w, conn, ClientEvent::Closed { conn });
         }
+    }
+
+    /// Decides on a connection as the server's upgrade does ([`AuthConfig::admit`] on the
+    /// host's clock), and has the oracle judge it; `None` if refused (the client is told,
+    /// as by a 401 or 403 answer).
+    ///
+    /// [`AuthConfig::admit`]: edgechat_core::auth::AuthConfig::admit
+    fn admit(
+        &mut self,
+        conn: ConnId,
+        room: usize,
+        token: Option<&str>,
+        now: Timestamp,
+    ) -> Option<Access> {
+        let shared = self.world.clone();
+        let mut w = lock(&shared);
+        let Some(config) = w.tokens.as_ref().map(|t| t.config.clone()) else {
+            return Some(Access::Anonymous);
+        };
+        let decision = config.admit(&tokens::room_id(room), token, now);
+        let watch = tokens::judge_admission(&mut w, conn, self.index, token, now, &decision);
+        if let Some(generation) = watch {
+            madsim::task::spawn(tokens::expiry_watchdog(shared.clone(), conn, generation));
+        }
+        match decision {
+            Ok(access) => Some(access),
+            Err(error) => {
+                w.trace(format_args!(
+                    "h{} r{room} refuse {conn:?}: {error}",
+                    self.index
+                ));
+                to_client(&shared, &mut w, conn, ClientEvent::Closed { conn });
+                None
+            }
+        }
+    }
+
+    /// Connects a verified user (the room is resident), as the server does.
+    fn connect_as(&mut self, room: usize, conn: ConnId, ip: IpAddr, identity: Identity) {
+        let now = self.now();
+        let host = self.rooms.get_mut(&room).expect("room on this host");
+        let connected = host
+            .room_mut(now)
+            .map(|r| r.handle_connect_as(conn, ip, Some(identity), now));
+        if !matches!(connected, Some(Ok(()))) {
+            lock(&self.world).violate(
+                "host-contract",
+                format!("room {room} refused user connection {conn:?}: {connected:?}"),
+            );
+        }
+        self.drain(room);
     }
 
     fn input(&mut self, room: usize, input: Input) {
@@ -512,6 +624,7 @@ impl Host {
         let shared = self.world.clone();
         let mut quiescent_view = None;
         loop {
+            self.note_expiry_alarm(room);
             let host = self.rooms.get_mut(&room).expect("room on this host");
             if quiescent_view.is_none() && host.room().is_some_and(|r| r.is_quiescent()) {
                 quiescent_view = view(host);
@@ -522,6 +635,7 @@ impl Host {
             let mut w = lock(&shared);
             match output {
                 HostOutput::Room(Output::Send { conn, frame }) => {
+                    self.judge_refresh(&shared, &mut w, conn, &frame, now);
                     to_client(&shared, &mut w, conn, ClientEvent::Frame { conn, frame });
                 }
                 HostOutput::Room(Output::Broadcast { recipients, frame }) => {
@@ -535,6 +649,9 @@ impl Host {
                 }
                 HostOutput::Room(Output::Close { conn, code, reason }) => {
                     w.trace(format_args!("r{room} close {conn:?} {code} {reason}"));
+                    if code == CLOSE_TOKEN_EXPIRED {
+                        tokens::judge_expiry_close(&mut w, conn, now);
+                    }
                     to_client(&shared, &mut w, conn, ClientEvent::Closed { conn });
                     self.inbox.push(HostEvent::Closed { conn });
                 }
@@ -672,9 +789,40 @@ impl Host {
         }
     }
 
+    /// The room answered `frame` on `conn`: if a refresh of `conn` is being handled, the
+    /// oracle judges the answer.
+    fn judge_refresh(
+        &mut self,
+        shared: &Shared,
+        w: &mut World,
+        conn: ConnId,
+        frame: &Frame,
+        now: Timestamp,
+    ) {
+        let Some((_, token)) = self.refreshing.take_if(|(c, _)| *c == conn) else {
+            return;
+        };
+        let answer = if **frame == *REFRESHED_FRAME {
+            Ok(())
+        } else {
+            match serde_json::from_str::<ServerFrameView>(frame)
+                .ok()
+                .and_then(|f| f.error)
+            {
+                Some(error) if error != ERROR_RATE_LIMITED => Err(error),
+                _ => return,
+            }
+        };
+        let answer = answer.as_ref().map(|_| ()).map_err(String::as_str);
+        if let Some(generation) = tokens::judge_refresh(w, conn, &token, answer, now) {
+            madsim::task::spawn(tokens::expiry_watchdog(shared.clone(), conn, generation));
+        }
+    }
+
     fn schedule_wakes(&mut self, now: Timestamp) {
         for (room, host) in &self.rooms {
-            let Some(deadline) = host.poll_timeout() else {
+            let alarm = self.expiry_alarms.get(room).copied();
+            let Some(deadline) = host.poll_timeout().or(alarm) else {
                 continue;
             };
             if self.wakes.get(room).is_some_and(|at| *at <= deadline) {
@@ -789,6 +937,12 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
         // Connect (again), usually resuming from the last message seen.
         let since = client.last_seen.filter(|_| rng.gen_bool(0.85));
         let (room, ip, name) = (client.room, client.ip, client.name.clone());
+        let (now_ms, settling) = (w.elapsed_ms(), w.settling);
+        let token = w
+            .tokens
+            .as_mut()
+            .filter(|t| t.plans[index].carries_token)
+            .map(|t| t.mint(&mut rng, index, room, now_ms, settling));
         let conn = w.open_conn(index);
         let slot = &mut w.clients[index];
         slot.connects += 1;
@@ -798,7 +952,13 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
             ..ClientConn::default()
         };
         w.trace(format_args!("u{index} connects {conn:?} since {since:?}"));
-        to_host(shared, w, conn, HostEvent::Connect { conn, room, ip });
+        let connect = HostEvent::Connect {
+            conn,
+            room,
+            ip,
+            token,
+        };
+        to_host(shared, w, conn, connect);
         to_host(shared, w, conn, join_frame(conn, &name, since));
         return;
     };
@@ -808,6 +968,19 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
             w.clients[index].current.join_rejected = false;
             to_host(shared, w, conn, join_frame(conn, &name, since));
         }
+        return;
+    }
+    let (now_ms, settling, room) = (w.elapsed_ms(), w.settling, client.room);
+    if let Some(tokens) = w
+        .tokens
+        .as_mut()
+        .filter(|t| t.refresh_due(index, now_ms, settling))
+    {
+        let token = tokens.mint(&mut rng, index, room, now_ms, settling);
+        tokens.held[index].refresh_outstanding = true;
+        let text = format!(r#"{{"token":"{token}"}}"#);
+        expect_answer(shared, w, index, conn);
+        to_host(shared, w, conn, HostEvent::Text { conn, text });
         return;
     }
     if w.settling {
@@ -823,7 +996,8 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
         slot.sent += 1;
         let message = format!("{}#{}", slot.name, slot.sent);
         let text = format!(r#"{{"message":"{message}"}}"#);
-        slot.sent_on.insert(message, conn);
+        slot.sent_on.insert(message.clone(), conn);
+        tokens::sending(w, conn, &message);
         expect_answer(shared, w, index, conn);
         to_host(shared, w, conn, HostEvent::Text { conn, text });
     } else if roll < 0.58 {
@@ -877,8 +1051,22 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
         return;
     };
     let room = w.clients[index].room;
+    if **frame == *REFRESHED_FRAME {
+        w.trace(format_args!("u{index} {conn:?} <- refreshed"));
+        if let Some(tokens) = w.tokens.as_mut() {
+            tokens.held[index].refresh_outstanding = false;
+        }
+        answered(w, index, conn);
+        return;
+    }
     if let Some(error) = parsed.error {
         w.trace(format_args!("u{index} {conn:?} <- error {error}"));
+        if let Some(tokens) = w.tokens.as_mut() {
+            tokens.held[index].refresh_outstanding = false;
+        }
+        if error == AuthError::ReadOnly.to_string() {
+            w.count_fault("auth-read-only-refused");
+        }
         let current = &mut w.clients[index].current;
         if !current.ready {
             if error == ERROR_RATE_LIMITED {
@@ -940,10 +1128,15 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
     w.trace(format_args!("u{index} {conn:?} <- #{id}"));
     let mut problem = None;
     // Storage failures: what was refused is never seen, what was acknowledged never changes.
-    let text = serde_json::from_str::<serde_json::Value>(frame)
-        .ok()
-        .and_then(|value| Some(value.get("message")?.as_str()?.to_owned()))
-        .unwrap_or_default();
+    let value = serde_json::from_str::<serde_json::Value>(frame).ok();
+    let field = |key: &str| -> String {
+        value
+            .as_ref()
+            .and_then(|value| Some(value.get(key)?.as_str()?.to_owned()))
+            .unwrap_or_default()
+    };
+    let (text, name) = (field("message"), field("name"));
+    tokens::judge_message(w, room, &text, &name, "is seen");
     let oracle = &mut w.rooms[room];
     if oracle.refused.contains(&text) {
         problem = Some((
@@ -1236,6 +1429,15 @@ fn inject(world: &Shared, handle: &madsim::runtime::Handle, kind: FaultKind) {
                 w.limiter_offset_ms += step;
             } else {
                 w.host_offset_ms[target] += step;
+                // A token's expiry is a deadline on the host's wall clock (a Durable Object
+                // alarm): the host's timers see the step.
+                if w.tokens.is_some() {
+                    if let Some(inbox) = &w.hosts[target].inbox {
+                        for room in (0..w.sc.rooms).filter(|room| room % w.sc.hosts == target) {
+                            inbox.push(HostEvent::Wake { room });
+                        }
+                    }
+                }
             }
             w.trace(format_args!("clock step node {target} by {step} ms"));
         }
