@@ -918,7 +918,12 @@ async fn client_main(world: Shared, index: usize) {
                 w.conn_closed(conn);
                 if w.clients[index].current.conn == Some(conn) {
                     w.trace(format_args!("u{index} lost {conn:?}"));
+                    let refused = !w.clients[index].current.ready;
                     w.clients[index].current = ClientConn::default();
+                    let now_ms = w.elapsed_ms();
+                    if let Some(tokens) = w.tokens.as_mut().filter(|_| refused) {
+                        tokens.back_off(index, now_ms);
+                    }
                 }
             }
             ClientEvent::Frame { conn, frame } => {
@@ -938,6 +943,12 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
         let since = client.last_seen.filter(|_| rng.gen_bool(0.85));
         let (room, ip, name) = (client.room, client.ip, client.name.clone());
         let (now_ms, settling) = (w.elapsed_ms(), w.settling);
+        if w.tokens
+            .as_ref()
+            .is_some_and(|t| now_ms < t.held[index].retry_at_ms)
+        {
+            return;
+        }
         let token = w
             .tokens
             .as_mut()

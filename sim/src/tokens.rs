@@ -134,6 +134,8 @@ pub struct Held {
     pub short: bool,
     /// A refresh sent and not yet answered.
     pub refresh_outstanding: bool,
+    /// True ms before which it does not connect again (after a refusal).
+    pub retry_at_ms: u64,
 }
 
 /// Auth in one run: the policy the rooms run with, what was minted, and the oracle's state.
@@ -287,6 +289,14 @@ impl Tokens {
             Refresh::Never => None,
         };
         token
+    }
+
+    /// `client` lost a connection before it was ready (refused, most likely): it waits
+    /// before trying again, as a real client backs off, so that a client whose token
+    /// grants nothing does not flood its room.
+    pub fn back_off(&mut self, client: usize, now_ms: u64) {
+        self.held[client].retry_at_ms =
+            now_ms + madsim::rand::thread_rng().gen_range(2_000..=10_000);
     }
 
     /// Whether `client`, joined, should send a refresh now (true ms `now_ms`).
