@@ -58,6 +58,8 @@ pub struct RoomHost {
     hibernated_event: bool,
     /// Counts of the last residency not yet taken by [`RoomHost::take_stats`].
     stats_before_eviction: RoomStats,
+    /// While evicted: the room's next timeout when it was evicted (see [`RoomHost::wake_at`]).
+    wake_at: Option<Timestamp>,
 }
 
 impl RoomHost {
@@ -72,6 +74,7 @@ impl RoomHost {
             eviction_requested: false,
             hibernated_event: false,
             stats_before_eviction: RoomStats::default(),
+            wake_at: None,
         }
     }
 
@@ -102,6 +105,7 @@ impl RoomHost {
     ) -> Result<(), RestoreError> {
         debug_assert!(self.room.is_none(), "restore of a resident room");
         self.room = Some(Room::restore(self.config.clone(), stored, attachments)?);
+        self.wake_at = None;
         self.last_activity = now;
         self.eviction_requested = false;
         Ok(())
@@ -159,6 +163,16 @@ impl RoomHost {
         Some(room.poll_timeout().map_or(idle, |expiry| expiry.min(idle)))
     }
 
+    /// While the room is evicted: when it must be restored (from storage and its sockets'
+    /// attachments, as for any event) and given [`RoomHost::handle_timeout`], because
+    /// something was due then when it was evicted (a token expiry: an evicted room must
+    /// still close the sockets whose tokens run out). `None` while resident, or if nothing
+    /// is due. Hosts whose platform keeps a timer across eviction (a Durable Object alarm)
+    /// need not use it.
+    pub fn wake_at(&self) -> Option<Timestamp> {
+        self.room.is_none().then_some(self.wake_at).flatten()
+    }
+
     /// Closes connections whose tokens expired, and evicts the room if it has been idle long
     /// enough (early or repeated calls are harmless).
     pub fn handle_timeout(&mut self, now: Timestamp) {
@@ -183,6 +197,7 @@ impl RoomHost {
     /// with it. Storage and (on platforms where sockets survive) attachments are not touched.
     pub fn crash(&mut self) {
         self.room = None;
+        self.wake_at = None;
         self.eviction_requested = false;
         self.hibernated_event = false;
     }
@@ -190,6 +205,7 @@ impl RoomHost {
     fn try_evict(&mut self) {
         if self.room.as_ref().is_some_and(Room::is_quiescent) {
             self.stats_before_eviction = self.take_stats();
+            self.wake_at = self.room.as_ref().and_then(Room::poll_timeout);
             self.room = None;
             self.eviction_requested = false;
             self.hibernated_event = true;

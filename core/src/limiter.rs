@@ -6,8 +6,10 @@
 //! four actions passes at once, then one every five seconds.
 //!
 //! The room asks the limiter about each accepted frame (the question is an output carrying a
-//! [`VerdictRequest`], the answer comes back as an input) and rejects the session's frames
-//! while the answer is outstanding or a cooldown runs.
+//! [`VerdictRequest`], the answer comes back as an input). Frames that arrive while the answer
+//! is outstanding wait in a small per-connection queue and are decided in order when it
+//! comes (see [`PIPELINED_FRAMES_MAX`](crate::room::PIPELINED_FRAMES_MAX)); frames beyond
+//! that queue, or sent while a cooldown runs, are rejected.
 
 use std::net::IpAddr;
 
@@ -64,6 +66,13 @@ impl RateLimiterConfig {
     /// times, and both lie between `window start + cost` and `window end + grace`.
     pub fn burst_max(&self, window_ms: u64) -> u64 {
         (window_ms + self.grace_ms) / self.cost_ms.max(1)
+    }
+
+    /// Whether this limiter can never make anyone wait (a cost of 0 never pushes the next
+    /// allowed time ahead of now), so that a room need not ask it at all
+    /// ([`RoomConfig::limiter_may_wait`](crate::room::RoomConfig::limiter_may_wait)).
+    pub fn never_waits(&self) -> bool {
+        self.cost_ms == 0
     }
 }
 
@@ -232,6 +241,25 @@ impl SessionLimiter {
             self.state = SessionLimiterState::Waiting { asked_at: now };
         }
         open
+    }
+
+    /// Whether an answer to the latest question is outstanding at `now` (asked, not
+    /// answered, and not yet given up on after [`VERDICT_TIMEOUT_MS`]).
+    pub fn awaiting_answer(&self, now: Timestamp) -> bool {
+        match self.state {
+            SessionLimiterState::Waiting { asked_at } => {
+                now.millis_since(asked_at) < VERDICT_TIMEOUT_MS
+            }
+            _ => false,
+        }
+    }
+
+    /// When the question still outstanding was asked (`None` if none is).
+    pub fn asked_at(&self) -> Option<Timestamp> {
+        match self.state {
+            SessionLimiterState::Waiting { asked_at } => Some(asked_at),
+            _ => None,
+        }
     }
 
     /// Applies an answer to question `seq`: wait `wait_ms` from `now`. Returns whether the

@@ -16,7 +16,7 @@
 //! Everything a session needs survives in its attachment (see [`Output::SetAttachment`]);
 //! everything else is in storage. [`Room::restore`] rebuilds an identical room from both.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -35,10 +35,14 @@ use crate::time::Timestamp;
 use crate::planted::PlantedBug;
 
 mod auth;
+mod pipeline;
 mod unavailable;
 
 pub use auth::{RoomAuth, CLOSE_REASON_TOKEN_EXPIRED, CLOSE_TOKEN_EXPIRED};
+pub use pipeline::{PIPELINED_BYTES_MAX, PIPELINED_FRAMES_MAX, PIPELINE_WAIT_MAX_MS};
 pub use unavailable::close_after_restore_failure;
+
+use pipeline::{HeldFrames, Incoming};
 
 /// A connection's id, chosen by the adapter and unique within a room for the room's life
 /// (including across hibernation).
@@ -61,6 +65,10 @@ pub struct RoomConfig {
     /// The most accepted messages waiting for storage; more are refused with
     /// [`ERROR_ROOM_BUSY`] rather than queued without bound.
     pub pending_messages_max: usize,
+    /// Whether the rate limiter can ever make a client wait. `false` when it is configured
+    /// never to ([`RateLimiterConfig::never_waits`](crate::limiter::RateLimiterConfig::never_waits)):
+    /// then the room asks it nothing at all, and every frame is decided at once.
+    pub limiter_may_wait: bool,
     /// The access policy, for checking tokens a connection refreshes (`None`: auth off).
     pub auth: Option<RoomAuth>,
     /// The bug to plant in this room, for the simulator's self-test.
@@ -75,6 +83,7 @@ impl Default for RoomConfig {
             join_replay_max: 100,
             connections_max: 32_768,
             pending_messages_max: 10_000,
+            limiter_may_wait: true,
             auth: None,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
@@ -307,6 +316,8 @@ struct Session {
     joined_frame: Option<Frame>,
     /// Who the token says this is; `None` for an anonymous client.
     identity: Option<Identity>,
+    /// Frames that arrived while the limiter's answer was outstanding, oldest first.
+    held: HeldFrames,
 }
 
 /// The version of [`Attachment`]'s encoding; bump on any change and keep decoding old ones.
@@ -331,6 +342,11 @@ struct AttachmentV1 {
     phase: Phase,
     limiter: SessionLimiter,
 }
+
+/// How many of the newest outputs not yet taken are searched for an attachment to replace
+/// (see `Room::push_attachment`): enough for a verdict and the next question, bounded so
+/// that a long output queue is never scanned.
+const ATTACHMENT_COALESCE_LOOKBACK: usize = 4;
 
 /// Largest encoded attachment the room produces (Workers allow 16 KiB; we stay far below).
 pub const ATTACHMENT_LEN_MAX_BYTES: usize = 2 * 1024;
@@ -431,6 +447,9 @@ pub struct Room {
     next_batch: u64,
     outputs: VecDeque<Output>,
     stats: RoomStats,
+    /// Connections with held frames (see [`PIPELINED_FRAMES_MAX`]), for the timeout that
+    /// releases them when a limiter's answer is lost.
+    held_conns: BTreeSet<ConnId>,
 }
 
 impl Room {
@@ -449,6 +468,7 @@ impl Room {
             next_batch: 1,
             outputs: VecDeque::new(),
             stats: RoomStats::default(),
+            held_conns: BTreeSet::new(),
         }
     }
 
@@ -523,6 +543,7 @@ impl Room {
                             limiter,
                             joined_frame,
                             identity: attachment.identity,
+                            held: HeldFrames::default(),
                         },
                     );
                 }
@@ -592,6 +613,7 @@ impl Room {
             limiter: SessionLimiter::default(),
             joined_frame: None,
             identity: None,
+            held: HeldFrames::default(),
         };
         self.sessions.insert(conn, session);
         self.push_attachment(conn);
@@ -608,11 +630,13 @@ impl Room {
         text: &str,
         now: Timestamp,
     ) -> Result<(), RoomError> {
-        let Some(expecting) = self.admit_frame(conn, now)? else {
-            return Ok(());
-        };
+        self.receive_frame(conn, Incoming::Text(text), now)
+    }
+
+    /// Decodes and acts on a text frame the limiter let through.
+    fn process_text(&mut self, conn: ConnId, expecting: Expecting, text: &str, now: Timestamp) {
         if self.handle_token_frame(conn, text, now) {
-            return Ok(());
+            return;
         }
         match protocol::decode_client_frame(text, expecting) {
             Ok(ClientFrame::Join { name, since }) => self.join(conn, name, since),
@@ -620,7 +644,6 @@ impl Room {
             Err(FrameError::NameTooLong) => self.refuse_name(conn),
             Err(error) => self.send_error(conn, &error.to_string()),
         }
-        Ok(())
     }
 
     /// A binary frame arrived from `conn`; the protocol is text, so it is answered with an
@@ -629,10 +652,7 @@ impl Room {
     /// # Errors
     /// [`RoomError::UnknownConnection`] if `conn` is not open.
     pub fn handle_binary(&mut self, conn: ConnId, now: Timestamp) -> Result<(), RoomError> {
-        if self.admit_frame(conn, now)?.is_some() {
-            self.send_error(conn, &FrameError::Binary.to_string());
-        }
-        Ok(())
+        self.receive_frame(conn, Incoming::Binary, now)
     }
 
     /// `conn` closed or broke. A joined user's `quit` is broadcast to the others.
@@ -644,6 +664,7 @@ impl Room {
             .sessions
             .remove(&conn)
             .ok_or(RoomError::UnknownConnection(conn))?;
+        self.held_conns.remove(&conn);
         if let Phase::Joined { name } = session.phase {
             self.roster_cache = None;
             let frame = protocol::encode_quit(&name);
@@ -666,6 +687,7 @@ impl Room {
             .is_some_and(|session| session.limiter.handle_verdict(request.seq, wait_ms, now));
         if changed {
             self.push_attachment(request.conn);
+            self.release_held(request.conn, now);
         }
     }
 
@@ -835,9 +857,13 @@ impl Room {
         self.sessions.len()
     }
 
-    /// Whether nothing waits for storage: the room can be evicted without losing work.
+    /// Whether nothing waits for storage or for a limiter's answer: the room can be evicted
+    /// without losing work (held frames live only in memory).
     pub fn is_quiescent(&self) -> bool {
-        self.in_flight.is_none() && self.pending.is_empty() && self.outputs.is_empty()
+        self.in_flight.is_none()
+            && self.pending.is_empty()
+            && self.outputs.is_empty()
+            && self.held_conns.is_empty()
     }
 
     /// What the room has done since the last call, resetting the counts.
@@ -867,6 +893,9 @@ impl Room {
             // The socket is closing; anything still in flight from it is moot.
             Phase::Closing => return Ok(None),
         };
+        if !self.config.limiter_may_wait {
+            return Ok(Some(expecting));
+        }
         if !session.limiter.try_accept(now) {
             self.stats.frames_rate_limited += 1;
             self.send_error(conn, ERROR_RATE_LIMITED);
@@ -1099,7 +1128,26 @@ impl Room {
             identity: session.identity.clone(),
         }
         .encode();
-        self.outputs
-            .push_back(Output::SetAttachment { conn, attachment });
+        // A connection's attachment often changes twice in one input (a limiter's answer, then
+        // the next held frame's question): only the latest matters, so one not yet taken is
+        // replaced rather than written twice.
+        let unwritten = self
+            .outputs
+            .iter_mut()
+            .rev()
+            .take(ATTACHMENT_COALESCE_LOOKBACK)
+            .find_map(|output| match output {
+                Output::SetAttachment {
+                    conn: c,
+                    attachment,
+                } if *c == conn => Some(attachment),
+                _ => None,
+            });
+        match unwritten {
+            Some(previous) => *previous = attachment,
+            None => self
+                .outputs
+                .push_back(Output::SetAttachment { conn, attachment }),
+        }
     }
 }

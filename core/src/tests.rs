@@ -8,7 +8,10 @@ use crate::limiter::{RateLimiter, RateLimiterConfig};
 #[cfg(feature = "planted-bugs")]
 use crate::planted::PlantedBug;
 use crate::protocol::ERROR_RATE_LIMITED;
-use crate::room::{ConnId, Output, PublishId, Room, RoomConfig};
+use crate::room::{
+    ConnId, Output, PublishId, Room, RoomConfig, PIPELINED_BYTES_MAX, PIPELINED_FRAMES_MAX,
+    PIPELINE_WAIT_MAX_MS,
+};
 use crate::storage::{keys, MemoryStore};
 use crate::testkit::{Harness, Step};
 use crate::Timestamp;
@@ -290,15 +293,221 @@ fn the_rate_limit_lets_a_burst_through_then_rejects_until_the_cooldown_ends() {
 }
 
 #[test]
-fn frames_are_rejected_while_the_answer_is_outstanding() {
+fn frames_sent_while_the_answer_is_outstanding_are_decided_in_order() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    join(&mut h, 2, "bob");
+    let from = h.frames(2).len();
+    for message in ["a", "b", "c"] {
+        h.step(text(1, &format!(r#"{{"message":"{message}"}}"#)))
+            .unwrap();
+    }
+    assert!(
+        h.frames(1).iter().all(|frame| !frame.contains("error")),
+        "nothing is refused while answers are on their way: {:?}",
+        h.frames(1)
+    );
+    h.settle().unwrap();
+    let texts: Vec<String> = since(&h, 2, from)
+        .iter()
+        .map(|frame| {
+            serde_json::from_str::<serde_json::Value>(frame).unwrap()["message"].to_string()
+        })
+        .collect();
+    assert_eq!(texts, [r#""a""#, r#""b""#, r#""c""#]);
+}
+
+#[test]
+fn frames_beyond_the_pipeline_bound_are_refused_at_once() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    let sent = 1 + PIPELINED_FRAMES_MAX + 2;
+    for n in 0..sent {
+        h.step(text(1, &format!(r#"{{"message":"m{n}"}}"#)))
+            .unwrap();
+    }
+    let rejected = format!(r#"{{"error":"{ERROR_RATE_LIMITED}"}}"#);
+    let refused_now = h.frames(1).iter().filter(|f| **f == rejected).count();
+    assert_eq!(
+        refused_now, 2,
+        "one decided, {PIPELINED_FRAMES_MAX} held, the rest refused"
+    );
+    h.settle().unwrap();
+    let echoed = h
+        .frames(1)
+        .iter()
+        .filter(|f| f.contains(r#""message":"m"#))
+        .count();
+    assert_eq!(echoed, 1 + PIPELINED_FRAMES_MAX);
+    assert_eq!(h.frames(1).iter().filter(|f| **f == rejected).count(), 2);
+}
+
+#[test]
+fn held_bytes_are_bounded_too() {
+    let mut h = unlimited();
+    join(&mut h, 1, "ada");
+    h.step(text(1, r#"{"message":"first"}"#)).unwrap();
+    // Frames far longer than any chat frame: only what fits in the byte bound is held.
+    let long = format!(r#"{{"message":"{}"}}"#, "x".repeat(3_000));
+    for _ in 0..4 {
+        h.step(text(1, &long)).unwrap();
+    }
+    let rejected = format!(r#"{{"error":"{ERROR_RATE_LIMITED}"}}"#);
+    let held = PIPELINED_BYTES_MAX / long.len();
+    assert_eq!(
+        h.frames(1).iter().filter(|f| **f == rejected).count(),
+        4 - held
+    );
+}
+
+#[test]
+fn a_cooldown_refuses_held_frames_exactly_as_the_limiter_would() {
+    // Join + four messages make five actions: the fifth is accepted and starts a 5 s
+    // cooldown (as when each waited for its answer), so the sixth and seventh are refused.
     let mut h = harness();
     join(&mut h, 1, "ada");
-    h.step(text(1, r#"{"message":"a"}"#)).unwrap();
-    h.step(text(1, r#"{"message":"b"}"#)).unwrap();
-    assert_eq!(
-        h.frames(1).last().unwrap(),
-        &format!(r#"{{"error":"{ERROR_RATE_LIMITED}"}}"#)
+    for n in 1..=6 {
+        h.step(text(1, &format!(r#"{{"message":"m{n}"}}"#)))
+            .unwrap();
+    }
+    h.settle().unwrap();
+    let rejected = format!(r#"{{"error":"{ERROR_RATE_LIMITED}"}}"#);
+    let echoed: Vec<String> = h
+        .frames(1)
+        .iter()
+        .filter(|f| f.contains(r#""message":"m"#))
+        .cloned()
+        .collect();
+    assert_eq!(echoed.len(), 4, "{echoed:?}");
+    assert!(echoed[3].contains("m4"));
+    assert_eq!(h.frames(1).iter().filter(|f| **f == rejected).count(), 2);
+    h.step(Step::Advance { ms: 5_000 }).unwrap();
+    say(&mut h, 1, "after");
+    assert!(h.frames(1).last().unwrap().contains("after"));
+}
+
+#[test]
+fn a_limiter_that_never_waits_is_never_asked() {
+    let config = RoomConfig {
+        limiter_may_wait: false,
+        ..RoomConfig::default()
+    };
+    let mut room = Room::new(config);
+    let t = Timestamp(1_000);
+    room.handle_connect(ConnId(1), "127.0.0.1".parse().unwrap(), t)
+        .unwrap();
+    room.handle_text(ConnId(1), r#"{"name":"ada"}"#, t).unwrap();
+    for n in 0..20 {
+        room.handle_text(ConnId(1), &format!(r#"{{"message":"m{n}"}}"#), t)
+            .unwrap();
+    }
+    let mut asked = 0;
+    let mut errors = 0;
+    while let Some(output) = room.poll_output() {
+        match output {
+            Output::AskRateLimiter { .. } => asked += 1,
+            Output::Send { frame, .. } if frame.contains("error") => errors += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((asked, errors), (0, 0));
+}
+
+#[test]
+fn a_clock_stepping_back_does_not_stretch_a_held_frame_s_wait() {
+    let t = Timestamp(100_000);
+    let conn = ConnId(1);
+    let mut room = Room::new(RoomConfig::default());
+    room.handle_connect(conn, "127.0.0.1".parse().unwrap(), t)
+        .unwrap();
+    room.handle_text(conn, r#"{"name":"ada"}"#, t).unwrap();
+    room.handle_text(conn, r#"{"message":"held"}"#, t).unwrap();
+    while room.poll_output().is_some() {}
+    // The host's timer fires after the wait, but its clock has meanwhile stepped back 15 s.
+    room.handle_timeout(Timestamp(t.0 - 15_000));
+    let refused = std::iter::from_fn(|| room.poll_output())
+        .filter(|output| matches!(output, Output::Send { frame, .. } if frame.contains(ERROR_RATE_LIMITED)))
+        .count();
+    assert_eq!(refused, 1);
+}
+
+#[test]
+fn an_answer_and_the_next_question_write_one_attachment() {
+    let t = Timestamp(1_000);
+    let conn = ConnId(1);
+    let mut room = Room::new(RoomConfig::default());
+    room.handle_connect(conn, "127.0.0.1".parse().unwrap(), t)
+        .unwrap();
+    room.handle_text(conn, r#"{"name":"ada"}"#, t).unwrap();
+    room.handle_text(conn, r#"{"message":"held"}"#, t).unwrap();
+    let mut asked = Vec::new();
+    while let Some(output) = room.poll_output() {
+        if let Output::AskRateLimiter { request, .. } = output {
+            asked.push(request);
+        }
+    }
+    let [join_question] = asked[..] else {
+        panic!("one question, about the join: {asked:?}")
+    };
+    // The answer makes the session idle, and the held frame makes it wait again at once.
+    room.handle_rate_limit_verdict(join_question, 0, t);
+    let (mut attachments, mut questions) = (0, 0);
+    while let Some(output) = room.poll_output() {
+        match output {
+            Output::SetAttachment { .. } => attachments += 1,
+            Output::AskRateLimiter { .. } => questions += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((attachments, questions), (1, 1));
+}
+
+#[test]
+fn held_frames_are_refused_when_the_answer_is_late() {
+    let t = Timestamp(1_000);
+    let conn = ConnId(1);
+    let mut room = Room::new(RoomConfig::default());
+    room.handle_connect(conn, "127.0.0.1".parse().unwrap(), t)
+        .unwrap();
+    room.handle_text(conn, r#"{"name":"ada"}"#, t).unwrap();
+    room.handle_text(conn, r#"{"message":"held"}"#, t).unwrap();
+    let take = |room: &mut Room| {
+        let (mut asked, mut refused) = (0, 0);
+        while let Some(output) = room.poll_output() {
+            match output {
+                Output::AskRateLimiter { .. } => asked += 1,
+                Output::Send { frame, .. } if frame.contains(ERROR_RATE_LIMITED) => refused += 1,
+                _ => {}
+            }
+        }
+        (asked, refused)
+    };
+    assert_eq!(take(&mut room), (1, 0), "only the join was asked about");
+    assert!(
+        !room.is_quiescent(),
+        "a held frame keeps the room from eviction"
     );
+    // The answer does not come: at the deadline the held frame is refused, as the demo
+    // would have refused it at once.
+    let deadline = room.poll_timeout().expect("a deadline for the held frame");
+    assert_eq!(deadline, t.plus_millis(PIPELINE_WAIT_MAX_MS));
+    room.handle_timeout(Timestamp(deadline.0 - 1));
+    assert_eq!(take(&mut room), (0, 0), "not before the deadline");
+    room.handle_timeout(deadline);
+    assert_eq!(take(&mut room), (0, 1));
+    assert_eq!(room.poll_timeout(), None);
+    assert!(room.is_quiescent());
+    // A frame arriving while the answer is still outstanding is held again, for as long.
+    room.handle_text(conn, r#"{"message":"late"}"#, deadline)
+        .unwrap();
+    assert_eq!(take(&mut room), (0, 0));
+    room.handle_timeout(deadline.plus_millis(PIPELINE_WAIT_MAX_MS));
+    assert_eq!(take(&mut room), (0, 1));
+    // Once the limiter is given up on, the session asks again.
+    let retry = t.plus_millis(crate::limiter::VERDICT_TIMEOUT_MS);
+    room.handle_text(conn, r#"{"message":"again"}"#, retry)
+        .unwrap();
+    assert_eq!(take(&mut room), (1, 0));
 }
 
 #[test]
@@ -690,6 +899,93 @@ proptest! {
         }
     }
 
+    /// Pipelining changes no limiter guarantee: however frames, answers, lost answers and
+    /// time interleave, the frames one session gets decided (each asked about once) within
+    /// any window never exceed the limiter's burst plus the one frame decided before an
+    /// answer ordered a cooldown; and while every answer says "no wait", no frame within the
+    /// queue's bound is refused.
+    #[test]
+    fn pipelining_never_lets_more_through_than_the_limiter(
+        moves in proptest::collection::vec((0u8..4, 0u32..3_000), 1..300),
+        cost_ms in 1u64..5_000,
+        grace_ms in 0u64..20_000,
+    ) {
+        let config = RateLimiterConfig { cost_ms, grace_ms };
+        let mut limiter = RateLimiter::new(config);
+        let mut room = Room::new(RoomConfig::default());
+        let conn = ConnId(1);
+        let mut now = Timestamp(1_000_000);
+        let mut questions = std::collections::VecDeque::new();
+        let mut decided_at: Vec<u64> = Vec::new();
+        let mut drain = |room: &mut Room, now: Timestamp, questions: &mut std::collections::VecDeque<_>| {
+            while let Some(output) = room.poll_output() {
+                match output {
+                    Output::AskRateLimiter { request, .. } => {
+                        questions.push_back(request);
+                        decided_at.push(now.0);
+                    }
+                    Output::Persist(batch) => room.handle_durable(batch.id, now).unwrap(),
+                    _ => {}
+                }
+            }
+        };
+        room.handle_connect(conn, "127.0.0.1".parse().unwrap(), now).unwrap();
+        room.handle_text(conn, r#"{"name":"ada"}"#, now).unwrap();
+        drain(&mut room, now, &mut questions);
+        for (kind, ms) in moves {
+            match kind {
+                0 | 1 => room.handle_text(conn, r#"{"message":"m"}"#, now).unwrap(),
+                2 => {
+                    if let Some(request) = questions.pop_front() {
+                        let wait_ms = limiter.handle_action(now);
+                        room.handle_rate_limit_verdict(request, wait_ms, now);
+                    }
+                }
+                _ => {
+                    now = now.plus_millis(u64::from(ms));
+                    room.handle_timeout(now);
+                }
+            }
+            drain(&mut room, now, &mut questions);
+        }
+        for (i, start) in decided_at.iter().enumerate() {
+            for (j, end) in decided_at.iter().enumerate().skip(i) {
+                let count = (j - i + 1) as u64;
+                prop_assert!(count <= config.burst_max(end - start) + 1,
+                    "{count} frames decided within {} ms", end - start);
+            }
+        }
+    }
+
+    /// With a limiter that always answers "no wait", a sender that never has more than the
+    /// queue's bound outstanding has nothing refused, whatever the answers' delays.
+    #[test]
+    fn pipelined_frames_within_the_bound_are_all_accepted(
+        moves in proptest::collection::vec(0u8..3, 1..300),
+    ) {
+        let mut h = unlimited();
+        join(&mut h, 1, "ada");
+        let mut outstanding = 0usize;
+        let mut sent = 0usize;
+        for kind in moves {
+            if kind == 0 && outstanding <= PIPELINED_FRAMES_MAX {
+                h.step(text(1, r#"{"message":"m"}"#)).map_err(|v| TestCaseError::fail(v.to_string()))?;
+                outstanding += 1;
+                sent += 1;
+            } else if kind == 1 {
+                h.step(Step::Answer).map_err(|v| TestCaseError::fail(v.to_string()))?;
+                outstanding = outstanding.saturating_sub(1);
+            } else {
+                h.step(Step::Commit).map_err(|v| TestCaseError::fail(v.to_string()))?;
+                h.step(Step::Confirm).map_err(|v| TestCaseError::fail(v.to_string()))?;
+            }
+        }
+        h.settle().map_err(|v| TestCaseError::fail(v.to_string()))?;
+        let echoed = h.frames(1).iter().filter(|f| f.contains(r#""message":"m""#)).count();
+        prop_assert!(h.frames(1).iter().all(|f| !f.contains("error")), "{:?}", h.frames(1));
+        prop_assert_eq!(echoed, sent);
+    }
+
     /// Restoring from attachments and storage reproduces presence and history exactly.
     #[test]
     fn restore_reproduces_roster_and_history(
@@ -717,20 +1013,20 @@ proptest! {
 
 #[test]
 fn stats_count_durable_messages_and_rate_limited_frames_across_evictions() {
-    let mut h = harness();
+    let mut h = unlimited();
     join(&mut h, 1, "ada");
     say(&mut h, 1, "one");
     h.step(text(1, r#"{"message":"two"}"#)).unwrap();
-    h.step(text(
-        1,
-        r#"{"message":"refused: the answer is outstanding"}"#,
-    ))
-    .unwrap();
+    for n in 0..=PIPELINED_FRAMES_MAX {
+        h.step(text(1, &format!(r#"{{"message":"held {n}"}}"#)))
+            .unwrap();
+    }
     h.settle().unwrap();
     h.step(Step::Evict).unwrap();
     assert!(!h.host.is_resident());
     let stats = h.host.take_stats();
-    assert_eq!(stats.messages_durable, 2);
+    // "one", "two" and the held frames are durable; the frame beyond the bound is refused.
+    assert_eq!(stats.messages_durable, 2 + PIPELINED_FRAMES_MAX as u64);
     assert_eq!(stats.frames_rate_limited, 1);
     assert_eq!(h.host.take_stats(), Default::default());
 }

@@ -204,11 +204,11 @@ struct Host {
     sockets: BTreeMap<ConnId, Socket>,
     in_flight: BTreeMap<usize, WriteBatch>,
     views: BTreeMap<usize, RoomView>,
-    wakes: BTreeMap<usize, Timestamp>,
-    /// The earliest token expiry of each hibernated room (the host's alarm for it).
-    expiry_alarms: BTreeMap<usize, Timestamp>,
-    /// A refresh frame being handed to its room, to judge the room's answer.
-    refreshing: Option<(ConnId, String)>,
+    wakes: BTreeMap<usize, madsim::time::Instant>,
+    /// The token of a refresh frame handed to its room and not yet answered, per
+    /// connection, to judge the answer (the room may hold the frame for its limiter's answer
+    /// and decide it in a later event). A client sends nothing else while one is out.
+    refreshing: BTreeMap<ConnId, String>,
 }
 
 async fn host_main(world: Shared, index: usize) {
@@ -241,8 +241,7 @@ async fn host_main(world: Shared, index: usize) {
         in_flight: BTreeMap::new(),
         views: BTreeMap::new(),
         wakes: BTreeMap::new(),
-        expiry_alarms: BTreeMap::new(),
-        refreshing: None,
+        refreshing: BTreeMap::new(),
     };
     while let Some(event) = host.inbox.recv().await {
         host.handle(event);
@@ -292,9 +291,10 @@ impl Host {
                     return;
                 };
                 self.trace(format_args!("h{} r{room} {conn:?} -> {text}", self.index));
-                self.refreshing = tokens::refresh_token(&text).map(|token| (conn, token));
+                if let Some(token) = tokens::refresh_token(&text) {
+                    self.refreshing.insert(conn, token);
+                }
                 self.input(room, Input::Text { conn, text });
-                self.refreshing = None;
                 room
             }
             HostEvent::Closed { conn } => {
@@ -307,6 +307,7 @@ impl Host {
                     return; // every socket of the room, this one included, was closed
                 }
                 self.sockets.remove(&conn);
+                self.refreshing.remove(&conn);
                 let mut w = lock(&self.world);
                 w.conn_closed(conn);
                 tokens::forget(&mut w, conn);
@@ -388,13 +389,11 @@ impl Host {
             }
             HostEvent::Wake { room } => {
                 self.wakes.remove(&room);
-                // A hibernated room with a token expiring is restored to close it.
-                if self.expiry_alarms.get(&room).is_some_and(|at| *at <= now)
-                    && !self.ensure_resident(room)
-                {
+                // An evicted room with something due (a token expiry) is restored for it.
+                let due = self.rooms[&room].wake_at().is_some_and(|at| at <= now);
+                if due && !self.ensure_resident(room) {
                     return;
                 }
-                self.note_expiry_alarm(room);
                 let host = self.rooms.get_mut(&room).expect("room on this host");
                 host.handle_timeout(now);
                 self.drain(room);
@@ -434,27 +433,11 @@ impl Host {
         w.count_fault(FaultKind::Evict.name());
         w.trace(format_args!("h{} r{room} eviction requested", self.index));
         drop(w);
-        self.note_expiry_alarm(room);
         self.rooms
             .get_mut(&room)
             .expect("room on this host")
             .request_eviction();
         self.drain(room);
-    }
-
-    /// The platform's alarm for token expiries: while `room` is resident, keep its
-    /// earliest token expiry, so that once hibernated it is woken (restored) then.
-    fn note_expiry_alarm(&mut self, room: usize) {
-        let Some(resident) = self.rooms[&room].room() else {
-            return;
-        };
-        if lock(&self.world).host_bug == Some(HostBug::NoExpiryWakeWhileHibernated) {
-            return;
-        }
-        match resident.poll_timeout() {
-            Some(at) => self.expiry_alarms.insert(room, at),
-            None => self.expiry_alarms.remove(&room),
-        };
     }
 
     fn trace(&self, line: std::fmt::Arguments<'_>) {
@@ -529,6 +512,7 @@ impl Host {
         let mut w = lock(&shared);
         for conn in &conns {
             self.sockets.remove(conn);
+            self.refreshing.remove(conn);
             tokens::forget(&mut w, *conn);
         }
         for output in close_after_restore_failure(conns) {
@@ -624,7 +608,6 @@ impl Host {
         let shared = self.world.clone();
         let mut quiescent_view = None;
         loop {
-            self.note_expiry_alarm(room);
             let host = self.rooms.get_mut(&room).expect("room on this host");
             if quiescent_view.is_none() && host.room().is_some_and(|r| r.is_quiescent()) {
                 quiescent_view = view(host);
@@ -789,8 +772,8 @@ impl Host {
         }
     }
 
-    /// The room answered `frame` on `conn`: if a refresh of `conn` is being handled, the
-    /// oracle judges the answer.
+    /// The room sent `frame` to `conn`: if it answers a refresh of `conn`, the oracle judges
+    /// the answer (a refusal for the rate limit says nothing about the token).
     fn judge_refresh(
         &mut self,
         shared: &Shared,
@@ -799,9 +782,9 @@ impl Host {
         frame: &Frame,
         now: Timestamp,
     ) {
-        let Some((_, token)) = self.refreshing.take_if(|(c, _)| *c == conn) else {
+        if !self.refreshing.contains_key(&conn) {
             return;
-        };
+        }
         let answer = if **frame == *REFRESHED_FRAME {
             Ok(())
         } else {
@@ -809,10 +792,17 @@ impl Host {
                 .ok()
                 .and_then(|f| f.error)
             {
-                Some(error) if error != ERROR_RATE_LIMITED => Err(error),
-                _ => return,
+                Some(error) => Err(error),
+                None => return, // not an answer
             }
         };
+        let token = self.refreshing.remove(&conn).expect("checked");
+        if answer
+            .as_ref()
+            .is_err_and(|error| error == ERROR_RATE_LIMITED)
+        {
+            return;
+        }
         let answer = answer.as_ref().map(|_| ()).map_err(String::as_str);
         if let Some(generation) = tokens::judge_refresh(w, conn, &token, answer, now) {
             madsim::task::spawn(tokens::expiry_watchdog(shared.clone(), conn, generation));
@@ -820,16 +810,21 @@ impl Host {
     }
 
     fn schedule_wakes(&mut self, now: Timestamp) {
+        let wake_evicted = lock(&self.world).host_bug != Some(HostBug::NoExpiryWakeWhileHibernated);
         for (room, host) in &self.rooms {
-            let alarm = self.expiry_alarms.get(room).copied();
-            let Some(deadline) = host.poll_timeout().or(alarm) else {
+            // A resident room's own timer, or an evicted one's wake-up (a token expiry).
+            let wake_at = host.wake_at().filter(|_| wake_evicted);
+            let Some(deadline) = host.poll_timeout().or(wake_at) else {
                 continue;
             };
-            if self.wakes.get(room).is_some_and(|at| *at <= deadline) {
+            // Compared in simulated real time, not on the host's clock: a wake scheduled
+            // before the clock stepped forward fires later than its timestamp says.
+            let delay = Duration::from_millis(deadline.millis_since(now).max(1));
+            let fire_at = madsim::time::Instant::now() + delay;
+            if self.wakes.get(room).is_some_and(|at| *at <= fire_at) {
                 continue;
             }
-            self.wakes.insert(*room, deadline);
-            let delay = Duration::from_millis(deadline.millis_since(now).max(1));
+            self.wakes.insert(*room, fire_at);
             let (inbox, room) = (self.inbox.clone(), *room);
             madsim::task::spawn(async move {
                 sleep(delay).await;
@@ -982,10 +977,19 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
         return;
     }
     let (now_ms, settling, room) = (w.elapsed_ms(), w.settling, client.room);
+    // A refresh goes out alone: after every frame before it is answered, and nothing
+    // else is sent until it is answered (so each answer is known to be the refresh's).
+    let quiet = client.current.answers == client.current.sent;
+    if w.tokens
+        .as_ref()
+        .is_some_and(|t| t.held[index].refresh_outstanding)
+    {
+        return;
+    }
     if let Some(tokens) = w
         .tokens
         .as_mut()
-        .filter(|t| t.refresh_due(index, now_ms, settling))
+        .filter(|t| quiet && t.refresh_due(index, now_ms, settling))
     {
         let token = tokens.mint(&mut rng, index, room, now_ms, settling);
         tokens.held[index].refresh_outstanding = true;

@@ -280,6 +280,7 @@ impl Tokens {
         );
         let held = &mut self.held[client];
         held.short = !settling;
+        held.refresh_outstanding = false;
         held.refresh_at_ms = match plan.refresh {
             _ if settling => None,
             Refresh::Early => Some(now_ms + lifetime_ms * rng.gen_range(3..=8) / 10),

@@ -21,7 +21,7 @@ use std::time::Duration;
 use edgechat_core::limiter::{RateLimiterConfig, VerdictRequest};
 use edgechat_core::planted::PlantedBug;
 use edgechat_core::protocol::{ChatMessage, Frame};
-use edgechat_core::room::{ConnId, RoomConfig};
+use edgechat_core::room::{ConnId, RoomConfig, PIPELINE_WAIT_MAX_MS};
 use edgechat_core::storage::{keys, BatchId, ListQuery, MemoryStore, Write, WriteBatch};
 use edgechat_core::Timestamp;
 use madsim::rand::{thread_rng, Rng};
@@ -132,9 +132,9 @@ pub enum HostBug {
     /// A host commits all its rooms' batches one at a time, so a hanging commit of one
     /// room holds up every other room on the host (as the server's storage thread did).
     SharedStorageQueue,
-    /// A host sets no timer for a hibernated room's token expiries (core's
-    /// `RoomHost::poll_timeout` is `None` while evicted), so an expired connection of a
-    /// quiet room stays open until the room's next event.
+    /// A host ignores `RoomHost::wake_at`: it sets no timer for an evicted room's token
+    /// expiries, so an expired connection of a quiet room stays open until the room's next
+    /// event (the server's behaviour before it used `wake_at`).
     NoExpiryWakeWhileHibernated,
 }
 
@@ -414,12 +414,16 @@ pub const COMMIT_BOUND_MS: u64 = 5_000;
 pub const CLIENT_LATENCY_MAX_MS: u64 = 1_000;
 /// The longest a commit takes when it is neither hanging nor failing.
 pub const COMMIT_LATENCY_MAX_MS: u64 = 300;
-/// A chat frame in a healthy room is answered within this (there and back, behind at most
-/// one other commit, then its own).
-pub const ANSWER_BOUND_HEALTHY_MS: u64 = 2 * CLIENT_LATENCY_MAX_MS + 2 * COMMIT_LATENCY_MAX_MS + 50;
-/// A chat frame in a room on faulty storage is answered within this (there and back,
-/// behind at most one other commit, then its own, each ending by the bound).
-pub const ANSWER_BOUND_FAULTY_MS: u64 = 2 * CLIENT_LATENCY_MAX_MS + 2 * COMMIT_BOUND_MS + 50;
+/// A chat frame in a healthy room is answered within this (there and back, held at most
+/// [`PIPELINE_WAIT_MAX_MS`] for its connection's limiter answers, behind at most one other
+/// commit, then its own).
+pub const ANSWER_BOUND_HEALTHY_MS: u64 =
+    2 * CLIENT_LATENCY_MAX_MS + PIPELINE_WAIT_MAX_MS + 2 * COMMIT_LATENCY_MAX_MS + 50;
+/// A chat frame in a room on faulty storage is answered within this (there and back, held
+/// at most [`PIPELINE_WAIT_MAX_MS`], behind at most one other commit, then its own, each
+/// ending by the bound).
+pub const ANSWER_BOUND_FAULTY_MS: u64 =
+    2 * CLIENT_LATENCY_MAX_MS + PIPELINE_WAIT_MAX_MS + 2 * COMMIT_BOUND_MS + 50;
 
 /// Storage faults of one room's storage, as they stand.
 #[derive(Debug, Clone, Default)]

@@ -293,6 +293,13 @@ pub fn misconfigured(setting: &'static str) -> Answer {
     Answer::text(500, format!("Server misconfigured: {setting} is not set."))
 }
 
+/// 500: a setting is present but unusable (an invalid key, a mode without a key): the body
+/// names the setting and gives core's reason (a [`KeyError`](crate::auth::KeyError) or
+/// [`ConfigError`](crate::auth::ConfigError)), never the setting's value.
+pub fn misconfigured_setting(setting: &str, reason: &dyn std::fmt::Display) -> Answer {
+    Answer::text(500, format!("Server misconfigured: {setting}: {reason}."))
+}
+
 /// 500: the runtime offers no secure randomness, so no private room id can be minted
 /// (there is deliberately no weaker fallback).
 pub fn no_secure_randomness() -> Answer {

@@ -84,18 +84,24 @@ impl Room {
     }
 
     /// When to call [`Room::handle_timeout`] next: the earliest token expiry among open
-    /// connections, if any.
+    /// connections, or the earliest limiter answer given up on while frames wait for it, if
+    /// any.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.sessions
+        let held = self.held_frames_timeout();
+        let expiry = self
+            .sessions
             .values()
             .filter(|session| session.phase != Phase::Closing)
             .filter_map(|session| session.identity.as_ref()?.expires_at)
-            .min()
+            .min();
+        expiry.into_iter().chain(held).min()
     }
 
-    /// Closes every connection whose token has expired by `now`; a joined user's `quit` is
-    /// broadcast to the others. Early or repeated calls are harmless.
+    /// Closes every connection whose token has expired by `now` (a joined user's `quit` is
+    /// broadcast to the others), and decides frames held for a limiter answer that is
+    /// overdue. Early or repeated calls are harmless.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.release_overdue(now);
         let expired: Vec<ConnId> = self
             .sessions
             .iter()
@@ -285,6 +291,29 @@ mod tests {
             ["persist 1"]
         );
         assert_eq!(room.identity(ConnId(2)).unwrap().role, Role::Read);
+    }
+
+    #[test]
+    fn an_evicted_room_says_when_it_must_wake_for_an_expiry() {
+        let auth = auth();
+        let config = RoomConfig {
+            auth: Some(auth.clone()),
+            ..RoomConfig::default()
+        };
+        let mut host = crate::host::RoomHost::new(config, 600_000);
+        host.restore(&[], std::iter::empty(), NOW).unwrap();
+        let identity = identity(&auth, &token("ada", "write", NOW_SECS + 60));
+        let room = host.room_mut(NOW).unwrap();
+        room.handle_connect_as(ConnId(1), "127.0.0.1".parse().unwrap(), Some(identity), NOW)
+            .unwrap();
+        text(room, 1, r#"{"name":"ada"}"#, NOW);
+        assert_eq!(host.wake_at(), None, "a resident room keeps its own timer");
+        host.request_eviction();
+        assert!(!host.is_resident());
+        let expires = Timestamp((NOW_SECS + 60) * 1_000 + LEEWAY_MS);
+        assert_eq!(host.wake_at(), Some(expires));
+        host.restore(&[], std::iter::empty(), NOW).unwrap();
+        assert_eq!(host.wake_at(), None);
     }
 
     #[test]

@@ -19,6 +19,11 @@
 //! # }
 //! ```
 //!
+//! # Identity and access
+//! The `auth_*` cases ([`auth`]) sign their own tokens with the target's HS256 secret and
+//! expect what the target's mode makes of them ([`Target::auth`]); run the suite once per
+//! configuration of the target, or only those cases (`--only auth_`) in the extra ones.
+//!
 //! # Rate limits
 //! Each client IP may take about four actions at once, then one every five seconds. A case
 //! gives each of its connections a fresh fake client IP in [`Target::client_ip_header`], so
@@ -27,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod cases;
 pub mod http;
 pub mod ws;
@@ -39,6 +45,7 @@ use anyhow::{anyhow, bail, Result};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
+pub use self::auth::{AuthMode, AuthSetup};
 pub use self::cases::cases;
 use self::http::{Response, Url};
 use self::ws::Client;
@@ -59,6 +66,8 @@ pub struct Target {
     /// A URL to `POST` (with the admin token as a bearer token) that makes every room
     /// hibernate now, while its sockets stay open.
     pub hibernate: Option<String>,
+    /// How the target checks identities; the `auth_*` cases expect what it makes of tokens.
+    pub auth: AuthSetup,
 }
 
 /// One conformance case.
@@ -154,6 +163,7 @@ impl Target {
             client_ip_header: None,
             admin_token: None,
             hibernate: None,
+            auth: AuthSetup::default(),
         }
     }
 

@@ -6,11 +6,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use edgechat_conformance::{cases, run_case, Outcome, Target, CASE_TIMEOUT};
+use edgechat_conformance::{cases, run_case, AuthMode, Outcome, Target, CASE_TIMEOUT};
 
 const USAGE: &str = "\
 usage: edgechat-conformance --base-url URL [--ip-header NAME] [--admin-token TOKEN]
                             [--hibernate-url URL] [--only NAME] [--timeout SECONDS] [--list]
+                            [--auth-mode MODE] [--auth-hs256-secret SECRET]
+                            [--allowed-origins ORIGINS] [--auth-token-rooms ROOMS]
 
   --base-url URL        the target, e.g. http://127.0.0.1:8787
   --ip-header NAME      a client-IP header the target trusts (CF-Connecting-IP on Workers);
@@ -20,7 +22,17 @@ usage: edgechat-conformance --base-url URL [--ip-header NAME] [--admin-token TOK
   --hibernate-url URL   POSTing here makes every room hibernate now
   --only NAME           run only the cases whose name contains NAME
   --timeout SECONDS     time limit per case (default 90)
-  --list                print the case names and exit";
+  --list                print the case names and exit
+  --auth-mode MODE      the target's identity mode: off (default), optional or required;
+                        the auth_* cases expect what it makes of tokens (in required mode
+                        the other cases cannot join: run them with --only auth_)
+  --auth-hs256-secret SECRET
+                        the HS256 secret the target verifies tokens with (the cases sign
+                        their own tokens with it)
+  --allowed-origins ORIGINS
+                        the target's origin allow-list, comma-separated
+  --auth-token-rooms ROOMS
+                        rooms (names, comma-separated) the target marks token-only";
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1).collect()) {
@@ -52,6 +64,14 @@ fn parse(argv: Vec<String>) -> Result<Option<Args>, String> {
             "--ip-header" => target.client_ip_header = Some(value()?),
             "--admin-token" => target.admin_token = Some(value()?),
             "--hibernate-url" => target.hibernate = Some(value()?),
+            "--auth-mode" => {
+                let mode = value()?;
+                target.auth.mode = AuthMode::from_name(&mode)
+                    .ok_or_else(|| format!("--auth-mode {mode:?}: off, optional or required"))?;
+            }
+            "--auth-hs256-secret" => target.auth.hs256_secret = Some(value()?),
+            "--auth-token-rooms" => target.auth.token_rooms = list(&value()?),
+            "--allowed-origins" => target.auth.allowed_origins = list(&value()?),
             "--only" => only = Some(value()?),
             "--timeout" => {
                 let seconds: u64 = value()?
@@ -120,4 +140,14 @@ fn run(args: Args) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// A comma-separated flag's entries, trimmed, without empty ones.
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(str::to_owned)
+        .collect()
 }

@@ -16,9 +16,6 @@ use serde_json::{json, Value};
 pub const ERROR_RATE_LIMITED: &str = edgechat_client::ERROR_RATE_LIMITED;
 /// How long a client waits for an expected frame.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long [`Client::chat`] keeps retrying a frame that was refused only because the
-/// session was still waiting for its limiter's answer.
-pub const CHAT_RETRY_FOR: Duration = Duration::from_secs(4);
 
 /// One text frame from the server: the exact text and its JSON.
 #[derive(Debug, Clone, PartialEq)]
@@ -327,22 +324,12 @@ impl Client {
     /// contains an error frame.
     pub async fn join_with(&mut self, join_frame: &Value, expected_name: &str) -> Result<Joined> {
         self.send_json(join_frame).await?;
-        let started = tokio::time::Instant::now();
         let mut frames: Vec<Frame> = Vec::new();
         loop {
             let frame = self
                 .next()
                 .await
                 .with_context(|| format!("{}: reading the join sequence", self.label))?;
-            if frame.error() == Some(ERROR_RATE_LIMITED)
-                && frames.is_empty()
-                && started.elapsed() < CHAT_RETRY_FOR
-            {
-                // Still waiting for the limiter's answer to an earlier frame: not counted.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                self.send_json(join_frame).await?;
-                continue;
-            }
             if let Some(error) = frame.error() {
                 bail!("{}: error during join: {error:?}", self.label);
             }
@@ -367,55 +354,42 @@ impl Client {
 
     /// Sends a chat message and waits for its own echo, which it returns.
     ///
-    /// Frames from others that arrive meanwhile stay queued for [`Client::next`]. A refusal
-    /// with the rate-limit error is retried for up to [`CHAT_RETRY_FOR`]: the protocol refuses
-    /// a session's frames while its limiter's answer to the previous one is outstanding, and
-    /// refused frames cost nothing. Callers keep within the burst (four actions per IP).
+    /// Frames from others that arrive meanwhile stay queued for [`Client::next`]. Callers
+    /// keep within the burst (four actions per IP): a frame sent while the limiter's answer
+    /// to the previous one is outstanding waits for it (PROTOCOL.md), so any error is a
+    /// failure.
     ///
     /// # Errors
-    /// On any other error frame, a close, or no echo.
+    /// On an error frame, a close, or no echo.
     pub async fn chat(&mut self, text: &str) -> Result<Frame> {
         let name = self
             .name
             .clone()
             .ok_or_else(|| anyhow!("{}: chat before join", self.label))?;
-        let started = tokio::time::Instant::now();
-        'send: loop {
-            self.send_json(&json!({ "message": text })).await?;
-            loop {
-                let event = self.read_socket(FRAME_TIMEOUT).await?.ok_or_else(|| {
-                    anyhow!(
-                        "{}: no echo of {text:?} within {FRAME_TIMEOUT:?}",
-                        self.label
-                    )
-                })?;
-                let Event::Text(frame) = event else {
-                    bail!(
-                        "{}: waiting for the echo of {text:?}, got {event}",
-                        self.label
-                    );
-                };
-                if frame.error() == Some(ERROR_RATE_LIMITED) {
-                    if started.elapsed() > CHAT_RETRY_FOR {
-                        bail!(
-                            "{}: still rate-limited after {CHAT_RETRY_FOR:?} (the case overspent its burst?)",
-                            self.label
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue 'send;
-                }
-                if let Some(error) = frame.error() {
-                    bail!("{}: sending {text:?} got error {error:?}", self.label);
-                }
-                if frame.is_chat()
-                    && frame.str("name") == Some(&name)
-                    && frame.str("message") == Some(text)
-                {
-                    return Ok(frame);
-                }
-                self.backlog.push_back(Event::Text(frame));
+        self.send_json(&json!({ "message": text })).await?;
+        loop {
+            let event = self.read_socket(FRAME_TIMEOUT).await?.ok_or_else(|| {
+                anyhow!(
+                    "{}: no echo of {text:?} within {FRAME_TIMEOUT:?}",
+                    self.label
+                )
+            })?;
+            let Event::Text(frame) = event else {
+                bail!(
+                    "{}: waiting for the echo of {text:?}, got {event}",
+                    self.label
+                );
+            };
+            if let Some(error) = frame.error() {
+                bail!("{}: sending {text:?} got error {error:?}", self.label);
             }
+            if frame.is_chat()
+                && frame.str("name") == Some(&name)
+                && frame.str("message") == Some(text)
+            {
+                return Ok(frame);
+            }
+            self.backlog.push_back(Event::Text(frame));
         }
     }
 
@@ -439,45 +413,42 @@ impl Client {
 
     /// Sends `outgoing` and returns the text of the error frame it draws.
     ///
-    /// Non-error frames that arrive meanwhile stay queued. A rate-limit error is retried
-    /// (as in [`Client::chat`]) unless `expected` accepts it.
+    /// Non-error frames that arrive meanwhile stay queued. The rate-limit error is a failure
+    /// unless `expected` accepts it: a frame sent while the limiter's answer to the previous
+    /// one is outstanding waits for it (PROTOCOL.md), so only a spent burst draws it.
     ///
     /// # Errors
-    /// If no error frame arrives, or the socket closes first.
+    /// If no error frame arrives, the socket closes first, or it is an unexpected rate-limit
+    /// error.
     pub async fn error_reply(
         &mut self,
         outgoing: &Outgoing,
         expected: impl Fn(&str) -> bool,
     ) -> Result<String> {
-        let started = tokio::time::Instant::now();
-        'send: loop {
-            match outgoing {
-                Outgoing::Text(text) => self.send_text(text).await?,
-                Outgoing::Binary(bytes) => self.send_binary(bytes).await?,
-            }
-            loop {
-                let event = self.read_socket(FRAME_TIMEOUT).await?.ok_or_else(|| {
-                    anyhow!(
-                        "{}: no error in answer to {outgoing:?} within {FRAME_TIMEOUT:?}",
-                        self.label
-                    )
-                })?;
-                let Event::Text(frame) = event else {
-                    bail!(
-                        "{}: waiting for an error answering {outgoing:?}, got {event}",
-                        self.label
-                    );
-                };
-                match frame.error() {
-                    Some(ERROR_RATE_LIMITED)
-                        if !expected(ERROR_RATE_LIMITED) && started.elapsed() < CHAT_RETRY_FOR =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue 'send;
-                    }
-                    Some(error) => return Ok(error.to_owned()),
-                    None => self.backlog.push_back(Event::Text(frame)),
-                }
+        match outgoing {
+            Outgoing::Text(text) => self.send_text(text).await?,
+            Outgoing::Binary(bytes) => self.send_binary(bytes).await?,
+        }
+        loop {
+            let event = self.read_socket(FRAME_TIMEOUT).await?.ok_or_else(|| {
+                anyhow!(
+                    "{}: no error in answer to {outgoing:?} within {FRAME_TIMEOUT:?}",
+                    self.label
+                )
+            })?;
+            let Event::Text(frame) = event else {
+                bail!(
+                    "{}: waiting for an error answering {outgoing:?}, got {event}",
+                    self.label
+                );
+            };
+            match frame.error() {
+                Some(ERROR_RATE_LIMITED) if !expected(ERROR_RATE_LIMITED) => bail!(
+                    "{}: {outgoing:?} was refused as rate limited within the burst",
+                    self.label
+                ),
+                Some(error) => return Ok(error.to_owned()),
+                None => self.backlog.push_back(Event::Text(frame)),
             }
         }
     }

@@ -90,6 +90,9 @@ pub(crate) enum RoomMsg {
     Hibernate { reply: oneshot::Sender<bool> },
     /// Finish outstanding writes, then answer and stop.
     Shutdown { reply: oneshot::Sender<()> },
+    /// Something was due when the room was evicted (a token expiry, see
+    /// `RoomHost::wake_at`): restore it and let it act.
+    Wake,
 }
 
 /// An answer to something the room asked for.
@@ -423,6 +426,11 @@ impl RoomTask {
                 let _ = reply.send(!self.host.is_resident());
             }
             RoomMsg::Shutdown { reply } => self.stopping.push(reply),
+            RoomMsg::Wake => {
+                if self.ensure_resident().await {
+                    self.host.handle_timeout(now());
+                }
+            }
         }
     }
 
@@ -693,6 +701,7 @@ impl RoomTask {
     /// Hands over: messages that raced with the retirement, and any that arrive meanwhile,
     /// go to a new task in order; the sockets stay in the registry as a dormant room.
     async fn retire(self, mut inbox: mpsc::Receiver<RoomMsg>) {
+        let wake_at = self.host.wake_at().filter(|_| !self.sockets.is_empty());
         self.rooms.registry.begin_retiring(self.id, &mut inbox);
         let mut leftovers = Vec::new();
         while let Some(msg) = inbox.recv().await {
@@ -723,5 +732,16 @@ impl RoomTask {
             .finish_retiring(id, dormant, leftovers, |start| {
                 spawn(rooms.clone(), id, start);
             });
+        if let Some(at) = wake_at {
+            // A dormant room has no task, so a timer wakes it when a token it holds expires.
+            // It holds the rooms weakly: a server shutting down is not kept alive by it.
+            let rooms = Arc::downgrade(&rooms);
+            tokio::spawn(async move {
+                sleep_until(Some(at)).await;
+                if let Some(rooms) = rooms.upgrade() {
+                    let _ = rooms.send(id, RoomMsg::Wake).await;
+                }
+            });
+        }
     }
 }

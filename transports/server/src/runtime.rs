@@ -91,7 +91,8 @@ pub struct RuntimeConfig {
     pub admin_token: Option<String>,
     /// Settings of the per-IP rate limiters.
     pub rate_limit: RateLimiterConfig,
-    /// Settings of every room.
+    /// Settings of every room. Its `limiter_may_wait` is turned off when `rate_limit`
+    /// never waits (a cost of 0), so that rooms ask the limiters nothing.
     pub room: RoomConfig,
     /// Interval between keepalive pings, in milliseconds.
     pub ping_interval_ms: u64,
@@ -223,7 +224,11 @@ impl Runtime {
             metrics: metrics.clone(),
             limiters,
             settings: RoomSettings {
-                room,
+                room: RoomConfig {
+                    // A limiter that never makes anyone wait is not asked at all.
+                    limiter_may_wait: room.limiter_may_wait && !rate_limit.never_waits(),
+                    ..room
+                },
                 auth: (auth.mode() != AuthMode::Off).then(|| auth.clone()),
                 idle_ms,
                 outbound_queue_len,

@@ -5,17 +5,29 @@
 //! client IP (the real limiter, default settings, applies to each), and has an admin token
 //! for publishing and forced hibernation. One more test runs every case against a server
 //! that hibernates rooms after 25 ms of idleness, so evictions also happen mid-case.
+//!
+//! The identity cases (`auth_*`) run once per auth mode (`auth_cases_mode_*`), each against a
+//! server configured that way: an HS256 secret, a token-free default, and an origin
+//! allow-list in optional mode.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use edgechat_conformance::{cases, run_case, Outcome, Target};
+use edgechat_conformance::{cases, run_case, AuthMode, AuthSetup, Outcome, Target};
+use edgechat_core::auth::{AuthConfig, TokenVerifier, VerifyingKeys};
+use edgechat_core::ids::{Namespace, ObjectId};
 use edgechat_server::{Config, Server};
 
 const ADMIN_TOKEN: &str = "conformance-admin-token";
 const IP_HEADER: &str = "CF-Connecting-IP";
 const CASE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The HS256 secret of the servers with auth on (the cases sign their tokens with it).
+const AUTH_SECRET: &str = "the conformance secret, 32 bytes or more";
+/// The allow-list of the optional-mode server.
+const ALLOWED_ORIGIN: &str = "https://chat.example";
+/// The token-only room of the optional-mode server.
+const TOKEN_ROOM: &str = "auth-token-only";
 
 /// A data directory removed when dropped.
 struct DataDir(PathBuf);
@@ -40,8 +52,28 @@ impl Drop for DataDir {
 }
 
 async fn start(idle_ms: Option<u64>) -> (Server, Target, DataDir) {
+    start_with(idle_ms, AuthSetup::default()).await
+}
+
+/// A server configured as `auth` says (the core's policy with the default leeway).
+async fn start_with(idle_ms: Option<u64>, auth: AuthSetup) -> (Server, Target, DataDir) {
     let dir = DataDir::new();
+    let mode = match auth.mode {
+        AuthMode::Off => edgechat_core::auth::AuthMode::Off,
+        AuthMode::Optional => edgechat_core::auth::AuthMode::Optional,
+        AuthMode::Required => edgechat_core::auth::AuthMode::Required,
+    };
+    let verifier = auth.hs256_secret.as_ref().map(|secret| {
+        TokenVerifier::new(VerifyingKeys::hs256(secret.as_bytes()).expect("a valid secret"))
+    });
+    let token_rooms: Vec<ObjectId> = auth
+        .token_rooms
+        .iter()
+        .map(|room| ObjectId::from_name(Namespace::Room, room))
+        .collect();
     let mut config = Config {
+        auth: AuthConfig::new(mode, verifier, token_rooms).expect("a valid policy"),
+        allowed_origins: auth.allowed_origins.clone(),
         data_path: dir.0.join("db"),
         listen: "127.0.0.1:0".parse().expect("a socket address"),
         trust_proxy_header: Some(IP_HEADER.into()),
@@ -58,6 +90,7 @@ async fn start(idle_ms: Option<u64>) -> (Server, Target, DataDir) {
         client_ip_header: Some(IP_HEADER.into()),
         admin_token: Some(ADMIN_TOKEN.into()),
         hibernate: Some(format!("http://{addr}/admin/hibernate")),
+        auth,
     };
     (server, target, dir)
 }
@@ -116,6 +149,7 @@ conformance_tests!(
     quit_when_joined_socket_closes,
     close_handshake_completed,
     rate_limit_rapid_frames,
+    frames_sent_back_to_back_within_the_burst_are_all_accepted,
     rate_limit_shared_across_rooms_and_connections,
     history_replays_newest_100,
     since_resumes_exactly,
@@ -140,9 +174,61 @@ conformance_tests!(
     client_ip_is_the_first_header_entry,
 );
 
+/// Runs every `auth_*` case against a server configured as `auth`; fails on any failure, and
+/// unless at least `passed_min` cases passed (the others skip: not for this mode).
+async fn run_auth_cases(auth: AuthSetup, passed_min: usize) {
+    let (server, target, _dir) = start_with(None, auth).await;
+    let (mut passed, mut failures) = (0, Vec::new());
+    for case in cases().iter().filter(|case| case.name.starts_with("auth_")) {
+        let outcome = run_case(case, &target, CASE_TIMEOUT).await;
+        println!("{} ... {outcome}", case.name);
+        match outcome {
+            Outcome::Passed => passed += 1,
+            Outcome::Skipped(_) => {}
+            Outcome::Failed(why) => failures.push(format!("{}: {why}", case.name)),
+        }
+    }
+    server.shutdown().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(passed >= passed_min, "only {passed} auth cases passed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_cases_mode_off() {
+    // Tokens are ignored, whatever signs them; no allow-list.
+    run_auth_cases(AuthSetup::default(), 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_cases_mode_optional() {
+    let auth = AuthSetup {
+        mode: AuthMode::Optional,
+        hs256_secret: Some(AUTH_SECRET.into()),
+        allowed_origins: vec![ALLOWED_ORIGIN.into()],
+        token_rooms: vec![TOKEN_ROOM.into()],
+    };
+    run_auth_cases(auth, 11).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_cases_mode_required() {
+    let auth = AuthSetup {
+        mode: AuthMode::Required,
+        hs256_secret: Some(AUTH_SECRET.into()),
+        allowed_origins: Vec::new(),
+        token_rooms: Vec::new(),
+    };
+    run_auth_cases(auth, 10).await;
+}
+
 #[test]
 fn every_case_has_a_test() {
-    let all: Vec<&str> = cases().iter().map(|case| case.name).collect();
+    // The auth cases run per mode, in the tests above.
+    let all: Vec<&str> = cases()
+        .iter()
+        .map(|case| case.name)
+        .filter(|name| !name.starts_with("auth_"))
+        .collect();
     let missing: Vec<&&str> = all.iter().filter(|name| !TESTED.contains(name)).collect();
     assert!(
         missing.is_empty(),

@@ -7,14 +7,19 @@
 //! - [`ChatRoom`] is one room per Durable Object, using the WebSocket Hibernation API (the
 //!   runtime keeps sockets open while the object is evicted; each socket carries the core's
 //!   attachment) and SQLite-backed storage;
-//! - [`RateLimiter`] is one object per client IP (`CF-Connecting-IP`);
+//! - [`RateLimiter`] is one object per client IP (`CF-Connecting-IP`), or per user when a
+//!   verified token names one;
 //! - [`Counter`] serves `/api/counter/<name>`.
+//!
+//! Identity and access (signed tokens, token-only rooms, the origin allow-list) are core's
+//! [`AuthConfig`](edgechat_core::auth::AuthConfig), built from the environment by [`auth`].
 //!
 //! This crate only translates: requests, socket events and clock readings become core
 //! inputs; core outputs become socket sends, storage transactions and calls to other objects.
 //! It builds only for `wasm32-unknown-unknown`, with `worker-build` (see `ci.sh`).
 
 // `#[durable_object]` generates public glue methods without docs; our own items are documented.
+mod auth;
 #[allow(missing_docs)]
 mod counter;
 #[allow(missing_docs)]
@@ -31,11 +36,11 @@ pub use room::ChatRoom;
 use std::cell::Cell;
 use std::net::IpAddr;
 
+use edgechat_core::auth::{bearer_token, token_from_query};
 use edgechat_core::counter::CounterOp;
 use edgechat_core::http::answer::{self, Answer};
 use edgechat_core::http::{self, Method, Route};
 use edgechat_core::ids::{IdSecret, Namespace, ObjectId, PRIVATE_ID_RANDOM_LEN_BYTES};
-use edgechat_core::limiter::limiter_id;
 use edgechat_core::Timestamp;
 use worker::{event, Context, Env, Request, RequestInit, Response, ResponseBuilder, Result};
 
@@ -151,6 +156,22 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             }
         },
         Route::RoomWebSocket(room) => {
+            let policy = match auth::policy(&env) {
+                Ok(policy) => policy,
+                Err(misconfigured) => return respond(misconfigured),
+            };
+            let origin = req.headers().get("Origin")?;
+            if let Err(refused) =
+                policy.check_origin(origin.as_deref(), &url.origin().ascii_serialization())
+            {
+                return respond(refused);
+            }
+            // Refused here, before any object wakes up; the room admits the token again to
+            // learn who the client is. The token is never logged.
+            let token = token_from_query(url.query());
+            if let Err(refused) = policy.admit(&room.id, token.as_deref(), now()) {
+                return respond(refused);
+            }
             // The room counts every frame against the client's limiter: without a known
             // client, refuse rather than let all such clients share one limiter.
             if client_ip(&req).is_none() {
@@ -159,6 +180,14 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             room_stub(&env, room.id)?.fetch_with_request(req).await
         }
         Route::RoomHistory(room, _) | Route::RoomPresence(room) => {
+            // Reads need what joining needs (every role reads), with a bearer token.
+            let admitted = auth::policy(&env).and_then(|policy| {
+                let authorization = req.headers().get("Authorization").ok().flatten();
+                policy.admit(&room.id, bearer_token(authorization.as_deref()), now())
+            });
+            if let Err(refused) = admitted {
+                return respond(refused);
+            }
             room_stub(&env, room.id)?.fetch_with_request(req).await
         }
         Route::RoomPublish(room) => {
@@ -222,9 +251,10 @@ fn room_stub(env: &Env, id: ObjectId) -> Result<worker::Stub> {
         .get_stub()
 }
 
-/// The stub of `ip`'s rate limiter.
-pub(crate) fn limiter_stub(env: &Env, ip: IpAddr) -> Result<worker::Stub> {
+/// The stub of rate limiter `id` (an IP's or a user's, see
+/// [`limiter_id_for`](edgechat_core::limiter::limiter_id_for)).
+pub(crate) fn limiter_stub(env: &Env, id: ObjectId) -> Result<worker::Stub> {
     env.durable_object(LIMITERS_BINDING)?
-        .id_from_name(&limiter_id(ip).to_hex())?
+        .id_from_name(&id.to_hex())?
         .get_stub()
 }

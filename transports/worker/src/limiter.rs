@@ -30,6 +30,20 @@ pub struct RateLimiter {
 /// `[env.bench]` sets 0, so that nobody ever waits). Unset means the core's default.
 const COST_MS_VAR: &str = "RATE_LIMIT_COST_MS";
 
+/// The limiters' settings: core's defaults, with the cost overridden by [`COST_MS_VAR`].
+/// Rooms read it too: a limiter that never waits is not asked at all.
+pub(crate) fn limiter_config(env: &Env) -> RateLimiterConfig {
+    let mut config = RateLimiterConfig::default();
+    if let Some(cost_ms) = env
+        .var(COST_MS_VAR)
+        .ok()
+        .and_then(|v| v.to_string().parse().ok())
+    {
+        config.cost_ms = cost_ms;
+    }
+    config
+}
+
 /// The limiter in memory, and the state that storage holds.
 struct Resident {
     limiter: CoreLimiter,
@@ -41,17 +55,9 @@ impl DurableObject for RateLimiter {
         if let Err(error) = sql::ensure_schema(&state.storage()) {
             worker::console_error!("rate limiter: cannot create its table: {error}");
         }
-        let mut config = RateLimiterConfig::default();
-        if let Some(cost_ms) = env
-            .var(COST_MS_VAR)
-            .ok()
-            .and_then(|v| v.to_string().parse().ok())
-        {
-            config.cost_ms = cost_ms;
-        }
         RateLimiter {
             state,
-            config,
+            config: limiter_config(&env),
             resident: RefCell::new(None),
         }
     }

@@ -24,6 +24,15 @@
 //! only if its bytes changed. The event that drains also awaits the rate limiters' answers
 //! and feeds them back (another drain); while it awaits, the next turn may start.
 //!
+//! # Identity
+//! A client the Worker admitted with a token is admitted again here (core's
+//! [`AuthConfig::admit`](edgechat_core::auth::AuthConfig::admit), so the Worker passes no
+//! identity the client could forge) and joins with
+//! [`Room::handle_connect_as`]. Its identity lives in the core's attachment, so it survives
+//! hibernation. The earliest token expiry among the sockets ([`Room::poll_timeout`]) is the
+//! object's alarm: the alarm wakes the object even when it was evicted, the room is rebuilt
+//! from the attachments, and [`Room::handle_timeout`] closes the expired sockets (4001).
+//!
 //! # Durability before visibility
 //! A batch is committed before the room hears it is durable and broadcasts its messages; the
 //! runtime's output gate additionally holds those sends until the write is confirmed on
@@ -34,14 +43,17 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use edgechat_core::auth::{token_from_query, Access, AuthMode, Identity};
 use edgechat_core::http::answer;
 use edgechat_core::http::{HistoryQuery, PublishBody};
-use edgechat_core::limiter::VerdictRequest;
+use edgechat_core::ids::{IdSecret, ObjectId};
+use edgechat_core::limiter::{limiter_id_for, VerdictRequest};
 use edgechat_core::protocol::{
     CLOSE_FRAME_TOO_LARGE, CLOSE_REASON_FRAME_TOO_LARGE, WS_MESSAGE_LEN_MAX_BYTES,
 };
-use edgechat_core::room::{ConnId, Output, PublishId, Room, RoomConfig, RoomError};
+use edgechat_core::room::{ConnId, Output, PublishId, Room, RoomAuth, RoomConfig, RoomError};
 use edgechat_core::storage::Write;
+use edgechat_core::Timestamp;
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
 use worker::{
@@ -49,7 +61,7 @@ use worker::{
     WebSocketIncomingMessage, WebSocketPair,
 };
 
-use crate::socket::{self, close_lost, conn_of, CONN_TAG_PREFIX};
+use crate::socket::{self, close_lost, conn_of, room_of, CONN_TAG_PREFIX, ROOM_TAG_PREFIX};
 use crate::{client_ip, limiter_stub, now, random_bytes, respond, sql};
 
 /// The variable that names the end-to-end test's storage fault (see
@@ -71,6 +83,10 @@ pub struct ChatRoom {
     /// Publishes that are settled, until their request reads them: the message id, or
     /// `None` if its write failed.
     published: RefCell<BTreeMap<PublishId, Option<u64>>>,
+    /// The core id of this room (the object's name), once known: token grants name rooms.
+    room: Cell<Option<ObjectId>>,
+    /// The alarm this object set last (a token expiry), while it is in memory.
+    alarm_at: Cell<Option<Timestamp>>,
 }
 
 /// The room in memory, its sockets, and what their attachments hold.
@@ -91,6 +107,11 @@ impl DurableObject for ChatRoom {
             .ok()
             .map(|v| v.to_string())
             .filter(|v| !v.is_empty());
+        // The Worker names each room object by the hex form of the room's core id.
+        let room = state
+            .id()
+            .name()
+            .and_then(|name| ObjectId::parse_hex(&name).ok());
         ChatRoom {
             state,
             env,
@@ -99,12 +120,17 @@ impl DurableObject for ChatRoom {
             turn_open: Cell::new(false),
             fail_writes_containing,
             published: RefCell::new(BTreeMap::new()),
+            room: Cell::new(room),
+            alarm_at: Cell::new(None),
         }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
         // The Worker routed and checked this request; the last segment says what it is.
         let url = req.url()?;
+        if self.room.get().is_none() {
+            self.room.set(room_in_path(&self.env, url.path()));
+        }
         let action = url.path().rsplit('/').next().unwrap_or("").to_owned();
         match action.as_str() {
             "websocket" => self.accept_socket(&req).await,
@@ -186,6 +212,22 @@ impl DurableObject for ChatRoom {
         self.closed(&ws)?;
         self.finish_turn(false).await
     }
+
+    /// A token expiry is due: the room (rebuilt from the attachments if the object was
+    /// evicted) closes every socket whose token has expired.
+    async fn alarm(&self) -> Result<Response> {
+        self.alarm_at.set(None);
+        if self.state.get_websockets().is_empty() && self.resident.borrow().is_none() {
+            return Response::empty();
+        }
+        let at = now();
+        let _ = self.input(None, |room| {
+            room.handle_timeout(at);
+            Ok::<(), std::convert::Infallible>(())
+        })?;
+        self.finish_turn(true).await?;
+        Response::empty()
+    }
 }
 
 impl ChatRoom {
@@ -195,14 +237,57 @@ impl ChatRoom {
         let Some(ip) = client_ip(req) else {
             return respond(answer::client_unknown());
         };
+        let identity = match self.admit(req) {
+            Ok(identity) => identity,
+            Err(refused) => return respond(refused),
+        };
         let pair = WebSocketPair::new()?;
-        self.register(&pair.server, ip)?;
+        self.register(&pair.server, ip, identity)?;
         self.finish_turn(false).await?;
         Response::from_websocket(pair.client)
     }
 
+    /// Who the client of an upgrade is: core's decision on the token of its URL (the Worker
+    /// already refused the clients core refuses; a token that expired since is refused here).
+    fn admit(&self, req: &Request) -> std::result::Result<Option<Identity>, answer::Answer> {
+        let policy = crate::auth::policy(&self.env)?;
+        if policy.auth.mode() == AuthMode::Off {
+            return Ok(None);
+        }
+        let Some(room) = self.room.get() else {
+            // Never expected: the object is named by the room's id.
+            worker::console_error!("room: its id is unknown; refusing a token");
+            return Err(answer::unavailable());
+        };
+        let url = req.url().map_err(|_| answer::unavailable())?;
+        let token = token_from_query(url.query());
+        match policy.admit(&room, token.as_deref(), now())? {
+            Access::Anonymous => Ok(None),
+            Access::User(identity) => Ok(Some(identity)),
+        }
+    }
+
+    /// The room's core settings: the defaults, with the access policy aimed at this room
+    /// when auth is on (refreshed tokens are checked with it).
+    fn room_config(&self) -> RoomConfig {
+        let mut config = RoomConfig {
+            // A limiter that never makes anyone wait is not asked at all.
+            limiter_may_wait: !crate::limiter::limiter_config(&self.env).never_waits(),
+            ..RoomConfig::default()
+        };
+        let policy = crate::auth::policy(&self.env).ok();
+        let auth = policy.filter(|policy| policy.auth.mode() != AuthMode::Off);
+        if let (Some(policy), Some(room)) = (auth, self.room.get()) {
+            config.auth = Some(RoomAuth {
+                config: policy.auth.clone(),
+                room,
+            });
+        }
+        config
+    }
+
     /// Registers `server` and hands the room its connect.
-    fn register(&self, server: &WebSocket, ip: IpAddr) -> Result<()> {
+    fn register(&self, server: &WebSocket, ip: IpAddr, identity: Option<Identity>) -> Result<()> {
         let at = now();
         let mut slot = self.resident.borrow_mut();
         let resident = self.ensure_resident(&mut slot, None)?;
@@ -213,12 +298,18 @@ impl ChatRoom {
             }
         };
         let tag = format!("{CONN_TAG_PREFIX}{}", conn.0);
-        self.state
-            .accept_websocket_with_tags(server, &[tag.as_str()]);
+        // The room's id rides along too, for a runtime that does not give objects their name.
+        let room_tag = self
+            .room
+            .get()
+            .map(|room| format!("{ROOM_TAG_PREFIX}{}", room.to_hex()));
+        let mut tags = vec![tag.as_str()];
+        tags.extend(room_tag.as_deref());
+        self.state.accept_websocket_with_tags(server, &tags);
         resident.sockets.insert(conn, server.clone());
         resident
             .room
-            .handle_connect(conn, ip, at)
+            .handle_connect_as(conn, ip, identity, at)
             .map_err(|e| worker::Error::RustError(e.to_string()))
     }
 
@@ -286,7 +377,34 @@ impl ChatRoom {
         worker::Delay::from(Duration::ZERO).await;
         self.turn_open.set(false);
         let asks = self.drain()?;
-        self.settle(asks).await
+        self.settle(asks).await?;
+        self.schedule_expiry().await
+    }
+
+    /// Sets the alarm to the room's next timeout (a token expiry, or a held frame's longest
+    /// wait), unless one is set already for that time or earlier. An alarm left from a
+    /// timeout that no longer applies (a refresh, a close, an answer that came) only wakes
+    /// the object once for nothing, and the alarm is then set again; this keeps a storage
+    /// write for the alarm off the path of most messages.
+    async fn schedule_expiry(&self) -> Result<()> {
+        let next = self
+            .resident
+            .borrow()
+            .as_ref()
+            .and_then(|r| r.room.poll_timeout());
+        let Some(next) = next else {
+            return Ok(());
+        };
+        if self.alarm_at.get().is_some_and(|set| set <= next) {
+            return Ok(());
+        }
+        let date = js_sys::Date::new(&JsValue::from_f64(next.0 as f64));
+        self.state
+            .storage()
+            .set_alarm(worker::ScheduledTime::new(date))
+            .await?;
+        self.alarm_at.set(Some(next));
+        Ok(())
     }
 
     /// Reads the resident room (restoring it first if needed).
@@ -308,9 +426,16 @@ impl ChatRoom {
     }
 
     fn restore(&self, event_ws: Option<&WebSocket>) -> Result<Resident> {
-        let config = RoomConfig::default();
-        let stored = sql::list(&self.state.storage(), config.restore_query())?;
         let mut all = self.state.get_websockets();
+        if self.room.get().is_none() {
+            self.room.set(
+                all.iter()
+                    .chain(event_ws)
+                    .find_map(|ws| room_of(&self.state, ws)),
+            );
+        }
+        let config = self.room_config();
+        let stored = sql::list(&self.state.storage(), config.restore_query())?;
         // A socket whose close is being delivered may no longer be listed.
         if let Some(ws) = event_ws {
             if let Some(conn) = conn_of(&self.state, ws) {
@@ -360,7 +485,7 @@ impl ChatRoom {
     /// Carries out the room's outputs until it has none, then writes the attachments that
     /// changed (each once, before anything is awaited, so that an eviction during the await
     /// finds them current); returns the limiter questions.
-    fn drain(&self) -> Result<Vec<(VerdictRequest, IpAddr)>> {
+    fn drain(&self) -> Result<Vec<(VerdictRequest, ObjectId)>> {
         let mut slot = self.resident.borrow_mut();
         let resident = self.ensure_resident(&mut slot, None)?;
         let mut asks = Vec::new();
@@ -415,7 +540,12 @@ impl ChatRoom {
                 Output::SetAttachment { conn, attachment } => {
                     attachments.insert(conn, attachment);
                 }
-                Output::AskRateLimiter { request, ip } => asks.push((request, ip)),
+                Output::AskRateLimiter { request, ip } => {
+                    // A known user's actions count against the user's limiter, wherever from.
+                    let user = resident.room.identity(request.conn);
+                    let limiter = limiter_id_for(user.map(|identity| identity.sub.as_str()), ip);
+                    asks.push((request, limiter));
+                }
                 Output::Published { request, id } => {
                     self.published.borrow_mut().insert(request, Some(id));
                 }
@@ -446,12 +576,12 @@ impl ChatRoom {
     }
 
     /// Asks the rate limiters, feeds their verdicts back, and repeats until nothing is asked.
-    async fn settle(&self, mut asks: Vec<(VerdictRequest, IpAddr)>) -> Result<()> {
+    async fn settle(&self, mut asks: Vec<(VerdictRequest, ObjectId)>) -> Result<()> {
         while !asks.is_empty() {
             let answers = futures_util::future::join_all(
                 std::mem::take(&mut asks)
                     .into_iter()
-                    .map(|(request, ip)| self.ask(request, ip)),
+                    .map(|(request, limiter)| self.ask(request, limiter)),
             )
             .await;
             {
@@ -467,11 +597,15 @@ impl ChatRoom {
         Ok(())
     }
 
-    /// One action against `ip`'s limiter; `None` if it could not be asked (the core asks
+    /// One action against limiter `limiter`; `None` if it could not be asked (the core asks
     /// again after its verdict timeout, which only makes the limit stricter).
-    async fn ask(&self, request: VerdictRequest, ip: IpAddr) -> Option<(VerdictRequest, u64)> {
+    async fn ask(
+        &self,
+        request: VerdictRequest,
+        limiter: ObjectId,
+    ) -> Option<(VerdictRequest, u64)> {
         let answer = async {
-            let mut response = limiter_stub(&self.env, ip)?
+            let mut response = limiter_stub(&self.env, limiter)?
                 .fetch_with_str("https://limiter.invalid/action")
                 .await?;
             #[derive(Deserialize)]
@@ -484,9 +618,17 @@ impl ChatRoom {
         match answer.await {
             Ok(wait_ms) => Some((request, wait_ms)),
             Err(error) => {
-                worker::console_error!("room: rate limiter for {ip} did not answer: {error}");
+                worker::console_error!("room: rate limiter {limiter} did not answer: {error}");
                 None
             }
         }
     }
+}
+
+/// The core id of the room in a forwarded request's path (`/api/room/<room>/<action>`), for
+/// a runtime that does not give objects their name.
+fn room_in_path(env: &Env, path: &str) -> Option<ObjectId> {
+    let segment = path.strip_prefix("/api/room/")?.split('/').next()?;
+    let secret = crate::env_string(env, crate::ID_SECRET_NAME)?;
+    edgechat_core::http::room_id(segment, &IdSecret::new(secret.into_bytes())).ok()
 }

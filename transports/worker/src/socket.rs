@@ -4,6 +4,7 @@
 //! that holds the core's attachment bytes. Frames are converted to JavaScript strings once
 //! and the same string is handed to every recipient's `send`.
 
+use edgechat_core::ids::ObjectId;
 use edgechat_core::protocol::{CLOSE_INTERNAL_ERROR, CLOSE_REASON_STATE_LOST};
 use edgechat_core::room::ConnId;
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,8 @@ use worker::{web_sys, Result, State, WebSocket};
 
 /// Prefix of the socket tag that carries the connection id.
 pub(crate) const CONN_TAG_PREFIX: &str = "conn:";
+/// Prefix of the socket tag that carries the room's core id (hex).
+pub(crate) const ROOM_TAG_PREFIX: &str = "room:";
 /// The version of [`SocketAttachment`].
 const ATTACHMENT_VERSION: u8 = 1;
 
@@ -49,6 +52,14 @@ pub(crate) fn conn_of(state: &State, ws: &WebSocket) -> Option<ConnId> {
         .iter()
         .find_map(|tag| tag.strip_prefix(CONN_TAG_PREFIX)?.parse().ok())
         .map(ConnId)
+}
+
+/// The room id in a socket's tag.
+pub(crate) fn room_of(state: &State, ws: &WebSocket) -> Option<ObjectId> {
+    state
+        .get_tags(ws)
+        .iter()
+        .find_map(|tag| ObjectId::parse_hex(tag.strip_prefix(ROOM_TAG_PREFIX)?).ok())
 }
 
 /// The core's attachment bytes that `ws` carries, if readable.
