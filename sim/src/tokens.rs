@@ -18,7 +18,7 @@
 //! - `auth-grant`: no message sent on a connection whose grant is `read` is ever written or
 //!   seen by a client.
 //! - `auth-valid-not-cut-off`: no connection is closed 4001 while its newest accepted token
-//!   is valid on the room's clock, and no valid refresh is refused as expired.
+//!   is valid on the room's clock, and no valid refresh is refused (but for the rate limit).
 //! - `auth-expired-closed`: a connection whose token expired (beyond the leeway) without a
 //!   refresh is closed 4001 within [`EXPIRY_CLOSE_BOUND_MS`] of the room's clock reaching
 //!   the expiry.
@@ -413,7 +413,8 @@ pub fn judge_admission(
 }
 
 /// The room answered a refresh of `conn` with `token`: `Ok` it took it, `Err` it refused
-/// with this error. Returns the generation to watch if the token was taken.
+/// with this error (never the rate limit's, which says nothing about the token). Returns
+/// the generation to watch if the token was taken.
 pub fn judge_refresh(
     w: &mut World,
     conn: ConnId,
@@ -429,7 +430,8 @@ pub fn judge_refresh(
     let access = tokens.conns.get(&conn)?;
     let minted = tokens.minted.get(token)?;
     let valid_until = tokens.valid_until(minted);
-    let valid = now < valid_until && minted.client == access.client;
+    let valid =
+        now < valid_until && minted.client == access.client && minted.grant != Grant::Nothing;
     let client = access.client;
     match answer {
         Ok(()) if !valid => {
@@ -446,9 +448,9 @@ pub fn judge_refresh(
             access.generation += 1;
             Some(access.generation)
         }
-        Err(error) if valid && error == AuthError::Expired.to_string() => {
+        Err(error) if valid => {
             let detail = format!(
-                "u{client} {conn:?}: refresh valid until {} refused as expired at {}",
+                "u{client} {conn:?}: refresh valid until {} refused at {} ({error})",
                 valid_until.0, now.0
             );
             w.violate("auth-valid-not-cut-off", detail);
