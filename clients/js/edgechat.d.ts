@@ -4,6 +4,10 @@
 export declare const ERROR_RATE_LIMITED: string;
 /** The server's refusal while too many messages wait for storage. */
 export declare const ERROR_ROOM_BUSY: string;
+/** The close code of a connection whose token expired without a refresh (4001). */
+export declare const CLOSE_TOKEN_EXPIRED: number;
+/** A JWT's `exp` in milliseconds, read without verifying (only to schedule refreshes). */
+export declare function tokenExpiryMs(token: string | undefined): number | undefined;
 
 /** Where a client stands. */
 export type ConnectionState = "connecting" | "live" | "reconnecting" | "closed";
@@ -25,10 +29,20 @@ export interface ConnectOptions {
   room: string;
   /** The user name; the server makes an empty one `anonymous`. */
   name?: string;
-  /** Put on the WebSocket URL (and the HTTP requests) as `?token=...`. */
+  /**
+   * A signed token (JWT): put on the WebSocket URL as `?token=...`, sent to history and
+   * presence as `Authorization: Bearer`. Without `getToken`, its expiry (close 4001) closes
+   * the client for good (`error` with `fatal: true`).
+   */
   token?: string;
-  /** Called before every (re)connect and HTTP request; its answer replaces `token`. */
+  /**
+   * Called before every (re)connect and HTTP request, and before the connection's token
+   * expires (see `refreshBeforeMs`): its answer replaces `token`, and a fresh one is sent
+   * to the open connection as `{"token": ...}`.
+   */
   getToken?: () => string | undefined | null | Promise<string | undefined | null>;
+  /** With `getToken`: refresh this long before the token's `exp` (or at half its remaining life if shorter). Default 60000. */
+  refreshBeforeMs?: number;
   /** Resume after this id on the first join (e.g. an id the application stored). */
   since?: number;
   /** The WebSocket constructor, for runtimes without a global one. */
@@ -67,12 +81,17 @@ export interface RoomEvents {
   ready: { recovered: boolean | undefined; resumed: boolean };
   /** The server could not replay everything after `since`: messages were missed. */
   gap: { since: number };
-  /** A server error not tied to a send, or a fatal one (then the client is closed). */
-  error: { message: string; fatal: boolean };
+  /**
+   * A server error not tied to a send, or a fatal one (then the client is closed). `code`
+   * is the close code that ended it, when that says why: `CLOSE_TOKEN_EXPIRED`.
+   */
+  error: { message: string; fatal: boolean; code?: number };
   /** A send was refused by the rate limiter (or a busy room) and will be retried. */
   ratelimited: { message: string; retryInMs: number };
   /** A reconnect is scheduled in `delayMs` (for a countdown). */
   reconnect: { attempt: number; delayMs: number };
+  /** The server took a fresh token for the open connection; `expiresAt` is its `exp` in ms. */
+  refreshed: { expiresAt: number | undefined };
   state: { state: ConnectionState; previous: ConnectionState; reason?: string };
 }
 
@@ -84,8 +103,10 @@ export declare class EdgechatEvent<T = unknown> extends Event {
 
 /** A server refusal (`server: true`, the message is the server's text) or a send given up. */
 export declare class EdgechatError extends Error {
-  constructor(message: string, options?: { server?: boolean });
+  constructor(message: string, options?: { server?: boolean; status?: number });
   readonly server: boolean;
+  /** The HTTP status of a refused request (history, presence); undefined otherwise. */
+  readonly status: number | undefined;
 }
 
 export declare class RoomClient extends EventTarget {

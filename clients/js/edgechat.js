@@ -24,6 +24,12 @@ export const ERROR_RATE_LIMITED = "Your IP is being rate-limited, please try aga
 export const ERROR_ROOM_BUSY = "Room is busy, please try again later.";
 /** The WebSocket close code for a name the server refuses (while joining) or a frame over its size limit. */
 const CLOSE_TOO_BIG = 1009;
+/** The WebSocket close code for a connection whose token expired without a refresh. */
+export const CLOSE_TOKEN_EXPIRED = 4001;
+/** The soonest a token refresh is tried again, whatever the token's lifetime. */
+const REFRESH_MIN_MS = 1_000;
+/** setTimeout's largest delay. */
+const TIMER_MAX_MS = 2 ** 31 - 1;
 
 const DEFAULTS = {
   reconnectInitialMs: 500,
@@ -39,6 +45,9 @@ const DEFAULTS = {
   joinTimeoutMs: 30_000,
   maxQueuedSends: 1_000,
   closeTimeoutMs: 2_000,
+  // With `getToken`, a fresh token is sent this long before the current one's `exp` (or at
+  // half its remaining life, if that is shorter).
+  refreshBeforeMs: 60_000,
 };
 
 /** An event whose payload is `detail` (CustomEvent is not global in every runtime). */
@@ -52,11 +61,13 @@ export class EdgechatEvent extends Event {
 
 /** A refusal from the server (its `{"error": ...}` text), or a send the client gave up on. */
 export class EdgechatError extends Error {
-  /** @param {string} message @param {{ server?: boolean }} [options] */
+  /** @param {string} message @param {{ server?: boolean, status?: number }} [options] */
   constructor(message, options = {}) {
     super(message);
     this.name = "EdgechatError";
     this.server = Boolean(options.server);
+    /** The HTTP status of a refused request (history, presence); undefined otherwise. */
+    this.status = options.status;
   }
 }
 
@@ -151,6 +162,24 @@ export class RoomClient extends EventTarget {
    * @type {Joining | null}
    */
   #joining = null;
+  /**
+   * The token the server holds for this connection (the URL's, or the last refreshed).
+   * @type {string | undefined}
+   */
+  #sessionToken = undefined;
+  /** @type {Timer} */
+  #refreshTimer = undefined;
+  /**
+   * A fresh token waiting to be sent: it goes out when no chat frame is in flight.
+   * @type {string | null}
+   */
+  #refreshPending = null;
+  /**
+   * A token frame sent and not answered yet: no chat frame goes out meanwhile, so that the
+   * server's answer (`refreshed`, or an error) cannot be taken for a send's.
+   * @type {string | null}
+   */
+  #refreshInFlight = null;
 
   /** @param {import("./edgechat.js").ConnectOptions} options */
   constructor(options) {
@@ -284,13 +313,15 @@ export class RoomClient extends EventTarget {
   async #getJson(endpoint, query) {
     if (typeof this.#fetch !== "function") throw new TypeError("no fetch in this runtime; pass the `fetch` option");
     const token = await this.#token();
-    if (token) query.set("token", token);
     const base = baseUrl(this.#options.url, "https:", "http:");
     const search = query.toString();
     const url = `${base}/api/room/${encodeURIComponent(this.#options.room)}/${endpoint}${search ? "?" + search : ""}`;
-    const response = await this.#fetch(url);
+    // Reads take the token as a bearer credential (PROTOCOL.md), never on the URL.
+    const response = await this.#fetch(url, token ? { headers: { authorization: `Bearer ${token}` } } : undefined);
     const text = await response.text();
-    if (!response.ok) throw new EdgechatError(text.trim() || `HTTP ${response.status}`, { server: true });
+    if (!response.ok) {
+      throw new EdgechatError(text.trim() || `HTTP ${response.status}`, { server: true, status: response.status });
+    }
     return JSON.parse(text);
   }
 
@@ -320,6 +351,7 @@ export class RoomClient extends EventTarget {
       const base = baseUrl(this.#options.url, "wss:", "ws:");
       url = `${base}/api/room/${encodeURIComponent(this.#options.room)}/websocket`;
       if (token) url += `?token=${encodeURIComponent(token)}`;
+      this.#sessionToken = token;
     } catch (error) {
       this.#emit("error", { message: `getToken failed: ${describe(error)}`, fatal: false });
       this.#scheduleReconnect();
@@ -372,6 +404,8 @@ export class RoomClient extends EventTarget {
     const joining = this.#joining;
     if (typeof data.error === "string") {
       this.#onError(ws, data.error);
+    } else if (data.refreshed === true) {
+      this.#onRefreshed();
     } else if (typeof data.joined === "string") {
       if (joining) {
         // The last `joined` before `ready` is our own, with our name as the server has it.
@@ -428,6 +462,54 @@ export class RoomClient extends EventTarget {
     this.#setState("live");
     this.#emit("roster", { roster: this.roster, counts: this.rosterCounts });
     this.#emit("ready", { recovered: this.#recovered, resumed });
+    this.#scheduleRefresh();
+    this.#pump();
+  }
+
+  /**
+   * With `getToken`, sets the timer that fetches a fresh token before the connection's
+   * token expires. The token's `exp` is read only to schedule this; the server decides
+   * whether a token is valid.
+   */
+  #scheduleRefresh() {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = undefined;
+    if (typeof this.#options.getToken !== "function" || this.#state !== "live") return;
+    const expiresAt = tokenExpiryMs(this.#sessionToken);
+    if (expiresAt === undefined) return;
+    const left = expiresAt - Date.now();
+    const before = this.#options.refreshBeforeMs;
+    const wanted = left > 2 * before ? left - before : left / 2;
+    const delay = Math.min(TIMER_MAX_MS, Math.max(REFRESH_MIN_MS, Math.round(wanted)));
+    this.#refreshTimer = setTimeout(() => { this.#refreshTimer = undefined; void this.#refresh(); }, delay);
+  }
+
+  /** Asks `getToken` for a fresh token and queues it for the connection. */
+  async #refresh() {
+    const ws = this.#ws;
+    let fresh;
+    try {
+      fresh = await this.#token();
+    } catch (error) {
+      this.#emit("error", { message: `getToken failed: ${describe(error)}`, fatal: false });
+    }
+    if (this.#ws !== ws || this.#state !== "live") return;
+    if (!fresh || fresh === this.#sessionToken) {
+      // Nothing newer yet: ask again later (still before the expiry if there is time).
+      this.#scheduleRefresh();
+      return;
+    }
+    this.#refreshPending = fresh;
+    this.#pump();
+  }
+
+  #onRefreshed() {
+    const token = this.#refreshInFlight;
+    if (token === null) return;
+    this.#refreshInFlight = null;
+    this.#sessionToken = token;
+    this.#emit("refreshed", { expiresAt: tokenExpiryMs(token) });
+    this.#scheduleRefresh();
     this.#pump();
   }
 
@@ -465,6 +547,14 @@ export class RoomClient extends EventTarget {
       this.#shutdown(text);
       return;
     }
+    if (this.#refreshInFlight !== null) {
+      // No chat frame is in flight with a token frame: the refusal is the refresh's. The
+      // connection lives until the current token expires, then reconnects with getToken's.
+      this.#refreshInFlight = null;
+      this.#emit("error", { message: `Token refresh refused: ${text}`, fatal: false });
+      this.#pump();
+      return;
+    }
     const head = this.#queue[0];
     if (!head || head.sentOn !== ws) {
       this.#emit("error", { message: text, fatal: false });
@@ -495,8 +585,14 @@ export class RoomClient extends EventTarget {
   #pump() {
     const ws = this.#ws;
     const head = this.#queue[0];
-    if (!head || this.#state !== "live" || !ws || ws.readyState !== 1) return;
-    if (head.sentOn || head.maybeStored || this.#retryTimer) return;
+    if (this.#state !== "live" || !ws || ws.readyState !== 1 || this.#refreshInFlight !== null) return;
+    if (this.#refreshPending !== null && !(head && head.sentOn === ws)) {
+      this.#refreshInFlight = this.#refreshPending;
+      this.#refreshPending = null;
+      ws.send(JSON.stringify({ token: this.#refreshInFlight }));
+      return;
+    }
+    if (!head || head.sentOn || head.maybeStored || this.#retryTimer) return;
     head.sentOn = ws;
     head.idAtSend = this.#lastId;
     ws.send(JSON.stringify({ message: head.text }));
@@ -519,6 +615,7 @@ export class RoomClient extends EventTarget {
     const wasJoining = this.#joining !== null;
     this.#ws = null;
     this.#joining = null;
+    this.#clearRefresh();
     clearTimeout(this.#joinTimer);
     this.#clearSendTimer();
     clearTimeout(this.#retryTimer);
@@ -541,7 +638,21 @@ export class RoomClient extends EventTarget {
       this.#shutdown(message);
       return;
     }
+    if (code === CLOSE_TOKEN_EXPIRED && typeof this.#options.getToken !== "function") {
+      // The same token again would be refused: only the application can sign in anew.
+      const message = reason || "Token expired.";
+      this.#emit("error", { message, fatal: true, code });
+      this.#shutdown(message);
+      return;
+    }
     this.#scheduleReconnect();
+  }
+
+  #clearRefresh() {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = undefined;
+    this.#refreshPending = null;
+    this.#refreshInFlight = null;
   }
 
   /** Full jitter: a uniform wait in [0, min(max, initial * 2^attempt)). */
@@ -573,6 +684,7 @@ export class RoomClient extends EventTarget {
     clearTimeout(this.#retryTimer);
     clearTimeout(this.#joinTimer);
     this.#clearSendTimer();
+    this.#clearRefresh();
     this.#ws = null;
     this.#joining = null;
     if (ws && ws.readyState < 2) {
@@ -593,6 +705,23 @@ export class RoomClient extends EventTarget {
 /** @param {unknown} error */
 function describe(error) {
   return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * A JWT's `exp` in milliseconds, read from its payload without verifying it (only to
+ * schedule a refresh); undefined if there is none.
+ * @param {string | undefined} token
+ */
+export function tokenExpiryMs(token) {
+  const payload = typeof token === "string" ? token.split(".")[1] : undefined;
+  if (!payload || payload.length > 16_384) return undefined;
+  try {
+    const base64 = payload.replace(/-/g, "+").replace(/_/g, "/");
+    const json = JSON.parse(atob(base64 + "=".repeat((4 - (base64.length % 4)) % 4)));
+    return typeof json?.exp === "number" && Number.isFinite(json.exp) ? json.exp * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** @param {Map<string, number>} roster @param {string} name */

@@ -134,6 +134,30 @@ impl RateLimiter {
         }
     }
 
+    /// What a host that may lose the limiter without warning (a Durable Object evicted
+    /// while idle) stores instead of [`RateLimiter::state`]: the state with its next allowed
+    /// time reserved [`RESERVE_MS`] and one action's cost ahead. Restored from it, the
+    /// limiter is at most that much stricter than this one and never looser, until
+    /// [`RateLimiter::outgrows`] says it must be stored again; so a busy limiter writes about
+    /// once per reservation instead of on every action.
+    pub fn reservation(&self) -> RateLimiterState {
+        RateLimiterState {
+            next_allowed: self
+                .next_allowed
+                .max(self.latest_now)
+                .plus_millis(self.config.cost_ms + RESERVE_MS),
+            latest_now: self.latest_now,
+        }
+    }
+
+    /// Whether a limiter restored from `stored` (a [`RateLimiter::reservation`]) would now be
+    /// looser than this one, so that a new reservation must be stored before the action's
+    /// answer leaves. A limiter idle at `now` holds no budget (a fresh one is equivalent),
+    /// so it never needs storing.
+    pub fn outgrows(&self, stored: &RateLimiterState, now: Timestamp) -> bool {
+        !self.is_idle(now) && self.next_allowed > stored.next_allowed
+    }
+
     /// The limiter whose [`RateLimiter::state`] was `state`.
     pub fn from_state(config: RateLimiterConfig, state: RateLimiterState) -> RateLimiter {
         RateLimiter {
@@ -148,6 +172,11 @@ impl RateLimiter {
         self.latest_now
     }
 }
+
+/// How far ahead of a limiter's state its stored [`RateLimiter::reservation`] reaches, beyond
+/// one action's cost: a limiter evicted and restored may hold a client back this much longer
+/// than it would have, and a busy limiter stores its state about once per this.
+pub const RESERVE_MS: u64 = 1_000;
 
 /// A limiter's persistent state, stored at [`keys::LIMITER_STATE`](crate::storage::keys::LIMITER_STATE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -348,6 +377,60 @@ mod tests {
         assert_eq!(limiter.poll_timeout(), Some(t.plus_millis(65_000)));
         let restored = RateLimiter::from_state(limiter.config, limiter.state());
         assert_eq!(restored.poll_timeout(), limiter.poll_timeout());
+    }
+
+    proptest::proptest! {
+        /// A limiter restored from its last stored reservation, at any moment, is never
+        /// looser than the live one: it makes every client wait at least as long.
+        #[test]
+        fn a_restored_reservation_is_never_looser(
+            moves in proptest::collection::vec(0u64..8_000, 1..200),
+            cost_ms in 1u64..6_000,
+            grace_ms in 0u64..30_000,
+        ) {
+            let config = RateLimiterConfig { cost_ms, grace_ms };
+            let mut live = RateLimiter::new(config);
+            let mut stored = RateLimiterState::default();
+            let mut now = Timestamp(1_000_000);
+            for delta in moves {
+                now = now.plus_millis(delta);
+                live.handle_action(now);
+                if live.outgrows(&stored, now) {
+                    stored = live.reservation();
+                }
+                let mut restored = RateLimiter::from_state(config, stored);
+                let mut shadow = live.clone();
+                for probe in [0, 1, cost_ms, grace_ms, 60_000] {
+                    let at = now.plus_millis(probe);
+                    proptest::prop_assert!(
+                        restored.handle_action(at) >= shadow.handle_action(at),
+                        "restored looser than live at +{probe} ms"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_busy_limiter_stores_about_once_per_reservation() {
+        // Cost 1 ms, 200 actions per second for 10 s: stored about once a second, not 2,000
+        // times.
+        let config = RateLimiterConfig {
+            cost_ms: 1,
+            grace_ms: 20_000,
+        };
+        let mut live = RateLimiter::new(config);
+        let mut stored = RateLimiterState::default();
+        let mut writes = 0;
+        for n in 0..2_000u64 {
+            let now = Timestamp(1_000_000 + n * 5);
+            assert_eq!(live.handle_action(now), 0);
+            if live.outgrows(&stored, now) {
+                stored = live.reservation();
+                writes += 1;
+            }
+        }
+        assert!((9..=11).contains(&writes), "{writes} writes");
     }
 
     #[test]

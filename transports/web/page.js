@@ -6,14 +6,25 @@
 // not inline, because the page is served with a policy that forbids inline script.
 //
 // URLs are relative to the page, so that it also works mounted under a prefix (/chat/).
+//
+// Signed-in links: an application that signs tokens for edgechat links its users to
+// `/#<room>&token=<jwt>`. The token rides in the fragment because browsers never send a
+// fragment to any server: it stays out of access logs, proxies and Referer headers (a
+// `?token=` query would land in all three). The page takes it out of the address bar at once
+// (so it is not bookmarked or shared along with the room link) and keeps it in
+// sessionStorage, which only this tab sees, so a reload stays signed in. The page joins
+// without asking for a name, passes the token on the WebSocket URL, and shows the name the
+// server answered with; it never decodes the token itself.
 
-import { connect } from "./edgechat.js";
+import { CLOSE_TOKEN_EXPIRED, connect } from "./edgechat.js";
 
 /** Where the page is served: the server's base URL (with any mount prefix). */
 const SERVER_URL = new URL(".", location.href).href;
 
 const NAME_MAX = 32, MESSAGE_MAX = 256, ROOM_NAME_MAX = 32;
 const NOTICE_MS = 6000;
+const TOKEN_KEY = "edgechat.token";
+const EXPIRED_TEXT = "Your sign-in has expired. Open a fresh link from your app to sign in again, or join as a guest.";
 const $ = (id) => document.getElementById(id);
 const ui = {
   join: $("join"), name: $("name"), room: $("room"), joinError: $("join-error"), create: $("create"),
@@ -21,11 +32,13 @@ const ui = {
   send: $("send"), counter: $("counter"), notice: $("notice"), roster: $("roster"),
   rosterCount: $("roster-count"), status: $("status"), roomTitle: $("room-title"),
   leave: $("leave"), share: $("share"), shareLink: $("share-link"), copy: $("copy"),
+  whoami: $("whoami"), nameField: $("name-field"), joinIntro: $("join-intro"),
 };
 
 /**
- * The room joined now: the client, and the countdown shown while it waits to reconnect.
- * @type {{ client: import("./edgechat.js").RoomClient, room: string, tick?: ReturnType<typeof setInterval> } | null}
+ * The room joined now: the client, the countdown shown while it waits to reconnect, whether
+ * it ever joined, and whether a failed first join was looked into.
+ * @type {{ client: import("./edgechat.js").RoomClient, room: string, everReady: boolean, probed: boolean, tick?: ReturnType<typeof setInterval> } | null}
  */
 let session = null;
 /** @type {ReturnType<typeof setTimeout> | undefined} */
@@ -37,9 +50,44 @@ const cleanRoom = (raw) => {
   if (isPrivateId(room.toLowerCase())) return room.toLowerCase();
   return room.replace(/\s+/g, "-").replace(/[^A-Za-z0-9_-]/g, "");
 };
-const roomFromHash = () => {
-  try { return cleanRoom(decodeURIComponent(location.hash.slice(1))); } catch { return ""; }
+/** The fragment's parts: `#<room>`, optionally with `&token=<jwt>`. */
+const parseHash = () => {
+  let room = "", token = "";
+  for (const part of location.hash.slice(1).split("&")) {
+    if (part.startsWith("token=")) token = part.slice("token=".length).trim();
+    else if (part && !room) {
+      try { room = cleanRoom(decodeURIComponent(part)); } catch { /* not a room */ }
+    }
+  }
+  return { room, token };
 };
+const roomFromHash = () => parseHash().room;
+
+/** The signed-in token of this tab, if any: from a link, or kept for reloads. */
+let signedToken = "";
+try { signedToken = sessionStorage.getItem(TOKEN_KEY) || ""; } catch { /* storage off */ }
+
+/** Adopts the token of a link (if it has one) and takes it out of the address bar. */
+function takeTokenFromHash() {
+  const { room, token } = parseHash();
+  if (!token) return;
+  setSignedToken(token);
+  history.replaceState(null, "", room ? "#" + room : location.pathname + location.search);
+}
+
+/** Sets (or, with "", forgets) the tab's token, and the join form that goes with it. */
+function setSignedToken(token) {
+  signedToken = token;
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch { /* storage off: the token lasts until a reload */ }
+  // With a token the server decides the name: the form asks only for a room.
+  ui.nameField.hidden = Boolean(token);
+  ui.joinIntro.textContent = token
+    ? "You are signed in by your link. Pick a room."
+    : "Pick a name and a public room, or create a private room and share its link.";
+}
 
 function setStatus(state, text) {
   ui.status.dataset.state = state;
@@ -144,11 +192,14 @@ function showReconnectWait(s, delayMs) {
 
 function start(name, room) {
   if (session) leave();
-  const client = connect({ url: SERVER_URL, room, name });
-  const s = { client, room };
+  const token = signedToken || undefined;
+  const client = connect({ url: SERVER_URL, room, name, token });
+  const s = { client, room, everReady: false, probed: false };
   session = s;
   const current = () => session === s;
-  try { localStorage.setItem("edgechat.name", name); } catch { /* private mode */ }
+  if (!token) {
+    try { localStorage.setItem("edgechat.name", name); } catch { /* private mode */ }
+  }
   if (roomFromHash() !== room) history.replaceState(null, "", "#" + room);
   ui.messages.textContent = "";
   ui.notice.textContent = "";
@@ -172,7 +223,21 @@ function start(name, room) {
     if (state !== "reconnecting") clearInterval(s.tick);
     if (state === "live") setStatus("live", "Live");
   });
-  client.on("reconnect", ({ delayMs }) => { if (current()) showReconnectWait(s, delayMs); });
+  client.on("reconnect", ({ delayMs }) => {
+    if (!current()) return;
+    showReconnectWait(s, delayMs);
+    // Never joined: a browser hides why an upgrade failed, so ask once over HTTP, where a
+    // refused token (or a missing one) comes back with the server's own words.
+    if (!s.everReady && !s.probed) {
+      s.probed = true;
+      client.presence().catch((error) => {
+        if (!current() || s.everReady || (error.status !== 401 && error.status !== 403)) return;
+        leave();
+        if (token) setSignedToken("");
+        showJoinError(token ? `Your sign-in link was refused: ${error.message}` : `This room needs a sign-in: ${error.message}`);
+      });
+    }
+  });
   client.on("message", (message) => {
     if (current()) addMessage(message, message.name === client.name, client.state === "live");
   });
@@ -184,6 +249,15 @@ function start(name, room) {
   });
   client.on("ready", ({ resumed, recovered }) => {
     if (!current()) return;
+    s.everReady = true;
+    if (token) {
+      // Who we are is the server's answer (our own `joined`), not the token's claims.
+      ui.whoami.textContent = "Signed in as ";
+      const strong = document.createElement("strong");
+      strong.textContent = client.name;
+      ui.whoami.append(strong);
+      ui.whoami.hidden = false;
+    }
     if (resumed && recovered !== false) addNote("Reconnected");
     if (!ui.messages.querySelector(".msg")) {
       const li = document.createElement("li");
@@ -193,9 +267,17 @@ function start(name, room) {
     }
   });
   client.on("ratelimited", ({ message }) => { if (current()) showNotice(`${message} Retrying…`); });
-  client.on("error", ({ message, fatal }) => {
+  client.on("error", ({ message, fatal, code }) => {
     if (!current()) return;
     if (!fatal) { showNotice(message); return; }
+    if (code === CLOSE_TOKEN_EXPIRED) {
+      // The server closed the connection at the token's expiry: only the app can sign in
+      // anew. Forget the token; the form offers a guest join meanwhile.
+      leave();
+      setSignedToken("");
+      showJoinError(EXPIRED_TEXT);
+      return;
+    }
     // The server refused the join itself (e.g. the name is too long): retrying won't help.
     leave();
     showJoinError(message);
@@ -212,6 +294,7 @@ function leave() {
   ui.chat.hidden = true;
   ui.join.hidden = false;
   ui.leave.hidden = true;
+  ui.whoami.hidden = true;
   ui.roomTitle.textContent = "";
   document.title = "edgechat";
   setStatus("idle", "Not connected");
@@ -224,10 +307,15 @@ function validName() {
   return name;
 }
 
+/** The name to join with: "" with a token (the server takes the token's), null if invalid. */
+function joinName() {
+  return signedToken ? "" : validName();
+}
+
 ui.join.addEventListener("submit", (event) => {
   event.preventDefault();
-  const name = validName();
-  if (!name) return;
+  const name = joinName();
+  if (name === null) return;
   const room = cleanRoom(ui.room.value);
   if (!room) { showJoinError("Please enter a room name, or create a private room."); ui.room.focus(); return; }
   if (!isPrivateId(room) && room.length > ROOM_NAME_MAX) {
@@ -237,8 +325,8 @@ ui.join.addEventListener("submit", (event) => {
 });
 
 ui.create.addEventListener("click", async () => {
-  const name = validName();
-  if (!name) return;
+  const name = joinName();
+  if (name === null) return;
   ui.create.disabled = true;
   try {
     const response = await fetch(new URL("api/room", SERVER_URL), { method: "POST" });
@@ -284,18 +372,25 @@ window.addEventListener("online", nudge);
 document.addEventListener("visibilitychange", () => { if (!document.hidden) nudge(); });
 
 window.addEventListener("hashchange", () => {
+  const fresh = parseHash().token;
+  takeTokenFromHash();
   const room = roomFromHash();
-  if (!room || (session && session.room === room)) return;
+  if (!room || (session && session.room === room && !fresh)) return;
   ui.room.value = room;
+  if (signedToken) { start("", room); return; }
   const name = ui.name.value.trim();
   if (name && name.length <= NAME_MAX) start(name, room);
 });
 
 try { ui.name.value = localStorage.getItem("edgechat.name") || ""; } catch { /* private mode */ }
+takeTokenFromHash();
+setSignedToken(signedToken);
 const fromHash = roomFromHash();
 if (fromHash) ui.room.value = fromHash;
-if (fromHash && ui.name.value.trim()) {
+if (fromHash && signedToken) {
+  start("", fromHash);
+} else if (fromHash && ui.name.value.trim()) {
   start(ui.name.value.trim(), fromHash);
 } else {
-  (ui.name.value ? ui.room : ui.name).focus();
+  (ui.name.value || signedToken ? ui.room : ui.name).focus();
 }

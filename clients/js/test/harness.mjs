@@ -4,6 +4,7 @@
 // `cargo build -p edgechat-server`).
 
 import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -23,13 +24,14 @@ export function dataDir() {
 /**
  * Starts `edgechat serve` on `port` (0: any free one) and resolves once it printed its address.
  * A restart on the same port retries for a while, in case the old socket still holds it.
+ * `args` are more flags for `serve` (e.g. the auth flags).
  */
-export async function startServer({ db, port = 0, costMs = 1, graceMs = 600_000 }) {
+export async function startServer({ db, port = 0, costMs = 1, graceMs = 600_000, args = [] }) {
   if (!existsSync(BIN)) throw new Error(`no edgechat binary at ${BIN} (cargo build -p edgechat-server)`);
   const deadline = Date.now() + WAIT_MS;
   for (;;) {
     try {
-      return await startOnce({ db, port, costMs, graceMs });
+      return await startOnce({ db, port, costMs, graceMs, args });
     } catch (error) {
       if (port === 0 || Date.now() > deadline) throw error;
       await sleep(100);
@@ -37,10 +39,10 @@ export async function startServer({ db, port = 0, costMs = 1, graceMs = 600_000 
   }
 }
 
-function startOnce({ db, port, costMs, graceMs }) {
+function startOnce({ db, port, costMs, graceMs, args: extra }) {
   const args = [
     "serve", "--listen", `127.0.0.1:${port}`, "--data", db, "--admin-token", ADMIN_TOKEN,
-    "--rate-limit-cost-ms", String(costMs), "--rate-limit-grace-ms", String(graceMs),
+    "--rate-limit-cost-ms", String(costMs), "--rate-limit-grace-ms", String(graceMs), ...extra,
   ];
   const child = spawn(BIN, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: "warn" } });
   let output = "";
@@ -117,4 +119,15 @@ export function record(client) {
   client.on("quit", (q) => seen.quits.push(q.name));
   client.on("reconnect", (r) => seen.reconnects.push(r));
   return seen;
+}
+
+/**
+ * An HS256 JWT over `claims`, signed with `secret` (node:crypto; what an application that
+ * shares a secret with edgechat does).
+ */
+export function hs256Token(secret, claims) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}`;
+  const signature = createHmac("sha256", secret).update(body).digest("base64url");
+  return `${body}.${signature}`;
 }

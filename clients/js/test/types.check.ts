@@ -1,6 +1,6 @@
 // Compiled (never run) by test/ci.sh with `tsc --noEmit`: the declarations in edgechat.d.ts
 // describe what a TypeScript application writes against the module.
-import { connect, EdgechatError, ERROR_RATE_LIMITED, type ChatMessage, type ConnectionState } from "../edgechat.js";
+import { connect, CLOSE_TOKEN_EXPIRED, EdgechatError, ERROR_RATE_LIMITED, tokenExpiryMs, type ChatMessage, type ConnectionState } from "../edgechat.js";
 
 const room = connect({ url: "https://chat.example.com", room: "lobby", name: "Ada", getToken: async () => "t" });
 const stop: () => void = room.on("message", (m: ChatMessage) => console.log(m.id, m.name, m.message, m.timestamp));
@@ -9,6 +9,8 @@ room.on("gap", ({ since }) => console.log(since.toFixed()));
 room.on("ratelimited", ({ retryInMs, message }) => console.log(retryInMs, message === ERROR_RATE_LIMITED));
 room.on("roster", ({ roster, counts }) => console.log([...roster], counts.get("Ada")));
 room.addEventListener("ready", (event) => console.log(event.type));
+room.on("refreshed", ({ expiresAt }) => console.log(expiresAt ?? tokenExpiryMs("a.b.c"), CLOSE_TOKEN_EXPIRED));
+connect({ room: "lobby", token: "t", getToken: () => null, refreshBeforeMs: 5_000 });
 stop();
 
 async function main(): Promise<void> {

@@ -3,6 +3,7 @@
 //! Lines typed on stdin are sent (each printed with its id once the server stored it);
 //! messages, joins and connection changes are printed as they come. `/older` pages back
 //! through the history, `/who` asks who is here, an empty line or end of input leaves.
+//! `EDGECHAT_TOKEN=<jwt>` joins with a signed token (the server then decides the name).
 
 use edgechat_client::{connect, ConnectOptions, Event};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -16,7 +17,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let room_name = args.next().unwrap_or_else(|| "lobby".into());
     let name = args.next().unwrap_or_else(|| "rustacean".into());
 
-    let (room, mut events) = connect(ConnectOptions::new(url, room_name, name))?;
+    // A signed token for a server with `--auth-mode`, from the environment (not the command
+    // line, where `ps` would show it).
+    let options = ConnectOptions {
+        token: std::env::var("EDGECHAT_TOKEN")
+            .ok()
+            .filter(|token| !token.is_empty()),
+        ..ConnectOptions::new(url, room_name, name)
+    };
+    let (room, mut events) = connect(options)?;
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
             match event {

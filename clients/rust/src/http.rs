@@ -135,7 +135,8 @@ impl HttpClient {
         })
     }
 
-    /// Puts `token` on the room routes' URLs as `?token=` (identity, when the server has it).
+    /// Sends `token` to the room routes (history, presence) as `Authorization: Bearer`
+    /// (identity, when the server has it).
     pub fn with_token(mut self, token: Option<String>) -> HttpClient {
         self.token = token;
         self
@@ -219,12 +220,23 @@ impl HttpClient {
         self.request("GET", path_and_query, &[], b"").await
     }
 
-    /// A room route's path, with the token (if any) on its query.
-    fn room_route(&self, room: &str, what: &str, query: &[(&str, String)]) -> String {
+    /// `GET` of a room route, with the token (if any) as a bearer credential: never on the
+    /// URL, where logs would keep it.
+    async fn get_room_route(&self, path_and_query: &str) -> Result<Response> {
+        match &self.token {
+            Some(token) => {
+                let bearer = format!("Bearer {token}");
+                let headers = [("Authorization", bearer.as_str())];
+                self.request("GET", path_and_query, &headers, b"").await
+            }
+            None => self.get(path_and_query).await,
+        }
+    }
+
+    /// A room route's path with `query`.
+    fn room_route(room: &str, what: &str, query: &[(&str, String)]) -> String {
         let mut path = BaseUrl::room_path(room, what);
-        let token = self.token.iter().map(|token| ("token", token.clone()));
-        let pairs: Vec<(&str, String)> = query.iter().cloned().chain(token).collect();
-        for (i, (key, value)) in pairs.iter().enumerate() {
+        for (i, (key, value)) in query.iter().enumerate() {
             path.push(if i == 0 { '?' } else { '&' });
             path.push_str(key);
             path.push('=');
@@ -248,7 +260,7 @@ impl HttpClient {
         if let Some(before) = before {
             query.push(("before", before.to_string()));
         }
-        self.get(&self.room_route(room, "history", &query))
+        self.get_room_route(&Self::room_route(room, "history", &query))
             .await?
             .json()
     }
@@ -259,7 +271,7 @@ impl HttpClient {
     /// [`Error::Http`] with the server's answer if it refuses.
     pub async fn presence(&self, room: &str) -> Result<Vec<String>> {
         let presence: Presence = self
-            .get(&self.room_route(room, "presence", &[]))
+            .get_room_route(&Self::room_route(room, "presence", &[]))
             .await?
             .json()?;
         Ok(presence.users)

@@ -62,15 +62,19 @@ pub mod error;
 pub mod http;
 pub mod raw;
 mod room;
+pub mod token;
 pub mod url;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub use tokio_rustls::rustls;
 
 pub use crate::error::{Error, Result};
-pub use crate::room::{connect, Events, OlderPage, Room, ERROR_RATE_LIMITED, ERROR_ROOM_BUSY};
+pub use crate::room::{
+    connect, Events, OlderPage, Room, CLOSE_TOKEN_EXPIRED, ERROR_RATE_LIMITED, ERROR_ROOM_BUSY,
+};
+pub use crate::token::{token_expiry, TokenProvider};
 
 /// A chat message, exactly as the server broadcast it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -154,6 +158,12 @@ pub enum Event {
         /// Whether the client closed because of it.
         fatal: bool,
     },
+    /// The server took a fresh token from [`ConnectOptions::token_provider`] for the open
+    /// connection (`{"refreshed": true}`); the connection goes on past the old one's expiry.
+    Refreshed {
+        /// The fresh token's `exp`, if it has one.
+        expires_at: Option<SystemTime>,
+    },
     /// A send was refused as rate limited (or room busy) and will be sent again.
     RateLimited {
         /// The server's text.
@@ -172,8 +182,20 @@ pub struct ConnectOptions {
     pub room: String,
     /// The user name (empty: the server calls us `anonymous`).
     pub name: String,
-    /// Put on the WebSocket and HTTP URLs as `?token=...` (identity, when the server has it).
+    /// A signed token (JWT) naming the user: on the WebSocket URL as `?token=...`, to
+    /// history and presence as `Authorization: Bearer`. Without a
+    /// [`token_provider`](ConnectOptions::token_provider), its expiry (close 4001) closes
+    /// the client for good ([`Event::Error`] with `fatal: true`, `Token expired.`).
     pub token: Option<String>,
+    /// Where fresh tokens come from; replaces [`token`](ConnectOptions::token). Asked before
+    /// every (re)connect and HTTP read, and [`refresh_before`](ConnectOptions::refresh_before)
+    /// the connection's token expires: the fresh one is sent as `{"token": ...}` and the
+    /// connection goes on ([`Event::Refreshed`]). After an expiry close it reconnects with a
+    /// fresh token.
+    pub token_provider: Option<TokenProvider>,
+    /// With a provider: refresh this long before the token's `exp`, or at half its remaining
+    /// life if that is shorter, never more than once a second (60 s).
+    pub refresh_before: Duration,
     /// Resume after this id on the first join.
     pub since: Option<u64>,
     /// The roots to trust for `https://` and `wss://`.
@@ -207,6 +229,8 @@ impl ConnectOptions {
             room: room.into(),
             name: name.into(),
             token: None,
+            token_provider: None,
+            refresh_before: Duration::from_secs(60),
             since: None,
             tls: None,
             headers: Vec::new(),

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::http::HttpClient;
 use crate::raw::{Event as RawEvent, Session, SessionOptions};
+use crate::token::{refresh_delay, token_expiry};
 use crate::url::{encode_component, BaseUrl};
 use crate::{ChatMessage, ConnectOptions, Event, State};
 
@@ -38,6 +39,8 @@ pub const ERROR_RATE_LIMITED: &str = "Your IP is being rate-limited, please try 
 pub const ERROR_ROOM_BUSY: &str = "Room is busy, please try again later.";
 /// The close code for a name the server refuses (while joining) or a frame over its limit.
 const CLOSE_TOO_BIG: u16 = 1009;
+/// The close code of a connection whose token expired without a refresh.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 
 /// A handle on a room membership; cheap to clone, all clones drive the same connection.
 ///
@@ -52,6 +55,7 @@ struct Inner {
     commands: mpsc::UnboundedSender<Command>,
     shared: Arc<Mutex<Snapshot>>,
     http: HttpClient,
+    token_provider: Option<crate::TokenProvider>,
     room: String,
     /// Where [`Room::load_older`] goes on; held across the request so pages come in turn.
     older: tokio::sync::Mutex<Older>,
@@ -146,8 +150,13 @@ pub fn connect(options: ConnectOptions) -> Result<(Room, Events)> {
         pending_sends: 0,
         join_name: None,
     }));
+    let (fresh_tokens_sender, fresh_tokens) = mpsc::unbounded_channel();
     let actor = Actor {
         base,
+        fresh_tokens,
+        fresh_tokens_sender,
+        generation: 0,
+        session_token: None,
         commands: command_receiver,
         events,
         shared: shared.clone(),
@@ -170,6 +179,7 @@ pub fn connect(options: ConnectOptions) -> Result<(Room, Events)> {
             commands,
             shared,
             http,
+            token_provider: options.token_provider,
             room: options.room,
             older: tokio::sync::Mutex::new(Older::NotStarted),
         }),
@@ -245,8 +255,8 @@ impl Room {
             }
         };
         let page = self
-            .inner
-            .http
+            .http_now()
+            .await
             .history(&self.inner.room, before, limit)
             .await?;
         *cursor = match page.next_before {
@@ -266,7 +276,19 @@ impl Room {
     /// # Errors
     /// [`Error::Http`] with the server's answer if it refuses; transport errors.
     pub async fn presence(&self) -> Result<Vec<String>> {
-        self.inner.http.presence(&self.inner.room).await
+        self.http_now().await.presence(&self.inner.room).await
+    }
+
+    /// The HTTP client with the provider's fresh token, if there is a provider.
+    async fn http_now(&self) -> std::borrow::Cow<'_, HttpClient> {
+        let http = &self.inner.http;
+        match &self.inner.token_provider {
+            Some(provider) => {
+                let token = provider.fresh(http.timeout).await;
+                std::borrow::Cow::Owned(http.clone().with_token(token))
+            }
+            None => std::borrow::Cow::Borrowed(http),
+        }
     }
 
     /// Publishes `message` as `name` in this room over HTTP with the admin token; returns
@@ -351,6 +373,13 @@ struct Conn {
     joining: Option<Joining>,
     join_deadline: Instant,
     send_deadline: Option<Instant>,
+    /// When to ask the provider for a fresh token.
+    refresh_at: Option<Instant>,
+    /// A fresh token waiting to be sent: it goes out when no chat frame is in flight.
+    refresh_pending: Option<String>,
+    /// A token frame sent and not answered yet: no chat frame goes out meanwhile, so that
+    /// the server's answer (`refreshed`, or an error) cannot be taken for a send's.
+    refresh_in_flight: Option<String>,
 }
 
 #[derive(Default)]
@@ -381,6 +410,13 @@ struct Actor {
     commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<Event>,
     shared: Arc<Mutex<Snapshot>>,
+    /// Fresh tokens from provider calls, tagged with the connection they were asked for.
+    fresh_tokens: mpsc::UnboundedReceiver<(u64, Option<String>)>,
+    fresh_tokens_sender: mpsc::UnboundedSender<(u64, Option<String>)>,
+    /// Counts connections, so that a token asked for an earlier one is not used.
+    generation: u64,
+    /// The token the server holds for this connection (the URL's, or the last refreshed).
+    session_token: Option<String>,
     queue: VecDeque<Pending>,
     state: State,
     last_id: u64,
@@ -440,15 +476,6 @@ impl Actor {
         self.emit(Event::State { state, previous });
     }
 
-    fn ws_url(&self) -> String {
-        let mut path = BaseUrl::room_path(&self.options.room, "websocket");
-        if let Some(token) = &self.options.token {
-            path.push_str("?token=");
-            path.push_str(&encode_component(token));
-        }
-        self.base.ws_url(&path)
-    }
-
     /// Opens one connection, joins, and runs it until it ends.
     async fn connection(&mut self) -> Flow {
         let join_deadline = Instant::now() + self.options.join_timeout;
@@ -458,13 +485,34 @@ impl Actor {
             websocket: None,
             handshake_timeout: self.options.join_timeout,
         };
-        let url = self.ws_url();
-        let connect = Session::connect(&url, &session_options);
+        self.generation += 1;
+        // The token (the provider's, asked now) is part of connecting, so that commands are
+        // still taken while the provider thinks.
+        let provider = self.options.token_provider.clone();
+        let token = self.options.token.clone();
+        let limit = self.options.join_timeout;
+        let mut path = BaseUrl::room_path(&self.options.room, "websocket");
+        let base = self.base.clone();
+        let connect = async move {
+            let token = match provider {
+                Some(provider) => provider.fresh(limit).await,
+                None => token,
+            };
+            if let Some(token) = &token {
+                path.push_str("?token=");
+                path.push_str(&encode_component(token));
+            }
+            let session = Session::connect(&base.ws_url(&path), &session_options).await?;
+            Ok::<_, Error>((session, token))
+        };
         tokio::pin!(connect);
         let mut session = loop {
             tokio::select! {
                 connected = &mut connect => match connected {
-                    Ok(session) => break session,
+                    Ok((session, token)) => {
+                        self.session_token = token;
+                        break session;
+                    }
                     Err(error) => return self.connect_failed(&error),
                 },
                 command = self.commands.recv() => {
@@ -486,6 +534,9 @@ impl Actor {
             joining: Some(Joining::default()),
             join_deadline,
             send_deadline: None,
+            refresh_at: None,
+            refresh_pending: None,
+            refresh_in_flight: None,
         };
         let flow = self.connected(&mut conn).await;
         if let Some(head) = self.queue.front_mut() {
@@ -532,6 +583,7 @@ impl Actor {
                 conn.joining.as_ref().map(|_| conn.join_deadline),
                 conn.send_deadline,
                 self.retry_at,
+                conn.refresh_at,
             ]
             .into_iter()
             .flatten()
@@ -539,6 +591,10 @@ impl Actor {
             let flow = tokio::select! {
                 event = conn.session.next() => self.socket_event(conn, event).await,
                 command = self.commands.recv() => self.command(command, Some(conn)).await,
+                Some((generation, token)) = self.fresh_tokens.recv() => {
+                    self.fresh_token(conn, generation, token);
+                    None
+                }
                 () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                     self.timers(conn)
                 }
@@ -586,7 +642,49 @@ impl Actor {
         if self.retry_at.is_some_and(|at| now >= at) {
             self.retry_at = None;
         }
+        if conn.refresh_at.is_some_and(|at| now >= at) {
+            conn.refresh_at = None;
+            self.ask_for_token();
+        }
         None
+    }
+
+    /// With a provider, when to ask it for a token fresher than the connection's: see
+    /// [`refresh_delay`]. The token's `exp` is read only to schedule this.
+    fn refresh_time(&self) -> Option<Instant> {
+        self.options.token_provider.as_ref()?;
+        let expires_at = token_expiry(self.session_token.as_deref()?)?;
+        let left = expires_at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        Some(Instant::now() + refresh_delay(left, self.options.refresh_before))
+    }
+
+    /// Asks the provider for a fresh token in a task of its own (the connection goes on
+    /// meanwhile); the answer comes back through `fresh_tokens`.
+    fn ask_for_token(&self) {
+        let Some(provider) = self.options.token_provider.clone() else {
+            return;
+        };
+        let (generation, limit) = (self.generation, self.options.join_timeout);
+        let answers = self.fresh_tokens_sender.clone();
+        tokio::spawn(async move {
+            let _ = answers.send((generation, provider.fresh(limit).await));
+        });
+    }
+
+    /// A fresh token from the provider: queued for the connection it was asked for.
+    fn fresh_token(&mut self, conn: &mut Conn, generation: u64, token: Option<String>) {
+        if generation != self.generation || conn.joining.is_some() {
+            return;
+        }
+        match token {
+            Some(token) if Some(&token) != self.session_token.as_ref() => {
+                conn.refresh_pending = Some(token);
+            }
+            // Nothing newer yet: ask again later (still before the expiry if there is time).
+            _ => conn.refresh_at = self.refresh_time(),
+        }
     }
 
     async fn command(&mut self, command: Option<Command>, conn: Option<&mut Conn>) -> Option<Flow> {
@@ -637,6 +735,20 @@ impl Actor {
     }
 
     fn closed_by_server(&mut self, conn: &Conn, code: u16, reason: String) -> Flow {
+        if code == CLOSE_TOKEN_EXPIRED && self.options.token_provider.is_none() {
+            // The same token again would be refused: only the application can sign in anew.
+            let message = if reason.is_empty() {
+                "Token expired.".to_owned()
+            } else {
+                reason
+            };
+            self.emit(Event::Error {
+                message: message.clone(),
+                fatal: true,
+            });
+            self.shutdown(&message);
+            return Flow::Stop;
+        }
         if code != CLOSE_TOO_BIG {
             return Flow::Reconnect;
         }
@@ -674,6 +786,15 @@ impl Actor {
         };
         if let Some(error) = data.get("error").and_then(Value::as_str) {
             return self.server_error(conn, error.to_owned());
+        }
+        if data.get("refreshed") == Some(&Value::Bool(true)) {
+            if let Some(token) = conn.refresh_in_flight.take() {
+                let expires_at = token_expiry(&token);
+                self.session_token = Some(token);
+                conn.refresh_at = self.refresh_time();
+                self.emit(Event::Refreshed { expires_at });
+            }
+            return None;
         }
         if let Some(name) = data.get("joined").and_then(Value::as_str) {
             match &mut conn.joining {
@@ -754,6 +875,7 @@ impl Actor {
         self.set_state(State::Live);
         self.emit_roster();
         self.emit(Event::Ready { recovered, resumed });
+        conn.refresh_at = self.refresh_time();
     }
 
     fn deliver(&mut self, conn: &mut Conn, message: ChatMessage) {
@@ -802,6 +924,15 @@ impl Actor {
             self.shutdown(&text);
             return Some(Flow::Stop);
         }
+        if conn.refresh_in_flight.take().is_some() {
+            // No chat frame is in flight with a token frame: the refusal is the refresh's.
+            // The connection lives until its token expires, then reconnects with a fresh one.
+            self.emit(Event::Error {
+                message: format!("Token refresh refused: {text}"),
+                fatal: false,
+            });
+            return None;
+        }
         let in_flight = self.queue.front().is_some_and(|head| head.in_flight);
         if !in_flight {
             self.emit(Event::Error {
@@ -838,9 +969,23 @@ impl Actor {
         base / 2 + base.mul_f64(random_unit() / 2.0)
     }
 
-    /// Sends the head of the queue if the connection is live and nothing is in flight.
+    /// Sends a fresh token if one waits and no chat frame is in flight; else the head of the
+    /// queue if the connection is live and nothing is in flight.
     async fn pump(&mut self, conn: &mut Conn) {
-        if self.state != State::Live || conn.joining.is_some() || self.retry_at.is_some() {
+        if self.state != State::Live || conn.joining.is_some() || conn.refresh_in_flight.is_some() {
+            return;
+        }
+        let chat_in_flight = self.queue.front().is_some_and(|head| head.in_flight);
+        if !chat_in_flight {
+            if let Some(token) = conn.refresh_pending.take() {
+                let frame = serde_json::json!({ "token": token }).to_string();
+                conn.refresh_in_flight = Some(token);
+                // A failed write shows as the end of the socket on the next read.
+                let _ = conn.session.send_text(frame).await;
+                return;
+            }
+        }
+        if self.retry_at.is_some() {
             return;
         }
         let last_id = self.last_id;

@@ -71,7 +71,9 @@ pub use keys::{
     Algorithm, KeyError, VerifyingKeys, HS256_SECRET_LEN_MIN_BYTES, KEYS_MAX,
     KEY_DOCUMENT_LEN_MAX_BYTES,
 };
-pub use origin::origin_allowed;
+pub use origin::{
+    origin_allowed, own_origins, upgrade_origin_allowed, PageScheme, HOST_LEN_MAX_BYTES,
+};
 pub use policy::{
     bearer_token, token_from_query, Access, AuthConfig, AuthMode, ConfigError, Identity,
 };

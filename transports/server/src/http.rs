@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::counter::CounterMsg;
 use crate::room::RoomMsg;
-use crate::runtime::{Handle, PeerAddr, Refused};
+use crate::runtime::{Handle, PeerAddr, Refused, ServedOverTls};
 
 /// The body of every response a [`Handle`] gives.
 pub type Body = Full<Bytes>;
@@ -178,10 +178,8 @@ impl Handle {
         let (Some(key), Some(on_upgrade), true) = (key, on_upgrade, handshake) else {
             return Err(answer::expected_websocket());
         };
-        self.check_origin(
-            header_str(&parts.headers, header::ORIGIN),
-            header_str(&parts.headers, header::HOST),
-        )?;
+        let tls = parts.extensions.get::<ServedOverTls>().is_some();
+        self.check_origin(&parts.headers, tls)?;
         // The token is on the URL (browsers cannot set headers on a WebSocket); it is never
         // logged.
         let token = token_from_query(parts.uri.query());

@@ -98,8 +98,9 @@ pub use crate::error::OpenError;
 pub use crate::http::{Body, ResponseFuture};
 pub use crate::runtime::{
     Handle, HistoryPage, PeerAddr, Refused, RoomError, RoomTicket, Runtime, RuntimeConfig,
-    ShutdownReport, Storage, DATA_PATH_DEFAULT, MAX_CONNECTIONS_DEFAULT, MAX_FRAME_BYTES_DEFAULT,
-    OUTBOUND_QUEUE_LEN_DEFAULT, PING_INTERVAL_MS_DEFAULT, STORAGE_TIMEOUT_MS_DEFAULT,
+    ServedOverTls, ShutdownReport, Storage, DATA_PATH_DEFAULT, MAX_CONNECTIONS_DEFAULT,
+    MAX_FRAME_BYTES_DEFAULT, OUTBOUND_QUEUE_LEN_DEFAULT, PING_INTERVAL_MS_DEFAULT,
+    STORAGE_TIMEOUT_MS_DEFAULT,
 };
 pub use crate::server::{Config, Server, StartError, LISTEN_DEFAULT};
 /// A message as [`Handle::history`] returns it.

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use edgechat_core::auth::{
     Algorithm, AuthConfig, AuthMode, TokenVerifier, VerifyingKeys, KEY_DOCUMENT_LEN_MAX_BYTES,
+    LEEWAY_MS_DEFAULT,
 };
 use edgechat_core::ids::{is_lower_hex_id, Namespace, ObjectId};
 use edgechat_core::limiter::RateLimiterConfig;
@@ -112,6 +113,10 @@ struct ServeArgs {
     /// refused).
     #[arg(long, env = "EDGECHAT_AUTH_AUDIENCE")]
     auth_audience: Option<String>,
+    /// Milliseconds of slack on a token's `exp` and `nbf`, for clocks that disagree (a
+    /// connection is closed with 4001 this long after its token's `exp`).
+    #[arg(long, env = "EDGECHAT_AUTH_LEEWAY_MS", default_value_t = LEEWAY_MS_DEFAULT)]
+    auth_leeway_ms: u64,
     /// Rooms (names or private ids, comma-separated) that admit only clients with a valid
     /// token even in optional mode.
     #[arg(long, env = "EDGECHAT_AUTH_TOKEN_ROOMS", value_delimiter = ',')]
@@ -175,6 +180,7 @@ impl ServeArgs {
             let mut verifier = TokenVerifier::new(keys);
             verifier.issuer = self.auth_issuer.clone();
             verifier.audience = self.auth_audience.clone();
+            verifier.leeway_ms = self.auth_leeway_ms;
             verifier
         });
         let rooms = self.auth_token_rooms.iter().map(|room| {
@@ -241,6 +247,9 @@ async fn main() -> anyhow::Result<ExitCode> {
     let Command::Serve(args) = Cli::parse().command;
     let tls = args.tls_cert.is_some();
     let config = args.into_config()?;
+    // Registered before the address is printed: a SIGTERM right after it (a script or a
+    // supervisor that saw the line) must stop the server cleanly, not kill it.
+    let stop = stop_signal()?;
     let server = match Server::start(config).await {
         Ok(server) => server,
         Err(error @ StartError::Open(_)) => {
@@ -252,7 +261,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     // One line on stdout, for people and for scripts that asked for port 0.
     let scheme = if tls { "https" } else { "http" };
     println!("edgechat listening on {scheme}://{}", server.local_addr());
-    wait_for_signal().await?;
+    stop.await?;
     let report = server.shutdown().await;
     Ok(if report.flushed() {
         ExitCode::SUCCESS
@@ -261,17 +270,21 @@ async fn main() -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Registers for SIGTERM and SIGINT now; the future ends when either arrives.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut terminate = signal(SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result?,
-            _ = terminate.recv() => {}
-        }
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            Ok(())
+        })
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+    Ok(async { Ok(tokio::signal::ctrl_c().await?) })
 }

@@ -17,7 +17,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgechat_core::auth::{origin_allowed, Access, AuthConfig, AuthMode, Identity};
+use edgechat_core::auth::{
+    upgrade_origin_allowed, Access, AuthConfig, AuthMode, Identity, PageScheme,
+};
 use edgechat_core::http::answer::{self, Answer};
 use edgechat_core::http::{room_id, HistoryQuery, HISTORY_PAGE_LEN_MAX, UNKNOWN_CLIENT_IP};
 use edgechat_core::ids::{IdSecret, ObjectId};
@@ -162,6 +164,13 @@ pub(crate) struct Shared {
 /// Without it, every client shares the rate limiter of `0.0.0.0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// Marks a request that arrived over TLS ended in this process, put into the request's
+/// extensions by whatever accepted the connection (the [`Server`](crate::Server) does): the
+/// page's own origin is then `https://` on the `Host`. Without it, and without a trusted
+/// proxy's `X-Forwarded-Proto`, either scheme on the `Host` is the page's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServedOverTls;
 
 /// A running runtime: the object tasks and the storage thread. Dropping it without
 /// [`Runtime::shutdown`] leaves them running until the process ends.
@@ -501,26 +510,31 @@ impl Handle {
         self.ticket(room, access).map_err(Refused::from)
     }
 
-    /// Whether a browser page from `origin` (the upgrade's `Origin` header) may open a
-    /// WebSocket; `host` is the request's `Host`, whose own page is always allowed.
+    /// Whether the browser page that sent this upgrade (its `Origin`) may open a WebSocket,
+    /// by the core's rule ([`upgrade_origin_allowed`]): the page's own origin comes from the
+    /// `Host`, over `https` when `tls` (see [`ServedOverTls`]), else the scheme a trusted
+    /// proxy forwarded (only when [`RuntimeConfig::trust_proxy_header`] is set), else either.
     ///
     /// # Errors
     /// The answer to give instead of `101`.
-    pub(crate) fn check_origin(
-        &self,
-        origin: Option<&str>,
-        host: Option<&str>,
-    ) -> Result<(), Answer> {
-        let allowed = &self.shared.config.allowed_origins;
-        if allowed.is_empty() {
-            return Ok(());
-        }
-        // The page is served over whichever scheme the client used; either is its own.
-        let own = |scheme: &str| host.map(|host| format!("{scheme}://{host}"));
-        let ok = ["http", "https"]
-            .iter()
-            .any(|scheme| origin_allowed(origin, allowed, own(scheme).as_deref()));
-        if ok {
+    pub(crate) fn check_origin(&self, headers: &http::HeaderMap, tls: bool) -> Result<(), Answer> {
+        let config = &self.shared.config;
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        let scheme = if tls {
+            PageScheme::Https
+        } else if config.trust_proxy_header.is_some() {
+            // A client can send the header itself: it counts only behind a trusted proxy.
+            PageScheme::from_forwarded_proto(header("x-forwarded-proto"), PageScheme::Either)
+        } else {
+            PageScheme::Either
+        };
+        let allowed = upgrade_origin_allowed(
+            header("origin"),
+            &config.allowed_origins,
+            header("host"),
+            scheme,
+        );
+        if allowed {
             Ok(())
         } else {
             Err(answer::origin_refused())

@@ -19,7 +19,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::OpenError;
-use crate::runtime::{self, Handle, PeerAddr, Runtime, RuntimeConfig, ShutdownReport, Storage};
+use crate::runtime::{
+    self, Handle, PeerAddr, Runtime, RuntimeConfig, ServedOverTls, ShutdownReport, Storage,
+};
 
 /// Default listen address.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8787";
@@ -298,12 +300,12 @@ struct Connection {
 impl Connection {
     async fn serve(self, tcp: TcpStream, transport: Transport) {
         match transport {
-            Transport::Plain => self.serve_http(TokioIo::new(tcp)).await,
+            Transport::Plain => self.serve_http(TokioIo::new(tcp), false).await,
             #[cfg(feature = "tls")]
             Transport::Tls(acceptor) => {
                 let handshake = acceptor.accept(tcp);
                 match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(tls)) => self.serve_http(TokioIo::new(tls)).await,
+                    Ok(Ok(tls)) => self.serve_http(TokioIo::new(tls), true).await,
                     Ok(Err(error)) => {
                         tracing::debug!(peer = %self.peer, %error, "TLS handshake failed");
                     }
@@ -314,8 +316,9 @@ impl Connection {
     }
 
     /// Serves HTTP/1.1 on `io` until the peer closes, the connection upgrades, or shutdown
-    /// lets the request in flight finish and then closes it.
-    async fn serve_http<I>(mut self, io: I)
+    /// lets the request in flight finish and then closes it. `tls`: TLS ended here (each
+    /// request is marked [`ServedOverTls`]).
+    async fn serve_http<I>(mut self, io: I, tls: bool)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -323,6 +326,9 @@ impl Connection {
         let handle = self.handle.clone();
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             request.extensions_mut().insert(peer);
+            if tls {
+                request.extensions_mut().insert(ServedOverTls);
+            }
             let handle = handle.clone();
             async move { Ok::<_, std::convert::Infallible>(handle.respond(request).await) }
         });

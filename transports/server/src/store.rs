@@ -537,7 +537,7 @@ impl Worker {
         // refuses only that object's batch.
         let mut any_committed = false;
         let mut last_error = error;
-        let mut refused_objects = Vec::new();
+        let mut refused = Vec::new();
         if writes.len() > 1 {
             for write in writes {
                 let started = Instant::now();
@@ -550,25 +550,26 @@ impl Worker {
                     Err(error) => {
                         inc(&self.metrics.storage_errors);
                         rollback_leftover(&self.conn);
-                        refused_objects.push(write.0);
-                        self.refuse(write);
+                        refused.push(write);
                         last_error = error;
                     }
                 }
             }
         } else {
-            for write in writes {
-                refused_objects.push(write.0);
-                self.refuse(write);
-            }
+            refused.extend(writes);
         }
         // Whether the file fails or only these objects' writes do: other writes succeeded,
-        // or the file takes a tiny write of its own.
+        // or the file takes a tiny write of its own. Decided before anyone hears of the
+        // refusal, so that a sender who then asks `/healthz` sees the failure.
+        let refused_objects: Vec<ObjectId> = refused.iter().map(|write| write.0).collect();
         if any_committed || (self.failing.is_none() && probe(&self.conn).is_ok()) {
             self.recovered();
             self.object_refused(&refused_objects, &last_error);
         } else {
             self.failed(&last_error);
+        }
+        for write in refused {
+            self.refuse(write);
         }
     }
 

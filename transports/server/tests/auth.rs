@@ -90,11 +90,17 @@ async fn refused(url: &str, origin: Option<&str>) -> (u16, String) {
 
 /// Whether an upgrade with `origin` succeeds.
 async fn upgrades(url: &str, origin: Option<&str>) -> bool {
+    let origin = origin.map(|origin| ("origin", origin));
+    upgrades_with(url, origin.as_slice()).await
+}
+
+/// Whether an upgrade with these extra `headers` succeeds.
+async fn upgrades_with(url: &str, headers: &[(&'static str, &str)]) -> bool {
     let mut request = url.into_client_request().unwrap();
-    if let Some(origin) = origin {
+    for (name, value) in headers {
         request
             .headers_mut()
-            .insert("origin", HeaderValue::from_str(origin).unwrap());
+            .insert(*name, HeaderValue::from_str(value).unwrap());
     }
     tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
         .await
@@ -237,6 +243,34 @@ async fn origin_allow_list_refuses_foreign_browser_pages() {
     assert!(upgrades(&lobby, None).await, "no Origin: not a browser");
     let own = format!("http://{addr}");
     assert!(upgrades(&lobby, Some(&own)).await, "the page's own origin");
+    // A Host naming the attacker's page does not make it the page's own.
+    let odd_host = [
+        ("origin", "https://evil.example"),
+        ("host", "evil.example/"),
+    ];
+    assert!(!upgrades_with(&lobby, &odd_host).await);
+    // A client's own X-Forwarded-Proto counts for nothing without a trusted proxy.
+    let claims_https = [("origin", own.as_str()), ("x-forwarded-proto", "https")];
+    assert!(upgrades_with(&lobby, &claims_https).await);
+    server.shutdown().await;
+
+    // Behind a trusted proxy that ended TLS, only https on the Host is the page's own.
+    let (server, _dir) = crate::server("auth-origin-proxy", |config| {
+        config.allowed_origins = vec!["https://app.example".into()];
+        config.trust_proxy_header = Some("x-forwarded-for".into());
+    })
+    .await;
+    let addr = server.local_addr();
+    let lobby = ws_url(addr, "lobby");
+    let own = format!("http://{addr}");
+    let https_own = format!("https://{addr}");
+    let proxied = |origin| [("origin", origin), ("x-forwarded-proto", "https")];
+    assert!(upgrades_with(&lobby, &proxied(https_own.as_str())).await);
+    assert!(!upgrades_with(&lobby, &proxied(own.as_str())).await);
+    assert!(
+        upgrades_with(&lobby, &[("origin", own.as_str())]).await,
+        "scheme unknown"
+    );
     server.shutdown().await;
 }
 

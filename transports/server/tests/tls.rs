@@ -95,3 +95,38 @@ async fn wss_and_https_serve_the_protocol() {
     ada.chat("still up").await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn over_tls_the_pages_own_origin_is_https_only() {
+    use edgechat_client::raw::{Session, SessionOptions};
+    let dir = DataDir::new("tls-origin");
+    let server = start(edgechat_server::Config {
+        tls_cert: Some(fixture("leaf.pem")),
+        tls_key: Some(fixture("leaf.key")),
+        allowed_origins: vec!["https://app.example".into()],
+        ..config(&dir.db())
+    })
+    .await;
+    let port = server.local_addr().port();
+    let url = format!("wss://localhost:{port}/api/room/origins/websocket");
+    let upgrade = |origin: String| {
+        let options = SessionOptions {
+            tls: Some(tls()),
+            headers: vec![("origin".to_owned(), origin)],
+            handshake_timeout: WAIT,
+            ..SessionOptions::default()
+        };
+        let url = url.clone();
+        async move { Session::connect(&url, &options).await.map(drop) }
+    };
+    // TLS ends here, so the page was served over https: that origin is its own...
+    assert!(upgrade(format!("https://localhost:{port}")).await.is_ok());
+    assert!(upgrade("https://app.example".to_owned()).await.is_ok());
+    // ...and a plain-http page on the same host is not.
+    let refused = upgrade(format!("http://localhost:{port}")).await;
+    assert!(
+        matches!(&refused, Err(edgechat_client::Error::Refused { status: 403, body }) if body == "Origin not allowed."),
+        "{refused:?}"
+    );
+    server.shutdown().await;
+}

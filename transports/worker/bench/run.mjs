@@ -8,12 +8,15 @@
 // The demo's code is not part of this repository: the script copies the checkout's
 // src/chat.mjs and src/chat.html into a temporary folder, changes its limiter's cost from
 // 5 s to 0 (as RATE_LIMIT_COST_MS = 0 does for edgechat in wrangler.toml's [env.bench]),
-// and gives it a route `demo.bench/*`; edgechat is the primary worker.
+// and gives it a route `demo.bench/*`; edgechat is the primary worker. A limiter that never
+// waits is not asked at all by edgechat (PROTOCOL.md), so a third target, edgechat with
+// [env.bench-asked] (cost 1 ms: asked about every frame, never waiting at these rates) at
+// `asked.bench/*`, shows what asking costs.
 //
 // Each scenario is one room: `receivers` joined sockets that only listen, plus `senders`
 // joined sockets that each send a message, wait for their own echo, and send the next (a
-// rejected frame is retried after 1 ms). Targets alternate within each round, so both see
-// the same machine load. Reported per target and scenario:
+// rejected frame is retried after 1 ms). Targets rotate within each round, so all see the
+// same machine load. Reported per target and scenario:
 // - accepted msg/s: echoes the senders got, per second of the measured window;
 // - CPU ms/msg: CPU time of the workerd processes (user + system, all threads, from
 //   /proc/<pid>/stat) during the window, per accepted message; it includes the WebSocket
@@ -307,6 +310,7 @@ const server = createTestHarness({
   workers: [
     { configPath: path.join(crateDir, "wrangler.toml"), env: "bench" },
     { configPath: path.join(demoDir, "wrangler.toml") },
+    { configPath: path.join(crateDir, "wrangler.toml"), env: "bench-asked" },
   ],
 });
 let status = 1;
@@ -317,6 +321,7 @@ try {
   const targets = [
     { name: "edgechat-worker", port, host: null },
     { name: "workers-chat-demo", port, host: "demo.bench" },
+    { name: "edgechat-worker, limiter asked", port, host: "asked.bench" },
   ];
   const load = [os.loadavg()[0]];
   const results = new Map();
@@ -324,7 +329,8 @@ try {
   for (const target of targets) await runScenario(target, SCENARIOS[0], 1, workerd);
   for (let round = 0; round < options.rounds; round += 1) {
     for (const scenario of SCENARIOS) {
-      const order = round % 2 === 0 ? targets : [...targets].reverse();
+      // Rotated each round, so that no target always runs right after another.
+      const order = targets.map((_, i) => targets[(i + round) % targets.length]);
       for (const target of order) {
         const stats = await runScenario(target, scenario, options.seconds, workerd);
         const key = `${scenario.name}/${target.name}`;

@@ -26,8 +26,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use edgechat_core::auth::{
-    origin_allowed, Access, Algorithm, AuthConfig, AuthError, AuthMode, TokenVerifier,
-    VerifyingKeys,
+    upgrade_origin_allowed, Access, Algorithm, AuthConfig, AuthError, AuthMode, PageScheme,
+    TokenVerifier, VerifyingKeys,
 };
 use edgechat_core::http::answer::{self, Answer};
 use edgechat_core::ids::{is_lower_hex_id, Namespace, ObjectId};
@@ -91,15 +91,18 @@ impl Policy {
             .map_err(|error: AuthError| answer::auth_refused(error))
     }
 
-    /// Whether a browser page from `origin` may open a WebSocket; `own` is the origin of the
-    /// request's own URL (the Worker's page), which is always allowed.
+    /// Whether a browser page from `origin` may open a WebSocket (core's rule): the page's own
+    /// origin, `scheme://host` of this request's URL, is always allowed.
     ///
     /// # Errors
     /// Core's 403.
-    pub(crate) fn check_origin(&self, origin: Option<&str>, own: &str) -> Result<(), Answer> {
-        if self.allowed_origins.is_empty()
-            || origin_allowed(origin, &self.allowed_origins, Some(own))
-        {
+    pub(crate) fn check_origin(
+        &self,
+        origin: Option<&str>,
+        host: Option<&str>,
+        scheme: PageScheme,
+    ) -> Result<(), Answer> {
+        if upgrade_origin_allowed(origin, &self.allowed_origins, host, scheme) {
             Ok(())
         } else {
             Err(answer::origin_refused())

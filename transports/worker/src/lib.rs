@@ -36,7 +36,7 @@ pub use room::ChatRoom;
 use std::cell::Cell;
 use std::net::IpAddr;
 
-use edgechat_core::auth::{bearer_token, token_from_query};
+use edgechat_core::auth::{bearer_token, token_from_query, PageScheme};
 use edgechat_core::counter::CounterOp;
 use edgechat_core::http::answer::{self, Answer};
 use edgechat_core::http::{self, Method, Route};
@@ -161,9 +161,17 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
                 Err(misconfigured) => return respond(misconfigured),
             };
             let origin = req.headers().get("Origin")?;
-            if let Err(refused) =
-                policy.check_origin(origin.as_deref(), &url.origin().ascii_serialization())
-            {
+            // The page's own origin: this request's host, with the scheme the URL says.
+            let host = url.host_str().map(|host| match url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            });
+            let scheme = if url.scheme() == "https" {
+                PageScheme::Https
+            } else {
+                PageScheme::Http
+            };
+            if let Err(refused) = policy.check_origin(origin.as_deref(), host.as_deref(), scheme) {
                 return respond(refused);
             }
             // Refused here, before any object wakes up; the room admits the token again to

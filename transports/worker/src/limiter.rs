@@ -5,9 +5,11 @@
 //! memory. The object may be evicted whenever it is idle on the platform's terms (no request
 //! for a few seconds), which can be long before the core limiter is idle (its budget can
 //! reach 20 s and more into the future), so storage must always hold a state at least as
-//! strict as the one in memory. The object therefore writes the state after an action only
-//! if an eviction would lose something: not when the limiter is idle (equal to a fresh one)
-//! and what storage holds is idle too. The write is one statement, before the answer leaves.
+//! strict as the one in memory. The object therefore stores a reservation a little ahead of
+//! the state (core's `RateLimiter::reservation`: one action's cost and a second) and writes
+//! again only when memory outgrows it: about once a second while the IP is busy, never while
+//! it is idle. After an eviction a client may wait up to that much longer than it would have,
+//! never less. The write is one statement, before the answer leaves.
 
 use std::cell::RefCell;
 
@@ -83,9 +85,11 @@ impl DurableObject for RateLimiter {
         let resident = slot.as_mut().expect("restored above");
         let at = now();
         let wait_ms = resident.limiter.handle_action(at);
-        let state = resident.limiter.state();
-        let stored_is_idle = CoreLimiter::from_state(self.config, resident.stored).is_idle(at);
-        if state != resident.stored && !(resident.limiter.is_idle(at) && stored_is_idle) {
+        // The object may be evicted without warning, so storage must never hold a looser
+        // limiter than memory: a reservation ahead of it is stored whenever memory outgrows
+        // the last one (about once a second while busy, not on every action).
+        if resident.limiter.outgrows(&resident.stored, at) {
+            let state = resident.limiter.reservation();
             // Durable before the answer leaves (the output gate would hold it anyway).
             if let Err(error) = sql::put(&storage, keys::LIMITER_STATE, &state.encode()) {
                 // Forget the unstored action: the next request restores from storage.
