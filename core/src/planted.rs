@@ -34,11 +34,18 @@ pub enum PlantedBug {
     /// A failed write is reported to its senders, but the room keeps waiting for it, so
     /// nothing is written (or answered) again.
     FailedWriteStalls,
+    /// A connection whose token grants `read` may send messages.
+    ReadRoleMaySend,
+    /// A refresh is acknowledged, but the connection keeps its old token's expiry, so it is
+    /// closed while its fresh token is valid.
+    RefreshKeepsOldExpiry,
+    /// A token holder joins under the name it asks for, not its token's.
+    TokenNameIgnored,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 11] = [
+    pub const ALL: [PlantedBug; 14] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -50,5 +57,8 @@ impl PlantedBug {
         PlantedBug::FailedWriteReusesDurableId,
         PlantedBug::FailedWriteSkipsIds,
         PlantedBug::FailedWriteStalls,
+        PlantedBug::ReadRoleMaySend,
+        PlantedBug::RefreshKeepsOldExpiry,
+        PlantedBug::TokenNameIgnored,
     ];
 }

@@ -9,6 +9,9 @@
 //! that survives host crashes. The seed decides the world's shape, which fault kinds are on
 //! (swarm testing: a random subset per run), and every fault's timing.
 //!
+//! Half of the runs also put the rooms under auth, with tokens that expire mid-session under
+//! clock faults ([`tokens`]).
+//!
 //! A run has two phases: faults, then settling (faults off, network healed), after which
 //! every connected client must have converged. See `sim/README.md` for the invariants and
 //! how to replay a seed.
@@ -18,6 +21,7 @@
 
 pub mod mailbox;
 mod nodes;
+pub mod tokens;
 pub mod world;
 
 use std::collections::BTreeMap;

@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use edgechat_core::auth::{Access, AuthError, Identity};
 use edgechat_core::host::{HostOutput, RoomHost};
 use edgechat_core::limiter::{RateLimiter, SessionLimiter, VerdictRequest};
 use edgechat_core::protocol::{Frame, ERROR_RATE_LIMITED, ERROR_STORAGE_UNAVAILABLE};
-use edgechat_core::room::{close_after_restore_failure, ConnId, Input, Output};
+use edgechat_core::room::{
+    close_after_restore_failure, ConnId, Input, Output, CLOSE_TOKEN_EXPIRED,
+};
 use edgechat_core::storage::{keys, WriteBatch};
 use edgechat_core::testkit::ServerFrameView;
 use edgechat_core::Timestamp;
@@ -17,10 +20,14 @@ use madsim::rand::{thread_rng, Rng};
 use madsim::time::{sleep, sleep_until};
 
 use crate::mailbox::Mailbox;
+use crate::tokens;
 use crate::world::{
-    client_ip, newest_id, ClientConn, ClientEvent, CommitOutcome, FaultKind, HostEvent, LimiterAsk,
-    Shared, World, CLIENT_LATENCY_MAX_MS, COMMIT_BOUND_MS, SETTLE_MS,
+    client_ip, newest_id, ClientConn, ClientEvent, CommitOutcome, FaultKind, HostBug, HostEvent,
+    LimiterAsk, Shared, World, CLIENT_LATENCY_MAX_MS, COMMIT_BOUND_MS, SETTLE_MS,
 };
+
+/// The room's answer to a refresh it took.
+const REFRESHED_FRAME: &str = r#"{"refreshed":true}"#;
 
 /// Presence and retained history: what an eviction must not change.
 type RoomView = (Vec<String>, Vec<Frame>);
@@ -198,6 +205,10 @@ struct Host {
     in_flight: BTreeMap<usize, WriteBatch>,
     views: BTreeMap<usize, RoomView>,
     wakes: BTreeMap<usize, madsim::time::Instant>,
+    /// The token of a refresh frame handed to its room and not yet answered, per
+    /// connection, to judge the answer (the room may hold the frame for its limiter's answer
+    /// and decide it in a later event). A client sends nothing else while one is out.
+    refreshing: BTreeMap<ConnId, String>,
 }
 
 async fn host_main(world: Shared, index: usize) {
@@ -212,7 +223,11 @@ async fn host_main(world: Shared, index: usize) {
         w.trace(line);
         let rooms = (0..w.sc.rooms)
             .filter(|room| room % w.sc.hosts == index)
-            .map(|room| (room, RoomHost::new(w.sc.room.clone(), w.sc.idle_ms)))
+            .map(|room| {
+                let mut config = w.sc.room.clone();
+                config.auth = w.tokens.as_ref().map(|t| t.room_auth(room));
+                (room, RoomHost::new(config, w.sc.idle_ms))
+            })
             .collect();
         (w.hosts[index].incarnation, rooms)
     };
@@ -226,6 +241,7 @@ async fn host_main(world: Shared, index: usize) {
         in_flight: BTreeMap::new(),
         views: BTreeMap::new(),
         wakes: BTreeMap::new(),
+        refreshing: BTreeMap::new(),
     };
     while let Some(event) = host.inbox.recv().await {
         host.handle(event);
@@ -240,8 +256,17 @@ impl Host {
     fn handle(&mut self, event: HostEvent) {
         let now = self.now();
         let room = match event {
-            HostEvent::Connect { conn, room, ip } => {
+            HostEvent::Connect {
+                conn,
+                room,
+                ip,
+                token,
+            } => {
                 self.trace(format_args!("h{} r{room} connect {conn:?}", self.index));
+                // Admission comes first, as at the server's upgrade.
+                let Some(access) = self.admit(conn, room, token.as_deref(), now) else {
+                    return;
+                };
                 if !self.ensure_resident(room) {
                     // The room is out of service: this socket is closed like its others.
                     self.close_sockets(room, vec![conn]);
@@ -255,7 +280,10 @@ impl Host {
                         shadow: SessionLimiter::default(),
                     },
                 );
-                self.input(room, Input::Connect { conn, ip });
+                match access {
+                    Access::User(identity) => self.connect_as(room, conn, ip, identity),
+                    Access::Anonymous => self.input(room, Input::Connect { conn, ip }),
+                }
                 room
             }
             HostEvent::Text { conn, text } => {
@@ -263,6 +291,9 @@ impl Host {
                     return;
                 };
                 self.trace(format_args!("h{} r{room} {conn:?} -> {text}", self.index));
+                if let Some(token) = tokens::refresh_token(&text) {
+                    self.refreshing.insert(conn, token);
+                }
                 self.input(room, Input::Text { conn, text });
                 room
             }
@@ -276,7 +307,11 @@ impl Host {
                     return; // every socket of the room, this one included, was closed
                 }
                 self.sockets.remove(&conn);
-                lock(&self.world).conn_closed(conn);
+                self.refreshing.remove(&conn);
+                let mut w = lock(&self.world);
+                w.conn_closed(conn);
+                tokens::forget(&mut w, conn);
+                drop(w);
                 self.input(room, Input::Closed { conn });
                 room
             }
@@ -354,6 +389,11 @@ impl Host {
             }
             HostEvent::Wake { room } => {
                 self.wakes.remove(&room);
+                // An evicted room with something due (a token expiry) is restored for it.
+                let due = self.rooms[&room].wake_at().is_some_and(|at| at <= now);
+                if due && !self.ensure_resident(room) {
+                    return;
+                }
                 let host = self.rooms.get_mut(&room).expect("room on this host");
                 host.handle_timeout(now);
                 self.drain(room);
@@ -393,7 +433,10 @@ impl Host {
         w.count_fault(FaultKind::Evict.name());
         w.trace(format_args!("h{} r{room} eviction requested", self.index));
         drop(w);
-        host.request_eviction();
+        self.rooms
+            .get_mut(&room)
+            .expect("room on this host")
+            .request_eviction();
         self.drain(room);
     }
 
@@ -469,6 +512,8 @@ impl Host {
         let mut w = lock(&shared);
         for conn in &conns {
             self.sockets.remove(conn);
+            self.refreshing.remove(conn);
+            tokens::forget(&mut w, *conn);
         }
         for output in close_after_restore_failure(conns) {
             let Output::Close { conn, code, reason } = output else {
@@ -489,6 +534,57 @@ impl Host {
             // crashes first, the connection breaks instead.
             to_client(&shared, &mut w, conn, ClientEvent::Closed { conn });
         }
+    }
+
+    /// Decides on a connection as the server's upgrade does ([`AuthConfig::admit`] on the
+    /// host's clock), and has the oracle judge it; `None` if refused (the client is told,
+    /// as by a 401 or 403 answer).
+    ///
+    /// [`AuthConfig::admit`]: edgechat_core::auth::AuthConfig::admit
+    fn admit(
+        &mut self,
+        conn: ConnId,
+        room: usize,
+        token: Option<&str>,
+        now: Timestamp,
+    ) -> Option<Access> {
+        let shared = self.world.clone();
+        let mut w = lock(&shared);
+        let Some(config) = w.tokens.as_ref().map(|t| t.config.clone()) else {
+            return Some(Access::Anonymous);
+        };
+        let decision = config.admit(&tokens::room_id(room), token, now);
+        let watch = tokens::judge_admission(&mut w, conn, self.index, token, now, &decision);
+        if let Some(generation) = watch {
+            madsim::task::spawn(tokens::expiry_watchdog(shared.clone(), conn, generation));
+        }
+        match decision {
+            Ok(access) => Some(access),
+            Err(error) => {
+                w.trace(format_args!(
+                    "h{} r{room} refuse {conn:?}: {error}",
+                    self.index
+                ));
+                to_client(&shared, &mut w, conn, ClientEvent::Closed { conn });
+                None
+            }
+        }
+    }
+
+    /// Connects a verified user (the room is resident), as the server does.
+    fn connect_as(&mut self, room: usize, conn: ConnId, ip: IpAddr, identity: Identity) {
+        let now = self.now();
+        let host = self.rooms.get_mut(&room).expect("room on this host");
+        let connected = host
+            .room_mut(now)
+            .map(|r| r.handle_connect_as(conn, ip, Some(identity), now));
+        if !matches!(connected, Some(Ok(()))) {
+            lock(&self.world).violate(
+                "host-contract",
+                format!("room {room} refused user connection {conn:?}: {connected:?}"),
+            );
+        }
+        self.drain(room);
     }
 
     fn input(&mut self, room: usize, input: Input) {
@@ -522,6 +618,7 @@ impl Host {
             let mut w = lock(&shared);
             match output {
                 HostOutput::Room(Output::Send { conn, frame }) => {
+                    self.judge_refresh(&shared, &mut w, conn, &frame, now);
                     to_client(&shared, &mut w, conn, ClientEvent::Frame { conn, frame });
                 }
                 HostOutput::Room(Output::Broadcast { recipients, frame }) => {
@@ -535,6 +632,9 @@ impl Host {
                 }
                 HostOutput::Room(Output::Close { conn, code, reason }) => {
                     w.trace(format_args!("r{room} close {conn:?} {code} {reason}"));
+                    if code == CLOSE_TOKEN_EXPIRED {
+                        tokens::judge_expiry_close(&mut w, conn, now);
+                    }
                     to_client(&shared, &mut w, conn, ClientEvent::Closed { conn });
                     self.inbox.push(HostEvent::Closed { conn });
                 }
@@ -672,9 +772,49 @@ impl Host {
         }
     }
 
+    /// The room sent `frame` to `conn`: if it answers a refresh of `conn`, the oracle judges
+    /// the answer (a refusal for the rate limit says nothing about the token).
+    fn judge_refresh(
+        &mut self,
+        shared: &Shared,
+        w: &mut World,
+        conn: ConnId,
+        frame: &Frame,
+        now: Timestamp,
+    ) {
+        if !self.refreshing.contains_key(&conn) {
+            return;
+        }
+        let answer = if **frame == *REFRESHED_FRAME {
+            Ok(())
+        } else {
+            match serde_json::from_str::<ServerFrameView>(frame)
+                .ok()
+                .and_then(|f| f.error)
+            {
+                Some(error) => Err(error),
+                None => return, // not an answer
+            }
+        };
+        let token = self.refreshing.remove(&conn).expect("checked");
+        if answer
+            .as_ref()
+            .is_err_and(|error| error == ERROR_RATE_LIMITED)
+        {
+            return;
+        }
+        let answer = answer.as_ref().map(|_| ()).map_err(String::as_str);
+        if let Some(generation) = tokens::judge_refresh(w, conn, &token, answer, now) {
+            madsim::task::spawn(tokens::expiry_watchdog(shared.clone(), conn, generation));
+        }
+    }
+
     fn schedule_wakes(&mut self, now: Timestamp) {
+        let wake_evicted = lock(&self.world).host_bug != Some(HostBug::NoExpiryWakeWhileHibernated);
         for (room, host) in &self.rooms {
-            let Some(deadline) = host.poll_timeout() else {
+            // A resident room's own timer, or an evicted one's wake-up (a token expiry).
+            let wake_at = host.wake_at().filter(|_| wake_evicted);
+            let Some(deadline) = host.poll_timeout().or(wake_at) else {
                 continue;
             };
             // Compared in simulated real time, not on the host's clock: a wake scheduled
@@ -773,7 +913,12 @@ async fn client_main(world: Shared, index: usize) {
                 w.conn_closed(conn);
                 if w.clients[index].current.conn == Some(conn) {
                     w.trace(format_args!("u{index} lost {conn:?}"));
+                    let refused = !w.clients[index].current.ready;
                     w.clients[index].current = ClientConn::default();
+                    let now_ms = w.elapsed_ms();
+                    if let Some(tokens) = w.tokens.as_mut().filter(|_| refused) {
+                        tokens.back_off(index, now_ms);
+                    }
                 }
             }
             ClientEvent::Frame { conn, frame } => {
@@ -792,6 +937,18 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
         // Connect (again), usually resuming from the last message seen.
         let since = client.last_seen.filter(|_| rng.gen_bool(0.85));
         let (room, ip, name) = (client.room, client.ip, client.name.clone());
+        let (now_ms, settling) = (w.elapsed_ms(), w.settling);
+        if w.tokens
+            .as_ref()
+            .is_some_and(|t| now_ms < t.held[index].retry_at_ms)
+        {
+            return;
+        }
+        let token = w
+            .tokens
+            .as_mut()
+            .filter(|t| t.plans[index].carries_token)
+            .map(|t| t.mint(&mut rng, index, room, now_ms, settling));
         let conn = w.open_conn(index);
         let slot = &mut w.clients[index];
         slot.connects += 1;
@@ -801,7 +958,13 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
             ..ClientConn::default()
         };
         w.trace(format_args!("u{index} connects {conn:?} since {since:?}"));
-        to_host(shared, w, conn, HostEvent::Connect { conn, room, ip });
+        let connect = HostEvent::Connect {
+            conn,
+            room,
+            ip,
+            token,
+        };
+        to_host(shared, w, conn, connect);
         to_host(shared, w, conn, join_frame(conn, &name, since));
         return;
     };
@@ -811,6 +974,28 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
             w.clients[index].current.join_rejected = false;
             to_host(shared, w, conn, join_frame(conn, &name, since));
         }
+        return;
+    }
+    let (now_ms, settling, room) = (w.elapsed_ms(), w.settling, client.room);
+    // A refresh goes out alone: after every frame before it is answered, and nothing
+    // else is sent until it is answered (so each answer is known to be the refresh's).
+    let quiet = client.current.answers == client.current.sent;
+    if w.tokens
+        .as_ref()
+        .is_some_and(|t| t.held[index].refresh_outstanding)
+    {
+        return;
+    }
+    if let Some(tokens) = w
+        .tokens
+        .as_mut()
+        .filter(|t| quiet && t.refresh_due(index, now_ms, settling))
+    {
+        let token = tokens.mint(&mut rng, index, room, now_ms, settling);
+        tokens.held[index].refresh_outstanding = true;
+        let text = format!(r#"{{"token":"{token}"}}"#);
+        expect_answer(shared, w, index, conn);
+        to_host(shared, w, conn, HostEvent::Text { conn, text });
         return;
     }
     if w.settling {
@@ -826,7 +1011,8 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
         slot.sent += 1;
         let message = format!("{}#{}", slot.name, slot.sent);
         let text = format!(r#"{{"message":"{message}"}}"#);
-        slot.sent_on.insert(message, conn);
+        slot.sent_on.insert(message.clone(), conn);
+        tokens::sending(w, conn, &message);
         expect_answer(shared, w, index, conn);
         to_host(shared, w, conn, HostEvent::Text { conn, text });
     } else if roll < 0.58 {
@@ -880,8 +1066,22 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
         return;
     };
     let room = w.clients[index].room;
+    if **frame == *REFRESHED_FRAME {
+        w.trace(format_args!("u{index} {conn:?} <- refreshed"));
+        if let Some(tokens) = w.tokens.as_mut() {
+            tokens.held[index].refresh_outstanding = false;
+        }
+        answered(w, index, conn);
+        return;
+    }
     if let Some(error) = parsed.error {
         w.trace(format_args!("u{index} {conn:?} <- error {error}"));
+        if let Some(tokens) = w.tokens.as_mut() {
+            tokens.held[index].refresh_outstanding = false;
+        }
+        if error == AuthError::ReadOnly.to_string() {
+            w.count_fault("auth-read-only-refused");
+        }
         let current = &mut w.clients[index].current;
         if !current.ready {
             if error == ERROR_RATE_LIMITED {
@@ -943,10 +1143,15 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
     w.trace(format_args!("u{index} {conn:?} <- #{id}"));
     let mut problem = None;
     // Storage failures: what was refused is never seen, what was acknowledged never changes.
-    let text = serde_json::from_str::<serde_json::Value>(frame)
-        .ok()
-        .and_then(|value| Some(value.get("message")?.as_str()?.to_owned()))
-        .unwrap_or_default();
+    let value = serde_json::from_str::<serde_json::Value>(frame).ok();
+    let field = |key: &str| -> String {
+        value
+            .as_ref()
+            .and_then(|value| Some(value.get(key)?.as_str()?.to_owned()))
+            .unwrap_or_default()
+    };
+    let (text, name) = (field("message"), field("name"));
+    tokens::judge_message(w, room, &text, &name, "is seen");
     let oracle = &mut w.rooms[room];
     if oracle.refused.contains(&text) {
         problem = Some((
@@ -1239,6 +1444,15 @@ fn inject(world: &Shared, handle: &madsim::runtime::Handle, kind: FaultKind) {
                 w.limiter_offset_ms += step;
             } else {
                 w.host_offset_ms[target] += step;
+                // A token's expiry is a deadline on the host's wall clock (a Durable Object
+                // alarm): the host's timers see the step.
+                if w.tokens.is_some() {
+                    if let Some(inbox) = &w.hosts[target].inbox {
+                        for room in (0..w.sc.rooms).filter(|room| room % w.sc.hosts == target) {
+                            inbox.push(HostEvent::Wake { room });
+                        }
+                    }
+                }
             }
             w.trace(format_args!("clock step node {target} by {step} ms"));
         }

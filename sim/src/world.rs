@@ -27,6 +27,7 @@ use edgechat_core::Timestamp;
 use madsim::rand::{thread_rng, Rng};
 
 use crate::mailbox::Mailbox;
+use crate::tokens::{self, AuthScenario, Tokens};
 use crate::{fnv1a, RunReport, SimOptions, FNV_OFFSET};
 
 /// The wall-clock time at which every run starts (virtual time zero).
@@ -131,11 +132,18 @@ pub enum HostBug {
     /// A host commits all its rooms' batches one at a time, so a hanging commit of one
     /// room holds up every other room on the host (as the server's storage thread did).
     SharedStorageQueue,
+    /// A host ignores `RoomHost::wake_at`: it sets no timer for an evicted room's token
+    /// expiries, so an expired connection of a quiet room stays open until the room's next
+    /// event (the server's behaviour before it used `wake_at`).
+    NoExpiryWakeWhileHibernated,
 }
 
 impl HostBug {
     /// Every host bug.
-    pub const ALL: [HostBug; 1] = [HostBug::SharedStorageQueue];
+    pub const ALL: [HostBug; 2] = [
+        HostBug::SharedStorageQueue,
+        HostBug::NoExpiryWakeWhileHibernated,
+    ];
 }
 
 /// The shape of one run, drawn from its seed.
@@ -160,6 +168,8 @@ pub struct Scenario {
     /// Rooms whose storage has faults (empty unless a storage fault kind is on); the
     /// others are healthy and must not notice.
     pub faulty_rooms: BTreeSet<usize>,
+    /// The rooms run with auth (see [`crate::tokens`]), in half of the runs.
+    pub auth: Option<AuthScenario>,
 }
 
 /// A broken invariant.
@@ -194,6 +204,8 @@ pub enum HostEvent {
         room: usize,
         /// The client's IP.
         ip: IpAddr,
+        /// The token on the upgrade URL, if any (runs with auth).
+        token: Option<String>,
     },
     /// A text frame.
     Text {
@@ -503,6 +515,8 @@ pub struct World {
     trace: VecDeque<String>,
     keep_trace: bool,
     durable_messages: u64,
+    /// Auth, in runs with it.
+    pub tokens: Option<Tokens>,
 }
 
 impl World {
@@ -531,7 +545,7 @@ impl World {
                 faulty_rooms.insert(rng.gen_range(0..rooms));
             }
         }
-        let sc = Scenario {
+        let mut sc = Scenario {
             rooms,
             hosts: rng.gen_range(1..=2),
             ips: rng.gen_range(1..=3),
@@ -546,6 +560,7 @@ impl World {
                 ..RoomConfig::default()
             },
             faulty_rooms,
+            auth: None,
         };
         let on = |kind| sc.faults.contains(&kind);
         let skew = |rng: &mut madsim::rand::GlobalRng| {
@@ -604,6 +619,10 @@ impl World {
                 }
             })
             .collect();
+        let tokens = rng
+            .gen_bool(0.5)
+            .then(|| Tokens::draw(&mut rng, sc.clients));
+        sc.auth = tokens.as_ref().map(|t| t.scenario);
         World {
             seed,
             // The demo's limiter scaled down five times (same burst of four, then one per
@@ -644,6 +663,7 @@ impl World {
             trace: VecDeque::new(),
             keep_trace: options.keep_trace,
             durable_messages: 0,
+            tokens,
             sc,
         }
     }
@@ -746,6 +766,7 @@ impl World {
         self.to_client_queue.clear();
         self.stores.clear();
         self.rooms.clear();
+        self.tokens = None;
         self.accepts.clear();
         self.zero_answers.clear();
         self.trace.clear();
@@ -817,6 +838,25 @@ impl World {
         for conn in conns {
             self.break_conn(conn, "host crashed");
         }
+        // A connection the host closed whose close had not arrived yet: the close died
+        // with the process (its delivery ran there), so the client sees the socket end now.
+        let closing: Vec<(ConnId, usize)> = self
+            .to_client_queue
+            .iter()
+            .filter(|(_, queue)| !queue.is_empty())
+            .filter_map(|(conn, _)| Some((*conn, self.conns.get(conn)?)))
+            .filter(|(_, info)| !info.open && info.host == host)
+            .map(|(conn, info)| (conn, info.client))
+            .collect();
+        for (conn, client) in closing {
+            self.to_client_queue.remove(&conn);
+            self.trace(format_args!(
+                "break {conn:?} (host crashed before its close arrived)"
+            ));
+            self.clients[client]
+                .inbox
+                .push(ClientEvent::Closed { conn });
+        }
     }
 
     /// Cuts `ip` off from the hosts, breaking its connections.
@@ -887,6 +927,7 @@ impl World {
                 }
             }
             previous = Some((message.id, message.timestamp));
+            tokens::judge_message(self, room, &message.message, &message.name, "is written");
         }
     }
 
@@ -979,11 +1020,8 @@ impl World {
             if let Some(problem) = problem {
                 self.violate("refused-never-visible", format!("room {room}: {problem}"));
             }
-            let Some(client) = message
-                .name
-                .strip_prefix('u')
-                .and_then(|n| n.parse::<usize>().ok())
-                .filter(|client| *client < self.clients.len())
+            let Some(client) =
+                client_of_text(&message.message).filter(|client| *client < self.clients.len())
             else {
                 continue;
             };
@@ -1196,7 +1234,11 @@ impl World {
     fn check_converged(&mut self, room: usize) {
         let newest = newest_id(&self.stores[room]);
         let mut problem = None;
-        for client in self.clients.iter().filter(|c| c.room == room) {
+        let can_join = |client: usize| self.tokens.as_ref().is_none_or(|t| t.can_join(client));
+        for (index, client) in self.clients.iter().enumerate() {
+            if client.room != room || !can_join(index) {
+                continue;
+            }
             let current = &client.current;
             let connected = current
                 .conn
@@ -1226,8 +1268,9 @@ impl World {
         let mut expected: Vec<String> = self
             .clients
             .iter()
-            .filter(|c| c.room == room && c.current.ready)
-            .map(|c| c.name.clone())
+            .enumerate()
+            .filter(|(_, c)| c.room == room && c.current.ready)
+            .map(|(index, c)| tokens::shown_name(self, index, c.current.conn))
             .collect();
         expected.sort();
         let mut presence = self.rooms[room].presence.clone();
@@ -1319,6 +1362,11 @@ pub fn client_ip(index: usize) -> IpAddr {
 
 fn skewed(true_ms: u64, offset_ms: i64) -> Timestamp {
     Timestamp(true_ms.saturating_add_signed(offset_ms))
+}
+
+/// The client that sent a chat text (`u<client>#<n>`).
+pub fn client_of_text(text: &str) -> Option<usize> {
+    text.strip_prefix('u')?.split('#').next()?.parse().ok()
 }
 
 fn decode(value: &Frame) -> Option<ChatMessage> {

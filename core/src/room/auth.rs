@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::{ConnId, Output, Phase, Room, RoomError};
 use crate::auth::{AuthConfig, AuthError, Identity};
 use crate::ids::ObjectId;
+use crate::planted::PlantedBug;
 use crate::protocol::{self, Frame, CLIENT_FRAME_LEN_MAX_BYTES};
 use crate::time::Timestamp;
 
@@ -133,7 +134,10 @@ impl Room {
             None => Err(AuthError::Missing),
         };
         match result {
-            Ok(fresh) => {
+            Ok(mut fresh) => {
+                if self.config.planted(PlantedBug::RefreshKeepsOldExpiry) {
+                    fresh.expires_at = current.expires_at;
+                }
                 if let Some(session) = self.sessions.get_mut(&conn) {
                     session.identity = Some(fresh);
                 }
@@ -147,9 +151,10 @@ impl Room {
 
     /// Whether `conn` may send a chat message; if not, it has been told why.
     pub(super) fn check_send(&mut self, conn: ConnId) -> bool {
-        let read_only = self
-            .identity(conn)
-            .is_some_and(|identity| !identity.role.may_send());
+        let read_only = !self.config.planted(PlantedBug::ReadRoleMaySend)
+            && self
+                .identity(conn)
+                .is_some_and(|identity| !identity.role.may_send());
         if read_only {
             self.send_error(conn, &AuthError::ReadOnly.to_string());
         }
