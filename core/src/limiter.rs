@@ -283,14 +283,6 @@ impl SessionLimiter {
         }
     }
 
-    /// When the question still outstanding was asked (`None` if none is).
-    pub fn asked_at(&self) -> Option<Timestamp> {
-        match self.state {
-            SessionLimiterState::Waiting { asked_at } => Some(asked_at),
-            _ => None,
-        }
-    }
-
     /// Applies an answer to question `seq`: wait `wait_ms` from `now`. Returns whether the
     /// state changed (a stale answer changes nothing).
     pub fn handle_verdict(&mut self, seq: u32, wait_ms: u64, now: Timestamp) -> bool {

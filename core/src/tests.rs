@@ -386,103 +386,103 @@ fn a_cooldown_refuses_held_frames_exactly_as_the_limiter_would() {
     assert!(h.frames(1).last().unwrap().contains("after"));
 }
 
+/// A bare room (no harness) at `t`: `ada` joined on connection 1 and one message sent right
+/// after the join, so that (when the limiter may wait) it is held while the join's answer is
+/// outstanding. Nothing has been taken from its outputs.
+fn room_with_ada_and_one_message(config: RoomConfig, t: Timestamp) -> Room {
+    let mut room = Room::new(config);
+    room.handle_connect(ConnId(1), "127.0.0.1".parse().unwrap(), t)
+        .unwrap();
+    room.handle_text(ConnId(1), r#"{"name":"ada"}"#, t).unwrap();
+    room.handle_text(ConnId(1), r#"{"message":"held"}"#, t)
+        .unwrap();
+    room
+}
+
+/// What a bare room put out since last asked.
+#[derive(Debug, Default)]
+struct Taken {
+    questions: Vec<crate::limiter::VerdictRequest>,
+    /// Frames to one connection with an `error`, and those with the rate-limit error.
+    errors: usize,
+    refused: usize,
+    attachments: usize,
+}
+
+fn take_outputs(room: &mut Room) -> Taken {
+    let mut taken = Taken::default();
+    while let Some(output) = room.poll_output() {
+        match output {
+            Output::AskRateLimiter { request, .. } => taken.questions.push(request),
+            Output::Send { frame, .. } if frame.contains("error") => {
+                taken.errors += 1;
+                if frame.contains(ERROR_RATE_LIMITED) {
+                    taken.refused += 1;
+                }
+            }
+            Output::SetAttachment { .. } => taken.attachments += 1,
+            _ => {}
+        }
+    }
+    taken
+}
+
+/// Questions asked and frames refused since last asked.
+fn asked_and_refused(room: &mut Room) -> (usize, usize) {
+    let taken = take_outputs(room);
+    (taken.questions.len(), taken.refused)
+}
+
 #[test]
 fn a_limiter_that_never_waits_is_never_asked() {
     let config = RoomConfig {
         limiter_may_wait: false,
         ..RoomConfig::default()
     };
-    let mut room = Room::new(config);
     let t = Timestamp(1_000);
-    room.handle_connect(ConnId(1), "127.0.0.1".parse().unwrap(), t)
-        .unwrap();
-    room.handle_text(ConnId(1), r#"{"name":"ada"}"#, t).unwrap();
+    let mut room = room_with_ada_and_one_message(config, t);
     for n in 0..20 {
         room.handle_text(ConnId(1), &format!(r#"{{"message":"m{n}"}}"#), t)
             .unwrap();
     }
-    let mut asked = 0;
-    let mut errors = 0;
-    while let Some(output) = room.poll_output() {
-        match output {
-            Output::AskRateLimiter { .. } => asked += 1,
-            Output::Send { frame, .. } if frame.contains("error") => errors += 1,
-            _ => {}
-        }
-    }
-    assert_eq!((asked, errors), (0, 0));
+    let taken = take_outputs(&mut room);
+    assert_eq!((taken.questions.len(), taken.errors), (0, 0));
 }
 
 #[test]
 fn a_clock_stepping_back_does_not_stretch_a_held_frame_s_wait() {
     let t = Timestamp(100_000);
-    let conn = ConnId(1);
-    let mut room = Room::new(RoomConfig::default());
-    room.handle_connect(conn, "127.0.0.1".parse().unwrap(), t)
-        .unwrap();
-    room.handle_text(conn, r#"{"name":"ada"}"#, t).unwrap();
-    room.handle_text(conn, r#"{"message":"held"}"#, t).unwrap();
-    while room.poll_output().is_some() {}
+    let mut room = room_with_ada_and_one_message(RoomConfig::default(), t);
+    take_outputs(&mut room);
     // The host's timer fires after the wait, but its clock has meanwhile stepped back 15 s.
     room.handle_timeout(Timestamp(t.0 - 15_000));
-    let refused = std::iter::from_fn(|| room.poll_output())
-        .filter(|output| matches!(output, Output::Send { frame, .. } if frame.contains(ERROR_RATE_LIMITED)))
-        .count();
-    assert_eq!(refused, 1);
+    assert_eq!(take_outputs(&mut room).refused, 1);
 }
 
 #[test]
 fn an_answer_and_the_next_question_write_one_attachment() {
     let t = Timestamp(1_000);
-    let conn = ConnId(1);
-    let mut room = Room::new(RoomConfig::default());
-    room.handle_connect(conn, "127.0.0.1".parse().unwrap(), t)
-        .unwrap();
-    room.handle_text(conn, r#"{"name":"ada"}"#, t).unwrap();
-    room.handle_text(conn, r#"{"message":"held"}"#, t).unwrap();
-    let mut asked = Vec::new();
-    while let Some(output) = room.poll_output() {
-        if let Output::AskRateLimiter { request, .. } = output {
-            asked.push(request);
-        }
-    }
+    let mut room = room_with_ada_and_one_message(RoomConfig::default(), t);
+    let asked = take_outputs(&mut room).questions;
     let [join_question] = asked[..] else {
         panic!("one question, about the join: {asked:?}")
     };
     // The answer makes the session idle, and the held frame makes it wait again at once.
     room.handle_rate_limit_verdict(join_question, 0, t);
-    let (mut attachments, mut questions) = (0, 0);
-    while let Some(output) = room.poll_output() {
-        match output {
-            Output::SetAttachment { .. } => attachments += 1,
-            Output::AskRateLimiter { .. } => questions += 1,
-            _ => {}
-        }
-    }
-    assert_eq!((attachments, questions), (1, 1));
+    let taken = take_outputs(&mut room);
+    assert_eq!((taken.attachments, taken.questions.len()), (1, 1));
 }
 
 #[test]
 fn held_frames_are_refused_when_the_answer_is_late() {
     let t = Timestamp(1_000);
     let conn = ConnId(1);
-    let mut room = Room::new(RoomConfig::default());
-    room.handle_connect(conn, "127.0.0.1".parse().unwrap(), t)
-        .unwrap();
-    room.handle_text(conn, r#"{"name":"ada"}"#, t).unwrap();
-    room.handle_text(conn, r#"{"message":"held"}"#, t).unwrap();
-    let take = |room: &mut Room| {
-        let (mut asked, mut refused) = (0, 0);
-        while let Some(output) = room.poll_output() {
-            match output {
-                Output::AskRateLimiter { .. } => asked += 1,
-                Output::Send { frame, .. } if frame.contains(ERROR_RATE_LIMITED) => refused += 1,
-                _ => {}
-            }
-        }
-        (asked, refused)
-    };
-    assert_eq!(take(&mut room), (1, 0), "only the join was asked about");
+    let mut room = room_with_ada_and_one_message(RoomConfig::default(), t);
+    assert_eq!(
+        asked_and_refused(&mut room),
+        (1, 0),
+        "only the join was asked about"
+    );
     assert!(
         !room.is_quiescent(),
         "a held frame keeps the room from eviction"
@@ -492,22 +492,26 @@ fn held_frames_are_refused_when_the_answer_is_late() {
     let deadline = room.poll_timeout().expect("a deadline for the held frame");
     assert_eq!(deadline, t.plus_millis(PIPELINE_WAIT_MAX_MS));
     room.handle_timeout(Timestamp(deadline.0 - 1));
-    assert_eq!(take(&mut room), (0, 0), "not before the deadline");
+    assert_eq!(
+        asked_and_refused(&mut room),
+        (0, 0),
+        "not before the deadline"
+    );
     room.handle_timeout(deadline);
-    assert_eq!(take(&mut room), (0, 1));
+    assert_eq!(asked_and_refused(&mut room), (0, 1));
     assert_eq!(room.poll_timeout(), None);
     assert!(room.is_quiescent());
     // A frame arriving while the answer is still outstanding is held again, for as long.
     room.handle_text(conn, r#"{"message":"late"}"#, deadline)
         .unwrap();
-    assert_eq!(take(&mut room), (0, 0));
+    assert_eq!(asked_and_refused(&mut room), (0, 0));
     room.handle_timeout(deadline.plus_millis(PIPELINE_WAIT_MAX_MS));
-    assert_eq!(take(&mut room), (0, 1));
+    assert_eq!(asked_and_refused(&mut room), (0, 1));
     // Once the limiter is given up on, the session asks again.
     let retry = t.plus_millis(crate::limiter::VERDICT_TIMEOUT_MS);
     room.handle_text(conn, r#"{"message":"again"}"#, retry)
         .unwrap();
-    assert_eq!(take(&mut room), (1, 0));
+    assert_eq!(asked_and_refused(&mut room), (1, 0));
 }
 
 #[test]
