@@ -162,6 +162,32 @@ fn query(token: Option<&str>) -> String {
     token.map_or_else(String::new, |token| format!("?token={token}"))
 }
 
+/// Connects with `token` (signed [`NEARLY_EXPIRED_SECS`] in the past, so valid only thanks
+/// to the target's leeway) and joins, expecting the token's `name`; skips the case when the
+/// target's leeway is too short to admit it.
+async fn join_nearly_expired(
+    t: &Target,
+    room: &str,
+    token: &str,
+    label: &str,
+    name: &str,
+) -> Result<Client> {
+    let mut client = match connect(t, room, Some(token), &[], label).await {
+        Err(error)
+            if error
+                .downcast_ref::<Refused>()
+                .is_some_and(|r| r.body == EXPIRED) =>
+        {
+            bail!(Skip(format!(
+                "the target's token leeway is under {NEARLY_EXPIRED_SECS} s"
+            )))
+        }
+        other => other?,
+    };
+    client.join_with(&json!({ "name": "x" }), name).await?;
+    Ok(client)
+}
+
 /// Opens a WebSocket to `room` with `token` on its URL and extra `headers`, from a fresh IP.
 async fn connect(
     t: &Target,
@@ -428,21 +454,7 @@ async fn auth_refresh_keeps_connection(t: Target) -> Result<()> {
         -NEARLY_EXPIRED_SECS,
         grant.clone(),
     )?;
-    let mut client = match connect(&t, &room, Some(&short), &[], "refresher").await {
-        Err(error)
-            if error
-                .downcast_ref::<Refused>()
-                .is_some_and(|r| r.body == EXPIRED) =>
-        {
-            bail!(Skip(format!(
-                "the target's token leeway is under {NEARLY_EXPIRED_SECS} s"
-            )))
-        }
-        other => other?,
-    };
-    client
-        .join_with(&json!({ "name": "x" }), "Refresher")
-        .await?;
+    let mut client = join_nearly_expired(&t, &room, &short, "refresher", "Refresher").await?;
     // The refresh first: the short token runs out within seconds.
     let fresh = token_signed(&secret, &sub, "Refresher", 600, grant.clone())?;
     client.send_json(&json!({ "token": fresh })).await?;
@@ -498,21 +510,7 @@ async fn expiry_closes(t: Target, hibernate: bool) -> Result<()> {
     )?;
     let watcher_token = token_signed(&secret, &unique_name("user"), "Watcher", 600, grant)?;
     let mut watcher = join(&t, &room, Some(&watcher_token), "w", "Watcher").await?;
-    let mut client = match connect(&t, &room, Some(&short), &[], "shortlived").await {
-        Err(error)
-            if error
-                .downcast_ref::<Refused>()
-                .is_some_and(|r| r.body == EXPIRED) =>
-        {
-            bail!(Skip(format!(
-                "the target's token leeway is under {NEARLY_EXPIRED_SECS} s"
-            )))
-        }
-        other => other?,
-    };
-    client
-        .join_with(&json!({ "name": "x" }), "Shortlived")
-        .await?;
+    let mut client = join_nearly_expired(&t, &room, &short, "shortlived", "Shortlived").await?;
     if hibernate {
         t.hibernate().await?;
     }
