@@ -734,37 +734,33 @@ impl Actor {
         }
     }
 
+    /// A close that reconnecting cannot mend: a fatal error with the server's `reason` (or
+    /// `fallback` when it gave none), then the client stops.
+    fn stop_on_refusal(&mut self, reason: String, fallback: &str) -> Flow {
+        let message = if reason.is_empty() {
+            fallback.to_owned()
+        } else {
+            reason
+        };
+        self.emit(Event::Error {
+            message: message.clone(),
+            fatal: true,
+        });
+        self.shutdown(&message);
+        Flow::Stop
+    }
+
     fn closed_by_server(&mut self, conn: &Conn, code: u16, reason: String) -> Flow {
         if code == CLOSE_TOKEN_EXPIRED && self.options.token_provider.is_none() {
             // The same token again would be refused: only the application can sign in anew.
-            let message = if reason.is_empty() {
-                "Token expired.".to_owned()
-            } else {
-                reason
-            };
-            self.emit(Event::Error {
-                message: message.clone(),
-                fatal: true,
-            });
-            self.shutdown(&message);
-            return Flow::Stop;
+            return self.stop_on_refusal(reason, "Token expired.");
         }
         if code != CLOSE_TOO_BIG {
             return Flow::Reconnect;
         }
         if conn.joining.is_some() {
             // 1009 before `ready` refuses the name: rejoining cannot help.
-            let message = if reason.is_empty() {
-                "The server refused the name.".to_owned()
-            } else {
-                reason
-            };
-            self.emit(Event::Error {
-                message: message.clone(),
-                fatal: true,
-            });
-            self.shutdown(&message);
-            return Flow::Stop;
+            return self.stop_on_refusal(reason, "The server refused the name.");
         }
         if self.queue.front().is_some_and(|head| head.in_flight) {
             // The frame in flight was over the server's frame size limit: refused, not stored.
