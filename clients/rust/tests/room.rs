@@ -7,9 +7,8 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use edgechat_client::http::HttpClient;
@@ -18,82 +17,14 @@ use edgechat_core::limiter::RateLimiterConfig;
 use edgechat_core::room::RoomConfig;
 use edgechat_server::{Config, Server};
 
-/// Generous bound for anything a test waits for; never a pass/fail timing.
-const WAIT: Duration = Duration::from_secs(30);
-const ADMIN_TOKEN: &str = "client-test-admin";
+mod common;
 
-/// A data directory removed when dropped.
-struct DataDir(PathBuf);
-
-impl DataDir {
-    fn new(tag: &str) -> DataDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "edgechat-client-test-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("a temporary data directory");
-        DataDir(path)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.0.join("chat.db")
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn config(db: &Path, listen: SocketAddr) -> Config {
-    Config {
-        listen,
-        data_path: db.to_owned(),
-        admin_token: Some(ADMIN_TOKEN.into()),
-        // A limiter that never bites (it still answers every frame).
-        rate_limit: RateLimiterConfig {
-            cost_ms: 1,
-            grace_ms: 600_000,
-        },
-        ..Config::default()
-    }
-}
+use common::{config, options, until, DataDir, ADMIN_TOKEN, WAIT};
 
 async fn start(config: Config) -> (Server, String) {
     let server = Server::start(config).await.expect("the server starts");
     let url = format!("http://{}", server.local_addr());
     (server, url)
-}
-
-/// Fast reconnects, so that tests spend their time on what they check.
-fn options(url: &str, room: &str, name: &str) -> ConnectOptions {
-    ConnectOptions {
-        reconnect_initial: Duration::from_millis(50),
-        reconnect_max: Duration::from_millis(500),
-        ..ConnectOptions::new(url, room, name)
-    }
-}
-
-/// Reads events until `done` returns a value, within [`WAIT`].
-async fn until<T>(events: &mut Events, what: &str, mut done: impl FnMut(&Event) -> Option<T>) -> T {
-    let found = tokio::time::timeout(WAIT, async {
-        while let Some(event) = events.next().await {
-            if let Some(value) = done(&event) {
-                return Some(value);
-            }
-        }
-        None
-    })
-    .await;
-    match found {
-        Ok(Some(value)) => value,
-        Ok(None) => panic!("events ended while waiting for {what}"),
-        Err(_) => panic!("no {what} within {WAIT:?}"),
-    }
 }
 
 async fn ready(events: &mut Events) -> Option<bool> {

@@ -3,45 +3,22 @@
 //! place), and rejoins with a fresh token after an expiry; with a static token the expiry
 //! (close 4001) closes the client for good; reads send the token as a bearer credential.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edgechat_client::{connect, token_expiry, ConnectOptions, Event, Events, State, TokenProvider};
+use edgechat_client::{connect, token_expiry, ConnectOptions, Event, State, TokenProvider};
 use edgechat_core::auth::{AuthConfig, AuthMode, TokenVerifier, VerifyingKeys};
 use edgechat_core::ids::ObjectId;
-use edgechat_core::limiter::RateLimiterConfig;
 use edgechat_server::{Config, Server};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
 
-/// Generous bound for anything a test waits for; never a pass/fail timing.
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
+
+use common::{until_logged as until, DataDir, WAIT};
+
 const SECRET: &[u8] = b"the rust client test secret, 32 bytes or more";
-
-/// A data directory removed when dropped.
-struct DataDir(PathBuf);
-
-impl DataDir {
-    fn new(tag: &str) -> DataDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "edgechat-client-token-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("a temporary data directory");
-        DataDir(path)
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A server that requires tokens signed with [`SECRET`] and allows no leeway on `exp`.
 async fn start(tag: &str) -> (Server, String, DataDir) {
@@ -50,14 +27,8 @@ async fn start(tag: &str) -> (Server, String, DataDir) {
     verifier.leeway_ms = 0;
     let auth = AuthConfig::new(AuthMode::Required, Some(verifier), Vec::<ObjectId>::new()).unwrap();
     let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_path: dir.0.join("chat.db"),
-        rate_limit: RateLimiterConfig {
-            cost_ms: 1,
-            grace_ms: 600_000,
-        },
         auth,
-        ..Config::default()
+        ..common::config(&dir.db(), "127.0.0.1:0".parse().unwrap())
     };
     let server = Server::start(config).await.expect("the server starts");
     let url = format!("http://{}", server.local_addr());
@@ -80,36 +51,7 @@ fn mint(name: &str, ttl_secs: u64) -> String {
 }
 
 fn options(url: &str, room: &str) -> ConnectOptions {
-    ConnectOptions {
-        reconnect_initial: Duration::from_millis(50),
-        reconnect_max: Duration::from_millis(500),
-        ..ConnectOptions::new(url, room, "ignored")
-    }
-}
-
-/// Reads events until `done` returns a value, within [`WAIT`]; every event read is kept.
-async fn until<T>(
-    events: &mut Events,
-    seen: &mut Vec<Event>,
-    what: &str,
-    mut done: impl FnMut(&Event) -> Option<T>,
-) -> T {
-    let found = tokio::time::timeout(WAIT, async {
-        while let Some(event) = events.next().await {
-            let value = done(&event);
-            seen.push(event);
-            if value.is_some() {
-                return value;
-            }
-        }
-        None
-    })
-    .await;
-    match found {
-        Ok(Some(value)) => value,
-        Ok(None) => panic!("events ended while waiting for {what}: {seen:?}"),
-        Err(_) => panic!("no {what} within {WAIT:?}: {seen:?}"),
-    }
+    common::options(url, room, "ignored")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
