@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::http::Response;
 use super::ws::{Client, Event, Outgoing, Refused, ERROR_RATE_LIMITED};
-use super::{unique_name, Case, Skip, Target};
+use super::{unique_name, Case, Skip, Target, VERDICT_SETTLE};
 
 /// How a target checks identities (its `--auth-mode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,21 +72,10 @@ const WRONG_SECRET: &str = "not the target's secret, but 32 bytes long or more";
 /// How far in the past the `exp` of a token that is about to expire lies: within the
 /// default leeway of 30 s, so the token is accepted and runs out a few seconds later.
 const NEARLY_EXPIRED_SECS: i64 = 25;
-/// Longer than any limiter round trip: after this, a session's verdict is surely in.
-const VERDICT_SETTLE: Duration = Duration::from_millis(600);
 /// Longer than a nearly expired token lives (the leeway's rest), with margin.
 const OUTLIVE_NEARLY_EXPIRED: Duration = Duration::from_secs(8);
 /// How long a socket is watched for the expiry close.
 const EXPIRY_CLOSE_WITHIN: Duration = Duration::from_secs(30);
-
-macro_rules! case {
-    ($name:ident) => {
-        Case {
-            name: stringify!($name),
-            run: |target| Box::pin($name(target)),
-        }
-    };
-}
 
 /// The identity and access cases.
 pub fn cases() -> Vec<Case> {

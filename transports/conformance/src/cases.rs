@@ -10,24 +10,13 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
 use super::ws::{Event, Frame, Outgoing, Refused, ERROR_RATE_LIMITED};
-use super::{unique_name, Case, Skip, Target};
+use super::{unique_name, Case, Skip, Target, VERDICT_SETTLE};
 
 /// How long "nothing arrives" is watched for.
 const SILENCE: Duration = Duration::from_millis(500);
-/// Longer than any limiter round trip: after this, a session's verdict is surely in.
-const VERDICT_SETTLE: Duration = Duration::from_millis(600);
 /// The exact error frames of PROTOCOL.md.
 const NAME_TOO_LONG_FRAME: &str = r#"{"error":"Name too long."}"#;
 const MESSAGE_TOO_LONG_FRAME: &str = r#"{"error":"Message too long."}"#;
-
-macro_rules! case {
-    ($name:ident) => {
-        Case {
-            name: stringify!($name),
-            run: |target| Box::pin($name(target)),
-        }
-    };
-}
 
 /// Every case, in a sensible reading order.
 pub fn cases() -> Vec<Case> {

@@ -32,6 +32,16 @@
 
 #![warn(missing_docs)]
 
+/// A [`Case`] named after the async fn that runs it (used by the case lists below).
+macro_rules! case {
+    ($name:ident) => {
+        Case {
+            name: stringify!($name),
+            run: |target| Box::pin($name(target)),
+        }
+    };
+}
+
 pub mod auth;
 pub mod cases;
 pub mod http;
@@ -49,6 +59,9 @@ pub use self::auth::{AuthMode, AuthSetup};
 pub use self::cases::cases;
 use self::http::{Response, Url};
 use self::ws::Client;
+
+/// Longer than any limiter round trip: after this, a session's verdict is surely in.
+const VERDICT_SETTLE: Duration = Duration::from_millis(600);
 
 /// The default time limit of one case.
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(90);
