@@ -17,6 +17,7 @@ import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { newTab as openTab } from "./tab.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BIN = process.env.EDGECHAT_BIN || resolve(here, "../../../target/debug/edgechat");
@@ -90,20 +91,9 @@ after(async () => {
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
 });
 
-/** A fresh tab that records script errors and policy violations. */
-async function newTab() {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
-  const page = await context.newPage();
-  const problems = [];
-  page.on("pageerror", (e) => problems.push(String(e)));
-  page.on("console", (m) => { if (m.type() === "error") problems.push(m.text()); });
-  await page.addInitScript(() => {
-    window.cspViolations = [];
-    document.addEventListener("securitypolicyviolation", (e) => {
-      window.cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`);
-    });
-  });
-  return { context, page, problems };
+/** A fresh tab of this test's browser (see tab.mjs). */
+function newTab() {
+  return openTab(browser);
 }
 
 async function waitLive(page) {

@@ -16,6 +16,7 @@ import { join, resolve, dirname } from "node:path";
 import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { newTab } from "./tab.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BIN = process.env.EDGECHAT_BIN || resolve(here, "../../../target/debug/edgechat");
@@ -94,19 +95,7 @@ after(async () => {
 
 /** Opens the page for `name` in its own browser context and joins `room` through the form. */
 async function openUser(name, room) {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
-  const page = await context.newPage();
-  const problems = [];
-  page.on("pageerror", (e) => problems.push(String(e)));
-  page.on("console", (m) => { if (m.type() === "error") problems.push(m.text()); });
-  // Violations of the page's policy, as the page itself sees them (a blocked script may log
-  // nothing else).
-  await page.addInitScript(() => {
-    window.cspViolations = [];
-    document.addEventListener("securitypolicyviolation", (e) => {
-      window.cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`);
-    });
-  });
+  const { context, page, problems } = await newTab(browser);
   await page.goto(`http://127.0.0.1:${port}/#${room}`);
   await page.getByLabel("Your name", { exact: true }).fill(name);
   assert.equal(await page.getByLabel("Room", { exact: true }).inputValue(), room, "the room comes from the URL hash");
