@@ -53,7 +53,7 @@ async fn run_room(mut events: mpsc::Receiver<Event>) {
         });
         while let Some(input) = inbox.pop() {
             if !host.is_resident() {
-                let stored = storage.list(host.config().restore_query());
+                let stored = storage.list_each(&host.config().restore_queries());
                 host.restore(&stored, [], now())
                     .expect("memory storage is never corrupt");
             }

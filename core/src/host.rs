@@ -9,7 +9,7 @@
 //!
 //! # Contract
 //! Before handing a room an input, check [`RoomHost::is_resident`]; if it is not, read
-//! [`RoomConfig::restore_query`] from storage and call [`RoomHost::restore`] with the open
+//! [`RoomConfig::restore_queries`] from storage and call [`RoomHost::restore`] with the open
 //! connections' attachments. Then [`RoomHost::handle_input`], drain
 //! [`RoomHost::poll_output`], and sleep until [`RoomHost::poll_timeout`], where
 //! [`RoomHost::handle_timeout`] may evict the room.
@@ -83,7 +83,7 @@ impl RoomHost {
         self.room.is_some()
     }
 
-    /// The room's settings (and so its [`RoomConfig::restore_query`]).
+    /// The room's settings (and so its [`RoomConfig::restore_queries`]).
     pub fn config(&self) -> &RoomConfig {
         &self.config
     }
@@ -104,7 +104,9 @@ impl RoomHost {
         now: Timestamp,
     ) -> Result<(), RestoreError> {
         debug_assert!(self.room.is_none(), "restore of a resident room");
-        self.room = Some(Room::restore(self.config.clone(), stored, attachments)?);
+        let mut room = Room::restore(self.config.clone(), stored, attachments)?;
+        room.trim_history(now);
+        self.room = Some(room);
         self.wake_at = None;
         self.last_activity = now;
         self.eviction_requested = false;
@@ -156,11 +158,15 @@ impl RoomHost {
     }
 
     /// When to call [`RoomHost::handle_timeout`] next, if ever: the idle deadline, or a
-    /// token expiry in the room if that comes first.
+    /// token expiry or a message ageing out of the room's history if that comes first.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let room = self.room.as_ref()?;
         let idle = self.last_activity.plus_millis(self.idle_ms);
-        Some(room.poll_timeout().map_or(idle, |expiry| expiry.min(idle)))
+        let due = room
+            .poll_timeout()
+            .into_iter()
+            .chain(room.history_age_deadline());
+        Some(due.fold(idle, Timestamp::min))
     }
 
     /// While the room is evicted: when it must be restored (from storage and its sockets'

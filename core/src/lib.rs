@@ -11,6 +11,7 @@
 //!   durability before visibility, hibernation attachments).
 //! - [`host`]: idle eviction and restore, the object-host logic every adapter shares.
 //! - [`limiter`]: the per-IP rate limiter and the room side of it.
+//! - [`moderation`]: moderation actions, room settings and the frames that announce them.
 //! - [`counter`]: the counter object.
 //! - [`ids`]: object ids from names and private ids minted and verified with a secret.
 //! - [`storage`]: the key scheme, write batches and an in-memory reference store.
@@ -42,7 +43,7 @@
 //! while !inbox.is_empty() {
 //!     let input = inbox.remove(0);
 //!     if !host.is_resident() {
-//!         let stored = storage.list(host.config().restore_query());
+//!         let stored = storage.list_each(&host.config().restore_queries());
 //!         host.restore(&stored, [], now).expect("storage is not corrupt");
 //!     }
 //!     host.handle_input(input, now).expect("inputs follow the contract");
@@ -81,6 +82,7 @@ pub mod host;
 pub mod http;
 pub mod ids;
 pub mod limiter;
+pub mod moderation;
 pub mod planted;
 pub mod protocol;
 pub mod room;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Identity;
 use crate::limiter::{SessionLimiter, SessionLimiterState, VerdictRequest};
+use crate::moderation::Restrictions;
 use crate::protocol::{
     self, ChatMessage, ClientFrame, Expecting, Frame, FrameError, MessageText, UserName,
     CLOSE_INTERNAL_ERROR, CLOSE_NAME_TOO_LONG, CLOSE_REASON_STATE_LOST, ERROR_NAME_TOO_LONG,
@@ -35,13 +36,16 @@ use crate::time::Timestamp;
 use crate::planted::PlantedBug;
 
 mod auth;
+mod moderation;
 mod pipeline;
 mod unavailable;
 
 pub use auth::{RoomAuth, CLOSE_REASON_TOKEN_EXPIRED, CLOSE_TOKEN_EXPIRED};
+pub use moderation::{Actor, Member};
 pub use pipeline::{PIPELINED_BYTES_MAX, PIPELINED_FRAMES_MAX, PIPELINE_WAIT_MAX_MS};
 pub use unavailable::close_after_restore_failure;
 
+use moderation::{ChatRecord, MessageChange, PendingState};
 use pipeline::{HeldFrames, Incoming};
 
 /// A connection's id, chosen by the adapter and unique within a room for the room's life
@@ -49,7 +53,7 @@ use pipeline::{HeldFrames, Incoming};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ConnId(pub u64);
 
-/// Correlates an HTTP publish with its confirmation.
+/// Correlates an HTTP request (a publish or a moderation action) with its confirmation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PublishId(pub u64);
 
@@ -92,12 +96,20 @@ impl Default for RoomConfig {
 }
 
 impl RoomConfig {
-    /// The storage read that [`Room::restore`] needs: the newest retained messages.
-    pub fn restore_query(&self) -> ListQuery {
-        ListQuery {
-            prefix: keys::MESSAGE_PREFIX,
-            limit: self.history_retained_max,
-        }
+    /// The storage reads that [`Room::restore`] needs, answered in this order and passed
+    /// to it concatenated: the room's moderation state, then the newest retained messages.
+    pub fn restore_queries(&self) -> [ListQuery; 2] {
+        [
+            ListQuery {
+                prefix: keys::ROOM_STATE_PREFIX,
+                // Settings, plus every ban and mute.
+                limit: crate::moderation::RESTRICTIONS_MAX + 1,
+            },
+            ListQuery {
+                prefix: keys::MESSAGE_PREFIX,
+                limit: self.history_retained_max,
+            },
+        ]
     }
 
     /// Whether this room runs with `bug` planted (always `false` without `planted-bugs`).
@@ -170,6 +182,12 @@ pub enum Output {
         /// The message's id.
         id: u64,
     },
+    /// A moderation action of the admin API ([`Room::handle_moderate`]) is done: durable
+    /// and in force.
+    Moderated {
+        /// The request this confirms.
+        request: PublishId,
+    },
 }
 
 /// Caller misuse: an input that cannot happen if the adapter follows the contract.
@@ -213,6 +231,12 @@ pub enum RestoreError {
     /// A stored message record does not decode, or its id disagrees with its key.
     #[error("corrupt message record at key {key:?}")]
     CorruptRecord {
+        /// The record's key.
+        key: String,
+    },
+    /// A moderation record (`room/…`) does not decode.
+    #[error("corrupt moderation record at key {key:?}")]
+    CorruptState {
         /// The record's key.
         key: String,
     },
@@ -282,13 +306,36 @@ struct StoredMessage {
     frame: Frame,
 }
 
-/// A message accepted but not yet durable.
+/// A record accepted but not yet durable: a message, or a change that takes the next id.
 #[derive(Debug, Clone)]
 struct PendingMessage {
     message: StoredMessage,
-    /// The connection that sent it (`None` for a publish).
+    /// The connection that sent it (`None` for a publish or a change).
     sender: Option<ConnId>,
     publish: Option<PublishId>,
+    /// The admin request that made this change.
+    moderation: Option<PublishId>,
+    /// What the record changes in an earlier message (a deletion or an edit).
+    change: Option<MessageChange>,
+}
+
+/// Something waiting for storage, in the order it was accepted.
+#[derive(Debug, Clone)]
+enum PendingEntry {
+    /// A record with an id.
+    Message(PendingMessage),
+    /// A ban, a mute or new settings.
+    State(PendingState),
+}
+
+impl PendingEntry {
+    /// The admin or publish request answered when it settles.
+    fn request(&self) -> Option<PublishId> {
+        match self {
+            PendingEntry::Message(pending) => pending.publish.or(pending.moderation),
+            PendingEntry::State(state) => state.request,
+        }
+    }
 }
 
 /// A session's lifecycle.
@@ -423,7 +470,9 @@ pub struct RoomStats {
 #[derive(Debug, Clone)]
 struct InFlight {
     batch: BatchId,
-    messages: Vec<PendingMessage>,
+    entries: Vec<PendingEntry>,
+    /// The lowest message id storage may hold once this batch is durable.
+    stored_from: u64,
 }
 
 /// A chat room. See the [module documentation](self) for the contract.
@@ -442,7 +491,11 @@ pub struct Room {
     /// The last timestamp assigned (durable or not).
     last_timestamp: Timestamp,
     /// Accepted, waiting for the next batch.
-    pending: Vec<PendingMessage>,
+    pending: Vec<PendingEntry>,
+    /// The lowest message id storage may still hold (older ones were deleted).
+    stored_from: u64,
+    /// Bans, mutes and the room's settings, as durable.
+    restrictions: Restrictions,
     in_flight: Option<InFlight>,
     next_batch: u64,
     outputs: VecDeque<Output>,
@@ -464,6 +517,8 @@ impl Room {
             durable_id: 0,
             last_timestamp: Timestamp::ZERO,
             pending: Vec::new(),
+            stored_from: 1,
+            restrictions: Restrictions::default(),
             in_flight: None,
             next_batch: 1,
             outputs: VecDeque::new(),
@@ -474,7 +529,7 @@ impl Room {
 
     /// Rebuilds a room after eviction or a crash.
     ///
-    /// `stored` is the answer to [`RoomConfig::restore_query`], in ascending key order.
+    /// `stored` is the answer to [`RoomConfig::restore_queries`], in ascending key order.
     /// `attachments` are the open connections with their last attachment (none after a
     /// crash). A connection whose attachment cannot be decoded is closed with
     /// [`CLOSE_INTERNAL_ERROR`] (in the outputs), since its session cannot be trusted.
@@ -488,17 +543,26 @@ impl Room {
     ) -> Result<Room, RestoreError> {
         let mut room = Room::new(config);
         for (key, value) in stored {
+            if key.starts_with(keys::ROOM_STATE_PREFIX) {
+                room.restore_state(key, value)
+                    .map_err(|()| RestoreError::CorruptState { key: key.clone() })?;
+                continue;
+            }
             let corrupt = || RestoreError::CorruptRecord { key: key.clone() };
             let id = keys::parse_message(key).ok_or_else(corrupt)?;
-            let message = ChatMessage::decode(value).map_err(|_| corrupt())?;
+            let (record_id, timestamp) = match ChatMessage::decode(value) {
+                Ok(message) => (message.id, message.timestamp),
+                Err(_) => {
+                    match crate::moderation::ChangeRecord::decode(value).ok_or_else(corrupt)? {
+                        crate::moderation::ChangeRecord::Deleted { id, at, .. }
+                        | crate::moderation::ChangeRecord::Edited { id, at, .. } => (id, at),
+                    }
+                }
+            };
             // Ids start at 1, and a record must leave room for a successor: id 0 would slip
             // past the gap check below, and id or timestamp `u64::MAX` would make the next
             // message overflow its id or repeat its timestamp (found by fuzzing).
-            if message.id != id
-                || id == 0
-                || id == u64::MAX
-                || message.timestamp == Timestamp(u64::MAX)
-            {
+            if record_id != id || id == 0 || id == u64::MAX || timestamp == Timestamp(u64::MAX) {
                 return Err(corrupt());
             }
             if room.last_id != 0 && id != room.last_id + 1 {
@@ -506,13 +570,16 @@ impl Room {
             }
             room.last_id = id;
             room.durable_id = id;
-            room.last_timestamp = room.last_timestamp.max(message.timestamp);
+            room.last_timestamp = room.last_timestamp.max(timestamp);
             room.history.push_back(StoredMessage {
                 id,
-                timestamp: message.timestamp,
+                timestamp,
                 frame: value.clone(),
             });
         }
+        room.stored_from = room.history.front().map_or(1, |message| message.id);
+        // The settings may keep fewer messages than were read (by age: see `RoomHost::restore`).
+        room.trim_history(Timestamp::ZERO);
         let forget_first = room.config.planted(PlantedBug::RestoreForgetsAttachment);
         for (index, (conn, bytes)) in attachments.into_iter().enumerate() {
             if forget_first && index == 0 {
@@ -592,7 +659,7 @@ impl Room {
         &mut self,
         conn: ConnId,
         ip: IpAddr,
-        _now: Timestamp,
+        now: Timestamp,
     ) -> Result<(), RoomError> {
         if self.sessions.contains_key(&conn) {
             return Err(RoomError::DuplicateConnection(conn));
@@ -617,6 +684,7 @@ impl Room {
         };
         self.sessions.insert(conn, session);
         self.push_attachment(conn);
+        self.refuse_banned_ip(conn, ip, now);
         Ok(())
     }
 
@@ -638,8 +706,11 @@ impl Room {
         if self.handle_token_frame(conn, text, now) {
             return;
         }
+        if expecting == Expecting::Message && self.handle_moderation_frame(conn, text, now) {
+            return;
+        }
         match protocol::decode_client_frame(text, expecting) {
-            Ok(ClientFrame::Join { name, since }) => self.join(conn, name, since),
+            Ok(ClientFrame::Join { name, since }) => self.join(conn, name, since, now),
             Ok(ClientFrame::Message { text }) => self.chat(conn, text, now),
             Err(FrameError::NameTooLong) => self.refuse_name(conn),
             Err(error) => self.send_error(conn, &error.to_string()),
@@ -695,15 +766,31 @@ impl Room {
     ///
     /// # Errors
     /// [`RoomError::UnknownBatch`] unless `batch` is the batch in flight.
-    pub fn handle_durable(&mut self, batch: BatchId, _now: Timestamp) -> Result<(), RoomError> {
+    pub fn handle_durable(&mut self, batch: BatchId, now: Timestamp) -> Result<(), RoomError> {
         match &self.in_flight {
             Some(in_flight) if in_flight.batch == batch => {}
             _ => return Err(RoomError::UnknownBatch(batch)),
         }
         let in_flight = self.in_flight.take().expect("checked above");
+        self.stored_from = in_flight.stored_from;
         let broadcast_now = !self.config.planted(PlantedBug::BroadcastBeforeDurable);
-        for pending in in_flight.messages {
+        for entry in in_flight.entries {
+            let pending = match entry {
+                PendingEntry::Message(pending) => pending,
+                PendingEntry::State(state) => {
+                    self.apply_state(state.effect, now);
+                    if let Some(request) = state.request {
+                        self.outputs.push_back(Output::Moderated { request });
+                    }
+                    continue;
+                }
+            };
             let message = pending.message;
+            if let Some(change) = pending.change {
+                self.apply_message_change(change);
+            } else {
+                self.stats.messages_durable += 1;
+            }
             if broadcast_now {
                 self.broadcast(message.frame.clone());
             }
@@ -713,13 +800,13 @@ impl Room {
                     id: message.id,
                 });
             }
+            if let Some(request) = pending.moderation {
+                self.outputs.push_back(Output::Moderated { request });
+            }
             self.durable_id = message.id;
-            self.stats.messages_durable += 1;
             self.history.push_back(message);
         }
-        while self.history.len() > self.config.history_retained_max {
-            self.history.pop_front();
-        }
+        self.trim_history(now);
         Ok(())
     }
 
@@ -727,7 +814,8 @@ impl Room {
     /// messages, and those accepted after them, do not exist. Each sender still connected
     /// gets [`ERROR_STORAGE_UNAVAILABLE`]; nothing is broadcast; the next message takes the
     /// first id that failed, as it would after a restore. Returns the publishes that failed,
-    /// in order, for the adapter to answer.
+    /// and moderation requests that failed (nothing of them changed), in order, for the
+    /// adapter to answer.
     ///
     /// # Errors
     /// [`RoomError::UnknownBatch`] unless `batch` is the batch in flight.
@@ -744,13 +832,16 @@ impl Room {
         let pending = std::mem::take(&mut self.pending);
         if self.config.planted(PlantedBug::FailedBatchLandsLater) {
             // Tells the senders, yet keeps the messages for the next batch.
-            self.pending = in_flight.messages.iter().chain(&pending).cloned().collect();
+            self.pending = in_flight.entries.iter().chain(&pending).cloned().collect();
         }
         let mut failed_publishes = Vec::new();
-        for message in in_flight.messages.into_iter().chain(pending) {
-            self.stats.messages_refused_storage += 1;
-            if let Some(request) = message.publish {
-                failed_publishes.push(request);
+        for entry in in_flight.entries.into_iter().chain(pending) {
+            failed_publishes.extend(entry.request());
+            let PendingEntry::Message(message) = entry else {
+                continue;
+            };
+            if message.change.is_none() {
+                self.stats.messages_refused_storage += 1;
             }
             if let Some(conn) = message.sender {
                 if self.sessions.contains_key(&conn)
@@ -771,7 +862,8 @@ impl Room {
             // Still waits for the batch that failed, so never starts another.
             self.in_flight = Some(InFlight {
                 batch,
-                messages: Vec::new(),
+                entries: Vec::new(),
+                stored_from: self.stored_from,
             });
         }
         Ok(failed_publishes)
@@ -923,7 +1015,7 @@ impl Room {
         self.set_phase(conn, Phase::Closing);
     }
 
-    fn join(&mut self, conn: ConnId, name: UserName, since: Option<u64>) {
+    fn join(&mut self, conn: ConnId, name: UserName, since: Option<u64>, now: Timestamp) {
         let Some(Phase::Unnamed { connect_last_id }) =
             self.sessions.get(&conn).map(|s| s.phase.clone())
         else {
@@ -936,6 +1028,13 @@ impl Room {
             }
             _ => name,
         };
+        let user = self
+            .identity(conn)
+            .map_or_else(|| name.to_string(), |identity| identity.sub.clone());
+        if self.refuse_join(conn, &user, now) {
+            return;
+        }
+        self.trim_history(now);
 
         // 1. One `joined` per user already in the room.
         let roster: Vec<Frame> = self
@@ -977,11 +1076,16 @@ impl Room {
         self.set_phase(conn, Phase::Joined { name });
         self.roster_cache = None;
         self.broadcast(joined_frame);
+        // 5. The topic, if the room has one (an extension the demo's page ignores); 6. ready.
+        if let Some(topic) = &self.restrictions.settings.topic {
+            let frame = crate::moderation::encode_topic(Some(topic));
+            self.send(conn, frame);
+        }
         self.send(conn, protocol::encode_ready(recovered));
     }
 
     fn chat(&mut self, conn: ConnId, text: MessageText, now: Timestamp) {
-        if !self.check_send(conn) {
+        if !self.check_send(conn) || !self.check_restrictions(conn, now) {
             return;
         }
         if self.pending_len() >= self.config.pending_messages_max {
@@ -1004,64 +1108,122 @@ impl Room {
         sender: Option<ConnId>,
         publish: Option<PublishId>,
     ) {
+        let timestamp = self.next_timestamp(now);
+        self.last_id += 1;
+        let record = ChatRecord {
+            name,
+            message,
+            timestamp,
+            id: self.last_id,
+            user: None,
+            edited: false,
+        };
+        let frame = self.chat_record(sender, record);
+        if self.config.planted(PlantedBug::BroadcastBeforeDurable) {
+            self.broadcast(frame.clone());
+        }
+        self.pending.push(PendingEntry::Message(PendingMessage {
+            message: StoredMessage {
+                id: self.last_id,
+                timestamp,
+                frame,
+            },
+            sender,
+            publish,
+            moderation: None,
+            change: None,
+        }));
+    }
+
+    /// The next record's timestamp.
+    fn next_timestamp(&mut self, now: Timestamp) -> Timestamp {
         let timestamp = if self.config.planted(PlantedBug::TimestampNotClamped) {
             now
         } else {
             // Strictly increasing under any clock: a clock stepping back cannot reorder.
             now.max(self.last_timestamp.plus_millis(1))
         };
-        self.last_id += 1;
         self.last_timestamp = timestamp;
-        let chat = ChatMessage {
-            name,
-            message,
-            timestamp,
-            id: self.last_id,
-        };
-        let frame = chat.encode();
-        if self.config.planted(PlantedBug::BroadcastBeforeDurable) {
-            self.broadcast(frame.clone());
-        }
-        self.pending.push(PendingMessage {
-            message: StoredMessage {
-                id: chat.id,
-                timestamp,
-                frame,
-            },
-            sender,
-            publish,
-        });
+        timestamp
     }
 
     fn start_batch(&mut self) -> Output {
-        let messages = std::mem::take(&mut self.pending);
-        let first_id = messages[0].message.id;
-        let last_id = messages[messages.len() - 1].message.id;
-        let mut writes = Vec::with_capacity(messages.len() * 2);
-        for pending in &messages {
-            writes.push(Write::Put {
-                key: keys::message(pending.message.id),
-                value: pending.message.frame.clone(),
-            });
+        let mut entries = std::mem::take(&mut self.pending);
+        let retained: Vec<&StoredMessage> = self.history.iter().collect();
+        Room::change_writes(&mut entries, &retained);
+        let mut writes = Vec::with_capacity(entries.len() * 2);
+        for entry in &entries {
+            match entry {
+                PendingEntry::Message(pending) => {
+                    writes.push(Write::Put {
+                        key: keys::message(pending.message.id),
+                        value: pending.message.frame.clone(),
+                    });
+                    if let Some(change) = &pending.change {
+                        let rewrites = change.rewrites.iter();
+                        for (id, frame) in
+                            rewrites.chain([&(change.target, change.target_frame.clone())])
+                        {
+                            writes.push(Write::Put {
+                                key: keys::message(*id),
+                                value: frame.clone(),
+                            });
+                        }
+                    }
+                }
+                PendingEntry::State(state) => writes.push(state.write.clone()),
+            }
         }
-        // Storage holds ids (first_id - 1 - retained, first_id - 1]; after this batch it must
-        // hold (last_id - retained, last_id], so the ids in between fall off.
-        let retained = self.config.history_retained_max as u64;
-        let mut delete_from = first_id.saturating_sub(retained).max(1);
-        let mut delete_through = last_id.saturating_sub(retained);
+        // After this batch storage keeps at most the retained count of the newest records,
+        // and none the room's settings trimmed from memory: everything below falls off (a
+        // rewrite of such a record above is undone by its delete, which comes later).
+        let last_id = self.last_id.max(self.durable_id);
+        let count_max = self
+            .restrictions
+            .settings
+            .history_max
+            .map_or(usize::MAX, |max| max as usize)
+            .min(self.config.history_retained_max) as u64;
+        let mut stored_from = self
+            .stored_from
+            .max((last_id + 1).saturating_sub(count_max))
+            .max(
+                self.history
+                    .front()
+                    .map_or(self.durable_id + 1, |message| message.id),
+            );
         if self.config.planted(PlantedBug::HistoryTrimOffByOne) {
-            delete_from = delete_from.max(2) - 1;
-            delete_through += 1;
+            stored_from += 1;
         }
-        for id in delete_from..=delete_through {
+        for id in self.stored_from..stored_from {
             writes.push(Write::Delete {
                 key: keys::message(id),
             });
         }
         let batch = BatchId(self.next_batch);
         self.next_batch += 1;
-        self.in_flight = Some(InFlight { batch, messages });
+        self.in_flight = Some(InFlight {
+            batch,
+            entries,
+            stored_from,
+        });
         Output::Persist(WriteBatch { id: batch, writes })
+    }
+
+    /// Everything accepted and not yet durable: the batch in flight, then the next one.
+    fn waiting_entries(&self) -> impl Iterator<Item = &PendingEntry> {
+        self.in_flight
+            .iter()
+            .flat_map(|in_flight| &in_flight.entries)
+            .chain(&self.pending)
+    }
+
+    /// How many sessions are joined.
+    fn roster_len(&self) -> usize {
+        self.sessions
+            .values()
+            .filter(|session| matches!(session.phase, Phase::Joined { .. }))
+            .count()
     }
 
     fn holds_everything_after(&self, since: u64) -> bool {
@@ -1076,7 +1238,7 @@ impl Room {
     }
 
     fn pending_len(&self) -> usize {
-        self.pending.len() + self.in_flight.as_ref().map_or(0, |f| f.messages.len())
+        self.pending.len() + self.in_flight.as_ref().map_or(0, |f| f.entries.len())
     }
 
     fn roster(&mut self) -> Arc<[ConnId]> {

@@ -14,6 +14,9 @@ use std::sync::Arc;
 pub mod keys {
     /// Prefix of a room's message records; see [`message`].
     pub const MESSAGE_PREFIX: &str = "msg/";
+    /// Prefix of a room's moderation state: settings, bans, mutes (see
+    /// [`crate::moderation::keys`]).
+    pub const ROOM_STATE_PREFIX: &str = "room/";
     /// A counter's value.
     pub const COUNTER_VALUE: &str = "counter/value";
     /// A rate limiter's state, for hosts that persist limiters.
@@ -120,6 +123,11 @@ impl MemoryStore {
             .collect();
         newest.reverse();
         newest
+    }
+
+    /// Answers each query in turn, concatenated (as [`RoomConfig::restore_queries`](crate::room::RoomConfig::restore_queries) asks).
+    pub fn list_each(&self, queries: &[ListQuery]) -> Vec<(String, Value)> {
+        queries.iter().flat_map(|query| self.list(*query)).collect()
     }
 
     /// How many entries the store holds.

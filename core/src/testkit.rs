@@ -309,7 +309,7 @@ impl Harness {
         if self.host.is_resident() {
             return Ok(());
         }
-        let stored = self.store.list(self.host.config().restore_query());
+        let stored = self.store.list_each(&self.host.config().restore_queries());
         let attachments: Vec<(ConnId, Vec<u8>)> = self
             .clients
             .iter()
@@ -371,7 +371,8 @@ impl Harness {
                 HostOutput::Room(Output::AskRateLimiter { request, ip }) => {
                     self.questions.push_back((request, ip));
                 }
-                HostOutput::Room(Output::Published { .. }) | HostOutput::Hibernated => {}
+                HostOutput::Room(Output::Published { .. } | Output::Moderated { .. })
+                | HostOutput::Hibernated => {}
             }
         }
         for (conn, frames) in received {

@@ -457,7 +457,7 @@ impl Host {
             if w.restore_fails(room) {
                 None
             } else {
-                let stored = w.stores[room].list(host.config().restore_query());
+                let stored = w.stores[room].list_each(&host.config().restore_queries());
                 w.restored(room, &stored);
                 Some(stored)
             }
@@ -731,7 +731,7 @@ impl Host {
                     };
                     to_limiter(&shared, &mut w, ask);
                 }
-                HostOutput::Room(Output::Published { .. }) => {}
+                HostOutput::Room(Output::Published { .. } | Output::Moderated { .. }) => {}
                 HostOutput::Hibernated => {
                     w.trace(format_args!("h{} r{room} hibernated", self.index));
                     w.count_fault("hibernated");

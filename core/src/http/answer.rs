@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{HistoryQuery, Refusal, EXPECTED_WEBSOCKET, NOT_FOUND};
 use crate::auth::AuthError;
 use crate::ids::ObjectId;
+use crate::moderation::{ModError, RoomSummary, RoomView};
 use crate::protocol::ChatMessage;
 use crate::room::PublishError;
 
@@ -149,6 +150,30 @@ pub fn publish_failed(error: &PublishError) -> Answer {
         _ => 400,
     };
     Answer::text(status, error.to_string())
+}
+
+/// A moderation action that is done: `{"ok":true}`.
+pub fn moderated() -> Answer {
+    Answer::json("{\"ok\":true}".to_owned())
+}
+
+/// A moderation action the room refused (or that did not parse): the error's status and text.
+pub fn moderation_refused(error: &ModError) -> Answer {
+    Answer::text(error.status(), error.to_string())
+}
+
+/// One room for the admin API.
+pub fn room_view(view: &RoomView) -> Answer {
+    Answer::json(to_json(view))
+}
+
+/// The live rooms for the admin API: `{"rooms":[..]}`.
+pub fn room_summaries(rooms: &[RoomSummary]) -> Answer {
+    #[derive(Serialize)]
+    struct Rooms<'a> {
+        rooms: &'a [RoomSummary],
+    }
+    Answer::json(to_json(&Rooms { rooms }))
 }
 
 /// A publish body that did not parse (see [`PublishBody::parse`](super::PublishBody::parse)):

@@ -50,6 +50,9 @@ pub struct RoomAddress {
     pub id: ObjectId,
 }
 
+/// Largest moderation request body the adapters read, in bytes.
+pub const MODERATE_BODY_LEN_MAX_BYTES: usize = protocol::CLIENT_FRAME_LEN_MAX_BYTES;
+
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -73,6 +76,13 @@ pub enum Route {
     RoomPresence(RoomAddress),
     /// `POST /api/room/<room>/messages`.
     RoomPublish(RoomAddress),
+    /// `POST /api/room/<room>/moderate` (admin token): one moderation action
+    /// ([`crate::moderation`]).
+    RoomModerate(RoomAddress),
+    /// `GET /api/room/<room>/admin` (admin token): members, bans, mutes, settings.
+    RoomAdmin(RoomAddress),
+    /// `GET /api/admin/rooms` (admin token): the rooms in memory or with open sockets.
+    AdminRooms,
     /// `/api/counter/<name>[/increment|/decrement]`.
     Counter(ObjectId, crate::counter::CounterOp),
     /// `GET /metrics`.
@@ -223,10 +233,15 @@ pub fn route(
                 }
                 (["presence"], Method::Get) => Ok(Route::RoomPresence(room)),
                 (["messages"], Method::Post) => Ok(Route::RoomPublish(room)),
-                (["history" | "presence" | "messages"], _) => Err(METHOD_NOT_ALLOWED),
+                (["moderate"], Method::Post) => Ok(Route::RoomModerate(room)),
+                (["admin"], Method::Get) => Ok(Route::RoomAdmin(room)),
+                (["history" | "presence" | "messages" | "moderate" | "admin"], _) => {
+                    Err(METHOD_NOT_ALLOWED)
+                }
                 _ => Err(NOT_FOUND),
             }
         }
+        ["api", "admin", "rooms"] => get_only(method, Route::AdminRooms),
         ["api", "counter", name, rest @ ..] if !name.is_empty() => {
             check_name_len(name)?;
             let id = ObjectId::from_name(Namespace::Counter, name);
@@ -459,6 +474,27 @@ mod tests {
             refusal(r(Method::Get, "/api/room/lobby/messages", false)).0,
             405
         );
+        assert_eq!(
+            r(Method::Post, "/api/room/lobby/moderate", false),
+            Ok(Route::RoomModerate(RoomAddress { id }))
+        );
+        assert_eq!(
+            r(Method::Get, "/api/room/lobby/admin", false),
+            Ok(Route::RoomAdmin(RoomAddress { id }))
+        );
+        assert_eq!(
+            refusal(r(Method::Get, "/api/room/lobby/moderate", false)).0,
+            405
+        );
+        assert_eq!(
+            refusal(r(Method::Post, "/api/room/lobby/admin", false)).0,
+            405
+        );
+        assert_eq!(
+            r(Method::Get, "/api/admin/rooms", false),
+            Ok(Route::AdminRooms)
+        );
+        assert_eq!(refusal(r(Method::Post, "/api/admin/rooms", false)).0, 405);
         let counter = ObjectId::from_name(Namespace::Counter, "c");
         assert_eq!(
             r(Method::Get, "/api/counter/c", false),

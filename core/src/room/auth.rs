@@ -99,9 +99,11 @@ impl Room {
 
     /// Closes every connection whose token has expired by `now` (a joined user's `quit` is
     /// broadcast to the others), and decides frames held for a limiter answer that is
-    /// overdue. Early or repeated calls are harmless.
+    /// overdue, and drops messages older than the room keeps. Early or repeated calls are
+    /// harmless.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.release_overdue(now);
+        self.trim_history(now);
         let expired: Vec<ConnId> = self
             .sessions
             .iter()

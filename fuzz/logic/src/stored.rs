@@ -215,7 +215,7 @@ fn drain(room: &mut Room, now: Timestamp, chats: &mut Vec<ChatMessage>) {
             Output::AskRateLimiter { request, .. } => {
                 room.handle_rate_limit_verdict(request, 0, now);
             }
-            Output::Close { .. } | Output::Published { .. } => {}
+            Output::Close { .. } | Output::Published { .. } | Output::Moderated { .. } => {}
         }
     }
 }

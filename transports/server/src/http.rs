@@ -17,9 +17,11 @@ use edgechat_core::auth::{bearer_token, token_from_query};
 use edgechat_core::counter::CounterOp;
 use edgechat_core::http::answer::{self, Answer};
 use edgechat_core::http::{
-    is_authorized, route, HistoryQuery, Method, PublishBody, Route, PUBLISH_BODY_LEN_MAX_BYTES,
+    is_authorized, route, HistoryQuery, Method, PublishBody, Route, MODERATE_BODY_LEN_MAX_BYTES,
+    PUBLISH_BODY_LEN_MAX_BYTES,
 };
 use edgechat_core::ids::{Namespace, ObjectId, PRIVATE_ID_RANDOM_LEN_BYTES};
+use edgechat_core::moderation::{self, ModError};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
@@ -127,6 +129,12 @@ impl Handle {
                 Err(refused) => refused,
             },
             Ok(Route::RoomPublish(room)) => self.publish_answer(&parts, room.id, body).await,
+            Ok(Route::RoomModerate(room)) => self.moderate_answer(&parts, room.id, body).await,
+            Ok(Route::RoomAdmin(room)) => self.room_admin_answer(&parts, room.id).await,
+            Ok(Route::AdminRooms) => match self.is_authorized(&parts.headers) {
+                true => answer::room_summaries(&self.shared.rooms.summaries().await),
+                false => answer::unauthorized(),
+            },
             Ok(Route::Counter(id, op)) => self.counter_answer(id, op).await,
             Ok(Route::Metrics) => answer::metrics(self.shared.metrics.render()),
             Ok(Route::Health) => match self.shared.store.health().failing() {
@@ -236,6 +244,42 @@ impl Handle {
         match self.publish_to(room, name.into(), message.into()).await {
             Some(Ok(id)) => answer::published(id),
             Some(Err(error)) => answer::publish_failed(&error),
+            None => answer::unavailable(),
+        }
+    }
+
+    async fn moderate_answer<B>(&self, parts: &Parts, room: ObjectId, body: B) -> Answer
+    where
+        B: http_body::Body + Send,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        if !self.is_authorized(&parts.headers) {
+            return answer::unauthorized();
+        }
+        let Some(body) = read_body(body, MODERATE_BODY_LEN_MAX_BYTES).await else {
+            return answer::body_unreadable();
+        };
+        let action = match std::str::from_utf8(&body)
+            .map_err(|_| ModError::Malformed("expected a JSON object"))
+            .and_then(moderation::decode_action)
+        {
+            Ok(action) => action,
+            Err(error) => return answer::moderation_refused(&error),
+        };
+        match self.moderate_in(room, action).await {
+            Some(Ok(())) => answer::moderated(),
+            Some(Err(error)) => answer::moderation_refused(&error),
+            None => answer::unavailable(),
+        }
+    }
+
+    async fn room_admin_answer(&self, parts: &Parts, room: ObjectId) -> Answer {
+        if !self.is_authorized(&parts.headers) {
+            return answer::unauthorized();
+        }
+        match self.room_view(room).await {
+            Some(view) => answer::room_view(&view),
             None => answer::unavailable(),
         }
     }

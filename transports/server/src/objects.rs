@@ -228,6 +228,25 @@ impl<M, D> HibernatingRegistry<M, D> {
             .collect()
     }
 
+    /// Every object the registry holds, in id order: a live task's inbox, or what
+    /// `dormant` reads off a dormant record (an object handing over counts as live: `None`).
+    pub(crate) fn survey<S>(
+        &self,
+        dormant: impl Fn(&D) -> S,
+    ) -> Vec<(ObjectId, Option<mpsc::Sender<M>>, Option<S>)> {
+        let mut objects: Vec<_> = self
+            .slots()
+            .iter()
+            .map(|(id, slot)| match slot {
+                Slot::Live(inbox) => (*id, Some(inbox.clone()), None),
+                Slot::Retiring(_) => (*id, None, None),
+                Slot::Dormant(record) => (*id, None, Some(dormant(record))),
+            })
+            .collect();
+        objects.sort_by_key(|(id, _, _)| *id);
+        objects
+    }
+
     /// Sends `msg` to `id`, following it across a retirement.
     ///
     /// # Errors

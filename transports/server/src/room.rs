@@ -37,6 +37,7 @@ use edgechat_core::host::{HostOutput, RoomHost};
 use edgechat_core::http::HistoryQuery;
 use edgechat_core::ids::ObjectId;
 use edgechat_core::limiter::limiter_id_for;
+use edgechat_core::moderation::{ModAction, ModError, RoomSummary, RoomView};
 use edgechat_core::protocol::Frame;
 use edgechat_core::room::{
     close_after_restore_failure, ConnId, Input, Output, PublishError, PublishId, RoomAuth,
@@ -89,6 +90,15 @@ pub(crate) enum RoomMsg {
     },
     /// The joined users' names.
     Presence { reply: oneshot::Sender<Vec<String>> },
+    /// A moderation action of the admin API; answered once it is durable and in force.
+    Moderate {
+        action: ModAction,
+        reply: oneshot::Sender<Result<(), ModError>>,
+    },
+    /// Everything the admin API shows of the room.
+    Inspect { reply: oneshot::Sender<RoomView> },
+    /// The room's figures for the admin API's list, without restoring it if evicted.
+    Summarize { reply: oneshot::Sender<RoomFigures> },
     /// Evict now (admin); answers whether the room is now evicted.
     Hibernate { reply: oneshot::Sender<bool> },
     /// Finish outstanding writes, then answer and stop.
@@ -96,6 +106,14 @@ pub(crate) enum RoomMsg {
     /// Something was due when the room was evicted (a token expiry, see
     /// `RoomHost::wake_at`): restore it and let it act.
     Wake,
+}
+
+/// A room's figures for the admin API's list of rooms.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoomFigures {
+    pub connections: usize,
+    /// Joined members and the newest id, when the room is resident.
+    pub resident: Option<(usize, u64)>,
 }
 
 /// An answer to something the room asked for.
@@ -144,14 +162,78 @@ type RoomStart = Start<RoomMsg, DormantRoom>;
 pub(crate) struct Rooms {
     registry: HibernatingRegistry<RoomMsg, DormantRoom>,
     context: RoomContext,
+    /// The names rooms were last joined by, for the admin API (ids are one-way hashes).
+    labels: std::sync::Mutex<BTreeMap<ObjectId, Box<str>>>,
 }
+
+/// Most room names remembered for the admin API; beyond it, names of rooms the registry no
+/// longer holds are forgotten.
+const LABELS_MAX: usize = 65_536;
 
 impl Rooms {
     pub(crate) fn new(context: RoomContext) -> Arc<Rooms> {
         Arc::new(Rooms {
             registry: HibernatingRegistry::new(ROOM_INBOX_LEN),
             context,
+            labels: std::sync::Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Remembers that room `id` is called `name`.
+    pub(crate) fn remember_label(&self, id: ObjectId, name: &str) {
+        let mut labels = self.labels.lock().expect("labels lock poisoned");
+        if labels.get(&id).is_some_and(|known| **known == *name) {
+            return;
+        }
+        if labels.len() >= LABELS_MAX {
+            let held: std::collections::BTreeSet<ObjectId> = self
+                .registry
+                .survey(|_| ())
+                .into_iter()
+                .map(|(id, _, _)| id)
+                .collect();
+            labels.retain(|id, _| held.contains(id));
+            if labels.len() >= LABELS_MAX {
+                return;
+            }
+        }
+        labels.insert(id, name.into());
+    }
+
+    /// Every room in memory or with open sockets, for the admin API. Resident rooms are
+    /// asked for their figures; hibernated ones are not woken.
+    pub(crate) async fn summaries(&self) -> Vec<RoomSummary> {
+        let survey = self.registry.survey(|dormant| dormant.sockets.len());
+        let mut summaries = Vec::with_capacity(survey.len());
+        for (id, inbox, dormant_sockets) in survey {
+            let mut figures = RoomFigures {
+                connections: dormant_sockets.unwrap_or(0),
+                resident: None,
+            };
+            if let Some(inbox) = inbox {
+                let (reply, answer) = oneshot::channel();
+                if inbox.send(RoomMsg::Summarize { reply }).await.is_ok() {
+                    if let Ok(answered) = answer.await {
+                        figures = answered;
+                    }
+                }
+            }
+            let room = self
+                .labels
+                .lock()
+                .expect("labels lock poisoned")
+                .get(&id)
+                .map(|label| label.to_string());
+            summaries.push(RoomSummary {
+                id: id.to_hex(),
+                room,
+                connections: figures.connections,
+                members: figures.resident.map(|(members, _)| members),
+                last_id: figures.resident.map(|(_, last_id)| last_id),
+                resident: figures.resident.is_some(),
+            });
+        }
+        summaries
     }
 
     /// Routes `msg` to room `id`, starting its task if needed.
@@ -245,6 +327,7 @@ fn spawn(rooms: Arc<Rooms>, id: ObjectId, start: RoomStart) {
         verdicts,
         asks_outstanding: 0,
         publishes: BTreeMap::new(),
+        moderations: BTreeMap::new(),
         next_publish: 1,
         counted_resident: false,
         stopping: Vec::new(),
@@ -273,6 +356,8 @@ struct RoomTask {
     /// Limiter questions not yet answered (the room stays live until they are).
     asks_outstanding: usize,
     publishes: BTreeMap<PublishId, oneshot::Sender<Result<u64, PublishError>>>,
+    /// Moderation requests waiting for storage (their ids share `next_publish`).
+    moderations: BTreeMap<PublishId, oneshot::Sender<Result<(), ModError>>>,
     next_publish: u64,
     /// Whether the gauges count this room as resident.
     counted_resident: bool,
@@ -331,6 +416,7 @@ impl RoomTask {
             }
             if !self.host.is_resident()
                 && self.publishes.is_empty()
+                && self.moderations.is_empty()
                 && self.asks_outstanding == 0
                 && self.stopping.is_empty()
             {
@@ -411,6 +497,39 @@ impl RoomTask {
                     }
                 }
             }
+            RoomMsg::Moderate { action, reply } => {
+                if !self.ensure_resident().await {
+                    return;
+                }
+                let request = PublishId(self.next_publish);
+                self.next_publish += 1;
+                let at = now();
+                let room = self.host.room_mut(at).expect("restored above");
+                match room.handle_moderate(request, action, at) {
+                    Ok(()) => {
+                        self.moderations.insert(request, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            RoomMsg::Inspect { reply } => {
+                if self.ensure_resident().await {
+                    let room = self.host.room().expect("restored above");
+                    let _ = reply.send(room.admin_view(now()));
+                }
+            }
+            RoomMsg::Summarize { reply } => {
+                let resident = self
+                    .host
+                    .room()
+                    .map(|room| (room.member_count(), room.last_durable_id()));
+                let _ = reply.send(RoomFigures {
+                    connections: self.sockets.len(),
+                    resident,
+                });
+            }
             RoomMsg::History { query, reply } => {
                 if self.ensure_resident().await {
                     let room = self.host.room().expect("restored above");
@@ -456,10 +575,13 @@ impl RoomTask {
                     .room_mut(at)
                     .map(|room| room.handle_write_failed(batch, at));
                 match failed {
-                    Some(Ok(publishes)) => {
-                        for request in publishes {
+                    Some(Ok(requests)) => {
+                        for request in requests {
                             if let Some(reply) = self.publishes.remove(&request) {
                                 let _ = reply.send(Err(PublishError::StorageUnavailable));
+                            }
+                            if let Some(reply) = self.moderations.remove(&request) {
+                                let _ = reply.send(Err(ModError::StorageUnavailable));
                             }
                         }
                     }
@@ -488,14 +610,16 @@ impl RoomTask {
         if self.host.is_resident() {
             return true;
         }
-        let query = self.host.config().restore_query();
-        let stored = match self.rooms.context.store.list(self.id, query).await {
-            Ok(stored) => stored,
-            Err(error) => {
-                tracing::error!(room = %self.id, %error, "reading a room failed");
-                return false;
+        let mut stored = Vec::new();
+        for query in self.host.config().restore_queries() {
+            match self.rooms.context.store.list(self.id, query).await {
+                Ok(records) => stored.extend(records),
+                Err(error) => {
+                    tracing::error!(room = %self.id, %error, "reading a room failed");
+                    return false;
+                }
             }
-        };
+        }
         let attachments = self
             .sockets
             .iter()
@@ -638,6 +762,11 @@ impl RoomTask {
                     let _ = reply.send(Ok(id));
                 }
             }
+            Output::Moderated { request } => {
+                if let Some(reply) = self.moderations.remove(&request) {
+                    let _ = reply.send(Ok(()));
+                }
+            }
         }
     }
 
@@ -691,7 +820,7 @@ impl RoomTask {
             return false;
         }
         let quiescent = self.host.room().is_none_or(|room| room.is_quiescent());
-        if !quiescent || !self.publishes.is_empty() {
+        if !quiescent || !self.publishes.is_empty() || !self.moderations.is_empty() {
             return false;
         }
         for reply in self.stopping.drain(..) {

@@ -24,6 +24,7 @@ use edgechat_core::http::answer::{self, Answer};
 use edgechat_core::http::{room_id, HistoryQuery, HISTORY_PAGE_LEN_MAX, UNKNOWN_CLIENT_IP};
 use edgechat_core::ids::{IdSecret, ObjectId};
 use edgechat_core::limiter::RateLimiterConfig;
+use edgechat_core::moderation::{ModAction, ModError, RoomView};
 use edgechat_core::protocol::{ChatMessage, Frame};
 use edgechat_core::room::{PublishError, RoomConfig};
 use tokio::sync::{oneshot, watch};
@@ -417,6 +418,9 @@ pub enum RoomError {
     /// The room refused the publish.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// The room refused the moderation action.
+    #[error(transparent)]
+    Moderation(#[from] ModError),
     /// The room could not answer (its storage is failing, or the runtime is stopping).
     #[error("the room is unavailable")]
     Unavailable,
@@ -505,9 +509,13 @@ impl Handle {
         room: &str,
         token: Option<&str>,
     ) -> Result<RoomTicket, Refused> {
-        let room = room_id(room, &self.shared.secret).map_err(answer::refused)?;
-        let access = self.admit(room, token)?;
-        self.ticket(room, access).map_err(Refused::from)
+        let id = room_id(room, &self.shared.secret).map_err(answer::refused)?;
+        let access = self.admit(id, token)?;
+        let ticket = self.ticket(id, access).map_err(Refused::from)?;
+        if !edgechat_core::ids::is_lower_hex_id(room) {
+            self.shared.rooms.remember_label(id, room);
+        }
+        Ok(ticket)
     }
 
     /// Whether the browser page that sent this upgrade (its `Origin`) may open a WebSocket,
@@ -670,6 +678,20 @@ impl Handle {
         })
     }
 
+    /// Takes one moderation action in `room` (see [`edgechat_core::moderation`]), as the
+    /// admin API does; returns once it is durable and in force.
+    ///
+    /// # Errors
+    /// [`RoomError::InvalidRoom`], [`RoomError::Moderation`] (refused: not allowed, no such
+    /// message, busy, storage failed), [`RoomError::Unavailable`].
+    pub async fn moderate(&self, room: &str, action: ModAction) -> Result<(), RoomError> {
+        let room = self.room(room)?;
+        Ok(self
+            .moderate_in(room, action)
+            .await
+            .ok_or(RoomError::Unavailable)??)
+    }
+
     fn room(&self, room: &str) -> Result<ObjectId, RoomError> {
         room_id(room, &self.shared.secret).map_err(|refusal| RoomError::InvalidRoom(refusal.body))
     }
@@ -688,6 +710,24 @@ impl Handle {
             reply,
         };
         self.ask_room(room, msg, answer).await
+    }
+
+    /// Moderates in `room`; `None` if the room could not answer.
+    pub(crate) async fn moderate_in(
+        &self,
+        room: ObjectId,
+        action: ModAction,
+    ) -> Option<Result<(), ModError>> {
+        let (reply, answer) = oneshot::channel();
+        self.ask_room(room, RoomMsg::Moderate { action, reply }, answer)
+            .await
+    }
+
+    /// What the admin API shows of `room`; `None` if the room could not answer.
+    pub(crate) async fn room_view(&self, room: ObjectId) -> Option<RoomView> {
+        let (reply, answer) = oneshot::channel();
+        self.ask_room(room, RoomMsg::Inspect { reply }, answer)
+            .await
     }
 
     /// The joined users of `room`; `None` if the room could not answer.

@@ -435,7 +435,10 @@ impl ChatRoom {
             );
         }
         let config = self.room_config();
-        let stored = sql::list(&self.state.storage(), config.restore_query())?;
+        let mut stored = Vec::new();
+        for query in config.restore_queries() {
+            stored.extend(sql::list(&self.state.storage(), query)?);
+        }
         // A socket whose close is being delivered may no longer be listed.
         if let Some(ws) = event_ws {
             if let Some(conn) = conn_of(&self.state, ws) {
