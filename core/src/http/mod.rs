@@ -48,6 +48,9 @@ impl Method {
 pub struct RoomAddress {
     /// The room's object id.
     pub id: ObjectId,
+    /// The room's name, when it was addressed by name (not by a private id): adapters show
+    /// it to operators, since an id does not give its name back.
+    pub name: Option<String>,
 }
 
 /// Largest moderation request body the adapters read, in bytes.
@@ -224,6 +227,7 @@ pub fn route(
         ["api", "room", room, rest @ ..] => {
             let room = RoomAddress {
                 id: room_id(room, secret)?,
+                name: (!ids::is_lower_hex_id(room)).then(|| (*room).to_owned()),
             };
             match (rest, method) {
                 (["websocket"], _) if is_upgrade => Ok(Route::RoomWebSocket(room)),
@@ -355,6 +359,7 @@ mod tests {
     #[test]
     fn routes_the_demos_paths() {
         let lobby = RoomAddress {
+            name: Some("lobby".into()),
             id: ObjectId::from_name(Namespace::Room, "lobby"),
         };
         assert_eq!(r(Method::Get, "/", false), Ok(Route::Page));
@@ -402,7 +407,10 @@ mod tests {
         let path = format!("/api/room/{minted}/websocket");
         assert_eq!(
             r(Method::Get, &path, true),
-            Ok(Route::RoomWebSocket(RoomAddress { id: minted }))
+            Ok(Route::RoomWebSocket(RoomAddress {
+                id: minted,
+                name: None
+            }))
         );
         let forged = format!("/api/room/{}/websocket", "ab".repeat(32));
         assert_eq!(
@@ -423,7 +431,10 @@ mod tests {
     #[test]
     fn routes_the_extensions() {
         let id = ObjectId::from_name(Namespace::Room, "lobby");
-        let room = RoomAddress { id };
+        let room = RoomAddress {
+            id,
+            name: Some("lobby".into()),
+        };
         assert_eq!(
             route(
                 Method::Get,
@@ -468,7 +479,7 @@ mod tests {
         );
         assert_eq!(
             r(Method::Post, "/api/room/lobby/messages", false),
-            Ok(Route::RoomPublish(room))
+            Ok(Route::RoomPublish(room.clone()))
         );
         assert_eq!(
             refusal(r(Method::Get, "/api/room/lobby/messages", false)).0,
@@ -476,11 +487,11 @@ mod tests {
         );
         assert_eq!(
             r(Method::Post, "/api/room/lobby/moderate", false),
-            Ok(Route::RoomModerate(RoomAddress { id }))
+            Ok(Route::RoomModerate(room.clone()))
         );
         assert_eq!(
             r(Method::Get, "/api/room/lobby/admin", false),
-            Ok(Route::RoomAdmin(RoomAddress { id }))
+            Ok(Route::RoomAdmin(room.clone()))
         );
         assert_eq!(
             refusal(r(Method::Get, "/api/room/lobby/moderate", false)).0,

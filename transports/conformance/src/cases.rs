@@ -69,6 +69,7 @@ pub fn cases() -> Vec<Case> {
     ]
     .into_iter()
     .chain(super::auth::cases())
+    .chain(super::moderation::cases())
     .collect()
 }
 

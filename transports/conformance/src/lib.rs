@@ -45,6 +45,7 @@ macro_rules! case {
 pub mod auth;
 pub mod cases;
 pub mod http;
+pub mod moderation;
 pub mod ws;
 
 use std::fmt;

@@ -320,8 +320,8 @@ impl Client {
     /// Joins with an arbitrary join frame, expecting to be called `expected_name`.
     ///
     /// # Errors
-    /// If the sequence does not end with `{"joined": expected_name}` and then `ready`, or
-    /// contains an error frame.
+    /// If the sequence does not end with `{"joined": expected_name}` (then the room's
+    /// `topic`, if it has one) and then `ready`, or contains an error frame.
     pub async fn join_with(&mut self, join_frame: &Value, expected_name: &str) -> Result<Joined> {
         self.send_json(join_frame).await?;
         let mut frames: Vec<Frame> = Vec::new();
@@ -334,7 +334,12 @@ impl Client {
                 bail!("{}: error during join: {error:?}", self.label);
             }
             if frame.is_ready() {
-                let own = frames.last().and_then(Frame::joined);
+                // A room with a topic says it last, right before ready (an extension).
+                let own = frames
+                    .iter()
+                    .rev()
+                    .find(|f| f.str("topic").is_none())
+                    .and_then(Frame::joined);
                 if own != Some(expected_name) {
                     bail!(
                         "{}: the frame before ready must be {{\"joined\":{expected_name:?}}}, got {:?}",

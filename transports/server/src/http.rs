@@ -113,7 +113,12 @@ impl Handle {
             Ok(Route::CreateRoom) => self.create_room(),
             Ok(Route::RoomWebSocket(room)) => {
                 return match self.upgrade_websocket(&mut parts, room.id) {
-                    Ok(switching) => switching,
+                    Ok(switching) => {
+                        if let Some(name) = &room.name {
+                            self.shared.rooms.remember_label(room.id, name);
+                        }
+                        switching
+                    }
                     Err(refused) => response(refused),
                 }
             }

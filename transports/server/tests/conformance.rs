@@ -172,6 +172,16 @@ conformance_tests!(
     admin_hibernate_refused_without_token,
     counter_named_like_an_operation,
     client_ip_is_the_first_header_entry,
+    moderate_refused_without_token,
+    moderate_bad_requests_are_explained,
+    moderate_delete_erases_the_text_everywhere,
+    moderate_edit_replaces_the_text_in_place,
+    moderate_kick_closes_4010,
+    moderate_ban_closes_and_keeps_out,
+    moderate_ban_ip_refuses_connections,
+    moderate_mute_makes_read_only,
+    moderate_settings_topic_read_only_members,
+    moderate_admin_views,
 );
 
 /// Runs every `auth_*` case against a server configured as `auth`; fails on any failure, and
