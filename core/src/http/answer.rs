@@ -176,6 +176,11 @@ pub fn room_summaries(rooms: &[RoomSummary]) -> Answer {
     Answer::json(to_json(&Rooms { rooms }))
 }
 
+/// 501: this adapter cannot list its rooms (a Worker cannot enumerate its Durable Objects).
+pub fn rooms_not_listed() -> Answer {
+    Answer::text(501, "This deployment cannot list its rooms; open one by name.")
+}
+
 /// A publish body that did not parse (see [`PublishBody::parse`](super::PublishBody::parse)):
 /// 400 with the parser's text.
 pub fn publish_rejected(why: &'static str) -> Answer {

@@ -392,8 +392,9 @@ impl Room {
     }
 
     /// The history this room keeps under its settings: at most `history_max` messages, none
-    /// older than `history_max_age_ms`. Storage follows with the next batch.
-    pub(crate) fn trim_history(&mut self, now: Timestamp) {
+    /// older than `history_max_age_ms`. Storage follows with the next batch. Hosts call it
+    /// after [`Room::restore`] (which cannot know the time); joins and timeouts call it too.
+    pub fn trim_history(&mut self, now: Timestamp) {
         let settings = &self.restrictions.settings;
         let count_max = settings
             .history_max

@@ -452,6 +452,18 @@ async fn moderate_admin_views(t: Target) -> Result<()> {
             && view["connections"] == json!(1),
         "room view: {view}"
     );
+    let bearer = format!("Bearer {}", t.require_admin_token()?);
+    let listed = t
+        .http("GET", "/api/admin/rooms", &[("Authorization", bearer.as_str())], b"")
+        .await?;
+    if listed.status == 501 {
+        // A Worker cannot enumerate its Durable Objects; the answer says so.
+        return listed.expect(
+            501,
+            "This deployment cannot list its rooms; open one by name.",
+            "the room list",
+        );
+    }
     let rooms = t.admin_get("/api/admin/rooms").await?;
     ensure!(
         rooms["rooms"].as_array().is_some_and(|rooms| rooms

@@ -204,6 +204,18 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             }
             room_stub(&env, room.id)?.fetch_with_request(req).await
         }
+        Route::RoomModerate(room) | Route::RoomAdmin(room) => {
+            if !is_admin(&req, &env)? {
+                return respond(answer::unauthorized());
+            }
+            room_stub(&env, room.id)?.fetch_with_request(req).await
+        }
+        Route::AdminRooms => {
+            if !is_admin(&req, &env)? {
+                return respond(answer::unauthorized());
+            }
+            respond(answer::rooms_not_listed())
+        }
         Route::AdminHibernate => {
             if !is_admin(&req, &env)? {
                 return respond(answer::unauthorized());

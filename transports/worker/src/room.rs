@@ -48,6 +48,7 @@ use edgechat_core::http::answer;
 use edgechat_core::http::{HistoryQuery, PublishBody};
 use edgechat_core::ids::{IdSecret, ObjectId};
 use edgechat_core::limiter::{limiter_id_for, VerdictRequest};
+use edgechat_core::moderation::{self, ModError};
 use edgechat_core::protocol::{
     CLOSE_FRAME_TOO_LARGE, CLOSE_REASON_FRAME_TOO_LARGE, WS_MESSAGE_LEN_MAX_BYTES,
 };
@@ -80,8 +81,8 @@ pub struct ChatRoom {
     /// The end-to-end test's storage fault: a batch that stores a value containing this
     /// text fails to commit (the variable exists only in `[env.e2e]`).
     fail_writes_containing: Option<String>,
-    /// Publishes that are settled, until their request reads them: the message id, or
-    /// `None` if its write failed.
+    /// Publishes and moderation requests that are settled, until their request reads them:
+    /// the message id (0 for a moderation), or `None` if its write failed.
     published: RefCell<BTreeMap<PublishId, Option<u64>>>,
     /// The core id of this room (the object's name), once known: token grants name rooms.
     room: Cell<Option<ObjectId>>,
@@ -149,6 +150,11 @@ impl DurableObject for ChatRoom {
                 respond(answer::presence(&names))
             }
             "messages" => self.publish(req).await,
+            "moderate" => self.moderate(req).await,
+            "admin" => {
+                let view = self.with_room(None, |room| room.admin_view(now()))?;
+                respond(answer::room_view(&view))
+            }
             _ => respond(answer::not_found()),
         }
     }
@@ -338,6 +344,31 @@ impl ChatRoom {
         }
     }
 
+    /// Takes a moderation action from the admin endpoint (already authorized by the Worker).
+    async fn moderate(&self, mut req: Request) -> Result<Response> {
+        let body = req.bytes().await?;
+        let action = match std::str::from_utf8(&body)
+            .map_err(|_| ModError::Malformed("expected a JSON object"))
+            .and_then(moderation::decode_action)
+        {
+            Ok(action) => action,
+            Err(error) => return respond(answer::moderation_refused(&error)),
+        };
+        let request = PublishId(self.next_publish.get());
+        self.next_publish.set(request.0 + 1);
+        let at = now();
+        let result = self.input(None, |room| room.handle_moderate(request, action, at))?;
+        if let Err(error) = result {
+            return respond(answer::moderation_refused(&error));
+        }
+        self.finish_turn(true).await?;
+        match self.published.borrow_mut().remove(&request) {
+            Some(Some(_)) => respond(answer::moderated()),
+            Some(None) => respond(answer::moderation_refused(&ModError::StorageUnavailable)),
+            None => respond(answer::unavailable()),
+        }
+    }
+
     /// A socket closed or broke: the room hears it once.
     fn closed(&self, ws: &WebSocket) -> Result<()> {
         let Some(conn) = conn_of(&self.state, ws) else {
@@ -391,7 +422,10 @@ impl ChatRoom {
             .resident
             .borrow()
             .as_ref()
-            .and_then(|r| r.room.poll_timeout());
+            .and_then(|r| {
+                let aged = r.room.history_age_deadline();
+                r.room.poll_timeout().into_iter().chain(aged).min()
+            });
         let Some(next) = next else {
             return Ok(());
         };
@@ -462,7 +496,7 @@ impl ChatRoom {
             written.insert(conn, socket::read_attachment(&ws).unwrap_or_default());
             sockets.insert(conn, ws);
         }
-        let room = Room::restore(
+        let mut room = Room::restore(
             config,
             &stored,
             written
@@ -473,6 +507,7 @@ impl ChatRoom {
             worker::console_error!("room: cannot restore: {error}");
             worker::Error::RustError(error.to_string())
         })?;
+        room.trim_history(now());
         worker::console_log!(
             "room: rebuilt from {} stored messages and {} sockets",
             stored.len(),
@@ -551,6 +586,9 @@ impl ChatRoom {
                 }
                 Output::Published { request, id } => {
                     self.published.borrow_mut().insert(request, Some(id));
+                }
+                Output::Moderated { request } => {
+                    self.published.borrow_mut().insert(request, Some(0));
                 }
             }
         }
