@@ -88,6 +88,12 @@ pub struct ChatMessage {
     /// The room's gap-free sequence number (absent only from servers without ids).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
+    /// The sender's verified identity (token subject), for messages from signed-in users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Whether a moderator (or the author) has edited it since it was sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub edited: bool,
 }
 
 /// Where a [`Room`] stands.
@@ -163,6 +169,24 @@ pub enum Event {
     Refreshed {
         /// The fresh token's `exp`, if it has one.
         expires_at: Option<SystemTime>,
+    },
+    /// Message `id` was deleted (by a moderator or its author): drop it from view. A replay
+    /// shows a deleted message this way too, in its place.
+    Deleted {
+        /// The deleted message's id.
+        id: u64,
+    },
+    /// Message `id` now says `message` (it keeps its place).
+    Edited {
+        /// The edited message's id.
+        id: u64,
+        /// Its new text.
+        message: String,
+    },
+    /// The room's topic, on joining and whenever it changes (`""`: none).
+    Topic {
+        /// The topic.
+        topic: String,
     },
     /// A send was refused as rate limited (or room busy) and will be sent again.
     RateLimited {

@@ -382,10 +382,20 @@ struct Conn {
     refresh_in_flight: Option<String>,
 }
 
+/// One record of the room's id sequence: a message, or a change to an earlier one.
+enum Record {
+    Message(ChatMessage),
+    /// `{"deleted": target, "id": id}`, or `{"edited": target, "message": .., "id": id}`.
+    Change {
+        id: u64,
+        event: Event,
+    },
+}
+
 #[derive(Default)]
 struct Joining {
     roster: Vec<(String, usize)>,
-    messages: Vec<ChatMessage>,
+    records: Vec<Record>,
     /// The last `joined` before `ready` is our own, spelled as the server has it.
     last_joined: Option<String>,
 }
@@ -822,19 +832,14 @@ impl Actor {
                 let recovered = data.get("recovered").and_then(Value::as_bool);
                 self.ready(conn, joining, recovered);
             }
-        } else if let (Some(name), Some(message)) = (
-            data.get("name").and_then(Value::as_str),
-            data.get("message").and_then(Value::as_str),
-        ) {
-            let message = ChatMessage {
-                name: name.to_owned(),
-                message: message.to_owned(),
-                timestamp: data.get("timestamp").and_then(Value::as_u64).unwrap_or(0),
-                id: data.get("id").and_then(Value::as_u64),
-            };
+        } else if let Some(topic) = data.get("topic").and_then(Value::as_str) {
+            self.emit(Event::Topic {
+                topic: topic.to_owned(),
+            });
+        } else if let Some(record) = record_of(&data) {
             match &mut conn.joining {
-                Some(joining) => joining.messages.push(message),
-                None => self.deliver(conn, message),
+                Some(joining) => joining.records.push(record),
+                None => self.deliver(conn, record),
             }
         }
         None
@@ -861,8 +866,8 @@ impl Actor {
             });
             self.last_id = 0;
         }
-        for message in joining.messages {
-            self.deliver(conn, message);
+        for record in joining.records {
+            self.deliver(conn, record);
         }
         if let Some(head) = self.queue.front_mut() {
             // In flight when the last socket dropped and not in the replay: not stored.
@@ -874,7 +879,17 @@ impl Actor {
         conn.refresh_at = self.refresh_time();
     }
 
-    fn deliver(&mut self, conn: &mut Conn, message: ChatMessage) {
+    fn deliver(&mut self, conn: &mut Conn, record: Record) {
+        let message = match record {
+            Record::Message(message) => message,
+            Record::Change { id, event } => {
+                if id > self.last_id {
+                    self.last_id = id;
+                    self.emit(event);
+                }
+                return;
+            }
+        };
         if let Some(id) = message.id {
             if id <= self.last_id {
                 return;
@@ -1067,4 +1082,35 @@ fn remove_name(roster: &mut Vec<(String, usize)>, name: &str) {
 /// Uniform in [0, 1) from the OS (it is only jitter; 0.5 if the OS has none to give).
 fn random_unit() -> f64 {
     getrandom::u64().map_or(0.5, |bits| (bits >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+/// The record a frame holds, if it is one: a chat message, or a change record (which has an
+/// `id` but no `name`).
+fn record_of(data: &Value) -> Option<Record> {
+    let id = data.get("id").and_then(Value::as_u64);
+    if let (Some(target), Some(id)) = (data.get("deleted").and_then(Value::as_u64), id) {
+        return Some(Record::Change {
+            id,
+            event: Event::Deleted { id: target },
+        });
+    }
+    let message = data.get("message").and_then(Value::as_str)?;
+    if let (Some(target), Some(id)) = (data.get("edited").and_then(Value::as_u64), id) {
+        return Some(Record::Change {
+            id,
+            event: Event::Edited {
+                id: target,
+                message: message.to_owned(),
+            },
+        });
+    }
+    let name = data.get("name").and_then(Value::as_str)?;
+    Some(Record::Message(ChatMessage {
+        name: name.to_owned(),
+        message: message.to_owned(),
+        timestamp: data.get("timestamp").and_then(Value::as_u64).unwrap_or(0),
+        id,
+        user: data.get("user").and_then(Value::as_str).map(str::to_owned),
+        edited: data.get("edited") == Some(&Value::Bool(true)),
+    }))
 }

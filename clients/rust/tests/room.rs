@@ -507,3 +507,61 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing() {
     }
     drop(child);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_edits_and_the_topic_arrive_as_events_live_and_on_resume() {
+    use edgechat_core::moderation::decode_action;
+    let dir = DataDir::new("moderated");
+    let (server, url) = start(config(&dir.db(), "127.0.0.1:0".parse().unwrap())).await;
+    let admin = server.handle();
+    let moderate = |json: &str| {
+        let admin = admin.clone();
+        let action = decode_action(json).unwrap();
+        async move { admin.moderate("mod", action).await.unwrap() }
+    };
+    let (ada, mut events) = connect(options(&url, "mod", "ada")).unwrap();
+    ready(&mut events).await;
+    let first = ada.send("tpyo").await.unwrap();
+    let second = ada.send("regret").await.unwrap();
+    moderate(&format!(r#"{{"edit":{first},"message":"typo"}}"#)).await;
+    moderate(&format!(r#"{{"delete":{second}}}"#)).await;
+    moderate(r#"{"settings":{"topic":"Be kind"}}"#).await;
+    let mut seen = Vec::new();
+    for wanted in [
+        Event::Edited {
+            id: first,
+            message: "typo".into(),
+        },
+        Event::Deleted { id: second },
+        Event::Topic {
+            topic: "Be kind".into(),
+        },
+    ] {
+        common::until_logged(&mut events, &mut seen, "a change", |e| {
+            (*e == wanted).then_some(())
+        })
+        .await;
+    }
+    // The change records count as ids: the last id is the deletion's, not a message's.
+    assert_eq!(ada.last_id(), second + 2);
+    ada.close().await;
+
+    // A new client sees the current state: the edited text in place, the tombstone.
+    let (late, mut late_events) = connect(options(&url, "mod", "late")).unwrap();
+    let mut replay = Vec::new();
+    common::until_logged(&mut late_events, &mut replay, "ready", |e| {
+        matches!(e, Event::Ready { .. }).then_some(())
+    })
+    .await;
+    assert!(replay.iter().any(|e| matches!(e,
+        Event::Message(m) if m.id == Some(first) && m.message == "typo" && m.edited)));
+    assert!(replay.contains(&Event::Deleted { id: second }));
+    assert!(replay.contains(&Event::Topic {
+        topic: "Be kind".into()
+    }));
+    assert!(!replay
+        .iter()
+        .any(|e| matches!(e, Event::Message(m) if m.message == "regret")));
+    late.close().await;
+    server.shutdown().await;
+}

@@ -178,7 +178,10 @@ pub fn room_summaries(rooms: &[RoomSummary]) -> Answer {
 
 /// 501: this adapter cannot list its rooms (a Worker cannot enumerate its Durable Objects).
 pub fn rooms_not_listed() -> Answer {
-    Answer::text(501, "This deployment cannot list its rooms; open one by name.")
+    Answer::text(
+        501,
+        "This deployment cannot list its rooms; open one by name.",
+    )
 }
 
 /// A publish body that did not parse (see [`PublishBody::parse`](super::PublishBody::parse)):

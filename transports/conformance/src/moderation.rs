@@ -454,7 +454,12 @@ async fn moderate_admin_views(t: Target) -> Result<()> {
     );
     let bearer = format!("Bearer {}", t.require_admin_token()?);
     let listed = t
-        .http("GET", "/api/admin/rooms", &[("Authorization", bearer.as_str())], b"")
+        .http(
+            "GET",
+            "/api/admin/rooms",
+            &[("Authorization", bearer.as_str())],
+            b"",
+        )
         .await?;
     if listed.status == 501 {
         // A Worker cannot enumerate its Durable Objects; the answer says so.
