@@ -91,7 +91,7 @@ pub enum Role {
     Read,
     /// May also send.
     Write,
-    /// May also moderate (reserved: no moderation action exists yet; sends like `Write`).
+    /// May also moderate: every action of [`crate::moderation`] from its own WebSocket.
     Moderator,
 }
 
