@@ -1171,7 +1171,7 @@ impl Room {
                         }
                     }
                 }
-                PendingEntry::State(state) => writes.push(state.write.clone()),
+                PendingEntry::State(state) => writes.extend(state.writes.iter().cloned()),
             }
         }
         // After this batch storage keeps at most the retained count of the newest records,

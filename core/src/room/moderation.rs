@@ -73,7 +73,7 @@ pub(super) struct MessageChange {
 /// A change without an id of its own (a ban, a mute, settings), waiting for storage.
 #[derive(Debug, Clone)]
 pub(super) struct PendingState {
-    pub write: Write,
+    pub writes: Vec<Write>,
     pub effect: StateEffect,
     pub request: Option<PublishId>,
 }
@@ -86,6 +86,8 @@ pub(super) enum StateEffect {
     Mute(String, Restriction),
     Unmute(String),
     Settings(RoomSettings),
+    /// Expired bans and mutes, forgotten to make room for a new one.
+    Forget(Vec<BanTarget>, Vec<String>),
 }
 
 /// One member of the room, as the admin API shows it.
@@ -378,6 +380,14 @@ impl Room {
             StateEffect::Unmute(user) => {
                 self.restrictions.mutes.remove(&user);
             }
+            StateEffect::Forget(bans, mutes) => {
+                for target in bans {
+                    self.restrictions.bans.remove(&target);
+                }
+                for user in mutes {
+                    self.restrictions.mutes.remove(&user);
+                }
+            }
             StateEffect::Settings(settings) => {
                 let topic_changed = settings.topic != self.restrictions.settings.topic;
                 self.restrictions.settings = settings;
@@ -449,7 +459,7 @@ impl Room {
             until: for_ms.map(|ms| now.plus_millis(ms)),
         };
         let state = |write, effect| PendingState {
-            write,
+            writes: vec![write],
             effect,
             request,
         };
@@ -464,7 +474,7 @@ impl Room {
             }
             ModAction::Kick { .. } => unreachable!("handled above"),
             ModAction::Ban { target, for_ms } => {
-                self.check_room_for_restriction(self.restrictions.bans.contains_key(&target))?;
+                self.make_room_for_restriction(self.restrictions.bans.contains_key(&target), now)?;
                 let restriction = restriction(for_ms);
                 state(
                     put(mod_keys::ban(&target), to_json(&restriction)),
@@ -478,7 +488,7 @@ impl Room {
                 StateEffect::Unban(target),
             ),
             ModAction::Mute { user, for_ms } => {
-                self.check_room_for_restriction(self.restrictions.mutes.contains_key(&user))?;
+                self.make_room_for_restriction(self.restrictions.mutes.contains_key(&user), now)?;
                 let restriction = restriction(for_ms);
                 state(
                     put(mod_keys::mute(&user), to_json(&restriction)),
@@ -590,10 +600,58 @@ impl Room {
             .unwrap_or_else(|| self.restrictions.settings.clone())
     }
 
-    fn check_room_for_restriction(&self, replaces: bool) -> Result<(), ModError> {
-        if !replaces && self.restrictions.len() >= RESTRICTIONS_MAX {
+    /// Refuses a new ban or mute beyond [`RESTRICTIONS_MAX`] (counting those waiting for
+    /// storage), after forgetting the expired ones in the same batch if that makes room:
+    /// restore reads at most that many, so the bound is never crossed.
+    fn make_room_for_restriction(
+        &mut self,
+        replaces: bool,
+        now: Timestamp,
+    ) -> Result<(), ModError> {
+        let waiting = self
+            .waiting_entries()
+            .filter(|entry| {
+                matches!(
+                    entry,
+                    PendingEntry::State(PendingState {
+                        effect: StateEffect::Ban(..) | StateEffect::Mute(..),
+                        ..
+                    })
+                )
+            })
+            .count();
+        if replaces || self.restrictions.len() + waiting < RESTRICTIONS_MAX {
+            return Ok(());
+        }
+        let bans: Vec<BanTarget> = self
+            .restrictions
+            .bans
+            .iter()
+            .filter(|(_, r)| !r.holds(now))
+            .map(|(t, _)| t.clone())
+            .collect();
+        let mutes: Vec<String> = self
+            .restrictions
+            .mutes
+            .iter()
+            .filter(|(_, r)| !r.holds(now))
+            .map(|(u, _)| u.clone())
+            .collect();
+        let expired = bans.len() + mutes.len();
+        if self.restrictions.len() + waiting - expired >= RESTRICTIONS_MAX {
             return Err(ModError::TooManyRestrictions);
         }
+        let writes = bans
+            .iter()
+            .map(mod_keys::ban)
+            .chain(mutes.iter().map(|user| mod_keys::mute(user)))
+            .map(|key| Write::Delete { key })
+            .collect();
+        self.pending.push(PendingEntry::State(PendingState {
+            writes,
+            effect: StateEffect::Forget(bans, mutes),
+            request: None,
+        }));
         Ok(())
     }
 

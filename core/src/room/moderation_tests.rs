@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::auth::{Identity, Role};
-use crate::moderation::{decode_action, ERROR_MUTED, ERROR_READ_ONLY};
+use crate::moderation::{decode_action, ERROR_MUTED, ERROR_READ_ONLY, RESTRICTIONS_MAX};
 use crate::protocol::UserName;
 use crate::room::{PublishId, RoomConfig};
 use crate::room::{CLOSE_REASON_ROOM_FULL, CLOSE_ROOM_FULL};
@@ -476,4 +476,32 @@ proptest! {
             prop_assert!(!replay.contains(text.as_str()), "{} replayed", text);
         }
     }
+}
+
+#[test]
+fn bans_and_mutes_are_bounded_and_expired_ones_make_room() {
+    let mut d = Driver::new();
+    for n in 0..RESTRICTIONS_MAX {
+        d.admin(&format!(r#"{{"ban":"u{n}","for_ms":1000000}}"#))
+            .unwrap();
+    }
+    assert_eq!(
+        d.admin(r#"{"mute":"one-more"}"#),
+        Err(ModError::TooManyRestrictions)
+    );
+    // Replacing one is always allowed.
+    d.admin(r#"{"ban":"u0"}"#).unwrap();
+    d.now = d.now.plus_millis(2_000_000);
+    d.admin(r#"{"mute":"one-more"}"#).unwrap();
+    assert_eq!(
+        d.room.restrictions().len(),
+        2,
+        "u0 (permanent) and the mute"
+    );
+    d.crash();
+    assert_eq!(
+        d.room.restrictions().len(),
+        2,
+        "storage forgot the expired ones too"
+    );
 }
