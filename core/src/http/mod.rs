@@ -69,6 +69,14 @@ pub enum Route {
     PageScript,
     /// `GET /page.css`: the chat page's style sheet (`transports/web/page.css`).
     PageStyle,
+    /// `GET /admin`: the admin page (`transports/web/admin.html`). Static and public: a
+    /// browser sends no Bearer header on navigation, so the page asks for the admin token and
+    /// every API call it makes carries it.
+    AdminPage,
+    /// `GET /admin.js`: the admin page's script (`transports/web/admin.js`).
+    AdminScript,
+    /// `GET /admin.css`: the admin page's style sheet (`transports/web/admin.css`).
+    AdminStyle,
     /// `POST /api/room`: mint a private room id.
     CreateRoom,
     /// `/api/room/<room>/websocket` with an upgrade: join the room.
@@ -213,6 +221,9 @@ pub fn route(
         ["edgechat.js"] => get_only(method, Route::ClientModule),
         ["page.js"] => get_only(method, Route::PageScript),
         ["page.css"] => get_only(method, Route::PageStyle),
+        ["admin"] => get_only(method, Route::AdminPage),
+        ["admin.js"] => get_only(method, Route::AdminScript),
+        ["admin.css"] => get_only(method, Route::AdminStyle),
         ["metrics"] => Ok(Route::Metrics),
         ["admin", "hibernate"] => match method {
             Method::Post => Ok(Route::AdminHibernate),
@@ -533,6 +544,9 @@ mod tests {
             ("/edgechat.js", Route::ClientModule),
             ("/page.js", Route::PageScript),
             ("/page.css", Route::PageStyle),
+            ("/admin", Route::AdminPage),
+            ("/admin.js", Route::AdminScript),
+            ("/admin.css", Route::AdminStyle),
         ];
         for (path, expected) in files {
             assert_eq!(r(Method::Get, path, false), Ok(expected), "{path}");
@@ -549,6 +563,10 @@ mod tests {
             "/js/edgechat.js",
             "/page.js/x",
             "/page.mjs",
+            "/admin/",
+            "/admin/x",
+            "/admin.js/x",
+            "/admin.html",
         ] {
             assert_eq!(
                 refusal(r(Method::Get, path, false)),
@@ -570,7 +588,8 @@ mod tests {
                 (405, "Method not allowed")
             );
         }
-        for path in ["/admin", "/admin/", "/admin/hibernate/", "/admin/other"] {
+        // `/admin` itself is the admin page (GET only, see `routes_the_pages_files`).
+        for path in ["/admin/", "/admin/hibernate/", "/admin/other"] {
             assert_eq!(
                 refusal(r(Method::Post, path, false)),
                 (404, "Not found"),

@@ -45,6 +45,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const PAGE: &str = include_str!("../../web/index.html");
 const PAGE_SCRIPT: &str = include_str!("../../web/page.js");
 const PAGE_STYLE: &str = include_str!("../../web/page.css");
+/// The admin page and its own files, static like the chat page (the page asks for the admin
+/// token; the API calls it makes carry it).
+const ADMIN_PAGE: &str = include_str!("../../web/admin.html");
+const ADMIN_SCRIPT: &str = include_str!("../../web/admin.js");
+const ADMIN_STYLE: &str = include_str!("../../web/admin.css");
 const CLIENT_MODULE: &str = include_str!("../../../clients/js/edgechat.js");
 
 /// The future of one request to a [`Handle`].
@@ -109,6 +114,9 @@ impl Handle {
             Ok(Route::Page) => answer::page_with_security_headers(PAGE),
             Ok(Route::PageScript) => answer::page_script(PAGE_SCRIPT),
             Ok(Route::PageStyle) => answer::page_style(PAGE_STYLE),
+            Ok(Route::AdminPage) => answer::page_with_security_headers(ADMIN_PAGE),
+            Ok(Route::AdminScript) => answer::page_script(ADMIN_SCRIPT),
+            Ok(Route::AdminStyle) => answer::page_style(ADMIN_STYLE),
             Ok(Route::ClientModule) => answer::client_module(CLIENT_MODULE),
             Ok(Route::CreateRoom) => self.create_room(),
             Ok(Route::RoomWebSocket(room)) => {
