@@ -6,6 +6,10 @@ export declare const ERROR_RATE_LIMITED: string;
 export declare const ERROR_ROOM_BUSY: string;
 /** The close code of a connection whose token expired without a refresh (4001). */
 export declare const CLOSE_TOKEN_EXPIRED: number;
+/** Close code (4010): a moderator removed the connection from the room; the client closes. */
+export declare const CLOSE_KICKED: number;
+/** Close code (4011): the user or address is banned from the room; the client closes. */
+export declare const CLOSE_BANNED: number;
 /** A JWT's `exp` in milliseconds, read without verifying (only to schedule refreshes). */
 export declare function tokenExpiryMs(token: string | undefined): number | undefined;
 
@@ -20,6 +24,10 @@ export interface ChatMessage {
   message: string;
   /** Milliseconds since the epoch, strictly increasing within a room. */
   timestamp: number;
+  /** The token subject of a verified sender (absent for anonymous senders). */
+  user?: string;
+  /** Set when the message was edited since (a replay shows the current text). */
+  edited?: true;
 }
 
 export interface ConnectOptions {
@@ -82,8 +90,18 @@ export interface RoomEvents {
   /** The server could not replay everything after `since`: messages were missed. */
   gap: { since: number };
   /**
+   * Message `id` was deleted: drop it from view. A replay shows a deleted message this way
+   * too, in its place. May come more than once for one message (tombstone and announcement).
+   */
+  deleted: { id: number };
+  /** Message `id` now says `message` (it keeps its place). */
+  edited: { id: number; message: string };
+  /** The room's topic: on joining (right before `ready`) and whenever it changes (`""`: none). */
+  topic: { topic: string };
+  /**
    * A server error not tied to a send, or a fatal one (then the client is closed). `code`
-   * is the close code that ended it, when that says why: `CLOSE_TOKEN_EXPIRED`.
+   * is the close code that ended it, when that says why: `CLOSE_TOKEN_EXPIRED`,
+   * `CLOSE_KICKED` or `CLOSE_BANNED`.
    */
   error: { message: string; fatal: boolean; code?: number };
   /** A send was refused by the rate limiter (or a busy room) and will be retried. */

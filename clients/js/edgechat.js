@@ -26,6 +26,10 @@ export const ERROR_ROOM_BUSY = "Room is busy, please try again later.";
 const CLOSE_TOO_BIG = 1009;
 /** The WebSocket close code for a connection whose token expired without a refresh. */
 export const CLOSE_TOKEN_EXPIRED = 4001;
+/** Close code: a moderator removed this connection from the room (a kick). */
+export const CLOSE_KICKED = 4010;
+/** Close code: this user or address is banned from the room. */
+export const CLOSE_BANNED = 4011;
 /** The soonest a token refresh is tried again, whatever the token's lifetime. */
 const REFRESH_MIN_MS = 1_000;
 /** setTimeout's largest delay. */
@@ -269,7 +273,10 @@ export class RoomClient extends EventTarget {
     const query = new URLSearchParams({ limit: String(limit) });
     if (before != null) query.set("before", String(before));
     const body = await this.#getJson("history", query);
-    const messages = Array.isArray(body.messages) ? body.messages.slice().reverse() : [];
+    // Chat messages only (edited ones with their current text): change records and
+    // tombstones say nothing to show among older messages.
+    const records = Array.isArray(body.messages) ? body.messages.slice().reverse() : [];
+    const messages = records.filter((r) => r && typeof r.name === "string" && typeof r.message === "string");
     this.#olderCursor = Number.isInteger(body.next_before) ? body.next_before : null;
     return { messages, hasMore: this.#olderCursor !== null };
   }
@@ -426,13 +433,31 @@ export class RoomClient extends EventTarget {
       }
     } else if (data.ready === true && joining) {
       this.#onReady(ws, joining, data.recovered);
+    } else if (typeof data.topic === "string") {
+      this.#emit("topic", { topic: data.topic });
+    } else if (Number.isSafeInteger(data.deleted) || Number.isSafeInteger(data.edited)) {
+      // A change record (or, in a replay, a deleted message's tombstone in its place). It
+      // has an id of its own: it counts for `since` like a message, in the same order.
+      /** @type {Change} */
+      const change = {
+        change: Number.isSafeInteger(data.deleted) ? "deleted" : "edited",
+        id: Number.isSafeInteger(data.id) ? data.id : undefined,
+        target: Number.isSafeInteger(data.deleted) ? data.deleted : data.edited,
+        message: typeof data.message === "string" ? data.message : "",
+      };
+      if (change.change === "edited" && typeof data.message !== "string") return;
+      if (joining) joining.messages.push(change);
+      else this.#deliverChange(change);
     } else if (typeof data.message === "string" && typeof data.name === "string") {
+      /** @type {ChatMessage} */
       const message = {
         id: Number.isSafeInteger(data.id) ? data.id : undefined,
         name: data.name,
         message: data.message,
         timestamp: data.timestamp,
       };
+      if (typeof data.user === "string") message.user = data.user;
+      if (data.edited === true) message.edited = true;
       if (joining) joining.messages.push(message);
       else this.#deliver(ws, message);
     }
@@ -455,7 +480,10 @@ export class RoomClient extends EventTarget {
       this.#emit("gap", { since: this.#lastId });
       this.#lastId = 0;
     }
-    for (const message of joining.messages) this.#deliver(ws, message);
+    for (const item of joining.messages) {
+      if ("change" in item) this.#deliverChange(item);
+      else this.#deliver(ws, item);
+    }
     const head = this.#queue[0];
     // A frame in flight when the last socket dropped and not in the replay was not stored.
     if (head && head.maybeStored) head.maybeStored = false;
@@ -513,12 +541,24 @@ export class RoomClient extends EventTarget {
     this.#pump();
   }
 
+  /** Advances `lastId` past `id`; false if that record was delivered already. */
+  #advance(id) {
+    if (id === undefined) return true;
+    if (id <= this.#lastId) return false;
+    this.#lastId = id;
+    if (this.#oldestId === null || id < this.#oldestId) this.#oldestId = id;
+    return true;
+  }
+
+  /** @param {Change} change */
+  #deliverChange(change) {
+    if (!this.#advance(change.id)) return;
+    if (change.change === "deleted") this.#emit("deleted", { id: change.target });
+    else this.#emit("edited", { id: change.target, message: change.message });
+  }
+
   #deliver(ws, message) {
-    if (message.id !== undefined) {
-      if (message.id <= this.#lastId) return;
-      this.#lastId = message.id;
-      if (this.#oldestId === null || message.id < this.#oldestId) this.#oldestId = message.id;
-    }
+    if (!this.#advance(message.id)) return;
     this.#emit("message", message);
     const head = this.#queue[0];
     if (!head || message.name !== this.#joinName || message.message !== head.text) return;
@@ -638,6 +678,14 @@ export class RoomClient extends EventTarget {
       this.#shutdown(message);
       return;
     }
+    if (code === CLOSE_KICKED || code === CLOSE_BANNED) {
+      // Removed by a moderator: coming straight back would defy the kick (and a ban refuses
+      // it anyway). The application may offer to join again.
+      const message = reason || (code === CLOSE_KICKED ? "Removed by a moderator." : "Banned from this room.");
+      this.#emit("error", { message, fatal: true, code });
+      this.#shutdown(message);
+      return;
+    }
     if (code === CLOSE_TOKEN_EXPIRED && typeof this.#options.getToken !== "function") {
       // The same token again would be refused: only the application can sign in anew.
       const message = reason || "Token expired.";
@@ -698,7 +746,8 @@ export class RoomClient extends EventTarget {
  * @typedef {ReturnType<typeof setTimeout> | undefined} Timer
  * @typedef {{ text: string, resolve: (id: number) => void, reject: (error: Error) => void,
  *   sentOn: WebSocket | null, idAtSend: number, maybeStored: boolean }} PendingSend
- * @typedef {{ roster: Map<string, number>, messages: ChatMessage[], lastJoined: string | null }} Joining
+ * @typedef {{ change: "deleted" | "edited", id: number | undefined, target: number, message: string }} Change
+ * @typedef {{ roster: Map<string, number>, messages: (ChatMessage | Change)[], lastJoined: string | null }} Joining
  * @typedef {import("./edgechat.js").ChatMessage} ChatMessage
  */
 

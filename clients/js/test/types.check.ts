@@ -1,6 +1,6 @@
 // Compiled (never run) by test/ci.sh with `tsc --noEmit`: the declarations in edgechat.d.ts
 // describe what a TypeScript application writes against the module.
-import { connect, CLOSE_TOKEN_EXPIRED, EdgechatError, ERROR_RATE_LIMITED, tokenExpiryMs, type ChatMessage, type ConnectionState } from "../edgechat.js";
+import { connect, CLOSE_BANNED, CLOSE_KICKED, CLOSE_TOKEN_EXPIRED, EdgechatError, ERROR_RATE_LIMITED, tokenExpiryMs, type ChatMessage, type ConnectionState } from "../edgechat.js";
 
 const room = connect({ url: "https://chat.example.com", room: "lobby", name: "Ada", getToken: async () => "t" });
 const stop: () => void = room.on("message", (m: ChatMessage) => console.log(m.id, m.name, m.message, m.timestamp));
@@ -10,6 +10,11 @@ room.on("ratelimited", ({ retryInMs, message }) => console.log(retryInMs, messag
 room.on("roster", ({ roster, counts }) => console.log([...roster], counts.get("Ada")));
 room.addEventListener("ready", (event) => console.log(event.type));
 room.on("refreshed", ({ expiresAt }) => console.log(expiresAt ?? tokenExpiryMs("a.b.c"), CLOSE_TOKEN_EXPIRED));
+room.on("deleted", ({ id }) => console.log(id.toFixed()));
+room.on("edited", ({ id, message }) => console.log(id, message.length));
+room.on("topic", ({ topic }) => console.log(topic.length));
+room.on("message", (m) => console.log(m.user ?? "anonymous", m.edited === true));
+room.on("error", ({ code }) => console.log(code === CLOSE_KICKED || code === CLOSE_BANNED));
 connect({ room: "lobby", token: "t", getToken: () => null, refreshBeforeMs: 5_000 });
 stop();
 
