@@ -16,7 +16,7 @@
 // without asking for a name, passes the token on the WebSocket URL, and shows the name the
 // server answered with; it never decodes the token itself.
 
-import { CLOSE_TOKEN_EXPIRED, connect } from "./edgechat.js";
+import { CLOSE_BANNED, CLOSE_KICKED, CLOSE_TOKEN_EXPIRED, connect } from "./edgechat.js";
 
 /** Where the page is served: the server's base URL (with any mount prefix). */
 const SERVER_URL = new URL(".", location.href).href;
@@ -25,6 +25,8 @@ const NAME_MAX = 32, MESSAGE_MAX = 256, ROOM_NAME_MAX = 32;
 const NOTICE_MS = 6000;
 const TOKEN_KEY = "edgechat.token";
 const EXPIRED_TEXT = "Your sign-in has expired. Open a fresh link from your app to sign in again, or join as a guest.";
+const KICKED_TEXT = "A moderator removed you from this room. You may join again.";
+const BANNED_TEXT = "You are banned from this room.";
 const $ = (id) => document.getElementById(id);
 const ui = {
   join: $("join"), name: $("name"), room: $("room"), joinError: $("join-error"), create: $("create"),
@@ -32,7 +34,7 @@ const ui = {
   send: $("send"), counter: $("counter"), notice: $("notice"), roster: $("roster"),
   rosterCount: $("roster-count"), status: $("status"), roomTitle: $("room-title"),
   leave: $("leave"), share: $("share"), shareLink: $("share-link"), copy: $("copy"),
-  whoami: $("whoami"), nameField: $("name-field"), joinIntro: $("join-intro"),
+  whoami: $("whoami"), nameField: $("name-field"), joinIntro: $("join-intro"), topic: $("topic"),
 };
 
 /**
@@ -148,7 +150,43 @@ function addMessage(data, mine, live) {
   text.className = "text";
   text.textContent = data.message;
   li.append(time, who, text);
+  if (data.edited) markEdited(li);
   append(li);
+}
+
+/** The shown message `id`, if it is on the page. */
+const shownMessage = (id) => ui.messages.querySelector(`li.msg[data-id="${id}"]`);
+
+function markEdited(li) {
+  if (li.querySelector(".edited")) return;
+  const mark = document.createElement("span");
+  mark.className = "edited";
+  mark.textContent = "(edited)";
+  li.append(mark);
+}
+
+/** A deleted message stays in its place as a short note, its text gone. */
+function showDeleted(id) {
+  const li = shownMessage(id);
+  if (!li || li.classList.contains("deleted")) return;
+  li.classList.add("deleted");
+  li.querySelector(".edited")?.remove();
+  const text = li.querySelector(".text");
+  if (text) text.textContent = "message deleted";
+}
+
+function showEdited(id, message) {
+  const li = shownMessage(id);
+  if (!li || li.classList.contains("deleted")) return;
+  const text = li.querySelector(".text");
+  if (text) text.textContent = message;
+  markEdited(li);
+}
+
+function showTopic(topic) {
+  ui.topic.textContent = topic;
+  ui.topic.title = topic;
+  ui.topic.hidden = !topic;
 }
 
 /** @param {Map<string, number>} counts @param {string} me */
@@ -203,6 +241,7 @@ function start(name, room) {
   if (roomFromHash() !== room) history.replaceState(null, "", "#" + room);
   ui.messages.textContent = "";
   ui.notice.textContent = "";
+  showTopic("");
   showJoinError("");
   ui.join.hidden = true;
   ui.chat.hidden = false;
@@ -241,6 +280,9 @@ function start(name, room) {
   client.on("message", (message) => {
     if (current()) addMessage(message, message.name === client.name, client.state === "live");
   });
+  client.on("deleted", ({ id }) => { if (current()) showDeleted(id); });
+  client.on("edited", ({ id, message }) => { if (current()) showEdited(id, message); });
+  client.on("topic", ({ topic }) => { if (current()) showTopic(topic); });
   client.on("roster", ({ counts }) => { if (current()) renderRoster(counts, client.name); });
   client.on("join", ({ name: who }) => { if (current()) addNote(`${who} joined`); });
   client.on("quit", ({ name: who }) => { if (current()) addNote(`${who} left`); });
@@ -278,6 +320,16 @@ function start(name, room) {
       showJoinError(EXPIRED_TEXT);
       return;
     }
+    if (code === CLOSE_KICKED || code === CLOSE_BANNED) {
+      // Removed by a moderator: the conversation stays on screen, the composer goes.
+      s.client.close();
+      setComposerEnabled(false);
+      clearInterval(s.tick);
+      setStatus("closed", code === CLOSE_KICKED ? "Removed" : "Banned");
+      addNote(code === CLOSE_KICKED ? KICKED_TEXT : BANNED_TEXT, "error");
+      ui.notice.textContent = "";
+      return;
+    }
     // The server refused the join itself (e.g. the name is too long): retrying won't help.
     leave();
     showJoinError(message);
@@ -296,6 +348,7 @@ function leave() {
   ui.leave.hidden = true;
   ui.whoami.hidden = true;
   ui.roomTitle.textContent = "";
+  showTopic("");
   document.title = "edgechat";
   setStatus("idle", "Not connected");
 }
