@@ -202,8 +202,11 @@ const SVG = "http://www.w3.org/2000/svg";
 function draw(svg, values) {
   const [w, hgt] = [240, 60];
   const max = Math.max(1e-9, ...values);
-  const step = w / (CHART_POINTS - 1);
-  const offset = (CHART_POINTS - values.length) * step;
+  // The window grows to CHART_POINTS polls; until then the first few points span the width
+  // (from the right) instead of a sliver at its right edge.
+  const span = Math.min(CHART_POINTS, Math.max(values.length, 12));
+  const step = w / (span - 1);
+  const offset = (span - values.length) * step;
   const points = values.map((v, i) => `${(offset + i * step).toFixed(1)},${(hgt - 2 - (v / max) * (hgt - 6)).toFixed(1)}`);
   svg.textContent = "";
   if (points.length < 2) return;
@@ -322,7 +325,7 @@ function renderMessages(records) {
       } }, input, h("button", { className: "btn small primary", type: "submit" }, "Save"),
       h("button", { className: "btn small", type: "button", onclick: () => { editing = null; pollRoom(); } }, "Cancel")));
     } else {
-      li.append(h("span", { className: "text" }, r.message), r.edited ? h("span", { className: "hint" }, " (edited)") : null,
+      li.append(h("span", { className: "text" }, r.message, r.edited ? h("span", { className: "hint" }, " (edited)") : null),
         h("span", { className: "actions" },
           h("button", { className: "btn small", type: "button", onclick: () => { editing = id; pollRoom(); } }, "Edit"),
           h("button", { className: "btn small danger", type: "button", onclick: () => act({ delete: id }, `Deleted message ${id}.`) }, "Delete")));

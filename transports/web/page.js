@@ -326,6 +326,7 @@ function start(name, room) {
       setComposerEnabled(false);
       clearInterval(s.tick);
       setStatus("closed", code === CLOSE_KICKED ? "Removed" : "Banned");
+      renderRoster(new Map(), "");
       addNote(code === CLOSE_KICKED ? KICKED_TEXT : BANNED_TEXT, "error");
       ui.notice.textContent = "";
       return;
