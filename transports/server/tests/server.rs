@@ -555,6 +555,41 @@ async fn private_rooms_and_the_page() {
 }
 
 #[tokio::test]
+async fn the_admin_page_is_served_with_the_pages_policy() {
+    let dir = DataDir::new("admin-page");
+    let server = start(config(&dir.db())).await;
+    let addr = server.local_addr();
+    // Public (a browser sends no token when it navigates), with the chat page's policy.
+    let page = get(addr, "/admin").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), Some("text/html;charset=UTF-8"));
+    assert_eq!(
+        page.header("content-security-policy"),
+        Some(edgechat_core::http::answer::PAGE_CONTENT_SECURITY_POLICY)
+    );
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert!(page.body.contains("src=\"admin.js\""), "{}", page.body);
+    let files = [
+        (
+            "/admin.js",
+            "text/javascript;charset=UTF-8",
+            "api/admin/rooms",
+        ),
+        ("/admin.css", "text/css;charset=UTF-8", ".charts"),
+    ];
+    for (path, content_type, needle) in files {
+        let file = get(addr, path).await;
+        assert_eq!(file.status, 200, "{path}");
+        assert_eq!(file.header("content-type"), Some(content_type), "{path}");
+        assert!(file.body.contains(needle), "{path}");
+    }
+    // What the page shows still needs the token.
+    assert_eq!(get(addr, "/api/admin/rooms").await.status, 401);
+    assert_eq!(http(addr, "POST", "/admin", &[], "").await.status, 405);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn publish_needs_the_admin_token() {
     let dir = DataDir::new("publish");
     let server = start(config(&dir.db())).await;
