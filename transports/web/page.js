@@ -25,7 +25,7 @@ const NAME_MAX = 32, MESSAGE_MAX = 256, ROOM_NAME_MAX = 32;
 const NOTICE_MS = 6000;
 const TOKEN_KEY = "edgechat.token";
 const EXPIRED_TEXT = "Your sign-in has expired. Open a fresh link from your app to sign in again, or join as a guest.";
-const KICKED_TEXT = "A moderator removed you from this room. You may join again.";
+const KICKED_TEXT = "A moderator removed you from this room. Press Leave to join again.";
 const BANNED_TEXT = "You are banned from this room.";
 const $ = (id) => document.getElementById(id);
 const ui = {
