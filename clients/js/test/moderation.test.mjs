@@ -113,3 +113,45 @@ test("a kick (4010) and a ban (4011) close the client for good; a banned name ca
     await third?.close();
   }
 });
+
+test("a resume after a restart asks after the last change record: nothing is delivered twice", { timeout: 60_000 }, async () => {
+  const own = dataDir();
+  let restarted = await startServer({ db: own.db });
+  const port = restarted.port;
+  const room = roomName("resume");
+  const action = async (body) => {
+    const response = await fetch(`${restarted.url}/api/room/${room}/moderate`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    assert.equal(response.status, 200, await response.text());
+  };
+  const ada = connect({ url: restarted.url, room, name: "Ada", ...FAST });
+  const seen = recordAll(ada);
+  try {
+    await waitFor(() => ada.state === "live", "Ada live");
+    const ids = [];
+    for (const text of ["a", "b", "c"]) ids.push(await within(ada.send(text), `send ${text}`));
+    await action({ delete: ids[0] });
+    await waitFor(() => seen.deleted.length === 1, "the deletion");
+    const before = ada.lastId;
+    assert.equal(before, ids[2] + 1, "the change record's id");
+    await restarted.stop("SIGTERM");
+    restarted = await startServer({ db: own.db, port });
+    await waitFor(() => seen.ready.length === 2, "Ada resumed");
+    assert.deepEqual(seen.ready[1], { recovered: true, resumed: true });
+    await action({ edit: ids[1], message: "B" });
+    const last = await within(ada.send("d"), "send after the resume");
+    await waitFor(() => seen.edited.length === 1 && seen.messages.length === 4, "the edit and the new message");
+    assert.deepEqual(seen.deleted, [ids[0]], "the deletion once, not again from the replay");
+    assert.deepEqual(seen.edited, [{ id: ids[1], message: "B" }]);
+    assert.deepEqual(seen.messages.map((m) => m.message), ["a", "b", "c", "d"]);
+    assert.equal(last, before + 2, "ids go on after the change records");
+    assert.equal(ada.lastId, last);
+  } finally {
+    await ada.close();
+    await restarted.stop();
+    own.cleanup();
+  }
+});
