@@ -234,16 +234,23 @@ function open(room) {
 
 async function pollRoom() {
   const room = openRoom;
+  // The history is the public endpoint: with signed identities on it wants a user's token and
+  // refuses the admin's, so the room view goes on without its messages then.
   const [view, history] = await Promise.all([
     api(roomPath(room) + "admin"),
-    api(roomPath(room) + `history?limit=${HISTORY_LIMIT}`),
+    api(roomPath(room) + `history?limit=${HISTORY_LIMIT}`).catch((error) => ({ error })),
   ]);
   if (room !== openRoom) return null;
   renderMembers(view.members);
   renderRestrictions(ui.bans, view.bans, (r) => (r.ip !== undefined ? { unban_ip: r.ip } : { unban: r.user }), "Unban");
   renderRestrictions(ui.mutes, view.mutes, (r) => ({ unmute: r.user }), "Unmute");
   // While an edit box is open, the poll leaves the message list alone (it would replace it).
-  if (editing === null || !ui.messages.querySelector(".edit-text")) renderMessages(history.messages);
+  if (history.error) {
+    ui.messages.textContent = "";
+    ui.messages.append(h("li", { className: "hint" }, `Recent messages unavailable: ${history.error.message}`));
+  } else if (editing === null || !ui.messages.querySelector(".edit-text")) {
+    renderMessages(history.messages);
+  }
   return view;
 }
 

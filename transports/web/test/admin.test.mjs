@@ -9,7 +9,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, existsSync } from "node:fs";
+import { mkdtempSync, rmSync, existsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { createServer } from "node:net";
@@ -28,6 +28,8 @@ let dataDir;
 let base;
 let server;
 let browser;
+/** Servers started by a test of their own, stopped at the end. */
+const extraServers = [];
 
 function freePort() {
   return new Promise((ok, fail) => {
@@ -44,24 +46,8 @@ before(async () => {
   assert.ok(existsSync(BIN), `no edgechat binary at ${BIN} (cargo build -p edgechat-server, or set EDGECHAT_BIN)`);
   assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM)`);
   dataDir = mkdtempSync(join(tmpdir(), "edgechat-admin-"));
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  // All tabs come from 127.0.0.1, so they share one rate limiter: relax it for this test.
-  const args = ["serve", "--listen", `127.0.0.1:${port}`, "--data", join(dataDir, "db"), "--admin-token", ADMIN_TOKEN,
-    "--rate-limit-cost-ms", "1", "--rate-limit-grace-ms", "60000"];
-  const child = spawn(BIN, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: "warn" } });
-  let output = "";
-  child.stdout.on("data", (d) => { output += d; });
-  child.stderr.on("data", (d) => { output += d; });
-  const exited = new Promise((ok) => child.once("exit", (code, signal) => ok({ code, signal })));
-  server = { child, exited, output: () => output };
-  const deadline = Date.now() + TIMEOUT;
-  for (;;) {
-    const early = await Promise.race([exited, new Promise((ok) => setTimeout(() => ok(null), 100))]);
-    if (early) throw new Error(`edgechat exited early (${JSON.stringify(early)}):\n${output}`);
-    try { if ((await fetch(`${base}/healthz`)).ok) break; } catch { /* not listening yet */ }
-    if (Date.now() > deadline) throw new Error(`edgechat did not become healthy:\n${output}`);
-  }
+  server = await startServer("db", []);
+  base = server.base;
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -71,13 +57,35 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  if (server && server.child.exitCode === null) {
-    server.child.kill("SIGTERM");
-    const stopped = await Promise.race([server.exited, new Promise((ok) => setTimeout(() => ok(null), 5000))]);
-    if (!stopped) { server.child.kill("SIGKILL"); await server.exited; }
+  for (const s of [server, ...extraServers]) {
+    if (!s || s.child.exitCode !== null) continue;
+    s.child.kill("SIGTERM");
+    const stopped = await Promise.race([s.exited, new Promise((ok) => setTimeout(() => ok(null), 5000))]);
+    if (!stopped) { s.child.kill("SIGKILL"); await s.exited; }
   }
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
 });
+
+/** `edgechat serve` with the admin token and `extra` flags on a free port, once healthy. */
+async function startServer(db, extra) {
+  const port = await freePort();
+  // All tabs come from 127.0.0.1, so they share one rate limiter: relax it for this test.
+  const args = ["serve", "--listen", `127.0.0.1:${port}`, "--data", join(dataDir, db), "--admin-token", ADMIN_TOKEN,
+    "--rate-limit-cost-ms", "1", "--rate-limit-grace-ms", "60000", ...extra];
+  const child = spawn(BIN, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: "warn" } });
+  let output = "";
+  child.stdout.on("data", (d) => { output += d; });
+  child.stderr.on("data", (d) => { output += d; });
+  const exited = new Promise((ok) => child.once("exit", (code, signal) => ok({ code, signal })));
+  const started = { child, exited, base: `http://127.0.0.1:${port}` };
+  const deadline = Date.now() + TIMEOUT;
+  for (;;) {
+    const early = await Promise.race([exited, new Promise((ok) => setTimeout(() => ok(null), 100))]);
+    if (early) throw new Error(`edgechat exited early (${JSON.stringify(early)}):\n${output}`);
+    try { if ((await fetch(`${started.base}/healthz`)).ok) return started; } catch { /* not listening yet */ }
+    if (Date.now() > deadline) throw new Error(`edgechat did not become healthy:\n${output}`);
+  }
+}
 
 async function shot(page, name) {
   await page.screenshot({ path: join(SHOTS, `edgechat-admin-${name}.png`), fullPage: true });
@@ -248,4 +256,25 @@ test("an admin deletes, edits, sets the topic, kicks and bans; the chat pages sh
   // The admin page logged no errors besides the wrong token's refused request.
   assert.deepEqual(admin.problems.filter((p) => !/401/.test(p)), [], "admin: script errors");
   for (const tab of [ada, bob, admin]) await tab.context.close();
+});
+
+test("with signed identities required, the room view works without the history it may not read", async () => {
+  const secretFile = join(dataDir, "secret");
+  writeFileSync(secretFile, "0123456789abcdef0123456789abcdef-admin-test");
+  const strict = await startServer("strict-db", ["--auth-mode", "required", "--auth-hs256-secret-file", secretFile]);
+  extraServers.push(strict);
+  const admin = await newTab(browser);
+  await admin.page.goto(`${strict.base}/admin`);
+  await admin.page.getByLabel("Admin token").fill(ADMIN_TOKEN);
+  await admin.page.getByRole("button", { name: "Sign in" }).click();
+  await admin.page.getByPlaceholder("Room name or id").fill("lobby");
+  await admin.page.getByRole("button", { name: "Open" }).click();
+  await admin.page.locator("#members", { hasText: "Nobody is connected." }).waitFor({ timeout: TIMEOUT });
+  await admin.page.locator("#messages", { hasText: "Recent messages unavailable" }).waitFor({ timeout: TIMEOUT });
+  await admin.page.getByLabel("Topic").fill("Announcements only");
+  await admin.page.getByRole("button", { name: "Save settings" }).click();
+  await admin.page.locator("#notice", { hasText: "Settings saved." }).waitFor({ timeout: TIMEOUT });
+  assert.equal(await admin.page.locator("#status").getAttribute("data-state"), "live", "still signed in");
+  await shot(admin.page, "admin-auth-required");
+  await admin.context.close();
 });
