@@ -1192,6 +1192,16 @@ impl Room {
                     .front()
                     .map_or(self.durable_id + 1, |message| message.id),
             );
+        // A rewrite of a record that an earlier batch already trimmed (the change was
+        // accepted while that batch was in flight) must not bring its key back; one trimmed
+        // by this batch is undone by the deletes below.
+        let trimmed_before = self.stored_from;
+        writes.retain(|write| match write {
+            Write::Put { key, .. } => {
+                keys::parse_message(key).is_none_or(|id| id >= trimmed_before)
+            }
+            Write::Delete { .. } => true,
+        });
         if self.config.planted(PlantedBug::HistoryTrimOffByOne) {
             stored_from += 1;
         }
