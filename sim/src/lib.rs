@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod mailbox;
+pub mod moderation;
 mod nodes;
 pub mod tokens;
 pub mod world;
