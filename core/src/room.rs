@@ -1160,10 +1160,15 @@ impl Room {
                         value: pending.message.frame.clone(),
                     });
                     if let Some(change) = &pending.change {
+                        let keeps_text = change.deletes
+                            && self.config.planted(PlantedBug::DeleteKeepsStoredText);
                         let rewrites = change.rewrites.iter();
                         for (id, frame) in
                             rewrites.chain([&(change.target, change.target_frame.clone())])
                         {
+                            if keeps_text && *id == change.target {
+                                continue;
+                            }
                             writes.push(Write::Put {
                                 key: keys::message(*id),
                                 value: frame.clone(),

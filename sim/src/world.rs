@@ -911,10 +911,15 @@ impl World {
                 continue; // a ban, a mute, the settings
             };
             moderation::check_write(self, room, key, value);
-            let Some(message) = decode(value).filter(|m| m.id == id) else {
+            let Some(message) = decode(value) else {
                 self.violate("storage", format!("undecodable record {key}: {value}"));
                 return;
             };
+            if message.id != id {
+                let detail = format!("room {room} writes {key} as {value}: another id");
+                self.violate("edits-never-reorder", detail);
+                return;
+            }
             if previous.is_some_and(|(newest, _)| id <= newest) {
                 // A rewrite in place (an edit, a tombstone): the same message's next state.
                 let old = self.stores[room].get(key);
