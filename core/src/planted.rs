@@ -48,11 +48,13 @@ pub enum PlantedBug {
     BanNotEnforcedAfterRestore,
     /// An edited message is rewritten with the edit's own (new) id, as if it moved.
     EditReordersId,
+    /// A restore forgets the room's mutes.
+    MuteNotEnforcedAfterRestore,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 17] = [
+    pub const ALL: [PlantedBug; 18] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -70,5 +72,6 @@ impl PlantedBug {
         PlantedBug::DeleteKeepsStoredText,
         PlantedBug::BanNotEnforcedAfterRestore,
         PlantedBug::EditReordersId,
+        PlantedBug::MuteNotEnforcedAfterRestore,
     ];
 }

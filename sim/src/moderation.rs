@@ -14,6 +14,9 @@
 //!   `ids-gap-free`, `gap-free` and `stored-history` checks see change records as ids).
 //! - `banned-no-frames`: while a ban holds, no frame but the ban's own error reaches a
 //!   connection of the banned user.
+//! - `muted-not-written`: a chat message that reaches the room while its sender's mute
+//!   holds (and will hold for longer than the room may keep the frame waiting) is never
+//!   written.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -126,6 +129,11 @@ pub struct ModOracle {
     bans_asked: BTreeSet<(usize, String)>,
     /// Bans in force, by (room, user).
     bans: BTreeMap<(usize, String), Option<u64>>,
+    /// Mutes in force, by (room, user).
+    mutes: BTreeMap<(usize, String), Option<u64>>,
+    /// Chat texts that reached the room while their sender's mute held, with the sender:
+    /// never written (unless another mute of the sender replaces that one meanwhile).
+    muted_texts: BTreeMap<usize, BTreeMap<String, String>>,
 }
 
 impl ModOracle {
@@ -239,8 +247,24 @@ pub fn check_storage(w: &mut World, room: usize) {
     }
 }
 
-/// A batch about to be written mentions no forbidden text.
+/// A batch about to be written mentions no forbidden text, and no muted message.
 pub fn check_write(w: &mut World, room: usize, key: &str, value: &str) {
+    // Muted texts were taken while no clock had stepped; a step since may have ended the
+    // mute on the room's clock before it decided.
+    let text = Record::parse(value)
+        .filter(|_| !w.clock_stepped)
+        .and_then(|r| Some(r.text()?.to_owned()));
+    if let Some(text) = text.filter(|t| {
+        w.moderation
+            .muted_texts
+            .get(&room)
+            .is_some_and(|m| m.contains_key(t))
+    }) {
+        let detail =
+            format!("room {room} writes {key} = {value}: {text} came while its sender was muted");
+        w.violate("muted-not-written", detail);
+        return;
+    }
     let Some(forbidden) = w.moderation.forbidden.get(&room) else {
         return;
     };
@@ -272,17 +296,57 @@ pub fn frame_out(w: &mut World, room: usize, conn: ConnId, frame: &Frame) {
     let Some(until) = w.moderation.bans.get(&(room, user.clone())).copied() else {
         return;
     };
-    let host = room % w.sc.hosts;
-    // A timed ban is checked while it surely holds on the room's clock (not at all once a
-    // clock has stepped: the room may see a later time than the sim assumes).
-    let holds = match until {
-        None => true,
-        Some(until) => !w.clock_stepped && w.host_now(host).0 + 100 < until,
-    };
+    let holds = surely_holds(w, room, until, 100);
     let ban_error = format!(r#"{{"error":"{CLOSE_REASON_BANNED}"}}"#);
     if holds && **frame != *ban_error {
         let detail = format!("room {room} sends banned {user} on {conn:?}: {frame}");
         w.violate("banned-no-frames", detail);
+    }
+}
+
+/// Whether a restriction until `until` (room clock ms) surely holds for `margin_ms` more on
+/// the room's clock (a timed one never once a clock has stepped: the room may see a later
+/// time than the sim assumes).
+fn surely_holds(w: &World, room: usize, until: Option<u64>, margin_ms: u64) -> bool {
+    match until {
+        None => true,
+        Some(until) => !w.clock_stepped && w.host_now(room % w.sc.hosts).0 + margin_ms < until,
+    }
+}
+
+/// A text frame from `conn` reaches `room`'s host: a chat message from a muted sender is
+/// remembered, never to be written.
+pub fn text_arrives(w: &mut World, room: usize, conn: ConnId, text: &str) {
+    if !w.moderation.on {
+        return;
+    }
+    let Some(client) = w.conns.get(&conn).map(|info| info.client) else {
+        return;
+    };
+    let user = w.clients[client].name.clone();
+    let Some(until) = w.moderation.mutes.get(&(room, user)).copied() else {
+        return;
+    };
+    // The room may hold a frame for its limiter answers before it decides.
+    let margin = edgechat_core::room::PIPELINE_WAIT_MAX_MS + 1_000;
+    if !surely_holds(w, room, until, margin) {
+        return;
+    }
+    let message = serde_json::from_str::<Json>(text)
+        .ok()
+        .and_then(|json| Some(json.get("message")?.as_str()?.to_owned()));
+    if let Some(message) = message {
+        w.count_fault("mod-muted-sent");
+        let muted = w.moderation.muted_texts.entry(room).or_default();
+        muted.insert(message, w.clients[client].name.clone());
+    }
+}
+
+/// Another mute of `user` came into force: what the room decides about the user's texts
+/// that arrived under the old one is no longer known.
+fn forget_muted_texts(w: &mut World, room: usize, user: &str) {
+    if let Some(muted) = w.moderation.muted_texts.get_mut(&room) {
+        muted.retain(|_, sender| sender != user);
     }
 }
 
@@ -310,23 +374,53 @@ pub fn moderated(w: &mut World, room: usize, request: u64) {
     {
         let until = for_ms.map(|ms| asked_at + ms);
         w.moderation.bans.insert((room, user), until);
+    } else if let ModAction::Mute { user, for_ms } = action {
+        let until = for_ms.map(|ms| asked_at + ms);
+        if w.moderation.mutes.insert((room, user.clone()), until) != Some(until) {
+            forget_muted_texts(w, room, &user);
+        }
     }
 }
 
-/// A restore of `room` found `stored`: the bans stored (`{"until": ms or null}`) are in
-/// force, and no other (a ban's confirmation may have been lost with a crash; a later ban
+/// A restore of `room` found `stored`: the bans and mutes stored (`{"until": ms or null}`)
+/// are in force, and no other (a ban's confirmation may have been lost with a crash; a later ban
 /// of the same user replaces it).
 pub fn restored(w: &mut World, room: usize, stored: &[(String, Frame)]) {
     w.moderation.bans.retain(|(r, _), _| *r != room);
+    let before: BTreeMap<_, _> = w
+        .moderation
+        .mutes
+        .iter()
+        .filter(|((r, _), _)| *r == room)
+        .map(|(key, until)| (key.clone(), *until))
+        .collect();
+    w.moderation.mutes.retain(|(r, _), _| *r != room);
     for (key, value) in stored {
-        let Some(user) = key.strip_prefix("room/ban/user/") else {
-            continue;
-        };
         let Ok(json) = serde_json::from_str::<Json>(value) else {
             continue;
         };
         let until = json.get("until").and_then(Json::as_u64);
-        w.moderation.bans.insert((room, user.to_owned()), until);
+        if let Some(user) = key.strip_prefix("room/ban/user/") {
+            w.moderation.bans.insert((room, user.to_owned()), until);
+        } else if let Some(user) = key.strip_prefix("room/mute/") {
+            w.moderation.mutes.insert((room, user.to_owned()), until);
+        }
+    }
+    // A mute whose confirmation a crash lost may have replaced one.
+    let after = &w.moderation.mutes;
+    let changed: BTreeSet<String> = after
+        .iter()
+        .filter(|(key, until)| key.0 == room && before.get(*key) != Some(*until))
+        .map(|(key, _)| key.1.clone())
+        .chain(
+            before
+                .keys()
+                .filter(|key| !after.contains_key(*key))
+                .map(|key| key.1.clone()),
+        )
+        .collect();
+    for user in changed {
+        forget_muted_texts(w, room, &user);
     }
 }
 
@@ -377,7 +471,17 @@ pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
             .filter(|c| c.room == room)
             .map(|c| c.name.clone())
             .collect();
-        let ids: Vec<u64> = w.rooms[room].acked.keys().rev().take(30).copied().collect();
+        // The newest acknowledged chat messages (not change records, not tombstones).
+        let ids: Vec<u64> = w.rooms[room]
+            .acked
+            .iter()
+            .rev()
+            .filter(|(_, frame)| {
+                Record::parse(frame).is_some_and(|r| matches!(r.kind, Kind::Chat { .. }))
+            })
+            .take(30)
+            .map(|(id, _)| *id)
+            .collect();
         let roll: f64 = rng.gen();
         let action = if roll < 0.4 && !ids.is_empty() {
             ModAction::Delete {

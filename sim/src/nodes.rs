@@ -291,6 +291,7 @@ impl Host {
                     return;
                 };
                 self.trace(format_args!("h{} r{room} {conn:?} -> {text}", self.index));
+                moderation::text_arrives(&mut lock(&self.world), room, conn, &text);
                 if let Some(token) = tokens::refresh_token(&text) {
                     self.refreshing.insert(conn, token);
                 }
