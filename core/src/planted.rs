@@ -41,11 +41,20 @@ pub enum PlantedBug {
     RefreshKeepsOldExpiry,
     /// A token holder joins under the name it asks for, not its token's.
     TokenNameIgnored,
+    /// A deletion writes its change record but not the target's tombstone: storage keeps
+    /// the deleted text (and a restore brings it back).
+    DeleteKeepsStoredText,
+    /// A restore forgets the room's bans.
+    BanNotEnforcedAfterRestore,
+    /// An edited message is rewritten with the edit's own (new) id, as if it moved.
+    EditReordersId,
+    /// A restore forgets the room's mutes.
+    MuteNotEnforcedAfterRestore,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 14] = [
+    pub const ALL: [PlantedBug; 18] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -60,5 +69,9 @@ impl PlantedBug {
         PlantedBug::ReadRoleMaySend,
         PlantedBug::RefreshKeepsOldExpiry,
         PlantedBug::TokenNameIgnored,
+        PlantedBug::DeleteKeepsStoredText,
+        PlantedBug::BanNotEnforcedAfterRestore,
+        PlantedBug::EditReordersId,
+        PlantedBug::MuteNotEnforcedAfterRestore,
     ];
 }

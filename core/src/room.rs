@@ -1160,10 +1160,15 @@ impl Room {
                         value: pending.message.frame.clone(),
                     });
                     if let Some(change) = &pending.change {
+                        let keeps_text = change.deletes
+                            && self.config.planted(PlantedBug::DeleteKeepsStoredText);
                         let rewrites = change.rewrites.iter();
                         for (id, frame) in
                             rewrites.chain([&(change.target, change.target_frame.clone())])
                         {
+                            if keeps_text && *id == change.target {
+                                continue;
+                            }
                             writes.push(Write::Put {
                                 key: keys::message(*id),
                                 value: frame.clone(),
@@ -1192,6 +1197,16 @@ impl Room {
                     .front()
                     .map_or(self.durable_id + 1, |message| message.id),
             );
+        // A rewrite of a record that an earlier batch already trimmed (the change was
+        // accepted while that batch was in flight) must not bring its key back; one trimmed
+        // by this batch is undone by the deletes below.
+        let trimmed_before = self.stored_from;
+        writes.retain(|write| match write {
+            Write::Put { key, .. } => {
+                keys::parse_message(key).is_none_or(|id| id >= trimmed_before)
+            }
+            Write::Delete { .. } => true,
+        });
         if self.config.planted(PlantedBug::HistoryTrimOffByOne) {
             stored_from += 1;
         }

@@ -10,7 +10,8 @@
 //! (swarm testing: a random subset per run), and every fault's timing.
 //!
 //! Half of the runs also put the rooms under auth, with tokens that expire mid-session under
-//! clock faults ([`tokens`]).
+//! clock faults ([`tokens`]). Half of the others have a moderator deleting, editing,
+//! kicking, banning and muting under the same faults ([`moderation`]).
 //!
 //! A run has two phases: faults, then settling (faults off, network healed), after which
 //! every connected client must have converged. See `sim/README.md` for the invariants and
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod mailbox;
+pub mod moderation;
 mod nodes;
 pub mod tokens;
 pub mod world;

@@ -11,7 +11,7 @@ use edgechat_core::host::{HostOutput, RoomHost};
 use edgechat_core::limiter::{RateLimiter, SessionLimiter, VerdictRequest};
 use edgechat_core::protocol::{Frame, ERROR_RATE_LIMITED, ERROR_STORAGE_UNAVAILABLE};
 use edgechat_core::room::{
-    close_after_restore_failure, ConnId, Input, Output, CLOSE_TOKEN_EXPIRED,
+    close_after_restore_failure, ConnId, Input, Output, PublishId, CLOSE_TOKEN_EXPIRED,
 };
 use edgechat_core::storage::{keys, WriteBatch};
 use edgechat_core::testkit::ServerFrameView;
@@ -20,11 +20,11 @@ use madsim::rand::{thread_rng, Rng};
 use madsim::time::{sleep, sleep_until};
 
 use crate::mailbox::Mailbox;
-use crate::tokens;
 use crate::world::{
     client_ip, newest_id, ClientConn, ClientEvent, CommitOutcome, FaultKind, HostBug, HostEvent,
     LimiterAsk, Shared, World, CLIENT_LATENCY_MAX_MS, COMMIT_BOUND_MS, SETTLE_MS,
 };
+use crate::{moderation, tokens};
 
 /// The room's answer to a refresh it took.
 const REFRESHED_FRAME: &str = r#"{"refreshed":true}"#;
@@ -291,6 +291,7 @@ impl Host {
                     return;
                 };
                 self.trace(format_args!("h{} r{room} {conn:?} -> {text}", self.index));
+                moderation::text_arrives(&mut lock(&self.world), room, conn, &text);
                 if let Some(token) = tokens::refresh_token(&text) {
                     self.refreshing.insert(conn, token);
                 }
@@ -407,6 +408,26 @@ impl Host {
                 if self.ensure_resident(room) {
                     self.drain(room);
                 }
+                room
+            }
+            HostEvent::Moderate {
+                room,
+                request,
+                action,
+            } => {
+                if !self.ensure_resident(room) {
+                    return;
+                }
+                moderation::handling(&mut lock(&self.world), room, request, &action, now.0);
+                let host = self.rooms.get_mut(&room).expect("room on this host");
+                let room_now = host.room_mut(now).expect("restored above");
+                if let Err(error) = room_now.handle_moderate(PublishId(request), action, now) {
+                    self.trace(format_args!(
+                        "h{} r{room} #{request} refused: {error}",
+                        self.index
+                    ));
+                }
+                self.drain(room);
                 room
             }
         };
@@ -618,11 +639,13 @@ impl Host {
             let mut w = lock(&shared);
             match output {
                 HostOutput::Room(Output::Send { conn, frame }) => {
+                    moderation::frame_out(&mut w, room, conn, &frame);
                     self.judge_refresh(&shared, &mut w, conn, &frame, now);
                     to_client(&shared, &mut w, conn, ClientEvent::Frame { conn, frame });
                 }
                 HostOutput::Room(Output::Broadcast { recipients, frame }) => {
                     for conn in recipients.iter() {
+                        moderation::frame_out(&mut w, room, *conn, &frame);
                         let event = ClientEvent::Frame {
                             conn: *conn,
                             frame: frame.clone(),
@@ -709,6 +732,7 @@ impl Host {
                         w.check_batch(room, &batch);
                         w.stores[room].apply(&batch);
                         w.check_store(room);
+                        moderation::check_storage(&mut w, room);
                         w.trace(format_args!("r{room} committed {:?}", batch.id));
                         inbox.push(HostEvent::Durable {
                             room,
@@ -731,7 +755,10 @@ impl Host {
                     };
                     to_limiter(&shared, &mut w, ask);
                 }
-                HostOutput::Room(Output::Published { .. } | Output::Moderated { .. }) => {}
+                HostOutput::Room(Output::Moderated { request }) => {
+                    moderation::moderated(&mut w, room, request.0);
+                }
+                HostOutput::Room(Output::Published { .. }) => {}
                 HostOutput::Hibernated => {
                     w.trace(format_args!("h{} r{room} hibernated", self.index));
                     w.count_fault("hibernated");
@@ -1137,9 +1164,11 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
             }
         }
     }
-    let (Some(id), Some(timestamp)) = (parsed.id, parsed.timestamp) else {
+    // Change records (deletions, edits) carry `at`, not `timestamp`: ids all the same.
+    let Some(record) = moderation::Record::parse(frame) else {
         return;
     };
+    let (id, timestamp) = (record.id, record.ts);
     w.trace(format_args!("u{index} {conn:?} <- #{id}"));
     let mut problem = None;
     // Storage failures: what was refused is never seen, what was acknowledged never changes.
@@ -1159,7 +1188,11 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
             format!("u{index} saw id {id}: {frame}, whose sender was told it failed"),
         ));
     }
-    if let Some(acked) = oracle.acked.get(&id).filter(|acked| ***acked != **frame) {
+    if let Some(acked) = oracle
+        .acked
+        .get(&id)
+        .filter(|acked| !w.moderation.same_either(room, acked, frame))
+    {
         problem = Some((
             "acked-never-lost",
             format!("u{index} saw id {id} as {frame}, acknowledged as {acked}"),
@@ -1171,7 +1204,7 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
     }
     // One total order: the same frame for the same id everywhere, timestamps increasing.
     match w.rooms[room].seen.get(&id) {
-        Some((seen, _)) if seen != frame => {
+        Some((seen, _)) if !w.moderation.same_either(room, seen, frame) => {
             problem = Some(("one-total-order", format!("id {id} is {frame} and {seen}")));
         }
         Some(_) => {}
@@ -1200,7 +1233,9 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
     let retained = w.sc.room.history_retained_max as u64;
     let store = &w.stores[room];
     if newest_id(store) < id + retained
-        && store.get(&keys::message(id)).map(|v| &**v) != Some(&**frame)
+        && !store
+            .get(&keys::message(id))
+            .is_some_and(|stored| w.moderation.same_either(room, frame, stored))
     {
         problem = Some((
             "durable-before-visible",
@@ -1277,6 +1312,10 @@ pub(crate) async fn supervise(world: Shared) {
         }
         let line = format!("scenario {:?}", w.sc);
         w.trace(line);
+    }
+
+    if sc.moderation {
+        madsim::task::spawn(moderation::moderator_main(world.clone(), sc.fault_ms));
     }
 
     // Faults.

@@ -19,14 +19,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgechat_core::limiter::{RateLimiterConfig, VerdictRequest};
+use edgechat_core::moderation::ModAction;
 use edgechat_core::planted::PlantedBug;
-use edgechat_core::protocol::{ChatMessage, Frame};
+use edgechat_core::protocol::Frame;
 use edgechat_core::room::{ConnId, RoomConfig, PIPELINE_WAIT_MAX_MS};
 use edgechat_core::storage::{keys, BatchId, ListQuery, MemoryStore, Write, WriteBatch};
 use edgechat_core::Timestamp;
 use madsim::rand::{thread_rng, Rng};
 
 use crate::mailbox::Mailbox;
+use crate::moderation::{self, ModOracle, Record};
 use crate::tokens::{self, AuthScenario, Tokens};
 use crate::{fnv1a, RunReport, SimOptions, FNV_OFFSET};
 
@@ -170,6 +172,8 @@ pub struct Scenario {
     pub faulty_rooms: BTreeSet<usize>,
     /// The rooms run with auth (see [`crate::tokens`]), in half of the runs.
     pub auth: Option<AuthScenario>,
+    /// A moderator acts (see [`crate::moderation`]), in half of the runs without auth.
+    pub moderation: bool,
 }
 
 /// A broken invariant.
@@ -257,6 +261,15 @@ pub enum HostEvent {
     Probe {
         /// Which.
         room: usize,
+    },
+    /// The admin API asks `room` to moderate.
+    Moderate {
+        /// Which.
+        room: usize,
+        /// The request's id.
+        request: u64,
+        /// What to do.
+        action: ModAction,
     },
 }
 
@@ -517,6 +530,8 @@ pub struct World {
     durable_messages: u64,
     /// Auth, in runs with it.
     pub tokens: Option<Tokens>,
+    /// The moderation oracle.
+    pub moderation: ModOracle,
 }
 
 impl World {
@@ -561,6 +576,7 @@ impl World {
             },
             faulty_rooms,
             auth: None,
+            moderation: false,
         };
         let on = |kind| sc.faults.contains(&kind);
         let skew = |rng: &mut madsim::rand::GlobalRng| {
@@ -623,6 +639,9 @@ impl World {
             .gen_bool(0.5)
             .then(|| Tokens::draw(&mut rng, sc.clients));
         sc.auth = tokens.as_ref().map(|t| t.scenario);
+        sc.moderation = tokens.is_none() && rng.gen_bool(0.5);
+        let mut moderation = ModOracle::default();
+        moderation.on = sc.moderation;
         World {
             seed,
             // The demo's limiter scaled down five times (same burst of four, then one per
@@ -664,6 +683,7 @@ impl World {
             keep_trace: options.keep_trace,
             durable_messages: 0,
             tokens,
+            moderation,
             sc,
         }
     }
@@ -882,14 +902,39 @@ impl World {
         });
         let mut previous = stored
             .first()
-            .and_then(|(key, value)| Some((keys::parse_message(key)?, decode(value)?.timestamp)));
+            .and_then(|(key, value)| Some((keys::parse_message(key)?, decode(value)?.ts)));
         for write in &batch.writes {
             let Write::Put { key, value } = write else {
                 continue;
             };
+            let Some(id) = keys::parse_message(key) else {
+                continue; // a ban, a mute, the settings
+            };
+            moderation::check_write(self, room, key, value);
             let Some(message) = decode(value) else {
                 self.violate("storage", format!("undecodable record {key}: {value}"));
                 return;
+            };
+            if message.id != id {
+                let detail = format!("room {room} writes {key} as {value}: another id");
+                self.violate("edits-never-reorder", detail);
+                return;
+            }
+            if previous.is_some_and(|(newest, _)| id <= newest) {
+                // A rewrite in place (an edit, a tombstone): the same message's next state.
+                let old = self.stores[room].get(key);
+                if let Some(old) = old.filter(|old| !self.moderation.same_record(room, old, value))
+                {
+                    let detail = format!("room {room} rewrites {key} = {old} as {value}");
+                    self.violate("edits-never-reorder", detail);
+                    return;
+                }
+                continue;
+            }
+            let text = message.text().unwrap_or_default().to_owned();
+            let name = match &message.kind {
+                moderation::Kind::Chat { name, .. } => name.clone(),
+                _ => String::new(),
             };
             let oracle = &self.rooms[room];
             if let Some(acked) = oracle
@@ -904,7 +949,7 @@ impl World {
                 self.violate("acked-never-lost", detail);
                 return;
             }
-            if oracle.refused.contains(&message.message) {
+            if oracle.refused.contains(&text) {
                 let detail = format!("room {room} writes {value}, whose sender was told it failed");
                 self.violate("refused-never-visible", detail);
                 return;
@@ -916,18 +961,18 @@ impl World {
                         format!("room {room} writes id {} after stored id {id}", message.id),
                     );
                 }
-                if message.timestamp <= timestamp {
+                if message.ts <= timestamp {
                     self.violate(
                         "timestamps-increasing",
                         format!(
-                            "room {room} id {} has timestamp {} not after {} of id {id}",
-                            message.id, message.timestamp.0, timestamp.0
+                            "room {room} id {} has timestamp {} not after {timestamp} of id {id}",
+                            message.id, message.ts
                         ),
                     );
                 }
             }
-            previous = Some((message.id, message.timestamp));
-            tokens::judge_message(self, room, &message.message, &message.name, "is written");
+            previous = Some((message.id, message.ts));
+            tokens::judge_message(self, room, &text, &name, "is written");
         }
     }
 
@@ -998,35 +1043,31 @@ impl World {
             let Write::Put { value, .. } = write else {
                 continue;
             };
-            let Some(message) = decode(value) else {
+            let Some(text) = decode(value).and_then(|m| Some(m.text()?.to_owned())) else {
                 continue;
             };
             self.count_fault("storage-refused");
             let oracle = &mut self.rooms[room];
-            oracle.refused.insert(message.message.clone());
-            let problem = if let Some(id) = oracle.seen_texts.get(&message.message) {
+            oracle.refused.insert(text.clone());
+            let problem = if let Some(id) = oracle.seen_texts.get(&text) {
                 Some(format!(
                     "{} was seen as id {id} before its write failed",
-                    message.message
+                    text
                 ))
-            } else if oracle.acked_texts.contains(&message.message) {
-                Some(format!(
-                    "{} was acknowledged before its write failed",
-                    message.message
-                ))
+            } else if oracle.acked_texts.contains(&text) {
+                Some(format!("{} was acknowledged before its write failed", text))
             } else {
                 None
             };
             if let Some(problem) = problem {
                 self.violate("refused-never-visible", format!("room {room}: {problem}"));
             }
-            let Some(client) =
-                client_of_text(&message.message).filter(|client| *client < self.clients.len())
+            let Some(client) = client_of_text(&text).filter(|client| *client < self.clients.len())
             else {
                 continue;
             };
             let slot = &mut self.clients[client];
-            let Some(conn) = slot.sent_on.get(&message.message).copied() else {
+            let Some(conn) = slot.sent_on.get(&text).copied() else {
                 continue;
             };
             if slot.current.conn == Some(conn) {
@@ -1122,9 +1163,10 @@ impl World {
             if let Write::Put { key, value } = write {
                 if let Some(id) = keys::parse_message(key) {
                     self.rooms[room].acked.insert(id, value.clone());
-                    if let Some(message) = decode(value) {
-                        self.rooms[room].acked_texts.insert(message.message);
+                    if let Some(text) = decode(value).and_then(|m| Some(m.text()?.to_owned())) {
+                        self.rooms[room].acked_texts.insert(text);
                     }
+                    moderation::durable_record(self, room, id, value);
                     self.durable_messages += 1;
                 }
             }
@@ -1137,15 +1179,20 @@ impl World {
     pub fn restored(&mut self, room: usize, stored: &[(String, Frame)]) {
         for (key, value) in stored {
             if let Some(id) = keys::parse_message(key) {
-                self.rooms[room]
-                    .acked
-                    .entry(id)
-                    .or_insert_with(|| value.clone());
-                if let Some(message) = decode(value) {
-                    self.rooms[room].acked_texts.insert(message.message);
+                // Storage may hold a later state of an acknowledged record (a rewrite whose
+                // confirmation a crash lost).
+                let acked = self.rooms[room].acked.get(&id);
+                if acked.is_none_or(|acked| self.moderation.same_record(room, acked, value)) {
+                    self.rooms[room].acked.insert(id, value.clone());
                 }
+                if let Some(text) = decode(value).and_then(|m| Some(m.text()?.to_owned())) {
+                    self.rooms[room].acked_texts.insert(text);
+                }
+                moderation::durable_record(self, room, id, value);
             }
         }
+        moderation::restored(self, room, stored);
+        moderation::check_storage(self, room);
         self.check_seen_stored(room);
     }
 
@@ -1158,7 +1205,7 @@ impl World {
         let mut problem = None;
         for (id, (frame, _)) in self.rooms[room].seen.range(floor..) {
             match self.stores[room].get(&keys::message(*id)) {
-                Some(stored) if stored == frame => {}
+                Some(stored) if self.moderation.same_record(room, frame, stored) => {}
                 Some(stored) => {
                     problem = Some(format!("id {id} was seen as {frame}, stored as {stored}"))
                 }
@@ -1218,7 +1265,7 @@ impl World {
         }
         let mut last_ts = 0;
         for (_, value) in &stored {
-            let ts = decode(value).map_or(0, |m| m.timestamp.0);
+            let ts = decode(value).map_or(0, |m| m.ts);
             if ts <= last_ts {
                 self.violate(
                     "timestamps-increasing",
@@ -1236,7 +1283,10 @@ impl World {
         let mut problem = None;
         let can_join = |client: usize| self.tokens.as_ref().is_none_or(|t| t.can_join(client));
         for (index, client) in self.clients.iter().enumerate() {
-            if client.room != room || !can_join(index) {
+            if client.room != room
+                || !can_join(index)
+                || self.moderation.ever_banned(room, &client.name)
+            {
                 continue;
             }
             let current = &client.current;
@@ -1369,8 +1419,8 @@ pub fn client_of_text(text: &str) -> Option<usize> {
     text.strip_prefix('u')?.split('#').next()?.parse().ok()
 }
 
-fn decode(value: &Frame) -> Option<ChatMessage> {
-    ChatMessage::decode(value).ok()
+fn decode(value: &Frame) -> Option<Record> {
+    Record::parse(value)
 }
 
 fn all_messages() -> ListQuery {

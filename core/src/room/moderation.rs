@@ -20,6 +20,7 @@ use crate::moderation::{
     RestrictionView, Restrictions, RoomSettings, RoomView, CLOSE_BANNED, CLOSE_KICKED,
     CLOSE_REASON_BANNED, CLOSE_REASON_KICKED, ERROR_MUTED, ERROR_READ_ONLY, RESTRICTIONS_MAX,
 };
+use crate::planted::PlantedBug;
 use crate::protocol::{self, Frame};
 use crate::room::PublishId;
 use crate::storage::{Value, Write};
@@ -284,11 +285,15 @@ impl Room {
             }
             mod_keys::StateKey::Ban(target) => {
                 let restriction = serde_json::from_str(value).map_err(|_| ())?;
-                self.restrictions.bans.insert(target, restriction);
+                if !self.config.planted(PlantedBug::BanNotEnforcedAfterRestore) {
+                    self.restrictions.bans.insert(target, restriction);
+                }
             }
             mod_keys::StateKey::Mute(user) => {
                 let restriction = serde_json::from_str(value).map_err(|_| ())?;
-                self.restrictions.mutes.insert(user, restriction);
+                if !self.config.planted(PlantedBug::MuteNotEnforcedAfterRestore) {
+                    self.restrictions.mutes.insert(user, restriction);
+                }
             }
         }
         Ok(())
@@ -544,6 +549,11 @@ impl Room {
                 ChatRecord {
                     message: text,
                     edited: true,
+                    id: if self.config.planted(PlantedBug::EditReordersId) {
+                        id
+                    } else {
+                        original.id
+                    },
                     ..original
                 }
                 .encode(),

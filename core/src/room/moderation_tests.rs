@@ -427,6 +427,54 @@ fn a_failed_write_changes_nothing() {
     );
 }
 
+/// A deletion accepted while the batch that trims its target from storage is in flight
+/// must not write the target's tombstone back below storage's window (found by the
+/// simulator, seed 14 of the moderation workload).
+#[test]
+fn a_change_to_a_message_trimmed_meanwhile_does_not_bring_its_key_back() {
+    let mut d = Driver::with(RoomConfig {
+        limiter_may_wait: false,
+        history_retained_max: 4,
+        ..RoomConfig::default()
+    });
+    d.join(1, "ada");
+    for n in 1..=4 {
+        d.say(1, &format!("m{n}"));
+    }
+    d.tick();
+    d.room
+        .handle_text(ConnId(1), r#"{"message":"m5"}"#, d.now)
+        .unwrap();
+    let trims = loop {
+        match d.room.poll_output() {
+            Some(Output::Persist(batch)) => break batch,
+            Some(_) => {}
+            None => panic!("a batch"),
+        }
+    };
+    d.room
+        .handle_moderate(
+            PublishId(7),
+            decode_action(r#"{"delete":1}"#).unwrap(),
+            d.now,
+        )
+        .unwrap();
+    d.store.apply(&trims);
+    d.room.handle_durable(trims.id, d.now).unwrap();
+    d.settle();
+    let ids: Vec<String> = d
+        .store
+        .list(crate::storage::ListQuery {
+            prefix: crate::storage::keys::MESSAGE_PREFIX,
+            limit: usize::MAX,
+        })
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(ids.len(), 4, "storage keeps the newest four: {ids:?}");
+    assert!(!d.stored_text().contains("m1"), "{}", d.stored_text());
+}
+
 proptest! {
     /// Whatever mix of messages, deletions, edits and crashes: no frame anyone receives after
     /// a deletion, no replay, and no stored value holds any text the deleted message had;
