@@ -70,6 +70,22 @@ func main() {
 			result, err := node.Publish(e.Channel, e.Data, centrifuge.WithHistory(historySize, historyTTL))
 			cb(centrifuge.PublishReply{Result: &result}, err)
 		})
+		// A member may ask who is in the room and for its last messages (what edgechat
+		// and the demo send on join); the generator does not ask.
+		client.OnPresence(func(e centrifuge.PresenceEvent, cb centrifuge.PresenceCallback) {
+			if !client.IsSubscribed(e.Channel) {
+				cb(centrifuge.PresenceReply{}, centrifuge.ErrorPermissionDenied)
+				return
+			}
+			cb(centrifuge.PresenceReply{}, nil)
+		})
+		client.OnHistory(func(e centrifuge.HistoryEvent, cb centrifuge.HistoryCallback) {
+			if !client.IsSubscribed(e.Channel) {
+				cb(centrifuge.HistoryReply{}, centrifuge.ErrorPermissionDenied)
+				return
+			}
+			cb(centrifuge.HistoryReply{}, nil)
+		})
 	})
 	if err := node.Run(); err != nil {
 		log.Fatal(err)
