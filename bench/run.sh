@@ -10,8 +10,13 @@
 #   DURATION=20 REPEAT=3 bench/run.sh fanout
 #   SERVER=/tmp/old/target/release/edgechat bench/run.sh fanout-open   # A/B another build
 #   BENCH=/tmp/old/target/release/edgechat-bench bench/run.sh fanout     # A/B another generator
+#   bench/run.sh peers <workers-chat-demo checkout>   # issue 15's peers (bench/peers/run.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1-}" = peers ]; then
+    shift
+    exec bench/peers/run.sh "$@"
+fi
 
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(fanout fanout-open fanout-light rooms rooms-open rooms-busy rooms-busy-open join-storm idle-conns idle-rooms)

@@ -1,4 +1,5 @@
-//! Connecting: the target URL, source-address spreading, the trusted IP header, joining.
+//! Connecting: the target URL, source-address spreading, the trusted IP header, joining
+//! (in the target's protocol, see `proto`).
 //!
 //! The WebSocket and HTTP sides are edgechat-client's frame-level session and HTTP client;
 //! this module only chooses each connection's source address and fake client IP.
@@ -8,9 +9,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use edgechat_client::http::HttpClient;
-use edgechat_client::raw::{Event, Session, SessionOptions};
+use edgechat_client::raw::{Session, SessionOptions};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::proto::Protocol;
 
 /// A connected WebSocket.
 pub type Ws = Session;
@@ -29,6 +32,8 @@ pub struct Target {
     pub spread_ips: u32,
     /// Send each client's fake IP in this header (for a server that trusts it).
     pub ip_header: Option<String>,
+    /// The server's protocol.
+    pub protocol: Protocol,
 }
 
 impl Target {
@@ -42,6 +47,7 @@ impl Target {
         allow_remote: bool,
         spread_ips: u32,
         ip_header: Option<String>,
+        protocol: Protocol,
     ) -> anyhow::Result<Target> {
         let rest = url
             .strip_prefix("http://")
@@ -69,6 +75,7 @@ impl Target {
             addr,
             spread_ips,
             ip_header,
+            protocol,
         })
     }
 
@@ -104,7 +111,7 @@ impl Target {
     /// # Errors
     /// If the TCP connection or the upgrade fails.
     pub async fn open(&self, room: &str, index: u64) -> anyhow::Result<Ws> {
-        let url = format!("ws://{}/api/room/{room}/websocket", self.authority);
+        let url = format!("ws://{}{}", self.authority, self.protocol.path(room));
         let mut headers = Vec::new();
         if let Some(header) = &self.ip_header {
             let fake = format!(
@@ -132,6 +139,16 @@ impl Target {
         Session::connect_on(stream, &url, &options)
             .await
             .with_context(|| format!("upgrading {url}"))
+    }
+
+    /// Joins `room` as `name` on a WebSocket from [`Target::open`] and reads until ready.
+    ///
+    /// # Errors
+    /// On a refusal, a close, a transport error or a timeout.
+    pub async fn join(&self, ws: &mut Ws, room: &str, name: &str) -> anyhow::Result<Joined> {
+        tokio::time::timeout(JOIN_TIMEOUT, self.protocol.join(ws, room, name))
+            .await
+            .context("join timed out")?
     }
 
     /// Sends a plain HTTP request and returns the status code and body (for admin calls
@@ -163,63 +180,4 @@ pub struct Joined {
     pub messages: u64,
     /// `joined` frames (roster and its own).
     pub roster: u64,
-}
-
-/// Sends the join frame and reads until `{"ready":...}`.
-///
-/// # Errors
-/// On an error frame, a close, a transport error or a timeout.
-pub async fn join(ws: &mut Ws, name: &str) -> anyhow::Result<Joined> {
-    let run = async {
-        ws.send_text(format!("{{\"name\":\"{name}\"}}")).await?;
-        let mut joined = Joined::default();
-        while let Some(event) = ws.next().await {
-            match event {
-                Event::Text(text) => match classify(&text) {
-                    Kind::Ready => return Ok(joined),
-                    Kind::Chat => joined.messages += 1,
-                    Kind::Joined => joined.roster += 1,
-                    Kind::Error => bail!("error frame while joining: {text}"),
-                    Kind::Other => {}
-                },
-                Event::Close(close) => bail!("closed while joining: {close:?}"),
-                Event::Ended(how) => bail!("connection ended while joining: {how}"),
-                Event::Binary(_) => {}
-            }
-        }
-        bail!("connection ended while joining")
-    };
-    tokio::time::timeout(JOIN_TIMEOUT, run)
-        .await
-        .context("join timed out")?
-}
-
-/// The kinds of server frame the generator tells apart, from the first key only.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// `{"name":..,"message":..}`
-    Chat,
-    /// `{"joined":..}`
-    Joined,
-    /// `{"ready":..}`
-    Ready,
-    /// `{"error":..}`
-    Error,
-    /// Anything else (`quit`, unknown keys).
-    Other,
-}
-
-/// Classifies a server frame by its first key without parsing the JSON.
-pub fn classify(text: &str) -> Kind {
-    if text.starts_with("{\"name\"") {
-        Kind::Chat
-    } else if text.starts_with("{\"joined\"") {
-        Kind::Joined
-    } else if text.starts_with("{\"ready\"") {
-        Kind::Ready
-    } else if text.starts_with("{\"error\"") {
-        Kind::Error
-    } else {
-        Kind::Other
-    }
 }

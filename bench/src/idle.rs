@@ -19,8 +19,9 @@ use tokio::sync::{watch, Semaphore};
 
 use edgechat_client::raw::Event;
 
-use crate::client::{join, Target};
+use crate::client::Target;
 use crate::load::rss_kib;
+use crate::proto::Kind;
 
 /// Settings of one idle run.
 #[derive(Debug, Clone)]
@@ -75,7 +76,7 @@ pub async fn run(target: Arc<Target>, config: IdleConfig) -> anyhow::Result<serd
                 wave_open.wait_for(|open| index < *open).await?;
                 let _slot = slots.acquire().await?;
                 let mut ws = target.open(&room, index).await?;
-                join(&mut ws, &format!("i{index}")).await?;
+                target.join(&mut ws, &room, &format!("i{index}")).await?;
                 anyhow::Ok(ws)
             }
             .await;
@@ -90,10 +91,23 @@ pub async fn run(target: Arc<Target>, config: IdleConfig) -> anyhow::Result<serd
             };
             ready.fetch_add(1, Ordering::Relaxed);
             // Stay silent but keep reading (pings, later joins in the same room).
+            let protocol = target.protocol;
             loop {
-                tokio::select! {
-                    frame = ws.next() => if !matches!(frame, Some(Event::Text(_) | Event::Binary(_))) { return },
+                let frame = tokio::select! {
+                    frame = ws.next() => frame,
                     _ = hold.wait_for(|hold| !*hold) => return,
+                };
+                match frame {
+                    Some(Event::Text(text)) => {
+                        let ping = protocol
+                            .split(&text)
+                            .any(|item| protocol.classify(item) == Kind::Ping);
+                        if ping && ws.send_text(protocol.pong()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Event::Binary(_)) => {}
+                    _ => return,
                 }
             }
         }));

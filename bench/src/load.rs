@@ -20,8 +20,9 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{classify, join, Kind, Target};
+use crate::client::Target;
 use crate::hist::Histogram;
+use crate::proto::Kind;
 
 /// Settings of one load run.
 #[derive(Debug, Clone)]
@@ -108,12 +109,13 @@ fn parse_token(frame: &str) -> Option<(u64, u64, u64)> {
     Some((sender, seq, sent_ns))
 }
 
+/// A message's text: the token, padded to `size` bytes.
 fn message_text(sender: u64, seq: u64, sent_ns: u64, size: usize) -> String {
     let mut text = format!("B{sender}:{seq}:{sent_ns}:");
     while text.len() < size {
         text.push('x');
     }
-    serde_json::json!({ "message": text }).to_string()
+    text
 }
 
 /// Runs the scenario and returns its report.
@@ -263,11 +265,14 @@ async fn client(
     total_senders: u64,
 ) {
     let room_name = format!("{}{room}", config.prefix);
+    let name = format!("u{index}");
+    let protocol = target.protocol;
+    let frame = |text: String| Message::text(protocol.message(&room_name, &name, &text));
     let opened = async {
         let _slot = connect_slots.acquire().await?;
         let began = Instant::now();
         let mut ws = target.open(&room_name, index).await?;
-        join(&mut ws, &format!("u{index}")).await?;
+        target.join(&mut ws, &room_name, &name).await?;
         stats
             .join_latency
             .record(began.elapsed().as_micros() as u64);
@@ -294,7 +299,7 @@ async fn client(
     let mut outstanding = 0u64;
     let mut next_send: Option<Instant> = None;
     let mut running = false;
-    loop {
+    'connection: loop {
         let current = *phase.borrow();
         match current {
             Phase::Done => break,
@@ -315,7 +320,7 @@ async fn client(
         if may_send && period.is_none() && outstanding < config.window {
             let sender = sender.unwrap_or_default();
             let text = message_text(sender, seq, start.elapsed().as_nanos() as u64, config.size);
-            if sink.send(Message::text(text)).await.is_err() {
+            if sink.send(frame(text)).await.is_err() {
                 bump(&stats.closed_early);
                 break;
             }
@@ -337,32 +342,38 @@ async fn client(
                     }
                     Some(Ok(_)) => continue,
                 };
-                match classify(&text) {
-                    Kind::Chat => {
-                        let Some((from, _seq, sent_ns)) = parse_token(&text) else { continue };
-                        let micros = (start.elapsed().as_nanos() as u64).saturating_sub(sent_ns) / 1000;
-                        // Chat frames only exist from the run phase on (fresh rooms), so every
-                        // one counts, even if this task has not yet seen the phase change.
-                        bump(&stats.deliveries);
-                        stats.latency.record(micros);
-                        stats
-                            .last_delivery_ns
-                            .fetch_max(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                        if Some(from) == sender {
-                            bump(&stats.accepted);
-                            stats.ack_latency.record(micros);
+                for item in protocol.split(&text) {
+                    match protocol.classify(item) {
+                        Kind::Chat => {
+                            let Some((from, _seq, sent_ns)) = parse_token(item) else { continue };
+                            let micros = (start.elapsed().as_nanos() as u64).saturating_sub(sent_ns) / 1000;
+                            // Chat frames only exist from the run phase on (fresh rooms), so every
+                            // one counts, even if this task has not yet seen the phase change.
+                            bump(&stats.deliveries);
+                            stats.latency.record(micros);
+                            stats
+                                .last_delivery_ns
+                                .fetch_max(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                            if Some(from) == sender {
+                                bump(&stats.accepted);
+                                stats.ack_latency.record(micros);
+                                outstanding = outstanding.saturating_sub(1);
+                            }
+                        }
+                        Kind::Error => {
+                            bump(&stats.error_frames);
+                            if let Ok(mut texts) = stats.error_texts.lock() {
+                                *texts.entry(item.to_owned()).or_default() += 1;
+                            }
+                            // A refused message never echoes: free its window slot.
                             outstanding = outstanding.saturating_sub(1);
                         }
-                    }
-                    Kind::Error => {
-                        bump(&stats.error_frames);
-                        if let Ok(mut texts) = stats.error_texts.lock() {
-                            *texts.entry(text.to_string()).or_default() += 1;
+                        Kind::Ping if sink.send(Message::text(protocol.pong())).await.is_err() => {
+                            bump(&stats.closed_early);
+                            break 'connection;
                         }
-                        // A refused message never echoes: free its window slot.
-                        outstanding = outstanding.saturating_sub(1);
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
             () = sleep_until(due) => {
@@ -371,7 +382,7 @@ async fn client(
                 let scheduled = due.unwrap_or_else(Instant::now);
                 let sent_ns = scheduled.duration_since(start).as_nanos() as u64;
                 let text = message_text(sender.unwrap_or_default(), seq, sent_ns, config.size);
-                if sink.send(Message::text(text)).await.is_err() {
+                if sink.send(frame(text)).await.is_err() {
                     bump(&stats.closed_early);
                     break;
                 }
@@ -450,11 +461,9 @@ mod tests {
 
     #[test]
     fn token_round_trips() {
-        let body = message_text(12, 34, 5678, 64);
-        let frame = format!(
-            "{{\"name\":\"u1\",\"message\":{},\"timestamp\":1,\"id\":2}}",
-            &body[11..body.len() - 1]
-        );
+        let text = message_text(12, 34, 5678, 64);
+        assert_eq!(text.len(), 64);
+        let frame = format!("{{\"name\":\"u1\",\"message\":\"{text}\",\"timestamp\":1,\"id\":2}}");
         assert_eq!(parse_token(&frame), Some((12, 34, 5678)));
         assert_eq!(parse_token("{\"name\":\"u1\",\"message\":\"hello\"}"), None);
     }

@@ -3,7 +3,8 @@
 //! Scenarios (subcommands): `load` (R rooms × C clients, S senders, open or closed loop),
 //! its presets `fanout` (1 room × 1,000) and `rooms` (1,000 rooms × 10), `join-storm`
 //! (joins per second with a 100-message replay each) and `idle` (server RSS per idle
-//! connection and per hibernated room). Every run is bounded in time and count, targets
+//! connection and per hibernated room). `--protocol` speaks socket.io or Centrifuge instead
+//! (bench/peers, same room semantics) for the load and idle scenarios. Every run is bounded in time and count, targets
 //! loopback unless `--allow-remote`, prints a table and optionally writes JSON.
 //!
 //! ```text
@@ -15,6 +16,7 @@ mod client;
 mod hist;
 mod idle;
 mod load;
+mod proto;
 mod storm;
 
 use std::sync::Arc;
@@ -65,6 +67,9 @@ struct Cli {
     /// The server's process id (same machine): report its CPU time over the run.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// The server's protocol: edgechat (and the seed demo), or a peer of bench/peers.
+    #[arg(long, global = true, value_enum, default_value = "edgechat")]
+    protocol: proto::Protocol,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -243,6 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.allow_remote,
         cli.spread_ips,
         cli.ip_header.clone(),
+        cli.protocol,
     )?);
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -266,6 +272,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             run_load(target, args, (1_000, 10, 1), prefix, cli.server_pid).await?,
         ),
         Scenario::JoinStorm(args) => {
+            anyhow::ensure!(
+                cli.protocol == proto::Protocol::Edgechat,
+                "join-storm speaks only the edgechat protocol"
+            );
             anyhow::ensure!(args.rooms > 0, "--rooms must be positive");
             anyhow::ensure!(
                 args.count <= CONNECTIONS_MAX,
@@ -308,6 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let report = serde_json::json!({
         "scenario": name,
         "url": cli.url,
+        "protocol": format!("{:?}", cli.protocol).to_lowercase(),
         "generator_threads": cli.threads,
         "spread_ips": cli.spread_ips,
         "ip_header": cli.ip_header,

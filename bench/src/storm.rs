@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use edgechat_client::raw::Event;
 use tokio::sync::Semaphore;
 
-use crate::client::{classify, join, Kind, Target};
+use crate::client::Target;
 use crate::hist::Histogram;
+use crate::proto::Kind;
 
 /// Settings of one join storm.
 #[derive(Debug, Clone)]
@@ -36,13 +37,13 @@ pub struct StormConfig {
 /// Fills `room` with `count` messages from one client, one at a time.
 async fn prefill(target: &Target, room: &str, count: u64, index: u64) -> anyhow::Result<()> {
     let mut ws = target.open(room, index).await?;
-    join(&mut ws, "filler").await?;
+    target.join(&mut ws, room, "filler").await?;
     for seq in 0..count {
         ws.send_text(format!("{{\"message\":\"history {seq}\"}}"))
             .await?;
         loop {
             match ws.next().await {
-                Some(Event::Text(text)) => match classify(&text) {
+                Some(Event::Text(text)) => match target.protocol.classify(&text) {
                     Kind::Chat => break,
                     Kind::Error => anyhow::bail!("prefill refused: {text} (relax the rate limit)"),
                     _ => {}
@@ -112,7 +113,7 @@ pub async fn run(target: Arc<Target>, config: StormConfig) -> anyhow::Result<ser
             let began = Instant::now();
             let result = async {
                 let mut ws = target.open(&room, index).await?;
-                let joined = join(&mut ws, &format!("s{index}")).await?;
+                let joined = target.join(&mut ws, &room, &format!("s{index}")).await?;
                 anyhow::Ok((ws, joined))
             }
             .await;
