@@ -6,10 +6,12 @@
 # release binary strips.
 #
 #   bench/profile.sh fanout            # or: rooms
+#   bench/profile.sh fanout --senders 100 --rate 200   # more generator arguments (fanout-open)
 # Output: bench-results/profile-<scenario>-<stamp>.{svg,txt} (top symbols, self and inclusive).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=${1:-fanout}
+shift || true
 PERF_SECS=${PERF_SECS:-5}
 PORT=${PORT:-18789}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -17,14 +19,14 @@ OUT="bench-results/profile-$SCENARIO-$STAMP"
 mkdir -p bench-results
 cargo build --profile profiling -q -p edgechat-server -p edgechat-bench
 DATA=$(mktemp -d /tmp/edgechat-profile.XXXXXX)
-EDGECHAT_LOG=warn target/profiling/edgechat serve --listen "127.0.0.1:$PORT" --data "$DATA/db" \
+EDGECHAT_LOG=warn "${CARGO_TARGET_DIR:-target}"/profiling/edgechat serve --listen "127.0.0.1:$PORT" --data "$DATA/db" \
     --rate-limit-cost-ms 1 --rate-limit-grace-ms 100000000 --max-connections 19000 \
     --outbound-queue 4096 >"$DATA/out" 2>"$DATA/err" &
 SERVER_PID=$!
 trap 'kill -TERM $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null; rm -rf "$DATA"' EXIT
 sleep 1
-target/profiling/edgechat-bench --url "http://127.0.0.1:$PORT" --spread-ips 1000 \
-    --server-pid "$SERVER_PID" --json "$OUT.json" "$SCENARIO" --duration 12 >"$OUT.bench.txt" 2>&1 &
+"${CARGO_TARGET_DIR:-target}"/profiling/edgechat-bench --url "http://127.0.0.1:$PORT" --spread-ips 1000 \
+    --server-pid "$SERVER_PID" --json "$OUT.json" "$SCENARIO" "$@" --duration 12 >"$OUT.bench.txt" 2>&1 &
 BENCH_PID=$!
 sleep 6  # connect and join first
 perf record -q -F 999 -e cpu-clock --call-graph dwarf,16384 -p "$SERVER_PID" \

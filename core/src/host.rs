@@ -157,6 +157,13 @@ impl RoomHost {
         None
     }
 
+    /// The room's next output other than a new batch, between the inputs of one turn (see
+    /// [`Room::poll_output_within_turn`]); never evicts. Drain [`RoomHost::poll_output`] at
+    /// the turn's end.
+    pub fn poll_output_within_turn(&mut self) -> Option<Output> {
+        self.room.as_mut()?.poll_output_within_turn()
+    }
+
     /// When to call [`RoomHost::handle_timeout`] next, if ever: the idle deadline, or a
     /// token expiry or a message ageing out of the room's history if that comes first.
     pub fn poll_timeout(&self) -> Option<Timestamp> {

@@ -917,6 +917,15 @@ impl Room {
         None
     }
 
+    /// Like [`Room::poll_output`], but never starts a batch. For an adapter that carries out
+    /// outputs between the inputs of one turn (a limiter in its own process then answers
+    /// each question before the connection's next frame is decided) and drains
+    /// [`Room::poll_output`] at the turn's end, so that the turn's messages still share one
+    /// batch.
+    pub fn poll_output_within_turn(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
     /// Names of joined users, in roster order.
     pub fn presence(&self) -> impl Iterator<Item = &str> {
         self.sessions

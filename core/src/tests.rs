@@ -152,6 +152,42 @@ fn messages_accepted_together_are_committed_in_one_batch() {
 }
 
 #[test]
+fn outputs_carried_out_within_a_turn_leave_its_messages_one_batch() {
+    let mut room = Room::new(RoomConfig::default());
+    let now = Timestamp(1_000);
+    let ip = "127.0.0.1".parse().unwrap();
+    room.handle_connect(ConnId(1), ip, now).unwrap();
+    room.handle_text(ConnId(1), r#"{"name":"x"}"#, now).unwrap();
+    while room.poll_output().is_some() {}
+    // Each frame's question is answered between the inputs (as an adapter whose limiter is
+    // in its own process does), so no frame waits; the batch starts only at the turn's end.
+    for seq in 1..=3 {
+        let request = crate::limiter::VerdictRequest {
+            conn: ConnId(1),
+            seq,
+        };
+        room.handle_rate_limit_verdict(request, 0, now);
+        room.handle_text(ConnId(1), r#"{"message":"m"}"#, now)
+            .unwrap();
+        let within: Vec<_> = std::iter::from_fn(|| room.poll_output_within_turn()).collect();
+        assert!(within
+            .iter()
+            .all(|output| !matches!(output, Output::Persist(_))));
+        assert!(within
+            .iter()
+            .any(|output| matches!(output, Output::AskRateLimiter { .. })));
+    }
+    let batches: Vec<_> = std::iter::from_fn(|| room.poll_output())
+        .filter_map(|output| match output {
+            Output::Persist(batch) => Some(batch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].writes.len(), 3, "the turn's three messages");
+}
+
+#[test]
 fn timestamps_strictly_increase_when_the_clock_steps_back() {
     let mut h = unlimited();
     join(&mut h, 1, "ada");

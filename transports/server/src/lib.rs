@@ -2,9 +2,10 @@
 //! binary (`edgechat`) and as a library to embed in an application.
 //!
 //! It is the Durable Objects runtime in miniature, on one machine:
-//! - every room, counter and per-IP rate limiter is an object: one tokio task owning its
-//!   core state machine, addressed by id, created on first use, reached over bounded
-//!   channels (`objects`, `room`, `counter`, `limiter`);
+//! - every room and counter is an object: one tokio task owning its core state machine,
+//!   addressed by id, created on first use, reached over bounded channels (`objects`,
+//!   `room`, `counter`); the per-IP rate limiters, shared by every room, are one in-process
+//!   map of core limiters that a room consults within its own turn (`limiter`);
 //! - rooms hibernate after an idle time: the core room is dropped while its sockets stay
 //!   open with their attachments, and the next event restores it;
 //! - one SQLite file holds every object's ordered key-value data, written by one thread
@@ -73,7 +74,7 @@
 //   runtime                       Runtime, Handle: opens the store, wires every layer below
 //   socket                        one WebSocket task: reads frames into its room
 //   room                          room tasks (RoomContext: store, metrics, limiters, settings)
-//   counter, limiter              counter and rate-limiter tasks
+//   counter, limiter              counter tasks; the rate limiters' shared map
 //   store, conn, objects          SQLite thread; socket writer; generic object registries
 //   clock, metrics, error         wall clock as core timestamps; counters; the open error
 mod clock;

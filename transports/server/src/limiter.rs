@@ -1,44 +1,54 @@
-//! Rate-limiter objects: one task per client IP (or per known user), shared by every room and connection.
+//! Rate limiters: one core [`RateLimiter`] per client IP (or per known user), shared by every
+//! room and connection, held in this process and answered synchronously.
 //!
-//! A room asks with [`Limiters::ask`] and never waits: the question is a `try_send`, the
-//! answer ([`Verdict`]) comes back on the room's channel. If a limiter's inbox is full the
-//! question is dropped, and the core's session limiter asks again after its timeout, which
-//! only makes the limit stricter; so a flood from one IP can neither block a room nor loosen
-//! its own limit. A limiter whose state is idle (equivalent to a fresh one) retires its task.
+//! A room asks with [`Limiters::decide`] while it drains its outputs and hands the answer
+//! straight back to its core room, in the same turn: no task, no channel, no wake-up between
+//! a frame and its verdict, so a connection's pipelined frames are decided together. (A task
+//! per limiter cost two wake-ups per frame, about 6 ms under load, and a fast sender's held
+//! frames overflowed the core's queue while they waited.) The Worker keeps a Durable Object
+//! per limiter: there, rooms run in other isolates.
+//!
+//! The limiters sit in a sharded map; a shard's lock is held for one lookup and one
+//! [`RateLimiter::handle_action`], never across an `.await`. All arithmetic is the core's.
+//!
+//! Memory stays bounded. A limiter that [`RateLimiter::is_idle`] is equivalent to a fresh
+//! one, so a shard drops its idle limiters at most once per [`SWEEP_INTERVAL_MS`] (on the
+//! next question it gets) and whenever it is full. A shard full of busy limiters (more than
+//! [`SHARD_LIMITERS_MAX`] clients acting within their cooldowns) leaves a new client's
+//! question unanswered: the core asks again after `VERDICT_TIMEOUT_MS`, which only makes the
+//! limit stricter, never looser; dropping a busy limiter instead would reset its budget.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use edgechat_core::ids::ObjectId;
-use edgechat_core::limiter::{RateLimiter, RateLimiterConfig, VerdictRequest};
-use tokio::sync::mpsc;
+use edgechat_core::limiter::{RateLimiter, RateLimiterConfig};
+use edgechat_core::Timestamp;
 
-use crate::clock::{now, until};
-use crate::metrics::{dec, inc, Metrics};
-use crate::objects::Registry;
+use crate::metrics::{inc, Metrics};
 
-/// Inbox size of one limiter.
-const LIMITER_INBOX_LEN: usize = 256;
-/// How often a question is re-addressed when its limiter has just retired.
-const ASK_ATTEMPTS_MAX: usize = 8;
+/// Shards of the limiter map (locks that rooms on different threads rarely share).
+const SHARDS: usize = 16;
+/// Most limiters one shard holds: 262,144 in all, about 100 bytes each.
+pub(crate) const SHARD_LIMITERS_MAX: usize = 16_384;
+/// How often, at most, a shard drops its idle limiters.
+pub(crate) const SWEEP_INTERVAL_MS: u64 = 1_000;
 
-/// A limiter's answer: the session behind `request` waits `wait_ms` before acting again.
-#[derive(Debug)]
-pub(crate) struct Verdict {
-    pub request: VerdictRequest,
-    pub wait_ms: u64,
+/// One shard: its limiters and when it last dropped the idle ones.
+#[derive(Debug, Default)]
+struct Shard {
+    limiters: HashMap<ObjectId, RateLimiter>,
+    swept_at: Timestamp,
 }
 
-/// A question to a limiter: count one action and answer on `reply`.
-#[derive(Debug)]
-pub(crate) struct LimiterMsg {
-    request: VerdictRequest,
-    reply: mpsc::UnboundedSender<Verdict>,
-}
-
-/// The rate limiters: their registry and what their tasks need.
+/// The rate limiters of this process.
 #[derive(Debug)]
 pub(crate) struct Limiters {
-    registry: Registry<LimiterMsg>,
+    shards: Box<[Mutex<Shard>]>,
+    /// Picks a shard from an id.
+    hasher: std::collections::hash_map::RandomState,
     metrics: Arc<Metrics>,
     config: RateLimiterConfig,
 }
@@ -46,90 +56,145 @@ pub(crate) struct Limiters {
 impl Limiters {
     pub(crate) fn new(metrics: Arc<Metrics>, config: RateLimiterConfig) -> Arc<Limiters> {
         Arc::new(Limiters {
-            registry: Registry::new(LIMITER_INBOX_LEN),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
             metrics,
             config,
         })
     }
 
-    /// The inbox of limiter `id`, starting its task if none is alive.
-    fn inbox(self: &Arc<Self>, id: ObjectId) -> mpsc::Sender<LimiterMsg> {
-        self.registry.get_or_spawn(id, |inbox| {
+    /// Counts one action at `now` against limiter `id` (an IP's or a user's, see
+    /// [`limiter_id_for`](edgechat_core::limiter::limiter_id_for)) and returns how many
+    /// milliseconds the client must wait; `None` if the limiter could not be held (its shard
+    /// is full of busy limiters), and then the room asks again after `VERDICT_TIMEOUT_MS`.
+    pub(crate) fn decide(&self, id: ObjectId, now: Timestamp) -> Option<u64> {
+        let index = usize::try_from(self.hasher.hash_one(id) % SHARDS as u64).unwrap_or(0);
+        // A panic while the lock was held cannot leave a limiter half-updated (one call into
+        // the core), so a poisoned lock is still safe to use.
+        let mut shard = self.shards[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let full = shard.limiters.len() >= SHARD_LIMITERS_MAX;
+        if full || now >= shard.swept_at.plus_millis(SWEEP_INTERVAL_MS) {
+            self.sweep(&mut shard, now);
+        }
+        if let Some(limiter) = shard.limiters.get_mut(&id) {
+            return Some(limiter.handle_action(now));
+        }
+        if shard.limiters.len() >= SHARD_LIMITERS_MAX {
+            drop(shard);
+            inc(&self.metrics.limiter_asks_dropped);
+            tracing::warn!(limiter = %id, "rate limiters full; question left unanswered");
+            return None;
+        }
+        let mut limiter = RateLimiter::new(self.config);
+        let wait_ms = limiter.handle_action(now);
+        // One that is already idle again (a limiter that never waits) need not be kept.
+        if !limiter.is_idle(now) {
+            shard.limiters.insert(id, limiter);
             inc(&self.metrics.limiters);
-            tokio::spawn(run(self.clone(), id, inbox));
-        })
+        }
+        Some(wait_ms)
     }
 
-    /// Counts one action against limiter `id` (an IP's or a user's, see
-    /// [`limiter_id_for`](edgechat_core::limiter::limiter_id_for)); the verdict arrives on `reply`. Returns
-    /// whether the question was sent (an overloaded limiter drops it: the room asks again
-    /// after `VERDICT_TIMEOUT_MS`).
-    pub(crate) fn ask(
-        self: &Arc<Self>,
-        id: ObjectId,
-        request: VerdictRequest,
-        reply: mpsc::UnboundedSender<Verdict>,
-    ) -> bool {
-        let mut msg = LimiterMsg { request, reply };
-        for _ in 0..ASK_ATTEMPTS_MAX {
-            match self.inbox(id).try_send(msg) {
-                Ok(()) => return true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    inc(&self.metrics.limiter_asks_dropped);
-                    tracing::warn!(limiter = %id, "rate limiter overloaded; question dropped");
-                    return false;
-                }
-                Err(mpsc::error::TrySendError::Closed(back)) => msg = back,
-            }
-        }
-        false
+    /// Drops `shard`'s idle limiters (each equivalent to a fresh one).
+    fn sweep(&self, shard: &mut Shard, now: Timestamp) {
+        let before = shard.limiters.len();
+        shard.limiters.retain(|_, limiter| !limiter.is_idle(now));
+        let dropped = before - shard.limiters.len();
+        self.metrics
+            .limiters
+            .fetch_sub(dropped as u64, Ordering::Relaxed);
+        shard.swept_at = now;
     }
 }
 
-async fn run(limiters: Arc<Limiters>, id: ObjectId, mut inbox: mpsc::Receiver<LimiterMsg>) {
-    let config = limiters.config;
-    let mut limiter = RateLimiter::new(config);
-    // A fresh task waits for its first question (sent right after the spawn) before it may
-    // retire; from then on, until the core says the limiter is idle.
-    let mut check_at = now().plus_millis(config.cost_ms + config.grace_ms);
-    loop {
-        tokio::select! {
-            msg = inbox.recv() => {
-                let Some(msg) = msg else { break };
-                let at = now();
-                let wait_ms = limiter.handle_action(at);
-                check_at = check_at.max(limiter.poll_timeout().unwrap_or(at));
-                let _ = msg.reply.send(Verdict {
-                    request: msg.request,
-                    wait_ms,
-                });
-            }
-            () = tokio::time::sleep(until(check_at)) => {
-                let at = now();
-                if limiter.is_idle(at) {
-                    break;
-                }
-                // The clock stepped back: wait for the idle time again.
-                check_at = limiter
-                    .poll_timeout()
-                    .unwrap_or(at)
-                    .max(at.plus_millis(1));
+#[cfg(test)]
+mod tests {
+    use edgechat_core::ids::Namespace;
+
+    use super::*;
+
+    fn limiters(cost_ms: u64, grace_ms: u64) -> Arc<Limiters> {
+        Limiters::new(
+            Arc::new(Metrics::default()),
+            RateLimiterConfig { cost_ms, grace_ms },
+        )
+    }
+
+    fn id(n: usize) -> ObjectId {
+        ObjectId::from_name(Namespace::RateLimiter, &n.to_string())
+    }
+
+    fn held(limiters: &Limiters) -> usize {
+        limiters
+            .shards
+            .iter()
+            .map(|shard| shard.lock().unwrap().limiters.len())
+            .sum()
+    }
+
+    #[test]
+    fn answers_as_the_core_limiter_does() {
+        let limiters = limiters(5_000, 20_000);
+        let mut core = RateLimiter::new(limiters.config);
+        for ms in [0, 10, 20, 30, 40, 50, 6_000, 6_001] {
+            let at = Timestamp(1_000_000 + ms);
+            assert_eq!(limiters.decide(id(1), at), Some(core.handle_action(at)));
+        }
+        // Another id has its own budget.
+        assert_eq!(limiters.decide(id(2), Timestamp(1_006_001)), Some(0));
+    }
+
+    #[test]
+    fn idle_limiters_are_dropped_and_busy_ones_kept() {
+        let limiters = limiters(5_000, 20_000);
+        let start = Timestamp(1_000_000);
+        for n in 0..100 {
+            limiters.decide(id(n), start);
+        }
+        assert_eq!(held(&limiters), 100);
+        assert_eq!(limiters.metrics.limiters.load(Ordering::Relaxed), 100);
+        // Id 0 acts again; every other one is idle once its cost has passed.
+        limiters.decide(id(0), start.plus_millis(4_000));
+        let later = start.plus_millis(6_000);
+        // The next question a shard gets sweeps it.
+        limiters.decide(id(0), later);
+        let shard_of_0 = limiters
+            .shards
+            .iter()
+            .find(|shard| shard.lock().unwrap().limiters.contains_key(&id(0)))
+            .expect("a busy limiter is kept");
+        assert_eq!(shard_of_0.lock().unwrap().limiters.len(), 1);
+        for shard in limiters.shards.iter() {
+            limiters.sweep(&mut shard.lock().unwrap(), later);
+        }
+        assert_eq!(held(&limiters), 1);
+        assert_eq!(limiters.metrics.limiters.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_full_shard_of_busy_limiters_answers_nothing_new() {
+        let limiters = limiters(60_000, 0);
+        let at = Timestamp(1_000_000);
+        let mut unanswered = 0;
+        for n in 0..SHARDS * SHARD_LIMITERS_MAX + 1 {
+            if limiters.decide(id(n), at).is_none() {
+                unanswered += 1;
             }
         }
+        assert!(unanswered >= 1, "more limiters than room for them");
+        assert!(held(&limiters) <= SHARDS * SHARD_LIMITERS_MAX);
+        // A limiter already held still answers, with the core's arithmetic.
+        assert_eq!(limiters.decide(id(0), at), Some(120_000));
     }
-    limiters.registry.retire(id, &mut inbox);
-    dec(&limiters.metrics.limiters);
-    // Questions that raced with the retirement go to a fresh limiter, which is equivalent.
-    let mut leftovers = Vec::new();
-    while let Some(msg) = inbox.recv().await {
-        leftovers.push(msg);
-    }
-    for mut msg in leftovers {
-        for _ in 0..ASK_ATTEMPTS_MAX {
-            match limiters.inbox(id).try_send(msg) {
-                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => break,
-                Err(mpsc::error::TrySendError::Closed(back)) => msg = back,
-            }
+
+    #[test]
+    fn a_limiter_that_never_waits_holds_nothing() {
+        let limiters = limiters(0, 0);
+        for n in 0..10 {
+            assert_eq!(limiters.decide(id(n), Timestamp(1_000)), Some(0));
         }
+        assert_eq!(held(&limiters), 0);
     }
 }

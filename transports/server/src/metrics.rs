@@ -74,9 +74,9 @@ pub(crate) struct Metrics {
     pub messages: AtomicU64,
     /// Frames refused with the rate-limit error.
     pub rate_limited: AtomicU64,
-    /// Limiter questions dropped because the limiter's inbox was full.
+    /// Limiter questions left unanswered because the limiters' map was full.
     pub limiter_asks_dropped: AtomicU64,
-    /// Rate-limiter objects alive (gauge).
+    /// Rate limiters held in memory (gauge; idle ones are dropped).
     pub limiters: AtomicU64,
     /// Counter objects alive (gauge).
     pub counters: AtomicU64,
@@ -181,13 +181,13 @@ impl Metrics {
             (
                 "edgechat_limiter_asks_dropped_total",
                 "counter",
-                "Rate-limiter questions dropped because the limiter was overloaded.",
+                "Rate-limiter questions left unanswered because the limiters were full.",
                 &self.limiter_asks_dropped,
             ),
             (
                 "edgechat_rate_limiters",
                 "gauge",
-                "Per-IP rate-limiter objects alive.",
+                "Per-IP rate limiters held in memory.",
                 &self.limiters,
             ),
             (

@@ -1,9 +1,9 @@
-//! Object registries: every room, counter and rate limiter is one task that owns its core
+//! Object registries: every room and counter is one task that owns its core
 //! state machine, addressed by [`ObjectId`] through a registry, created on first use.
 //!
 //! The registries are generic over the message type (and a room's dormant record): they
-//! know nothing of rooms, counters or limiters. Each kind of object wraps one with what its
-//! tasks need (`room::Rooms`, `counter::Counters`, `limiter::Limiters`).
+//! know nothing of rooms or counters. Each kind of object wraps one with what its tasks
+//! need (`room::Rooms`, `counter::Counters`).
 //!
 //! # Lifecycle of an object task
 //! ```text

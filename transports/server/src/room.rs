@@ -2,27 +2,29 @@
 //!
 //! # The loop
 //! ```text
-//!   select (biased) ─┬─ a reply (storage confirmed a batch, a limiter answered)
+//!   select (biased) ─┬─ a reply (storage confirmed a batch)
 //!                    ├─ an input, plus up to 64 more already queued, so that their writes
-//!                    │  group into one batch
+//!                    │  group into one batch (after each, its outputs but a new batch are
+//!                    │  carried out: a limiter question is answered before the next input)
 //!                    └─ the host's timeout (idle eviction)
 //!   then drain every output: frames into the connections' shared writers, batches to the
 //!   storage thread (the confirmation comes back as a reply; the loop never waits for it),
-//!   questions to rate limiters, attachments into the socket table; then flush every
+//!   questions to the rate limiters (answered at once, in this process: the verdict goes
+//!   straight back into the room, whose new outputs this same drain carries out),
+//!   attachments into the socket table; then flush every
 //!   connection that got frames this turn, once: one `writev` per connection per turn,
 //!   straight from this task (a burst of inputs batches itself, a lone message goes out at
 //!   once).
 //! ```
 //! The socket table outlives the core room: on eviction (hibernation) the [`RoomHost`]
-//! drops the room and, once nothing is in flight (no storage batch, publish or limiter
-//! question), the task itself retires, leaving the table (each connection's writer and
+//! drops the room and, once nothing is in flight (no storage batch or publish), the task
+//! itself retires, leaving the table (each connection's writer and
 //! attachment) in the registry as a [`DormantRoom`]. The next event starts a task that
 //! restores the room from storage and those attachments. A room with no sockets is simply
 //! forgotten.
 //!
-//! Replies (storage confirmations, limiter verdicts) arrive on unbounded channels that are
-//! bounded by construction: one batch in flight per room, and one outstanding limiter
-//! question per session.
+//! Storage confirmations arrive on an unbounded channel that is bounded by construction: one
+//! batch in flight per room.
 //!
 //! A room task gets what it needs through [`Rooms`] (its registry and a [`RoomContext`]:
 //! storage, metrics, the rate limiters, its settings), not the whole runtime.
@@ -48,7 +50,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{now, sleep_until};
 use crate::conn::{text_frame, ConnWriter, Queued, CLOSE_REASON_TOO_SLOW, CLOSE_TOO_SLOW};
-use crate::limiter::{Limiters, Verdict};
+use crate::limiter::Limiters;
 use crate::metrics::{dec, inc, Metrics};
 use crate::objects::{HibernatingRegistry, Route, Start};
 use crate::store::Store;
@@ -121,8 +123,6 @@ pub(crate) struct RoomFigures {
 enum RoomReply {
     /// Storage settled this batch: committed (`true`) or refused (`false`).
     Settled(BatchId, bool),
-    /// A rate limiter answered.
-    Verdict(Verdict),
 }
 
 /// The settings of every room (a slice of the runtime's).
@@ -142,7 +142,7 @@ pub(crate) struct RoomSettings {
 pub(crate) struct RoomContext {
     pub store: Store,
     pub metrics: Arc<Metrics>,
-    /// Where rooms ask whether a session may act.
+    /// Where rooms ask whether a session may act (answered synchronously).
     pub limiters: Arc<Limiters>,
     pub settings: RoomSettings,
 }
@@ -261,7 +261,6 @@ impl Rooms {
 /// Where a room task's replies arrive.
 struct Replies {
     durable: mpsc::UnboundedReceiver<(BatchId, bool)>,
-    verdicts: mpsc::UnboundedReceiver<Verdict>,
 }
 
 /// One open connection, as the room task sees it.
@@ -314,7 +313,6 @@ fn spawn(rooms: Arc<Rooms>, id: ObjectId, start: RoomStart) {
         })
         .collect();
     let (durable, durable_rx) = mpsc::unbounded_channel();
-    let (verdicts, verdicts_rx) = mpsc::unbounded_channel();
     let settings = &context.settings;
     let task = RoomTask {
         backlog_max: settings.outbound_queue_len.max(1),
@@ -324,8 +322,6 @@ fn spawn(rooms: Arc<Rooms>, id: ObjectId, start: RoomStart) {
         id,
         sockets,
         durable,
-        verdicts,
-        asks_outstanding: 0,
         publishes: BTreeMap::new(),
         moderations: BTreeMap::new(),
         next_publish: 1,
@@ -334,7 +330,6 @@ fn spawn(rooms: Arc<Rooms>, id: ObjectId, start: RoomStart) {
     };
     let replies = Replies {
         durable: durable_rx,
-        verdicts: verdicts_rx,
     };
     tokio::spawn(task.run(inbox, replies, pending));
 }
@@ -351,10 +346,6 @@ struct RoomTask {
     backlog_max: usize,
     /// Storage settles batches here.
     durable: mpsc::UnboundedSender<(BatchId, bool)>,
-    /// Rate limiters answer here.
-    verdicts: mpsc::UnboundedSender<Verdict>,
-    /// Limiter questions not yet answered (the room stays live until they are).
-    asks_outstanding: usize,
     publishes: BTreeMap<PublishId, oneshot::Sender<Result<u64, PublishError>>>,
     /// Moderation requests waiting for storage (their ids share `next_publish`).
     moderations: BTreeMap<PublishId, oneshot::Sender<Result<(), ModError>>>,
@@ -391,20 +382,16 @@ impl RoomTask {
                         self.handle_reply(RoomReply::Settled(batch, durable)).await;
                     }
                 }
-                Some(verdict) = replies.verdicts.recv() => {
-                    self.handle_reply(RoomReply::Verdict(verdict)).await;
-                    while let Ok(verdict) = replies.verdicts.try_recv() {
-                        self.handle_reply(RoomReply::Verdict(verdict)).await;
-                    }
-                }
                 msg = inbox.recv() => {
                     let Some(msg) = msg else { break };
                     self.handle_msg(msg).await;
+                    self.carry_out_within_turn();
                     for _ in 0..INPUTS_PER_TURN_MAX {
                         match inbox.try_recv() {
                             Ok(msg) => self.handle_msg(msg).await,
                             Err(_) => break,
                         }
+                        self.carry_out_within_turn();
                     }
                 }
                 () = sleep_until(timeout) => self.host.handle_timeout(now()),
@@ -417,7 +404,6 @@ impl RoomTask {
             if !self.host.is_resident()
                 && self.publishes.is_empty()
                 && self.moderations.is_empty()
-                && self.asks_outstanding == 0
                 && self.stopping.is_empty()
             {
                 tracing::debug!(room = %self.id, sockets = self.sockets.len(), "evicted room: task retires");
@@ -593,15 +579,6 @@ impl RoomTask {
                     }
                 }
             }
-            RoomReply::Verdict(Verdict { request, wait_ms }) => {
-                self.asks_outstanding = self.asks_outstanding.saturating_sub(1);
-                // An answer can outlive a residency (evictions do not wait for limiters);
-                // like any event it wakes the room, so that the session's cooldown is the
-                // same as if the room had never been evicted.
-                if self.sockets.contains_key(&request.conn) && self.ensure_resident().await {
-                    self.input(Input::Verdict { request, wait_ms });
-                }
-            }
         }
     }
 
@@ -662,6 +639,16 @@ impl RoomTask {
         if let Err(error) = self.host.handle_input(input, now()) {
             // Only a broken adapter invariant gets here; the room's state is unchanged.
             tracing::error!(room = %self.id, %error, "room refused an input");
+        }
+    }
+
+    /// Carries out what the room has to do after one input of a turn, except starting a
+    /// storage batch and writing to sockets, which wait for the turn's end (the turn's
+    /// messages share one batch, each connection one `writev`). What this answers at once is
+    /// the limiter: the connection's next frame, in the same turn, finds its verdict in.
+    fn carry_out_within_turn(&mut self) {
+        while let Some(output) = self.host.poll_output_within_turn() {
+            self.carry_out(output);
         }
     }
 
@@ -752,9 +739,17 @@ impl RoomTask {
                     .room()
                     .and_then(|room| room.identity(request.conn));
                 let limiter = limiter_id_for(user.map(|identity| identity.sub.as_str()), ip);
-                let limiters = &self.rooms.context.limiters;
-                if limiters.ask(limiter, request, self.verdicts.clone()) {
-                    self.asks_outstanding += 1;
+                // Answered now, within this turn. The room is resident: it just gave this
+                // output, and a room with outputs left is never evicted. The verdict's own
+                // outputs (held frames decided) are carried out by the same drain.
+                let at = now();
+                if let Some(wait_ms) = self.rooms.context.limiters.decide(limiter, at) {
+                    if let Err(error) = self
+                        .host
+                        .handle_input(Input::Verdict { request, wait_ms }, at)
+                    {
+                        tracing::error!(room = %self.id, %error, "room refused a verdict");
+                    }
                 }
             }
             Output::Published { request, id } => {

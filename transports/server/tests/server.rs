@@ -451,6 +451,68 @@ async fn without_trust_the_tcp_peer_is_the_client_ip() {
     server.shutdown().await;
 }
 
+/// Sends `count` chat frames back to back without reading, then reads one answer per frame
+/// (its echo, or the rate-limit error); returns how many were accepted and refused. Any
+/// other error fails the test.
+async fn burst(client: &mut TcpClient, name: &str, count: usize) -> (usize, usize) {
+    for n in 0..count {
+        client
+            .send(json!({ "message": format!("{name} {n}") }))
+            .await;
+    }
+    let (mut accepted, mut refused) = (0, 0);
+    while accepted + refused < count {
+        let frame = client.frame().await;
+        if frame["error"] == common::RATE_LIMITED {
+            refused += 1;
+        } else if frame.get("error").is_some() {
+            panic!("{name}: {frame}");
+        } else if frame["name"] == name && frame.get("message").is_some() {
+            accepted += 1;
+        }
+    }
+    (accepted, refused)
+}
+
+/// The in-process limiter answers within the room's turn, so a fast sender is held back by
+/// the limit alone: a burst within it is accepted whole, however fast it is sent (more
+/// frames than a connection may hold waiting for an answer), and a burst beyond it is
+/// refused from where the limit says.
+#[tokio::test]
+async fn a_sender_within_the_limit_gets_everything_accepted_one_beyond_it_is_refused() {
+    let dir = DataDir::new("burst");
+    // 30 actions pass at once (the grace over the cost), then one per 100 ms.
+    let limit = RateLimiterConfig {
+        cost_ms: 100,
+        grace_ms: 3_000,
+    };
+    assert_eq!(limit.burst_max(0), 30);
+    let server = start(edgechat_server::Config {
+        trust_proxy_header: Some("X-Forwarded-For".into()),
+        rate_limit: limit,
+        ..config(&dir.db())
+    })
+    .await;
+    let addr = server.local_addr();
+    // The join is one action: 24 more are within the burst, and three times the frames a
+    // connection may hold (edgechat_core::room::PIPELINED_FRAMES_MAX).
+    let within = 3 * edgechat_core::room::PIPELINED_FRAMES_MAX;
+    let mut ann = TcpClient::connect_with(addr, "within", &[("X-Forwarded-For", "10.0.0.1")]).await;
+    ann.join("ann").await;
+    assert_eq!(burst(&mut ann, "ann", within).await, (within, 0));
+    // Another IP, 60 frames: the first 29 after the join pass, the rest arrive during the
+    // cooldown that follows (a few may pass as the sending takes time).
+    let mut bea = TcpClient::connect_with(addr, "beyond", &[("X-Forwarded-For", "10.0.0.2")]).await;
+    bea.join("bea").await;
+    let (accepted, refused) = burst(&mut bea, "bea", 60).await;
+    assert!(
+        (29..=50).contains(&accepted) && refused == 60 - accepted,
+        "accepted {accepted}, refused {refused}"
+    );
+    assert!(metric(addr, "edgechat_rate_limited_total").await >= 1);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn graceful_shutdown_closes_sockets_with_1001_and_keeps_everything() {
     let dir = DataDir::new("shutdown");
