@@ -48,6 +48,10 @@ use worker::{event, Context, Env, Request, RequestInit, Response, ResponseBuilde
 const PAGE_HTML: &str = include_str!("../../web/index.html");
 const PAGE_SCRIPT: &str = include_str!("../../web/page.js");
 const PAGE_STYLE: &str = include_str!("../../web/page.css");
+/// The admin page and its files (the same ones the standalone server serves).
+const ADMIN_PAGE: &str = include_str!("../../web/admin.html");
+const ADMIN_SCRIPT: &str = include_str!("../../web/admin.js");
+const ADMIN_STYLE: &str = include_str!("../../web/admin.css");
 const CLIENT_MODULE: &str = include_str!("../../../clients/js/edgechat.js");
 
 /// Binding names, as in `wrangler.toml`.
@@ -143,6 +147,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         Route::Page => respond(answer::page_with_security_headers(PAGE_HTML)),
         Route::PageScript => respond(answer::page_script(PAGE_SCRIPT)),
         Route::PageStyle => respond(answer::page_style(PAGE_STYLE)),
+        Route::AdminPage => respond(answer::page_with_security_headers(ADMIN_PAGE)),
+        Route::AdminScript => respond(answer::page_script(ADMIN_SCRIPT)),
+        Route::AdminStyle => respond(answer::page_style(ADMIN_STYLE)),
         Route::ClientModule => respond(answer::client_module(CLIENT_MODULE)),
         Route::CreateRoom => match random_bytes::<PRIVATE_ID_RANDOM_LEN_BYTES>() {
             Ok(random) => respond(answer::room_created(&ObjectId::mint_private(
