@@ -233,6 +233,16 @@ pub fn decode_action(text: &str) -> Result<ModAction, ModError> {
     decode_object(&object)
 }
 
+/// [`decode_action`] for a request body as received (bytes that must be UTF-8).
+///
+/// # Errors
+/// As [`decode_action`]; bytes that are not UTF-8 are not a JSON object.
+pub fn decode_body(body: &[u8]) -> Result<ModAction, ModError> {
+    std::str::from_utf8(body)
+        .map_err(|_| ModError::Malformed("expected a JSON object"))
+        .and_then(decode_action)
+}
+
 /// [`decode_action`] for an object already parsed.
 ///
 /// # Errors

@@ -21,7 +21,7 @@ use edgechat_core::http::{
     PUBLISH_BODY_LEN_MAX_BYTES,
 };
 use edgechat_core::ids::{Namespace, ObjectId, PRIVATE_ID_RANDOM_LEN_BYTES};
-use edgechat_core::moderation::{self, ModError};
+use edgechat_core::moderation;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
@@ -273,10 +273,7 @@ impl Handle {
         let Some(body) = read_body(body, MODERATE_BODY_LEN_MAX_BYTES).await else {
             return answer::body_unreadable();
         };
-        let action = match std::str::from_utf8(&body)
-            .map_err(|_| ModError::Malformed("expected a JSON object"))
-            .and_then(moderation::decode_action)
-        {
+        let action = match moderation::decode_body(&body) {
             Ok(action) => action,
             Err(error) => return answer::moderation_refused(&error),
         };

@@ -470,8 +470,7 @@ impl RoomTask {
                 if !self.ensure_resident().await {
                     return;
                 }
-                let request = PublishId(self.next_publish);
-                self.next_publish += 1;
+                let request = self.next_request();
                 let at = now();
                 let room = self.host.room_mut(at).expect("restored above");
                 match room.handle_publish(request, &name, &message, at) {
@@ -487,8 +486,7 @@ impl RoomTask {
                 if !self.ensure_resident().await {
                     return;
                 }
-                let request = PublishId(self.next_publish);
-                self.next_publish += 1;
+                let request = self.next_request();
                 let at = now();
                 let room = self.host.room_mut(at).expect("restored above");
                 match room.handle_moderate(request, action, at) {
@@ -580,6 +578,13 @@ impl RoomTask {
                 }
             }
         }
+    }
+
+    /// A fresh id for an HTTP request the room answers later (a publish or a moderation).
+    fn next_request(&mut self) -> PublishId {
+        let request = PublishId(self.next_publish);
+        self.next_publish += 1;
+        request
     }
 
     /// Restores the room if it is evicted; `false` if storage could not be read.

@@ -347,10 +347,7 @@ impl ChatRoom {
     /// Takes a moderation action from the admin endpoint (already authorized by the Worker).
     async fn moderate(&self, mut req: Request) -> Result<Response> {
         let body = req.bytes().await?;
-        let action = match std::str::from_utf8(&body)
-            .map_err(|_| ModError::Malformed("expected a JSON object"))
-            .and_then(moderation::decode_action)
-        {
+        let action = match moderation::decode_body(&body) {
             Ok(action) => action,
             Err(error) => return respond(answer::moderation_refused(&error)),
         };
