@@ -152,6 +152,27 @@ impl AuthConfig {
         }
     }
 
+    /// Decides whether a read of `room` (history, presence) with this `Authorization`
+    /// header may go ahead at `now`. The operator's admin token reads every room in every
+    /// mode (the admin page shows a room's recent messages where tokens are required);
+    /// otherwise the header's bearer token must admit the reader as joining would
+    /// ([`AuthConfig::admit`]; every role reads).
+    ///
+    /// # Errors
+    /// The [`AuthError`] to answer with, as for [`AuthConfig::admit`].
+    pub fn admit_reader(
+        &self,
+        room: &ObjectId,
+        authorization: Option<&str>,
+        admin_token: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), AuthError> {
+        if crate::http::is_authorized(authorization, admin_token) {
+            return Ok(());
+        }
+        self.admit(room, bearer_token(authorization), now).map(drop)
+    }
+
     /// Checks a token a connection presents to replace its current one (`current`), at
     /// `now`: it must be valid, grant `room`, and name the same user.
     ///

@@ -604,6 +604,35 @@ fn modes_decide_who_enters() {
 }
 
 #[test]
+fn the_admin_token_reads_every_room_in_every_mode() {
+    let admin = Some("op-secret");
+    let reader = format!("Bearer {}", hs_token(json!({"rooms": {"lobby": "read"}})));
+    for mode in [AuthMode::Off, AuthMode::Optional, AuthMode::Required] {
+        let token_only: &[&str] = if mode == AuthMode::Off {
+            &[]
+        } else {
+            &["lobby"]
+        };
+        let auth = config(mode, token_only);
+        let read = |header: Option<&str>, admin: Option<&str>| {
+            auth.admit_reader(&lobby(), header, admin, NOW)
+        };
+        assert_eq!(read(Some("Bearer op-secret"), admin), Ok(()), "{mode:?}");
+        assert_eq!(read(Some(&reader), admin), Ok(()), "{mode:?}");
+        if mode == AuthMode::Off {
+            continue;
+        }
+        // Not the admin token: judged as a bearer token (malformed here), never waved through.
+        let wrong = read(Some("Bearer op-secreT"), admin);
+        assert_eq!(wrong, Err(AuthError::Malformed), "{mode:?}");
+        // No admin token configured: the same header is only a (malformed) bearer token.
+        let unconfigured = read(Some("Bearer op-secret"), None);
+        assert_eq!(unconfigured, Err(AuthError::Malformed), "{mode:?}");
+        assert_eq!(read(None, admin), Err(AuthError::Missing), "{mode:?}");
+    }
+}
+
+#[test]
 fn a_read_only_token_cannot_send() {
     let auth = config(AuthMode::Required, &[]);
     let reader = hs_token(json!({"rooms": {"lobby": "read"}}));

@@ -89,6 +89,7 @@ pub fn cases() -> Vec<Case> {
         case!(auth_expiry_closes_4001),
         case!(auth_expiry_closes_4001_after_hibernation),
         case!(auth_bearer_on_history_and_presence),
+        case!(auth_admin_token_reads_in_every_mode),
         case!(auth_token_only_room),
         case!(auth_user_limited_across_ips),
         case!(auth_origin_allow_list),
@@ -543,6 +544,36 @@ async fn auth_bearer_on_history_and_presence(t: Target) -> Result<()> {
                 MALFORMED,
                 &format!("{path} with a malformed bearer token"),
             )?;
+        }
+    }
+    Ok(())
+}
+
+/// The admin token reads a room's history and presence in every mode (the admin page shows
+/// recent messages where tokens are required); a wrong admin token is judged as a bearer
+/// token and refused unless auth is off.
+async fn auth_admin_token_reads_in_every_mode(t: Target) -> Result<()> {
+    let room = unique_name("auth-admin-reads");
+    let admin = t.require_admin_token()?.to_owned();
+    let wrong = format!("{admin}-wrong");
+    for path in [
+        format!("/api/room/{room}/history"),
+        format!("/api/room/{room}/presence"),
+    ] {
+        let status = get_bearer(&t, &path, Some(&admin)).await?.status;
+        ensure!(
+            status == 200,
+            "{path} with the admin token: expected 200, got {status}"
+        );
+        let response = get_bearer(&t, &path, Some(&wrong)).await?;
+        if t.auth.mode == AuthMode::Off {
+            ensure!(
+                response.status == 200,
+                "{path}: auth off ignores bearer tokens, got {}",
+                response.status
+            );
+        } else {
+            response.expect(401, MALFORMED, &format!("{path} with a wrong admin token"))?;
         }
     }
     Ok(())

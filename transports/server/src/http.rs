@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf as _, Bytes};
-use edgechat_core::auth::{bearer_token, token_from_query};
+use edgechat_core::auth::token_from_query;
 use edgechat_core::counter::CounterOp;
 use edgechat_core::http::answer::{self, Answer};
 use edgechat_core::http::{
@@ -130,11 +130,11 @@ impl Handle {
                     Err(refused) => response(refused),
                 }
             }
-            Ok(Route::RoomHistory(room, query)) => match self.admit_bearer(&parts, room.id) {
+            Ok(Route::RoomHistory(room, query)) => match self.admit_reader(&parts, room.id) {
                 Ok(()) => self.history_answer(room.id, query).await,
                 Err(refused) => refused,
             },
-            Ok(Route::RoomPresence(room)) => match self.admit_bearer(&parts, room.id) {
+            Ok(Route::RoomPresence(room)) => match self.admit_reader(&parts, room.id) {
                 Ok(()) => match self.presence_of(room.id).await {
                     Some(users) => answer::presence(&users),
                     None => answer::unavailable(),
@@ -334,9 +334,21 @@ impl Handle {
 
     /// Whether a read of `room` (history, presence) may go ahead: by the access policy, with
     /// the request's `Authorization: Bearer` token (every role reads).
-    fn admit_bearer(&self, parts: &Parts, room: ObjectId) -> Result<(), Answer> {
-        let token = bearer_token(header_str(&parts.headers, header::AUTHORIZATION));
-        self.admit(room, token).map(drop)
+    /// Admits a read of `room` (history, presence): the admin token, or a bearer token that
+    /// admits the reader (core's [`AuthConfig::admit_reader`]).
+    ///
+    /// [`AuthConfig::admit_reader`]: edgechat_core::auth::AuthConfig::admit_reader
+    fn admit_reader(&self, parts: &Parts, room: ObjectId) -> Result<(), Answer> {
+        let config = &self.shared.config;
+        config
+            .auth
+            .admit_reader(
+                &room,
+                header_str(&parts.headers, header::AUTHORIZATION),
+                config.admin_token.as_deref(),
+                crate::clock::now(),
+            )
+            .map_err(answer::auth_refused)
     }
 
     fn is_authorized(&self, headers: &HeaderMap) -> bool {

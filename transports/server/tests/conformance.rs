@@ -206,7 +206,7 @@ async fn run_auth_cases(auth: AuthSetup, passed_min: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_cases_mode_off() {
     // Tokens are ignored, whatever signs them; no allow-list.
-    run_auth_cases(AuthSetup::default(), 5).await;
+    run_auth_cases(AuthSetup::default(), 6).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +217,7 @@ async fn auth_cases_mode_optional() {
         allowed_origins: vec![ALLOWED_ORIGIN.into()],
         token_rooms: vec![TOKEN_ROOM.into()],
     };
-    run_auth_cases(auth, 11).await;
+    run_auth_cases(auth, 12).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +228,7 @@ async fn auth_cases_mode_required() {
         allowed_origins: Vec::new(),
         token_rooms: Vec::new(),
     };
-    run_auth_cases(auth, 10).await;
+    run_auth_cases(auth, 11).await;
 }
 
 #[test]

@@ -91,6 +91,24 @@ impl Policy {
             .map_err(|error: AuthError| answer::auth_refused(error))
     }
 
+    /// Whether a read of `room` (history, presence) with this `Authorization` header may go
+    /// ahead at `now`: the admin token, or a bearer token that admits the reader (core's
+    /// decision).
+    ///
+    /// # Errors
+    /// Core's refusal (401 or 403).
+    pub(crate) fn admit_reader(
+        &self,
+        room: &ObjectId,
+        authorization: Option<&str>,
+        admin_token: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), Answer> {
+        self.auth
+            .admit_reader(room, authorization, admin_token, now)
+            .map_err(answer::auth_refused)
+    }
+
     /// Whether a browser page from `origin` may open a WebSocket (core's rule): the page's own
     /// origin, `scheme://host` of this request's URL, is always allowed.
     ///
