@@ -355,6 +355,18 @@ impl ChatMessage {
     }
 }
 
+/// The id of a stored record: a chat message's, or a change record's (a deletion, an edit,
+/// a tombstone; see [`crate::moderation::ChangeRecord`]). `None` for any other frame.
+pub fn record_id(frame: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    serde_json::from_str::<Id>(frame)
+        .ok()
+        .map(|record| record.id)
+}
+
 #[derive(Serialize)]
 struct JoinedFrame<'a> {
     joined: &'a str,

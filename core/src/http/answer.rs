@@ -12,7 +12,7 @@ use super::{HistoryQuery, Refusal, EXPECTED_WEBSOCKET, NOT_FOUND};
 use crate::auth::AuthError;
 use crate::ids::ObjectId;
 use crate::moderation::{ModError, RoomSummary, RoomView};
-use crate::protocol::ChatMessage;
+use crate::protocol::record_id;
 use crate::room::PublishError;
 
 /// The content type of plain-text answers.
@@ -94,20 +94,22 @@ pub fn expected_websocket() -> Answer {
     refused(EXPECTED_WEBSOCKET)
 }
 
+/// Where the next page of a history read starts: a full page may have older records behind
+/// it, so the id of its last (oldest) record, chat message or change record alike (a page
+/// that ends in a deletion still pages on); `None` after a short page.
+pub fn history_next_before<S: AsRef<str>>(frames: &[S], query: HistoryQuery) -> Option<u64> {
+    if frames.len() != query.limit {
+        return None;
+    }
+    frames.last().and_then(|frame| record_id(frame.as_ref()))
+}
+
 /// A history page: `{"messages":[..],"next_before":id|null}`, newest first.
 ///
-/// `frames` are chat frames as broadcast (JSON objects), spliced in unchanged. A full page
-/// may have older messages behind it, so `next_before` is then the id of its last (oldest)
-/// frame; the client pages on with `before=<next_before>` until it is `null`.
+/// `frames` are stored records as broadcast (JSON objects), spliced in unchanged; the client
+/// pages on with `before=<next_before>` ([`history_next_before`]) until it is `null`.
 pub fn history<S: AsRef<str>>(frames: &[S], query: HistoryQuery) -> Answer {
-    let next_before = if frames.len() == query.limit {
-        frames
-            .last()
-            .and_then(|frame| ChatMessage::decode(frame.as_ref()).ok())
-            .map(|message| message.id)
-    } else {
-        None
-    };
+    let next_before = history_next_before(frames, query);
     let frames_len: usize = frames.iter().map(|frame| frame.as_ref().len() + 1).sum();
     let mut body = String::with_capacity(48 + frames_len);
     body.push_str("{\"messages\":[");
@@ -343,6 +345,7 @@ pub fn no_secure_randomness() -> Answer {
 mod tests {
     use super::*;
     use crate::ids::{IdSecret, Namespace};
+    use crate::protocol::ChatMessage;
 
     const TEXT: (&str, &str) = ("content-type", CONTENT_TYPE_TEXT);
     const JSON: (&str, &str) = ("content-type", CONTENT_TYPE_JSON);
@@ -592,6 +595,7 @@ mod tests {
 
     #[test]
     fn history_pages_carry_next_before() {
+        const DELETION_2: &str = r#"{"deleted":2,"id":2,"at":1700000000000}"#;
         let query = |limit| HistoryQuery {
             before: None,
             limit,
@@ -623,7 +627,13 @@ mod tests {
                 format!(r#"{{"messages":[{f1}],"next_before":1}}"#),
             ),
             (
-                "a frame that is not a chat message ends paging",
+                "a full page ending in a change record pages on before it",
+                vec![&f3, DELETION_2],
+                2,
+                format!(r#"{{"messages":[{f3},{DELETION_2}],"next_before":2}}"#),
+            ),
+            (
+                "a frame that is not a stored record ends paging",
                 vec!["{}"],
                 1,
                 r#"{"messages":[{}],"next_before":null}"#.into(),

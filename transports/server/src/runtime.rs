@@ -669,9 +669,8 @@ impl Handle {
             .iter()
             .filter_map(|frame| ChatMessage::decode(frame).ok())
             .collect();
-        let next_before = (frames.len() == limit)
-            .then(|| messages.last().map(|message| message.id))
-            .flatten();
+        // Change records are left out of `messages`, but a page may end in one.
+        let next_before = answer::history_next_before(&frames, query);
         Ok(HistoryPage {
             messages,
             next_before,

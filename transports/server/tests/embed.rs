@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use common::*;
 use edgechat_conformance::{cases, run_case, AuthSetup, Outcome, Target};
+use edgechat_core::moderation::ModAction;
 use edgechat_server::{Handle, RoomError, Runtime, RuntimeConfig, Storage};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -209,6 +210,27 @@ async fn the_lower_level_entry_and_plain_calls_reach_the_room() {
         .unwrap();
     assert_eq!(older.messages[0].message, "over the raw entry");
     assert_eq!(older.next_before, None);
+    // A page made only of a change record (the deletion, id 3) still pages on.
+    handle
+        .moderate("lobby", ModAction::Delete { id: 1 })
+        .await
+        .unwrap();
+    let newest = handle.history("lobby", None, 1).await.unwrap();
+    assert!(
+        newest.messages.is_empty(),
+        "change records are not messages"
+    );
+    assert_eq!(newest.next_before, Some(3));
+    let rest = handle
+        .history("lobby", newest.next_before, 100)
+        .await
+        .unwrap();
+    let texts: Vec<&str> = rest.messages.iter().map(|m| m.message.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["posted by the app"],
+        "the deleted message is a tombstone"
+    );
 
     // Refusals come before the upgrade, with the protocol's answers.
     let long = "x".repeat(33);
