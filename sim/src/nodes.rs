@@ -1103,12 +1103,8 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
     }
     if let Some(error) = parsed.error {
         w.trace(format_args!("u{index} {conn:?} <- error {error}"));
-        let (now_ms, settling) = (w.elapsed_ms(), w.settling);
         if let Some(tokens) = w.tokens.as_mut() {
-            let held = &mut tokens.held[index];
-            if std::mem::take(&mut held.refresh_outstanding) && error == ERROR_RATE_LIMITED {
-                tokens.refresh_rate_limited(index, now_ms, settling);
-            }
+            tokens.held[index].refresh_outstanding = false;
         }
         if error == AuthError::ReadOnly.to_string() {
             w.count_fault("auth-read-only-refused");

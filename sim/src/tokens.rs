@@ -307,22 +307,9 @@ impl Tokens {
             return false;
         }
         if settling {
-            return held.short && held.refresh_at_ms.is_none_or(|at| now_ms >= at);
+            return held.short;
         }
         held.refresh_at_ms.is_some_and(|at| now_ms >= at)
-    }
-
-    /// The room refused `client`'s refresh with the rate-limit error at true ms `now_ms`:
-    /// the connection keeps its old token. Once the world settles, the client tries again
-    /// after 1–3 s, as a client that wants to stay connected does; otherwise the old token
-    /// expires and the client reconnects, as the product's clients do. (Seed 30203: a
-    /// settling refresh refused once left a short token to expire 2 s before the end.)
-    pub fn refresh_rate_limited(&mut self, client: usize, now_ms: u64, settling: bool) {
-        if settling {
-            let held = &mut self.held[client];
-            held.short = true;
-            held.refresh_at_ms = Some(now_ms + madsim::rand::thread_rng().gen_range(1_000..=3_000));
-        }
     }
 
     /// The first instant `token` is invalid on the room's clock, by the rule.
