@@ -50,11 +50,14 @@ pub enum PlantedBug {
     EditReordersId,
     /// A restore forgets the room's mutes.
     MuteNotEnforcedAfterRestore,
+    /// A session's cooldown refuses its frames 1 s longer than the limiter's answer said
+    /// (over-throttling, invisible to an upper bound on the limiter).
+    CooldownOverrun,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 18] = [
+    pub const ALL: [PlantedBug; 19] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -73,5 +76,6 @@ impl PlantedBug {
         PlantedBug::BanNotEnforcedAfterRestore,
         PlantedBug::EditReordersId,
         PlantedBug::MuteNotEnforcedAfterRestore,
+        PlantedBug::CooldownOverrun,
     ];
 }

@@ -997,7 +997,12 @@ impl Room {
         if !self.config.limiter_may_wait {
             return Ok(Some(expecting));
         }
-        if !session.limiter.try_accept(now) {
+        // Planted: a cooldown holds the session back 1 s longer than its limiter said.
+        let overrun = self.config.planted(PlantedBug::CooldownOverrun)
+            && matches!(session.limiter.state,
+                crate::limiter::SessionLimiterState::Cooldown { until }
+                    if now >= until && now < until.plus_millis(1_000));
+        if overrun || !session.limiter.try_accept(now) {
             self.stats.frames_rate_limited += 1;
             self.send_error(conn, ERROR_RATE_LIMITED);
             return Ok(None);

@@ -23,6 +23,7 @@
 pub mod mailbox;
 pub mod moderation;
 mod nodes;
+pub mod shadow;
 pub mod tokens;
 pub mod world;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use edgechat_core::auth::{Access, AuthError, Identity};
 use edgechat_core::host::{HostOutput, RoomHost};
-use edgechat_core::limiter::{RateLimiter, SessionLimiter, VerdictRequest};
+use edgechat_core::limiter::{RateLimiter, VerdictRequest};
 use edgechat_core::protocol::{Frame, ERROR_RATE_LIMITED, ERROR_STORAGE_UNAVAILABLE};
 use edgechat_core::room::{
     close_after_restore_failure, ConnId, Input, Output, PublishId, CLOSE_TOKEN_EXPIRED,
@@ -20,11 +20,12 @@ use madsim::rand::{thread_rng, Rng};
 use madsim::time::{sleep, sleep_until};
 
 use crate::mailbox::Mailbox;
+use crate::shadow::SessionModel;
 use crate::world::{
     client_ip, newest_id, ClientConn, ClientEvent, CommitOutcome, FaultKind, HostBug, HostEvent,
     LimiterAsk, Shared, World, CLIENT_LATENCY_MAX_MS, COMMIT_BOUND_MS, SETTLE_MS,
 };
-use crate::{moderation, tokens};
+use crate::{moderation, shadow, tokens};
 
 /// The room's answer to a refresh it took.
 const REFRESHED_FRAME: &str = r#"{"refreshed":true}"#;
@@ -189,9 +190,10 @@ fn verdict_to_host(shared: &Shared, w: &mut World, ask: &LimiterAsk, wait_ms: u6
 struct Socket {
     room: usize,
     attachment: Vec<u8>,
-    /// The session's limiter as the rules say it must be, to check that no frame is
-    /// processed during a cooldown (or while an answer is outstanding).
-    shadow: SessionLimiter,
+    /// The session's limiter as the rules say it must be (the oracle's own model), to check
+    /// that no frame is processed during a cooldown or while an answer is outstanding, and
+    /// that none is refused while the limiter is open.
+    shadow: SessionModel,
 }
 
 /// One incarnation of a host process: everything here is lost in a crash.
@@ -277,7 +279,7 @@ impl Host {
                     Socket {
                         room,
                         attachment: Vec::new(),
-                        shadow: SessionLimiter::default(),
+                        shadow: SessionModel::default(),
                     },
                 );
                 match access {
@@ -295,7 +297,13 @@ impl Host {
                 if let Some(token) = tokens::refresh_token(&text) {
                     self.refreshing.insert(conn, token);
                 }
+                if let Some(socket) = self.sockets.get_mut(&conn) {
+                    socket.shadow.arrive(now.0);
+                }
                 self.input(room, Input::Text { conn, text });
+                if let Some(socket) = self.sockets.get_mut(&conn) {
+                    socket.shadow.settle();
+                }
                 room
             }
             HostEvent::Closed { conn } => {
@@ -326,7 +334,7 @@ impl Host {
                     self.index
                 ));
                 if let Some(socket) = self.sockets.get_mut(&request.conn) {
-                    socket.shadow.handle_verdict(request.seq, wait_ms, now);
+                    socket.shadow.answer(request.seq, wait_ms, now.0);
                 }
                 self.input(room, Input::Verdict { request, wait_ms });
                 room
@@ -639,6 +647,9 @@ impl Host {
             let mut w = lock(&shared);
             match output {
                 HostOutput::Room(Output::Send { conn, frame }) => {
+                    if shadow::is_rate_limit_error(&frame) {
+                        self.check_refusal(&mut w, conn, now);
+                    }
                     moderation::frame_out(&mut w, room, conn, &frame);
                     self.judge_refresh(&shared, &mut w, conn, &frame, now);
                     to_client(&shared, &mut w, conn, ClientEvent::Frame { conn, frame });
@@ -787,13 +798,30 @@ impl Host {
         let Some(socket) = self.sockets.get_mut(&request.conn) else {
             return;
         };
-        let before = socket.shadow;
-        if !socket.shadow.try_accept(now) || socket.shadow.seq != request.seq {
+        if let Err(before) = socket.shadow.asked(request.seq, now.0) {
             w.violate(
                 "rate-limit",
                 format!(
-                    "{:?} had frame {} processed at {} while its limiter was {before:?}",
+                    "{:?} had frame {} processed at {} while its limiter was {before}",
                     request.conn, request.seq, now.0
+                ),
+            );
+        }
+    }
+
+    /// The room refused a frame of `conn` with the rate-limit error: the session's limiter
+    /// must not have been open with nothing pending when the frame arrived.
+    fn check_refusal(&mut self, w: &mut World, conn: ConnId, now: Timestamp) {
+        let Some(socket) = self.sockets.get_mut(&conn) else {
+            return;
+        };
+        if let Err(before) = socket.shadow.refused() {
+            w.violate(
+                "open-limiter-admits",
+                format!(
+                    "{conn:?} had a frame refused as rate-limited at {} while its limiter was open \
+                     with nothing pending: {before}",
+                    now.0
                 ),
             );
         }

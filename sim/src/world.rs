@@ -1356,16 +1356,18 @@ impl World {
     /// last in the window. Hence: accepted frames ≤ `burst_max(window)` + sessions. This
     /// needs steady clocks and answers that arrive (a session re-asks after a lost answer),
     /// so it is checked only in runs without clock steps and limiter loss or partitions; the
-    /// per-session check in the host (a shadow [`SessionLimiter`]) holds in every run.
+    /// per-session check in the host (the oracle's [`SessionModel`]) holds in every run.
     ///
-    /// [`SessionLimiter`]: edgechat_core::limiter::SessionLimiter
+    /// [`SessionModel`]: crate::shadow::SessionModel
     fn check_rate_limits(&mut self) {
         let config = self.limiter_config;
         for (ip, answers) in &self.zero_answers {
             for i in 0..answers.len() {
                 for j in i..answers.len() {
                     let window = answers[j] - answers[i];
-                    if (j - i + 1) as u64 > config.burst_max(window) {
+                    if (j - i + 1) as u64
+                        > crate::shadow::burst_max(config.cost_ms, config.grace_ms, window)
+                    {
                         let detail = format!(
                             "limiter gave {ip} {} zero waits within {window} ms",
                             j - i + 1
@@ -1386,7 +1388,8 @@ impl World {
                 for j in i..accepts.len() {
                     sessions.insert(accepts[j].1);
                     let window = accepts[j].0 - accepts[i].0;
-                    let allowed = config.burst_max(window) + sessions.len() as u64;
+                    let allowed = crate::shadow::burst_max(config.cost_ms, config.grace_ms, window)
+                        + sessions.len() as u64;
                     if (j - i + 1) as u64 > allowed {
                         problem = Some(format!(
                             "{ip} had {} frames accepted within {window} ms over {} sessions \
