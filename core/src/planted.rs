@@ -53,11 +53,14 @@ pub enum PlantedBug {
     /// A session's cooldown refuses its frames 1 s longer than the limiter's answer said
     /// (over-throttling, invisible to an upper bound on the limiter).
     CooldownOverrun,
+    /// A `since` resume whose next message is the oldest retained one falls back to the
+    /// newest messages (`recovered: false`) although everything after `since` is held.
+    SinceEdgeFallsBack,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 19] = [
+    pub const ALL: [PlantedBug; 20] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -77,5 +80,6 @@ impl PlantedBug {
         PlantedBug::EditReordersId,
         PlantedBug::MuteNotEnforcedAfterRestore,
         PlantedBug::CooldownOverrun,
+        PlantedBug::SinceEdgeFallsBack,
     ];
 }

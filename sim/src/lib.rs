@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod mailbox;
+pub mod model;
 pub mod moderation;
 mod nodes;
 pub mod shadow;

@@ -20,6 +20,7 @@ use madsim::rand::{thread_rng, Rng};
 use madsim::time::{sleep, sleep_until};
 
 use crate::mailbox::Mailbox;
+use crate::model::{self, JoinWatch};
 use crate::shadow::SessionModel;
 use crate::world::{
     client_ip, newest_id, ClientConn, ClientEvent, CommitOutcome, FaultKind, HostBug, HostEvent,
@@ -194,6 +195,8 @@ struct Socket {
     /// that no frame is processed during a cooldown or while an answer is outstanding, and
     /// that none is refused while the limiter is open.
     shadow: SessionModel,
+    /// The socket's join as the room model judges it.
+    join: JoinWatch,
 }
 
 /// One incarnation of a host process: everything here is lost in a crash.
@@ -280,6 +283,7 @@ impl Host {
                         room,
                         attachment: Vec::new(),
                         shadow: SessionModel::default(),
+                        join: JoinWatch::default(),
                     },
                 );
                 match access {
@@ -299,6 +303,11 @@ impl Host {
                 }
                 if let Some(socket) = self.sockets.get_mut(&conn) {
                     socket.shadow.arrive(now.0);
+                    if !socket.join.ready {
+                        if let Some(since) = model::join_since(&text) {
+                            socket.join.since = Some(since);
+                        }
+                    }
                 }
                 self.input(room, Input::Text { conn, text });
                 if let Some(socket) = self.sockets.get_mut(&conn) {
@@ -650,6 +659,7 @@ impl Host {
                     if shadow::is_rate_limit_error(&frame) {
                         self.check_refusal(&mut w, conn, now);
                     }
+                    self.watch_join(&mut w, room, conn, &frame);
                     moderation::frame_out(&mut w, room, conn, &frame);
                     self.judge_refresh(&shared, &mut w, conn, &frame, now);
                     to_client(&shared, &mut w, conn, ClientEvent::Frame { conn, frame });
@@ -827,6 +837,25 @@ impl Host {
         }
     }
 
+    /// The room sent `frame` to `conn`, not yet joined: the model judges the join's replay
+    /// and its `ready`.
+    fn watch_join(&mut self, w: &mut World, room: usize, conn: ConnId, frame: &Frame) {
+        let Some(socket) = self.sockets.get_mut(&conn).filter(|s| !s.join.ready) else {
+            return;
+        };
+        match model::parse(frame) {
+            model::Seen::Record(id) => socket.join.replay.push(id),
+            model::Seen::Ready { recovered } => {
+                let newest = w.rooms[room].acked.keys().next_back().copied().unwrap_or(0);
+                let retained = w.sc.room.history_retained_max as u64;
+                if let Err(problem) = socket.join.judge_ready(recovered, newest, retained) {
+                    w.violate("join-replay", format!("room {room} {conn:?}: {problem}"));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The room sent `frame` to `conn`: if it answers a refresh of `conn`, the oracle judges
     /// the answer (a refusal for the rate limit says nothing about the token).
     fn judge_refresh(
@@ -990,7 +1019,19 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
     let client = &w.clients[index];
     let Some(conn) = client.current.conn else {
         // Connect (again), usually resuming from the last message seen.
-        let since = client.last_seen.filter(|_| rng.gen_bool(0.85));
+        let mut since = client.last_seen.filter(|_| rng.gen_bool(0.85));
+        // Often right at the edge of the room's retained history: one below what it holds
+        // (outside), at it (`since + 1` is the oldest held), or one inside; never beyond
+        // what this client has seen (it would skip messages).
+        let newest = w.rooms[client.room].acked.keys().next_back().copied();
+        if let (Some(seen), Some(newest)) = (since, newest) {
+            let retained = w.sc.room.history_retained_max as u64;
+            let edge = (newest + 1).saturating_sub(retained);
+            if edge >= 2 && rng.gen_bool(0.4) {
+                let pick = edge - 2 + rng.gen_range(0..3);
+                since = Some(pick.min(seen));
+            }
+        }
         let (room, ip, name) = (client.room, client.ip, client.name.clone());
         let (now_ms, settling) = (w.elapsed_ms(), w.settling);
         if w.tokens
