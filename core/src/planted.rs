@@ -56,11 +56,14 @@ pub enum PlantedBug {
     /// A `since` resume whose next message is the oldest retained one falls back to the
     /// newest messages (`recovered: false`) although everything after `since` is held.
     SinceEdgeFallsBack,
+    /// A chat message is refused "Room is busy" whenever a write is in flight, far below
+    /// the limit of messages waiting for storage.
+    BusyWhileWriting,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 20] = [
+    pub const ALL: [PlantedBug; 21] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -81,5 +84,6 @@ impl PlantedBug {
         PlantedBug::MuteNotEnforcedAfterRestore,
         PlantedBug::CooldownOverrun,
         PlantedBug::SinceEdgeFallsBack,
+        PlantedBug::BusyWhileWriting,
     ];
 }

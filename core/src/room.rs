@@ -1102,7 +1102,9 @@ impl Room {
         if !self.check_send(conn) || !self.check_restrictions(conn, now) {
             return;
         }
-        if self.pending_len() >= self.config.pending_messages_max {
+        // Planted: the room answers "busy" whenever a write is in flight.
+        let busy = self.config.planted(PlantedBug::BusyWhileWriting) && self.in_flight.is_some();
+        if busy || self.pending_len() >= self.config.pending_messages_max {
             self.send_error(conn, ERROR_ROOM_BUSY);
             return;
         }

@@ -29,6 +29,10 @@ pub mod errors {
     pub const NOT_OBJECT: &str = "Malformed frame: expected a JSON object.";
     /// A joined session's frame without a string `message`.
     pub const NOT_MESSAGE: &str = "Malformed frame: expected {\"message\": string}.";
+    /// A text frame over 4 KiB.
+    pub const TOO_LARGE: &str = "Frame too large.";
+    /// The errors that answer a frame the room decoded (each frame one limiter action).
+    pub const FRAME_ERRORS: [&str; 5] = [TOO_LONG, BINARY, NOT_OBJECT, NOT_MESSAGE, TOO_LARGE];
     /// More messages waiting for storage than the room holds.
     pub const BUSY: &str = "Room is busy, please try again later.";
 }
@@ -155,6 +159,8 @@ pub struct ErrorBook {
     pub not_object: (u32, u32),
     /// JSON objects without a string `message` sent (when joined), and their errors.
     pub not_message: (u32, u32),
+    /// Text frames over 4 KiB sent, and their errors received.
+    pub too_large: (u32, u32),
 }
 
 impl ErrorBook {
@@ -167,6 +173,7 @@ impl ErrorBook {
             errors::BINARY => &mut self.binary,
             errors::NOT_OBJECT => &mut self.not_object,
             errors::NOT_MESSAGE => &mut self.not_message,
+            errors::TOO_LARGE => &mut self.too_large,
             errors::BUSY => {
                 return Err("a message within the limits was refused: room busy".into());
             }

@@ -315,6 +315,20 @@ impl Host {
                 }
                 room
             }
+            HostEvent::Binary { conn } => {
+                let Some(room) = self.sockets.get(&conn).map(|s| s.room) else {
+                    return;
+                };
+                self.trace(format_args!("h{} r{room} {conn:?} -> binary", self.index));
+                if let Some(socket) = self.sockets.get_mut(&conn) {
+                    socket.shadow.arrive(now.0);
+                }
+                self.input(room, Input::Binary { conn });
+                if let Some(socket) = self.sockets.get_mut(&conn) {
+                    socket.shadow.settle();
+                }
+                room
+            }
             HostEvent::Closed { conn } => {
                 let Some(room) = self.sockets.get(&conn).map(|s| s.room) else {
                     return;
@@ -658,6 +672,8 @@ impl Host {
                 HostOutput::Room(Output::Send { conn, frame }) => {
                     if shadow::is_rate_limit_error(&frame) {
                         self.check_refusal(&mut w, conn, now);
+                    } else {
+                        self.check_counted(&mut w, conn, &frame, now);
                     }
                     self.watch_join(&mut w, room, conn, &frame);
                     moderation::frame_out(&mut w, room, conn, &frame);
@@ -837,6 +853,27 @@ impl Host {
         }
     }
 
+    /// The room answered a frame of `conn` with a frame error (binary, malformed, too large
+    /// or too long): the frame must have been one action on the limiter, asked just now.
+    fn check_counted(&mut self, w: &mut World, conn: ConnId, frame: &Frame, now: Timestamp) {
+        let Some(socket) = self.sockets.get(&conn) else {
+            return;
+        };
+        let model::Seen::Error(error) = model::parse(frame) else {
+            return;
+        };
+        if model::errors::FRAME_ERRORS.contains(&error.as_str()) && !socket.shadow.just_asked(now.0)
+        {
+            w.violate(
+                "rate-limit",
+                format!(
+                    "{conn:?} got {error:?} at {} for a frame its limiter never counted: {:?}",
+                    now.0, socket.shadow
+                ),
+            );
+        }
+    }
+
     /// The room sent `frame` to `conn`, not yet joined: the model judges the join's replay
     /// and its `ready`.
     fn watch_join(&mut self, w: &mut World, room: usize, conn: ConnId, frame: &Frame) {
@@ -846,6 +883,12 @@ impl Host {
         match model::parse(frame) {
             model::Seen::Record(id) => socket.join.replay.push(id),
             model::Seen::Ready { recovered } => {
+                let kind = match recovered {
+                    Some(true) => "join-recovered",
+                    Some(false) => "join-fell-back",
+                    None => "join-fresh",
+                };
+                w.count_fault(kind);
                 let newest = w.rooms[room].acked.keys().next_back().copied().unwrap_or(0);
                 let retained = w.sc.room.history_retained_max as u64;
                 if let Err(problem) = socket.join.judge_ready(recovered, newest, retained) {
@@ -1105,19 +1148,88 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
             left => left - 1,
         };
         slot.sent += 1;
-        let message = format!("{}#{}", slot.name, slot.sent);
+        let mut message = format!("{}#{}", slot.name, slot.sent);
+        let at_limit = rng.gen_bool(0.06);
+        if at_limit {
+            // Exactly at the limit, characters outside the BMP counting two units.
+            message = pad_to_units(message, model::MESSAGE_UNITS_MAX, &mut rng);
+        }
         let text = format!(r#"{{"message":"{message}"}}"#);
         slot.sent_on.insert(message.clone(), conn);
+        if at_limit {
+            w.count_fault("sent-256-units");
+        }
         tokens::sending(w, conn, &message);
         expect_answer(shared, w, index, conn);
         to_host(shared, w, conn, HostEvent::Text { conn, text });
     } else if roll < 0.58 {
-        let text = format!(r#"{{"message":"{}"}}"#, "x".repeat(300));
+        // Over the limit: well over, or by one unit (a surrogate pair may make it so).
+        let message = if rng.gen_bool(0.3) {
+            "x".repeat(300)
+        } else {
+            pad_to_units("x".into(), model::MESSAGE_UNITS_MAX + 1, &mut rng)
+        };
+        let text = format!(r#"{{"message":"{message}"}}"#);
+        w.clients[index].current.errors.too_long.0 += 1;
         expect_answer(shared, w, index, conn);
         to_host(shared, w, conn, HostEvent::Text { conn, text });
     } else if roll < 0.66 && w.fault_on(FaultKind::Disconnect) {
         w.clients[index].inbox.push(ClientEvent::Disconnect);
+    } else if (0.66..0.69).contains(&roll) {
+        send_malformed(shared, w, index, conn, &mut rng);
     }
+}
+
+/// `message` padded to exactly `units` UTF-16 units with `x` and U+1F600 (two units each).
+fn pad_to_units(mut message: String, units: usize, rng: &mut impl Rng) -> String {
+    message.push(' ');
+    let mut len = model::utf16_units(&message);
+    while len < units {
+        if units - len >= 2 && rng.gen_bool(0.5) {
+            message.push('\u{1F600}');
+            len += 2;
+        } else {
+            message.push('x');
+            len += 1;
+        }
+    }
+    message
+}
+
+/// A frame the protocol answers with an error of its own: binary, not a JSON object, a
+/// message that is not a string, or over 4 KiB. Each is one action and one answer.
+fn send_malformed(shared: &Shared, w: &mut World, index: usize, conn: ConnId, rng: &mut impl Rng) {
+    w.count_fault("sent-malformed");
+    let errors = &mut w.clients[index].current.errors;
+    let event = match rng.gen_range(0..8) {
+        0..=2 => {
+            errors.binary.0 += 1;
+            w.count_fault("sent-binary");
+            HostEvent::Binary { conn }
+        }
+        3..=4 => {
+            errors.not_object.0 += 1;
+            let text = ["hello", "[1,2]", "{", ""][rng.gen_range(0..4)].to_owned();
+            HostEvent::Text { conn, text }
+        }
+        5..=6 => {
+            errors.not_message.0 += 1;
+            let text = [
+                r#"{"message":5}"#,
+                r#"{"message":null}"#,
+                r#"{"text":"hi"}"#,
+            ][rng.gen_range(0..3)]
+            .to_owned();
+            HostEvent::Text { conn, text }
+        }
+        _ => {
+            errors.too_large.0 += 1;
+            let text = format!(r#"{{"message":"{}"}}"#, "y".repeat(4_200));
+            HostEvent::Text { conn, text }
+        }
+    };
+    expect_answer(shared, w, index, conn);
+    to_host(shared, w, conn, event);
 }
 
 /// A chat frame is about to be sent on `conn`: it must be answered (echo or error) within
@@ -1185,6 +1297,12 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
             }
             return;
         }
+        if let Err(problem) = current.errors.received(&error) {
+            let detail = format!("room {room}: u{index} on {conn:?}: {problem}");
+            w.violate("refusals-deserved", detail);
+            return;
+        }
+        let current = &mut w.clients[index].current;
         if error == ERROR_STORAGE_UNAVAILABLE {
             current.storage_errors += 1;
             if !w.sc.faulty_rooms.contains(&room) {
@@ -1249,6 +1367,11 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
             .unwrap_or_default()
     };
     let (text, name) = (field("message"), field("name"));
+    if model::utf16_units(&text) > model::MESSAGE_UNITS_MAX {
+        let detail = format!("room {room}: u{index} saw id {id}, over the length limit");
+        w.violate("refusals-deserved", detail);
+        return;
+    }
     tokens::judge_message(w, room, &text, &name, "is seen");
     let oracle = &mut w.rooms[room];
     if oracle.refused.contains(&text) {

@@ -116,6 +116,12 @@ impl SessionModel {
         }
     }
 
+    /// Whether the room asked the limiter at `now` (so a frame it just answered with a
+    /// frame error was counted as an action, as the protocol says every frame is).
+    pub fn just_asked(&self, now: u64) -> bool {
+        matches!(self.stand, Stand::Asked { at } if at == now)
+    }
+
     /// The limiter answered question `seq`: wait `wait_ms` from `now`. A stale answer (not
     /// the latest question, or one already answered) changes nothing.
     pub fn answer(&mut self, seq: u32, wait_ms: u64, now: u64) {

@@ -218,6 +218,11 @@ pub enum HostEvent {
         /// The frame.
         text: String,
     },
+    /// A binary frame (its bytes do not matter: the protocol is text).
+    Binary {
+        /// From.
+        conn: ConnId,
+    },
     /// The socket closed (either end) or broke.
     Closed {
         /// Which.
@@ -356,6 +361,8 @@ pub struct ConnInfo {
 pub struct ClientConn {
     /// The connection.
     pub conn: Option<ConnId>,
+    /// What it sent that must be refused, and what was (the room model's error check).
+    pub errors: crate::model::ErrorBook,
     /// The `since` it joined with.
     pub since: Option<u64>,
     /// Whether `ready` arrived.
