@@ -24,6 +24,7 @@ pub mod mailbox;
 pub mod model;
 pub mod moderation;
 mod nodes;
+pub mod publish;
 pub mod shadow;
 pub mod tokens;
 pub mod world;

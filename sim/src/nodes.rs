@@ -26,13 +26,16 @@ use crate::world::{
     client_ip, newest_id, ClientConn, ClientEvent, CommitOutcome, FaultKind, HostBug, HostEvent,
     LimiterAsk, Shared, World, CLIENT_LATENCY_MAX_MS, COMMIT_BOUND_MS, SETTLE_MS,
 };
-use crate::{moderation, shadow, tokens};
+use crate::{moderation, publish, shadow, tokens};
 
 /// The room's answer to a refresh it took.
 const REFRESHED_FRAME: &str = r#"{"refreshed":true}"#;
 
 /// Presence and retained history: what an eviction must not change.
 type RoomView = (Vec<String>, Vec<Frame>);
+
+/// How often an operator reads a room's history and presence right after an input.
+const READ_AFTER_INPUT_P: f64 = 0.05;
 
 /// How often a host evicts a room right after an input, when evictions are on.
 const EVICT_AFTER_INPUT_P: f64 = 0.08;
@@ -197,6 +200,8 @@ struct Socket {
     shadow: SessionModel,
     /// The socket's join as the room model judges it.
     join: JoinWatch,
+    /// The room closed it (its session is closing, out of presence).
+    closing: bool,
 }
 
 /// One incarnation of a host process: everything here is lost in a crash.
@@ -284,6 +289,7 @@ impl Host {
                         attachment: Vec::new(),
                         shadow: SessionModel::default(),
                         join: JoinWatch::default(),
+                        closing: false,
                     },
                 );
                 match access {
@@ -439,6 +445,20 @@ impl Host {
                 if self.ensure_resident(room) {
                     self.drain(room);
                 }
+                room
+            }
+            HostEvent::Publish {
+                room,
+                request,
+                message,
+            } => {
+                self.trace(format_args!("h{} r{room} publish #{request}", self.index));
+                let input = Input::Publish {
+                    request: PublishId(request),
+                    name: publish::PUBLISHER.into(),
+                    message,
+                };
+                self.input(room, input);
                 room
             }
             HostEvent::Moderate {
@@ -653,6 +673,37 @@ impl Host {
             );
         }
         self.drain(room);
+        if thread_rng().gen_bool(READ_AFTER_INPUT_P) {
+            self.read_views(room);
+        }
+    }
+
+    /// An operator reads the room's history and presence: both must be what the model says.
+    fn read_views(&mut self, room: usize) {
+        let Some(r) = self.rooms.get(&room).and_then(|host| host.room()) else {
+            return;
+        };
+        let mut rng = thread_rng();
+        let (before, limit) = {
+            let w = lock(&self.world);
+            let newest = w.rooms[room].acked.keys().next_back().copied().unwrap_or(0);
+            let reach = w.sc.room.history_retained_max as u64 + 2;
+            let before = rng
+                .gen_bool(0.5)
+                .then(|| (newest + 1).saturating_sub(rng.gen_range(0..=reach)));
+            (before, rng.gen_range(1..=publish::HISTORY_LIMIT))
+        };
+        let page = r.history_page(before, limit);
+        let names = r.presence().count();
+        let joined = self
+            .sockets
+            .values()
+            .filter(|s| s.room == room && s.join.ready && !s.closing)
+            .count();
+        let mut w = lock(&self.world);
+        w.count_fault("reads");
+        publish::check_history(&mut w, room, before, limit, &page);
+        publish::check_presence(&mut w, room, names, joined);
     }
 
     fn drain(&mut self, room: usize) {
@@ -691,6 +742,9 @@ impl Host {
                     }
                 }
                 HostOutput::Room(Output::Close { conn, code, reason }) => {
+                    if let Some(socket) = self.sockets.get_mut(&conn) {
+                        socket.closing = true;
+                    }
                     w.trace(format_args!("r{room} close {conn:?} {code} {reason}"));
                     if code == CLOSE_TOKEN_EXPIRED {
                         tokens::judge_expiry_close(&mut w, conn, now);
@@ -795,7 +849,9 @@ impl Host {
                 HostOutput::Room(Output::Moderated { request }) => {
                     moderation::moderated(&mut w, room, request.0);
                 }
-                HostOutput::Room(Output::Published { .. }) => {}
+                HostOutput::Room(Output::Published { request, id }) => {
+                    publish::published(&mut w, room, request.0, id);
+                }
                 HostOutput::Hibernated => {
                     w.trace(format_args!("h{} r{room} hibernated", self.index));
                     w.count_fault("hibernated");
@@ -1181,7 +1237,7 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
 }
 
 /// `message` padded to exactly `units` UTF-16 units with `x` and U+1F600 (two units each).
-fn pad_to_units(mut message: String, units: usize, rng: &mut impl Rng) -> String {
+pub(crate) fn pad_to_units(mut message: String, units: usize, rng: &mut impl Rng) -> String {
     message.push(' ');
     let mut len = model::utf16_units(&message);
     while len < units {
@@ -1509,6 +1565,7 @@ pub(crate) async fn supervise(world: Shared) {
     if sc.moderation {
         madsim::task::spawn(moderation::moderator_main(world.clone(), sc.fault_ms));
     }
+    madsim::task::spawn(publish::publisher_main(world.clone(), sc.fault_ms));
 
     // Faults.
     let kinds: Vec<FaultKind> = sc

@@ -267,6 +267,15 @@ pub enum HostEvent {
         /// Which.
         room: usize,
     },
+    /// The HTTP publish route asks `room` to publish `message` (as the publisher).
+    Publish {
+        /// Which.
+        room: usize,
+        /// The request's id.
+        request: u64,
+        /// The text.
+        message: String,
+    },
     /// The admin API asks `room` to moderate.
     Moderate {
         /// Which.
@@ -523,6 +532,8 @@ pub struct World {
     pub storage_free_at: Vec<Duration>,
     /// What the oracle knows, per room.
     pub rooms: Vec<RoomOracle>,
+    /// Publishes asked, by request id: the room and the text.
+    pub publishes: BTreeMap<u64, (usize, String)>,
     /// Frames accepted per IP (virtual ms, connection), for the window bound.
     pub accepts: BTreeMap<IpAddr, Vec<(u64, ConnId)>>,
     /// Zero-wait answers per IP, in the limiter's clamped clock.
@@ -682,6 +693,7 @@ impl World {
             storage_free_at: vec![Duration::ZERO; sc.hosts],
             rooms: vec![RoomOracle::default(); sc.rooms],
             accepts: BTreeMap::new(),
+            publishes: BTreeMap::new(),
             zero_answers: BTreeMap::new(),
             faults: BTreeMap::new(),
             violation: None,
