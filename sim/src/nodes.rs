@@ -1341,7 +1341,14 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
     if let Some(error) = parsed.error {
         w.trace(format_args!("u{index} {conn:?} <- error {error}"));
         if let Some(tokens) = w.tokens.as_mut() {
-            tokens.held[index].refresh_outstanding = false;
+            let held = &mut tokens.held[index];
+            // A refresh goes out alone, so this error refuses it (for the rate limit, say):
+            // the connection still holds its fault-phase token, which must be refreshed
+            // again once settled (minting the refusal's token did not replace it).
+            if held.refresh_outstanding {
+                held.short = true;
+            }
+            held.refresh_outstanding = false;
         }
         if error == AuthError::ReadOnly.to_string() {
             w.count_fault("auth-read-only-refused");
