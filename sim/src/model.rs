@@ -8,8 +8,9 @@
 //!   `since`, and `true` exactly when the room still holds everything after `since` (its
 //!   retained history, the newest `history_retained_max` acknowledged ids, reaches down to
 //!   `since + 1`, and `since` is not beyond the newest); a recovered join replays exactly the
-//!   ids `since + 1 ..= newest`, in order; a fallback replay is a run of consecutive ids
-//!   ending at the newest;
+//!   ids `since + 1 ..= newest`, in order; any other join replays exactly the newest
+//!   `join_replay_max` ids as of its socket's connection (however long it stayed unnamed,
+//!   across evictions), and every id since, within the retained window;
 //! - errors (client side, [`ErrorBook`]): every error a client gets answers something that
 //!   the protocol says must be refused: a message over 256 UTF-16 units, a binary or
 //!   malformed frame (each with its own documented error), a frame during a cooldown, a
@@ -100,6 +101,10 @@ pub struct JoinWatch {
     pub replay: Vec<u64>,
     /// `ready` was sent: the join is over.
     pub ready: bool,
+    /// The newest acknowledged id when the socket connected (a join without a usable
+    /// `since` replays the newest `join_replay_max` messages as of connecting, and all
+    /// after).
+    pub connect_last: u64,
 }
 
 impl JoinWatch {
@@ -110,6 +115,7 @@ impl JoinWatch {
         recovered: Option<bool>,
         newest: u64,
         retained: u64,
+        replay_max: u64,
     ) -> Result<(), String> {
         self.ready = true;
         let Some(since) = self.since else {
@@ -135,10 +141,13 @@ impl JoinWatch {
                 }
             }
             _ => {
-                let consecutive = replay.windows(2).all(|w| w[1] == w[0] + 1);
-                if !consecutive || replay.last().is_some_and(|last| *last != newest) {
+                let from = (self.connect_last.saturating_sub(replay_max) + 1).max(oldest);
+                let want: Vec<u64> = (from..=newest).collect();
+                if replay != want {
                     return Err(format!(
-                        "join since {since:?} replayed {replay:?}; the newest id is {newest}"
+                        "join since {since:?} (connected at id {}) replayed {replay:?}, not \
+                         {from}..={newest}",
+                        self.connect_last
                     ));
                 }
             }
@@ -208,19 +217,25 @@ mod tests {
                 since: Some(since),
                 replay,
                 ready: false,
+                connect_last: 9,
             };
-            watch.judge_ready(recovered, 10, 4)
+            watch.judge_ready(recovered, 10, 4, 2)
         };
         assert!(judge(Some(6), Some(true), vec![7, 8, 9, 10]).is_ok());
-        assert!(judge(Some(6), Some(false), vec![9, 10]).is_err(), "held");
-        assert!(judge(Some(5), Some(false), vec![9, 10]).is_ok());
+        assert!(judge(Some(6), Some(false), vec![8, 9, 10]).is_err(), "held");
+        assert!(judge(Some(5), Some(false), vec![8, 9, 10]).is_ok());
+        assert!(
+            judge(Some(5), Some(false), vec![9, 10]).is_err(),
+            "as of connecting"
+        );
         assert!(judge(Some(5), Some(true), vec![6, 7, 8, 9, 10]).is_err());
         assert!(judge(Some(10), Some(true), vec![]).is_ok());
-        assert!(judge(Some(11), Some(false), vec![]).is_ok());
+        assert!(judge(Some(11), Some(false), vec![8, 9, 10]).is_ok());
         assert!(
             judge(Some(7), Some(true), vec![7, 8, 9, 10]).is_err(),
             "duplicate"
         );
         assert!(judge(None, None, vec![8, 10]).is_err(), "gap");
+        assert!(judge(None, None, vec![8, 9, 10]).is_ok());
     }
 }

@@ -282,13 +282,22 @@ impl Host {
                     self.close_sockets(room, vec![conn]);
                     return;
                 }
+                let connect_last = lock(&self.world).rooms[room]
+                    .acked
+                    .keys()
+                    .next_back()
+                    .copied()
+                    .unwrap_or(0);
                 self.sockets.insert(
                     conn,
                     Socket {
                         room,
                         attachment: Vec::new(),
                         shadow: SessionModel::default(),
-                        join: JoinWatch::default(),
+                        join: JoinWatch {
+                            connect_last,
+                            ..JoinWatch::default()
+                        },
                         closing: false,
                     },
                 );
@@ -947,7 +956,11 @@ impl Host {
                 w.count_fault(kind);
                 let newest = w.rooms[room].acked.keys().next_back().copied().unwrap_or(0);
                 let retained = w.sc.room.history_retained_max as u64;
-                if let Err(problem) = socket.join.judge_ready(recovered, newest, retained) {
+                let replay_max = w.sc.room.join_replay_max as u64;
+                let judged = socket
+                    .join
+                    .judge_ready(recovered, newest, retained, replay_max);
+                if let Err(problem) = judged {
                     w.violate("join-replay", format!("room {room} {conn:?}: {problem}"));
                 }
             }
@@ -1160,9 +1173,23 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
             token,
         };
         to_host(shared, w, conn, connect);
-        to_host(shared, w, conn, join_frame(conn, &name, since));
+        if !settling && rng.gen_bool(0.15) {
+            // Stays unnamed a while (across evictions, crashes, others' chat), then joins.
+            w.clients[index].current.join_at_ms = Some(now_ms + rng.gen_range(1_000..20_000));
+            w.count_fault("join-delayed");
+        } else {
+            to_host(shared, w, conn, join_frame(conn, &name, since));
+        }
         return;
     };
+    if let Some(at) = client.current.join_at_ms {
+        if w.elapsed_ms() >= at {
+            let (name, since) = (client.name.clone(), client.current.since);
+            w.clients[index].current.join_at_ms = None;
+            to_host(shared, w, conn, join_frame(conn, &name, since));
+        }
+        return;
+    }
     if !client.current.ready {
         if client.current.join_rejected {
             let (name, since) = (client.name.clone(), client.current.since);

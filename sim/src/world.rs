@@ -372,6 +372,8 @@ pub struct ClientConn {
     pub conn: Option<ConnId>,
     /// What it sent that must be refused, and what was (the room model's error check).
     pub errors: crate::model::ErrorBook,
+    /// Its join is held back until this true ms (the socket stays unnamed until then).
+    pub join_at_ms: Option<u64>,
     /// The `since` it joined with.
     pub since: Option<u64>,
     /// Whether `ready` arrived.
