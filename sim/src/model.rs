@@ -47,6 +47,31 @@ pub fn utf16_units(text: &str) -> usize {
     text.chars().map(char::len_utf16).sum()
 }
 
+/// The close of a socket whose session cannot be rebuilt after an eviction.
+pub const CLOSE_STATE_LOST: (u16, &str) = (1011, "Session state lost.");
+
+/// `attachment` (a version-2 attachment of an anonymous session) as version 1 wrote it:
+/// version 1 is version 2 without the trailing `identity`, postcard-encoded field by field,
+/// so an absent identity is one trailing zero byte. `None` for a session with an identity
+/// (version 1 had none) or bytes that are not version 2.
+pub fn attachment_v1(attachment: &[u8]) -> Option<Vec<u8>> {
+    match attachment {
+        [2, middle @ .., 0] => Some([&[1u8][..], middle].concat()),
+        _ => None,
+    }
+}
+
+/// `attachment` corrupted in one of four ways: empty, a newer version than any, cut short,
+/// or longer than any attachment may be.
+pub fn corrupt_attachment(attachment: &[u8], how: u32) -> Vec<u8> {
+    match how {
+        0 => Vec::new(),
+        1 => [&[200u8][..], attachment.get(1..).unwrap_or_default()].concat(),
+        2 => attachment.iter().take(2).copied().collect(),
+        _ => [attachment, &[7u8; 4096][..]].concat(),
+    }
+}
+
 /// What a frame from the room is, as far as the model cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {

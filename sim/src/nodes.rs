@@ -2,7 +2,7 @@
 //! their messages, and the supervisor that injects faults.
 
 use std::cmp::max;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -33,6 +33,13 @@ const REFRESHED_FRAME: &str = r#"{"refreshed":true}"#;
 
 /// Presence and retained history: what an eviction must not change.
 type RoomView = (Vec<String>, Vec<Frame>);
+
+/// How often a socket's attachment is found written by the previous version at a restore.
+const OLD_ATTACHMENT_P: f64 = 0.2;
+
+/// How often an unnamed socket's attachment is found corrupt at a restore (fault phase
+/// only).
+const CORRUPT_ATTACHMENT_P: f64 = 0.1;
 
 /// How often an operator reads a room's history and presence right after an input.
 const READ_AFTER_INPUT_P: f64 = 0.05;
@@ -219,6 +226,10 @@ struct Host {
     /// connection, to judge the answer (the room may hold the frame for its limiter's answer
     /// and decide it in a later event). A client sends nothing else while one is out.
     refreshing: BTreeMap<ConnId, String>,
+    /// Sockets whose attachment the host corrupted before a restore: core must close them.
+    corrupted: BTreeSet<ConnId>,
+    /// Sockets closed for a lost session and forgotten.
+    lost: BTreeSet<ConnId>,
 }
 
 async fn host_main(world: Shared, index: usize) {
@@ -252,6 +263,8 @@ async fn host_main(world: Shared, index: usize) {
         views: BTreeMap::new(),
         wakes: BTreeMap::new(),
         refreshing: BTreeMap::new(),
+        corrupted: BTreeSet::new(),
+        lost: BTreeSet::new(),
     };
     while let Some(event) = host.inbox.recv().await {
         host.handle(event);
@@ -556,6 +569,11 @@ impl Host {
             self.close_sockets(room, conns);
             return false;
         };
+        if self.age_attachments(room) {
+            // A socket whose session is lost leaves presence: not claimed invisible.
+            self.views.remove(&room);
+        }
+        let host = self.rooms.get_mut(&room).expect("room on this host");
         let attachments: Vec<(ConnId, &[u8])> = self
             .sockets
             .iter()
@@ -584,7 +602,50 @@ impl Host {
         }
         drop(w);
         self.drain(room);
+        let lost: Vec<ConnId> = self
+            .corrupted
+            .iter()
+            .filter(|conn| self.sockets.get(conn).is_some_and(|s| s.room == room))
+            .copied()
+            .collect();
+        if !lost.is_empty() {
+            let detail = format!("room {room}: corrupt attachments of {lost:?} not closed 1011");
+            lock(&self.world).violate("attachment-handling", detail);
+        }
         true
+    }
+
+    /// Before a restore, during the fault phase: some sockets' attachments are rewritten as
+    /// the previous version wrote them (a deploy over hibernated sockets), which must restore
+    /// invisibly, and a few are corrupted (garbage, truncated, a newer version, too long),
+    /// which core must close 1011 `Session state lost.`, touching no other socket. Returns
+    /// whether any was corrupted.
+    fn age_attachments(&mut self, room: usize) -> bool {
+        let mut w = lock(&self.world);
+        if w.settling {
+            return false;
+        }
+        let mut rng = thread_rng();
+        let mut corrupted_any = false;
+        // Only unnamed sessions are corrupted: a joined one whose state is lost cannot be
+        // announced as `quit` (its name is lost with it), so the others' rosters would stay
+        // stale; that is a documented limit, not a claim the sim can make.
+        for (conn, socket) in self.sockets.iter_mut().filter(|(_, s)| s.room == room) {
+            let unnamed = !socket.join.ready;
+            let bytes = &mut socket.attachment;
+            if unnamed && rng.gen_bool(CORRUPT_ATTACHMENT_P) {
+                *bytes = model::corrupt_attachment(bytes, rng.gen_range(0..4));
+                self.corrupted.insert(*conn);
+                corrupted_any = true;
+                w.count_fault("attachment-corrupt");
+            } else if rng.gen_bool(OLD_ATTACHMENT_P) {
+                if let Some(old) = model::attachment_v1(bytes) {
+                    *bytes = old;
+                    w.count_fault("attachment-v1");
+                }
+            }
+        }
+        corrupted_any
     }
 
     /// Closes `conns` of `room`, which could not be restored, as core says to.
@@ -675,7 +736,21 @@ impl Host {
         let now = self.now();
         let host = self.rooms.get_mut(&room).expect("room on this host");
         let description = format!("{input:?}");
-        if let Err(error) = host.handle_input(input, now) {
+        let from = match &input {
+            Input::Text { conn, .. } | Input::Binary { conn } | Input::Closed { conn } => {
+                Some(*conn)
+            }
+            _ => None,
+        };
+        let result = host.handle_input(input, now);
+        // The restore just now may have closed this very socket (its state lost): the room
+        // rightly no longer knows it, and the adapter closes it (the Worker's `close_lost`).
+        let lost = from.is_some_and(|conn| self.lost.contains(&conn));
+        if let Err(error) =
+            result
+                .map_err(|e| e.to_string())
+                .or_else(|e| if lost { Ok(()) } else { Err(e) })
+        {
             lock(&self.world).violate(
                 "host-contract",
                 format!("room {room} refused {description}: {error}"),
@@ -751,6 +826,18 @@ impl Host {
                     }
                 }
                 HostOutput::Room(Output::Close { conn, code, reason }) => {
+                    let corrupted = self.corrupted.remove(&conn);
+                    if corrupted
+                        != (code == model::CLOSE_STATE_LOST.0
+                            && reason == model::CLOSE_STATE_LOST.1)
+                    {
+                        let detail = format!(
+                            "room {room}: {conn:?} closed {code} {reason}; its attachment was \
+                             {}",
+                            if corrupted { "corrupt" } else { "sound" }
+                        );
+                        w.violate("attachment-handling", detail);
+                    }
                     if let Some(socket) = self.sockets.get_mut(&conn) {
                         socket.closing = true;
                     }
@@ -759,7 +846,18 @@ impl Host {
                         tokens::judge_expiry_close(&mut w, conn, now);
                     }
                     to_client(&shared, &mut w, conn, ClientEvent::Closed { conn });
-                    self.inbox.push(HostEvent::Closed { conn });
+                    if corrupted {
+                        // The room holds no session for it: the adapter forgets the socket
+                        // now (a frame or close still in flight finds none, as the Worker's
+                        // `close_lost` does).
+                        self.sockets.remove(&conn);
+                        self.refreshing.remove(&conn);
+                        self.lost.insert(conn);
+                        w.conn_closed(conn);
+                        tokens::forget(&mut w, conn);
+                    } else {
+                        self.inbox.push(HostEvent::Closed { conn });
+                    }
                 }
                 HostOutput::Room(Output::Persist(batch)) => {
                     w.trace(format_args!(
