@@ -1698,6 +1698,7 @@ pub(crate) async fn supervise(world: Shared) {
         madsim::task::spawn(moderation::moderator_main(world.clone(), sc.fault_ms));
     }
     madsim::task::spawn(publish::publisher_main(world.clone(), sc.fault_ms));
+    madsim::task::spawn(crate::counters::counter_main(world.clone(), sc.fault_ms));
 
     // Faults.
     let kinds: Vec<FaultKind> = sc
