@@ -1306,10 +1306,16 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
     {
         return;
     }
+    let offset_ms = w.host_offset_ms[room % w.sc.hosts];
+    let lapse = settling
+        && !w.clock_stepped
+        && w.tokens
+            .as_ref()
+            .is_some_and(|t| t.lets_lapse(index, offset_ms, now_ms));
     if let Some(tokens) = w
         .tokens
         .as_mut()
-        .filter(|t| quiet && t.refresh_due(index, now_ms, settling))
+        .filter(|t| quiet && !lapse && t.refresh_due(index, now_ms, settling))
     {
         let token = tokens.mint(&mut rng, index, room, now_ms, settling);
         tokens.held[index].refresh_outstanding = true;
