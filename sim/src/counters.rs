@@ -97,7 +97,7 @@ pub(crate) async fn counter_main(world: Shared, fault_ms: u64) {
     let mut in_flight: Option<WriteBatch> = None;
     let mut next = 0u64;
     loop {
-        sleep(Duration::from_millis(thread_rng().gen_range(20..600))).await;
+        sleep(Duration::from_millis(thread_rng().gen_range(50..1_000))).await;
         let mut w = world.lock().expect("world lock");
         if w.violation.is_some() || w.elapsed_ms() >= fault_ms {
             return;

@@ -42,7 +42,7 @@ const OLD_ATTACHMENT_P: f64 = 0.2;
 const CORRUPT_ATTACHMENT_P: f64 = 0.1;
 
 /// How often an operator reads a room's history and presence right after an input.
-const READ_AFTER_INPUT_P: f64 = 0.05;
+const READ_AFTER_INPUT_P: f64 = 0.02;
 
 /// How often a host evicts a room right after an input, when evictions are on.
 const EVICT_AFTER_INPUT_P: f64 = 0.08;
@@ -805,10 +805,14 @@ impl Host {
             let mut w = lock(&shared);
             match output {
                 HostOutput::Room(Output::Send { conn, frame }) => {
-                    if shadow::is_rate_limit_error(&frame) {
-                        self.check_refusal(&mut w, conn, now);
-                    } else {
-                        self.check_counted(&mut w, conn, &frame, now);
+                    // Only error frames are parsed for these (a cheap scan first: most frames
+                    // sent to one connection are replays and rosters).
+                    if frame.contains(r#""error""#) {
+                        if shadow::is_rate_limit_error(&frame) {
+                            self.check_refusal(&mut w, conn, now);
+                        } else {
+                            self.check_counted(&mut w, conn, &frame, now);
+                        }
                     }
                     self.watch_join(&mut w, room, conn, &frame);
                     moderation::frame_out(&mut w, room, conn, &frame);

@@ -1,16 +1,19 @@
 //! The operator's side of a room: HTTP publish (`POST /api/room/<room>/publish`, the room's
 //! `Input::Publish`) and the history and presence reads, each checked against the room model.
 //!
-//! In half of the runs, every 1–8 s of the fault phase the publisher asks a random room's host to publish a
-//! fresh text `p<n>` (one in ten exactly 256 UTF-16 units, with surrogate pairs) as `sys`,
-//! as the server does for the publish route. Its answer (`Output::Published`) must name the
-//! id under which the room stored that very text (`publish-answer`). A host that is down
-//! drops the request (the HTTP call fails; nothing is claimed).
+//! In half of the runs, every 3–20 s of the fault phase the publisher asks a random room's
+//! host to publish a fresh text `p<n>` (one in ten exactly 256 UTF-16 units, with surrogate
+//! pairs) as `sys`, as the server does for the publish route. Its answer
+//! (`Output::Published`) must name the id under which the room acknowledged that very text
+//! (`publish-answer`). A host that is down drops the request (the HTTP call fails; nothing
+//! is claimed).
 //!
-//! Reads (`history-read`, `presence-read`) happen after inputs at random: the room's
-//! `history_page(None, 50)` must be the newest acknowledged ids, newest first, down to the
-//! retained window, each the acknowledged frame (or its moderated next state); `presence`
-//! must name exactly the sockets the model saw joined and not yet closing.
+//! Reads (`history-read`, `presence-read`) happen after 2 % of a host's inputs: the room's
+//! `history_page(before, limit)` (no `before`, or one around the retained window; a limit
+//! of 1–50) must be the acknowledged ids below `before`, newest first, at most `limit`, none
+//! older than the retained window, each the acknowledged frame (or its moderated next
+//! state); `presence` must name as many users as the sockets the model saw joined and not
+//! yet closing.
 
 use std::time::Duration;
 
@@ -38,7 +41,7 @@ pub(crate) async fn publisher_main(world: Shared, fault_ms: u64) {
     }
     let mut n = 0u64;
     loop {
-        let pause = thread_rng().gen_range(1_000..8_000);
+        let pause = thread_rng().gen_range(3_000..20_000);
         sleep(Duration::from_millis(pause)).await;
         let mut w = world.lock().expect("world lock");
         if w.violation.is_some() || w.elapsed_ms() >= fault_ms {
