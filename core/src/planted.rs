@@ -50,11 +50,20 @@ pub enum PlantedBug {
     EditReordersId,
     /// A restore forgets the room's mutes.
     MuteNotEnforcedAfterRestore,
+    /// A session's cooldown refuses its frames 1 s longer than the limiter's answer said
+    /// (over-throttling, invisible to an upper bound on the limiter).
+    CooldownOverrun,
+    /// A `since` resume whose next message is the oldest retained one falls back to the
+    /// newest messages (`recovered: false`) although everything after `since` is held.
+    SinceEdgeFallsBack,
+    /// A chat message is refused "Room is busy" whenever a write is in flight, far below
+    /// the limit of messages waiting for storage.
+    BusyWhileWriting,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 18] = [
+    pub const ALL: [PlantedBug; 21] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -73,5 +82,8 @@ impl PlantedBug {
         PlantedBug::BanNotEnforcedAfterRestore,
         PlantedBug::EditReordersId,
         PlantedBug::MuteNotEnforcedAfterRestore,
+        PlantedBug::CooldownOverrun,
+        PlantedBug::SinceEdgeFallsBack,
+        PlantedBug::BusyWhileWriting,
     ];
 }

@@ -997,7 +997,12 @@ impl Room {
         if !self.config.limiter_may_wait {
             return Ok(Some(expecting));
         }
-        if !session.limiter.try_accept(now) {
+        // Planted: a cooldown holds the session back 1 s longer than its limiter said.
+        let overrun = self.config.planted(PlantedBug::CooldownOverrun)
+            && matches!(session.limiter.state,
+                crate::limiter::SessionLimiterState::Cooldown { until }
+                    if now >= until && now < until.plus_millis(1_000));
+        if overrun || !session.limiter.try_accept(now) {
             self.stats.frames_rate_limited += 1;
             self.send_error(conn, ERROR_RATE_LIMITED);
             return Ok(None);
@@ -1097,7 +1102,9 @@ impl Room {
         if !self.check_send(conn) || !self.check_restrictions(conn, now) {
             return;
         }
-        if self.pending_len() >= self.config.pending_messages_max {
+        // Planted: the room answers "busy" whenever a write is in flight.
+        let busy = self.config.planted(PlantedBug::BusyWhileWriting) && self.in_flight.is_some();
+        if busy || self.pending_len() >= self.config.pending_messages_max {
             self.send_error(conn, ERROR_ROOM_BUSY);
             return;
         }
@@ -1253,7 +1260,9 @@ impl Room {
     fn holds_everything_after(&self, since: u64) -> bool {
         let last = self.last_durable_id();
         let oldest = self.history.front().map_or(last + 1, |message| message.id);
-        since <= last && since + 1 >= oldest
+        // Planted: an off-by-one that falls back although `since + 1` is still held.
+        let edge = u64::from(self.config.planted(PlantedBug::SinceEdgeFallsBack));
+        since <= last && since + 1 >= oldest + edge
     }
 
     /// Replay the newest `join_replay_max` messages as of connecting, and all after.

@@ -20,9 +20,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod counters;
 pub mod mailbox;
+pub mod model;
 pub mod moderation;
 mod nodes;
+pub mod publish;
+pub mod shadow;
 pub mod tokens;
 pub mod world;
 

@@ -2,13 +2,13 @@
 //! their messages, and the supervisor that injects faults.
 
 use std::cmp::max;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use edgechat_core::auth::{Access, AuthError, Identity};
 use edgechat_core::host::{HostOutput, RoomHost};
-use edgechat_core::limiter::{RateLimiter, SessionLimiter, VerdictRequest};
+use edgechat_core::limiter::{RateLimiter, VerdictRequest};
 use edgechat_core::protocol::{Frame, ERROR_RATE_LIMITED, ERROR_STORAGE_UNAVAILABLE};
 use edgechat_core::room::{
     close_after_restore_failure, ConnId, Input, Output, PublishId, CLOSE_TOKEN_EXPIRED,
@@ -20,17 +20,29 @@ use madsim::rand::{thread_rng, Rng};
 use madsim::time::{sleep, sleep_until};
 
 use crate::mailbox::Mailbox;
+use crate::model::{self, JoinWatch};
+use crate::shadow::SessionModel;
 use crate::world::{
     client_ip, newest_id, ClientConn, ClientEvent, CommitOutcome, FaultKind, HostBug, HostEvent,
     LimiterAsk, Shared, World, CLIENT_LATENCY_MAX_MS, COMMIT_BOUND_MS, SETTLE_MS,
 };
-use crate::{moderation, tokens};
+use crate::{moderation, publish, shadow, tokens};
 
 /// The room's answer to a refresh it took.
 const REFRESHED_FRAME: &str = r#"{"refreshed":true}"#;
 
 /// Presence and retained history: what an eviction must not change.
 type RoomView = (Vec<String>, Vec<Frame>);
+
+/// How often a socket's attachment is found written by the previous version at a restore.
+const OLD_ATTACHMENT_P: f64 = 0.2;
+
+/// How often an unnamed socket's attachment is found corrupt at a restore (fault phase
+/// only).
+const CORRUPT_ATTACHMENT_P: f64 = 0.1;
+
+/// How often an operator reads a room's history and presence right after an input.
+const READ_AFTER_INPUT_P: f64 = 0.02;
 
 /// How often a host evicts a room right after an input, when evictions are on.
 const EVICT_AFTER_INPUT_P: f64 = 0.08;
@@ -189,9 +201,14 @@ fn verdict_to_host(shared: &Shared, w: &mut World, ask: &LimiterAsk, wait_ms: u6
 struct Socket {
     room: usize,
     attachment: Vec<u8>,
-    /// The session's limiter as the rules say it must be, to check that no frame is
-    /// processed during a cooldown (or while an answer is outstanding).
-    shadow: SessionLimiter,
+    /// The session's limiter as the rules say it must be (the oracle's own model), to check
+    /// that no frame is processed during a cooldown or while an answer is outstanding, and
+    /// that none is refused while the limiter is open.
+    shadow: SessionModel,
+    /// The socket's join as the room model judges it.
+    join: JoinWatch,
+    /// The room closed it (its session is closing, out of presence).
+    closing: bool,
 }
 
 /// One incarnation of a host process: everything here is lost in a crash.
@@ -209,6 +226,10 @@ struct Host {
     /// connection, to judge the answer (the room may hold the frame for its limiter's answer
     /// and decide it in a later event). A client sends nothing else while one is out.
     refreshing: BTreeMap<ConnId, String>,
+    /// Sockets whose attachment the host corrupted before a restore: core must close them.
+    corrupted: BTreeSet<ConnId>,
+    /// Sockets closed for a lost session and forgotten.
+    lost: BTreeSet<ConnId>,
 }
 
 async fn host_main(world: Shared, index: usize) {
@@ -242,6 +263,8 @@ async fn host_main(world: Shared, index: usize) {
         views: BTreeMap::new(),
         wakes: BTreeMap::new(),
         refreshing: BTreeMap::new(),
+        corrupted: BTreeSet::new(),
+        lost: BTreeSet::new(),
     };
     while let Some(event) = host.inbox.recv().await {
         host.handle(event);
@@ -272,12 +295,23 @@ impl Host {
                     self.close_sockets(room, vec![conn]);
                     return;
                 }
+                let connect_last = lock(&self.world).rooms[room]
+                    .acked
+                    .keys()
+                    .next_back()
+                    .copied()
+                    .unwrap_or(0);
                 self.sockets.insert(
                     conn,
                     Socket {
                         room,
                         attachment: Vec::new(),
-                        shadow: SessionLimiter::default(),
+                        shadow: SessionModel::default(),
+                        join: JoinWatch {
+                            connect_last,
+                            ..JoinWatch::default()
+                        },
+                        closing: false,
                     },
                 );
                 match access {
@@ -295,7 +329,32 @@ impl Host {
                 if let Some(token) = tokens::refresh_token(&text) {
                     self.refreshing.insert(conn, token);
                 }
+                if let Some(socket) = self.sockets.get_mut(&conn) {
+                    socket.shadow.arrive(now.0);
+                    if !socket.join.ready {
+                        if let Some(since) = model::join_since(&text) {
+                            socket.join.since = Some(since);
+                        }
+                    }
+                }
                 self.input(room, Input::Text { conn, text });
+                if let Some(socket) = self.sockets.get_mut(&conn) {
+                    socket.shadow.settle();
+                }
+                room
+            }
+            HostEvent::Binary { conn } => {
+                let Some(room) = self.sockets.get(&conn).map(|s| s.room) else {
+                    return;
+                };
+                self.trace(format_args!("h{} r{room} {conn:?} -> binary", self.index));
+                if let Some(socket) = self.sockets.get_mut(&conn) {
+                    socket.shadow.arrive(now.0);
+                }
+                self.input(room, Input::Binary { conn });
+                if let Some(socket) = self.sockets.get_mut(&conn) {
+                    socket.shadow.settle();
+                }
                 room
             }
             HostEvent::Closed { conn } => {
@@ -326,7 +385,7 @@ impl Host {
                     self.index
                 ));
                 if let Some(socket) = self.sockets.get_mut(&request.conn) {
-                    socket.shadow.handle_verdict(request.seq, wait_ms, now);
+                    socket.shadow.answer(request.seq, wait_ms, now.0);
                 }
                 self.input(room, Input::Verdict { request, wait_ms });
                 room
@@ -408,6 +467,20 @@ impl Host {
                 if self.ensure_resident(room) {
                     self.drain(room);
                 }
+                room
+            }
+            HostEvent::Publish {
+                room,
+                request,
+                message,
+            } => {
+                self.trace(format_args!("h{} r{room} publish #{request}", self.index));
+                let input = Input::Publish {
+                    request: PublishId(request),
+                    name: publish::PUBLISHER.into(),
+                    message,
+                };
+                self.input(room, input);
                 room
             }
             HostEvent::Moderate {
@@ -496,6 +569,11 @@ impl Host {
             self.close_sockets(room, conns);
             return false;
         };
+        if self.age_attachments(room) {
+            // A socket whose session is lost leaves presence: not claimed invisible.
+            self.views.remove(&room);
+        }
+        let host = self.rooms.get_mut(&room).expect("room on this host");
         let attachments: Vec<(ConnId, &[u8])> = self
             .sockets
             .iter()
@@ -524,7 +602,50 @@ impl Host {
         }
         drop(w);
         self.drain(room);
+        let lost: Vec<ConnId> = self
+            .corrupted
+            .iter()
+            .filter(|conn| self.sockets.get(conn).is_some_and(|s| s.room == room))
+            .copied()
+            .collect();
+        if !lost.is_empty() {
+            let detail = format!("room {room}: corrupt attachments of {lost:?} not closed 1011");
+            lock(&self.world).violate("attachment-handling", detail);
+        }
         true
+    }
+
+    /// Before a restore, during the fault phase: some sockets' attachments are rewritten as
+    /// the previous version wrote them (a deploy over hibernated sockets), which must restore
+    /// invisibly, and a few are corrupted (garbage, truncated, a newer version, too long),
+    /// which core must close 1011 `Session state lost.`, touching no other socket. Returns
+    /// whether any was corrupted.
+    fn age_attachments(&mut self, room: usize) -> bool {
+        let mut w = lock(&self.world);
+        if w.settling {
+            return false;
+        }
+        let mut rng = thread_rng();
+        let mut corrupted_any = false;
+        // Only unnamed sessions are corrupted: a joined one whose state is lost cannot be
+        // announced as `quit` (its name is lost with it), so the others' rosters would stay
+        // stale; that is a documented limit, not a claim the sim can make.
+        for (conn, socket) in self.sockets.iter_mut().filter(|(_, s)| s.room == room) {
+            let unnamed = !socket.join.ready;
+            let bytes = &mut socket.attachment;
+            if unnamed && rng.gen_bool(CORRUPT_ATTACHMENT_P) {
+                *bytes = model::corrupt_attachment(bytes, rng.gen_range(0..4));
+                self.corrupted.insert(*conn);
+                corrupted_any = true;
+                w.count_fault("attachment-corrupt");
+            } else if rng.gen_bool(OLD_ATTACHMENT_P) {
+                if let Some(old) = model::attachment_v1(bytes) {
+                    *bytes = old;
+                    w.count_fault("attachment-v1");
+                }
+            }
+        }
+        corrupted_any
     }
 
     /// Closes `conns` of `room`, which could not be restored, as core says to.
@@ -615,13 +736,58 @@ impl Host {
         let now = self.now();
         let host = self.rooms.get_mut(&room).expect("room on this host");
         let description = format!("{input:?}");
-        if let Err(error) = host.handle_input(input, now) {
+        let from = match &input {
+            Input::Text { conn, .. } | Input::Binary { conn } | Input::Closed { conn } => {
+                Some(*conn)
+            }
+            _ => None,
+        };
+        let result = host.handle_input(input, now);
+        // The restore just now may have closed this very socket (its state lost): the room
+        // rightly no longer knows it, and the adapter closes it (the Worker's `close_lost`).
+        let lost = from.is_some_and(|conn| self.lost.contains(&conn));
+        if let Err(error) =
+            result
+                .map_err(|e| e.to_string())
+                .or_else(|e| if lost { Ok(()) } else { Err(e) })
+        {
             lock(&self.world).violate(
                 "host-contract",
                 format!("room {room} refused {description}: {error}"),
             );
         }
         self.drain(room);
+        if thread_rng().gen_bool(READ_AFTER_INPUT_P) {
+            self.read_views(room);
+        }
+    }
+
+    /// An operator reads the room's history and presence: both must be what the model says.
+    fn read_views(&mut self, room: usize) {
+        let Some(r) = self.rooms.get(&room).and_then(|host| host.room()) else {
+            return;
+        };
+        let mut rng = thread_rng();
+        let (before, limit) = {
+            let w = lock(&self.world);
+            let newest = w.rooms[room].acked.keys().next_back().copied().unwrap_or(0);
+            let reach = w.sc.room.history_retained_max as u64 + 2;
+            let before = rng
+                .gen_bool(0.5)
+                .then(|| (newest + 1).saturating_sub(rng.gen_range(0..=reach)));
+            (before, rng.gen_range(1..=publish::HISTORY_LIMIT))
+        };
+        let page = r.history_page(before, limit);
+        let names = r.presence().count();
+        let joined = self
+            .sockets
+            .values()
+            .filter(|s| s.room == room && s.join.ready && !s.closing)
+            .count();
+        let mut w = lock(&self.world);
+        w.count_fault("reads");
+        publish::check_history(&mut w, room, before, limit, &page);
+        publish::check_presence(&mut w, room, names, joined);
     }
 
     fn drain(&mut self, room: usize) {
@@ -639,6 +805,16 @@ impl Host {
             let mut w = lock(&shared);
             match output {
                 HostOutput::Room(Output::Send { conn, frame }) => {
+                    // Only error frames are parsed for these (a cheap scan first: most frames
+                    // sent to one connection are replays and rosters).
+                    if frame.contains(r#""error""#) {
+                        if shadow::is_rate_limit_error(&frame) {
+                            self.check_refusal(&mut w, conn, now);
+                        } else {
+                            self.check_counted(&mut w, conn, &frame, now);
+                        }
+                    }
+                    self.watch_join(&mut w, room, conn, &frame);
                     moderation::frame_out(&mut w, room, conn, &frame);
                     self.judge_refresh(&shared, &mut w, conn, &frame, now);
                     to_client(&shared, &mut w, conn, ClientEvent::Frame { conn, frame });
@@ -654,12 +830,38 @@ impl Host {
                     }
                 }
                 HostOutput::Room(Output::Close { conn, code, reason }) => {
+                    let corrupted = self.corrupted.remove(&conn);
+                    if corrupted
+                        != (code == model::CLOSE_STATE_LOST.0
+                            && reason == model::CLOSE_STATE_LOST.1)
+                    {
+                        let detail = format!(
+                            "room {room}: {conn:?} closed {code} {reason}; its attachment was \
+                             {}",
+                            if corrupted { "corrupt" } else { "sound" }
+                        );
+                        w.violate("attachment-handling", detail);
+                    }
+                    if let Some(socket) = self.sockets.get_mut(&conn) {
+                        socket.closing = true;
+                    }
                     w.trace(format_args!("r{room} close {conn:?} {code} {reason}"));
                     if code == CLOSE_TOKEN_EXPIRED {
                         tokens::judge_expiry_close(&mut w, conn, now);
                     }
                     to_client(&shared, &mut w, conn, ClientEvent::Closed { conn });
-                    self.inbox.push(HostEvent::Closed { conn });
+                    if corrupted {
+                        // The room holds no session for it: the adapter forgets the socket
+                        // now (a frame or close still in flight finds none, as the Worker's
+                        // `close_lost` does).
+                        self.sockets.remove(&conn);
+                        self.refreshing.remove(&conn);
+                        self.lost.insert(conn);
+                        w.conn_closed(conn);
+                        tokens::forget(&mut w, conn);
+                    } else {
+                        self.inbox.push(HostEvent::Closed { conn });
+                    }
                 }
                 HostOutput::Room(Output::Persist(batch)) => {
                     w.trace(format_args!(
@@ -758,7 +960,9 @@ impl Host {
                 HostOutput::Room(Output::Moderated { request }) => {
                     moderation::moderated(&mut w, room, request.0);
                 }
-                HostOutput::Room(Output::Published { .. }) => {}
+                HostOutput::Room(Output::Published { request, id }) => {
+                    publish::published(&mut w, room, request.0, id);
+                }
                 HostOutput::Hibernated => {
                     w.trace(format_args!("h{} r{room} hibernated", self.index));
                     w.count_fault("hibernated");
@@ -787,15 +991,82 @@ impl Host {
         let Some(socket) = self.sockets.get_mut(&request.conn) else {
             return;
         };
-        let before = socket.shadow;
-        if !socket.shadow.try_accept(now) || socket.shadow.seq != request.seq {
+        if let Err(before) = socket.shadow.asked(request.seq, now.0) {
             w.violate(
                 "rate-limit",
                 format!(
-                    "{:?} had frame {} processed at {} while its limiter was {before:?}",
+                    "{:?} had frame {} processed at {} while its limiter was {before}",
                     request.conn, request.seq, now.0
                 ),
             );
+        }
+    }
+
+    /// The room refused a frame of `conn` with the rate-limit error: the session's limiter
+    /// must not have been open with nothing pending when the frame arrived.
+    fn check_refusal(&mut self, w: &mut World, conn: ConnId, now: Timestamp) {
+        let Some(socket) = self.sockets.get_mut(&conn) else {
+            return;
+        };
+        if let Err(before) = socket.shadow.refused() {
+            w.violate(
+                "open-limiter-admits",
+                format!(
+                    "{conn:?} had a frame refused as rate-limited at {} while its limiter was open \
+                     with nothing pending: {before}",
+                    now.0
+                ),
+            );
+        }
+    }
+
+    /// The room answered a frame of `conn` with a frame error (binary, malformed, too large
+    /// or too long): the frame must have been one action on the limiter, asked just now.
+    fn check_counted(&mut self, w: &mut World, conn: ConnId, frame: &Frame, now: Timestamp) {
+        let Some(socket) = self.sockets.get(&conn) else {
+            return;
+        };
+        let model::Seen::Error(error) = model::parse(frame) else {
+            return;
+        };
+        if model::errors::FRAME_ERRORS.contains(&error.as_str()) && !socket.shadow.just_asked(now.0)
+        {
+            w.violate(
+                "rate-limit",
+                format!(
+                    "{conn:?} got {error:?} at {} for a frame its limiter never counted: {:?}",
+                    now.0, socket.shadow
+                ),
+            );
+        }
+    }
+
+    /// The room sent `frame` to `conn`, not yet joined: the model judges the join's replay
+    /// and its `ready`.
+    fn watch_join(&mut self, w: &mut World, room: usize, conn: ConnId, frame: &Frame) {
+        let Some(socket) = self.sockets.get_mut(&conn).filter(|s| !s.join.ready) else {
+            return;
+        };
+        match model::parse(frame) {
+            model::Seen::Record(id) => socket.join.replay.push(id),
+            model::Seen::Ready { recovered } => {
+                let kind = match recovered {
+                    Some(true) => "join-recovered",
+                    Some(false) => "join-fell-back",
+                    None => "join-fresh",
+                };
+                w.count_fault(kind);
+                let newest = w.rooms[room].acked.keys().next_back().copied().unwrap_or(0);
+                let retained = w.sc.room.history_retained_max as u64;
+                let replay_max = w.sc.room.join_replay_max as u64;
+                let judged = socket
+                    .join
+                    .judge_ready(recovered, newest, retained, replay_max);
+                if let Err(problem) = judged {
+                    w.violate("join-replay", format!("room {room} {conn:?}: {problem}"));
+                }
+            }
+            _ => {}
         }
     }
 
@@ -962,7 +1233,19 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
     let client = &w.clients[index];
     let Some(conn) = client.current.conn else {
         // Connect (again), usually resuming from the last message seen.
-        let since = client.last_seen.filter(|_| rng.gen_bool(0.85));
+        let mut since = client.last_seen.filter(|_| rng.gen_bool(0.85));
+        // Often right at the edge of the room's retained history: one below what it holds
+        // (outside), at it (`since + 1` is the oldest held), or one inside; never beyond
+        // what this client has seen (it would skip messages).
+        let newest = w.rooms[client.room].acked.keys().next_back().copied();
+        if let (Some(seen), Some(newest)) = (since, newest) {
+            let retained = w.sc.room.history_retained_max as u64;
+            let edge = (newest + 1).saturating_sub(retained);
+            if edge >= 2 && rng.gen_bool(0.4) {
+                let pick = edge - 2 + rng.gen_range(0..3);
+                since = Some(pick.min(seen));
+            }
+        }
         let (room, ip, name) = (client.room, client.ip, client.name.clone());
         let (now_ms, settling) = (w.elapsed_ms(), w.settling);
         if w.tokens
@@ -992,9 +1275,23 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
             token,
         };
         to_host(shared, w, conn, connect);
-        to_host(shared, w, conn, join_frame(conn, &name, since));
+        if !settling && rng.gen_bool(0.15) {
+            // Stays unnamed a while (across evictions, crashes, others' chat), then joins.
+            w.clients[index].current.join_at_ms = Some(now_ms + rng.gen_range(1_000..20_000));
+            w.count_fault("join-delayed");
+        } else {
+            to_host(shared, w, conn, join_frame(conn, &name, since));
+        }
         return;
     };
+    if let Some(at) = client.current.join_at_ms {
+        if w.elapsed_ms() >= at {
+            let (name, since) = (client.name.clone(), client.current.since);
+            w.clients[index].current.join_at_ms = None;
+            to_host(shared, w, conn, join_frame(conn, &name, since));
+        }
+        return;
+    }
     if !client.current.ready {
         if client.current.join_rejected {
             let (name, since) = (client.name.clone(), client.current.since);
@@ -1013,10 +1310,16 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
     {
         return;
     }
+    let offset_ms = w.host_offset_ms[room % w.sc.hosts];
+    let lapse = settling
+        && !w.clock_stepped
+        && w.tokens
+            .as_ref()
+            .is_some_and(|t| t.lets_lapse(index, offset_ms, now_ms));
     if let Some(tokens) = w
         .tokens
         .as_mut()
-        .filter(|t| quiet && t.refresh_due(index, now_ms, settling))
+        .filter(|t| quiet && !lapse && t.refresh_due(index, now_ms, settling))
     {
         let token = tokens.mint(&mut rng, index, room, now_ms, settling);
         tokens.held[index].refresh_outstanding = true;
@@ -1036,19 +1339,88 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
             left => left - 1,
         };
         slot.sent += 1;
-        let message = format!("{}#{}", slot.name, slot.sent);
+        let mut message = format!("{}#{}", slot.name, slot.sent);
+        let at_limit = rng.gen_bool(0.06);
+        if at_limit {
+            // Exactly at the limit, characters outside the BMP counting two units.
+            message = pad_to_units(message, model::MESSAGE_UNITS_MAX, &mut rng);
+        }
         let text = format!(r#"{{"message":"{message}"}}"#);
         slot.sent_on.insert(message.clone(), conn);
+        if at_limit {
+            w.count_fault("sent-256-units");
+        }
         tokens::sending(w, conn, &message);
         expect_answer(shared, w, index, conn);
         to_host(shared, w, conn, HostEvent::Text { conn, text });
     } else if roll < 0.58 {
-        let text = format!(r#"{{"message":"{}"}}"#, "x".repeat(300));
+        // Over the limit: well over, or by one unit (a surrogate pair may make it so).
+        let message = if rng.gen_bool(0.3) {
+            "x".repeat(300)
+        } else {
+            pad_to_units("x".into(), model::MESSAGE_UNITS_MAX + 1, &mut rng)
+        };
+        let text = format!(r#"{{"message":"{message}"}}"#);
+        w.clients[index].current.errors.too_long.0 += 1;
         expect_answer(shared, w, index, conn);
         to_host(shared, w, conn, HostEvent::Text { conn, text });
     } else if roll < 0.66 && w.fault_on(FaultKind::Disconnect) {
         w.clients[index].inbox.push(ClientEvent::Disconnect);
+    } else if (0.66..0.69).contains(&roll) {
+        send_malformed(shared, w, index, conn, &mut rng);
     }
+}
+
+/// `message` padded to exactly `units` UTF-16 units with `x` and U+1F600 (two units each).
+pub(crate) fn pad_to_units(mut message: String, units: usize, rng: &mut impl Rng) -> String {
+    message.push(' ');
+    let mut len = model::utf16_units(&message);
+    while len < units {
+        if units - len >= 2 && rng.gen_bool(0.5) {
+            message.push('\u{1F600}');
+            len += 2;
+        } else {
+            message.push('x');
+            len += 1;
+        }
+    }
+    message
+}
+
+/// A frame the protocol answers with an error of its own: binary, not a JSON object, a
+/// message that is not a string, or over 4 KiB. Each is one action and one answer.
+fn send_malformed(shared: &Shared, w: &mut World, index: usize, conn: ConnId, rng: &mut impl Rng) {
+    w.count_fault("sent-malformed");
+    let errors = &mut w.clients[index].current.errors;
+    let event = match rng.gen_range(0..8) {
+        0..=2 => {
+            errors.binary.0 += 1;
+            w.count_fault("sent-binary");
+            HostEvent::Binary { conn }
+        }
+        3..=4 => {
+            errors.not_object.0 += 1;
+            let text = ["hello", "[1,2]", "{", ""][rng.gen_range(0..4)].to_owned();
+            HostEvent::Text { conn, text }
+        }
+        5..=6 => {
+            errors.not_message.0 += 1;
+            let text = [
+                r#"{"message":5}"#,
+                r#"{"message":null}"#,
+                r#"{"text":"hi"}"#,
+            ][rng.gen_range(0..3)]
+            .to_owned();
+            HostEvent::Text { conn, text }
+        }
+        _ => {
+            errors.too_large.0 += 1;
+            let text = format!(r#"{{"message":"{}"}}"#, "y".repeat(4_200));
+            HostEvent::Text { conn, text }
+        }
+    };
+    expect_answer(shared, w, index, conn);
+    to_host(shared, w, conn, event);
 }
 
 /// A chat frame is about to be sent on `conn`: it must be answered (echo or error) within
@@ -1104,7 +1476,14 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
     if let Some(error) = parsed.error {
         w.trace(format_args!("u{index} {conn:?} <- error {error}"));
         if let Some(tokens) = w.tokens.as_mut() {
-            tokens.held[index].refresh_outstanding = false;
+            let held = &mut tokens.held[index];
+            // A refresh goes out alone, so this error refuses it (for the rate limit, say):
+            // the connection still holds its fault-phase token, which must be refreshed
+            // again once settled (minting the refusal's token did not replace it).
+            if held.refresh_outstanding {
+                held.short = true;
+            }
+            held.refresh_outstanding = false;
         }
         if error == AuthError::ReadOnly.to_string() {
             w.count_fault("auth-read-only-refused");
@@ -1116,6 +1495,12 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
             }
             return;
         }
+        if let Err(problem) = current.errors.received(&error) {
+            let detail = format!("room {room}: u{index} on {conn:?}: {problem}");
+            w.violate("refusals-deserved", detail);
+            return;
+        }
+        let current = &mut w.clients[index].current;
         if error == ERROR_STORAGE_UNAVAILABLE {
             current.storage_errors += 1;
             if !w.sc.faulty_rooms.contains(&room) {
@@ -1180,6 +1565,11 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
             .unwrap_or_default()
     };
     let (text, name) = (field("message"), field("name"));
+    if model::utf16_units(&text) > model::MESSAGE_UNITS_MAX {
+        let detail = format!("room {room}: u{index} saw id {id}, over the length limit");
+        w.violate("refusals-deserved", detail);
+        return;
+    }
     tokens::judge_message(w, room, &text, &name, "is seen");
     let oracle = &mut w.rooms[room];
     if oracle.refused.contains(&text) {
@@ -1317,6 +1707,8 @@ pub(crate) async fn supervise(world: Shared) {
     if sc.moderation {
         madsim::task::spawn(moderation::moderator_main(world.clone(), sc.fault_ms));
     }
+    madsim::task::spawn(publish::publisher_main(world.clone(), sc.fault_ms));
+    madsim::task::spawn(crate::counters::counter_main(world.clone(), sc.fault_ms));
 
     // Faults.
     let kinds: Vec<FaultKind> = sc

@@ -68,6 +68,9 @@ pub enum Grant {
     Nothing,
 }
 
+/// How soon (true ms) a settled client's token must expire for it to let it lapse.
+const LAPSE_WITHIN_MS: i64 = 60_000;
+
 /// When a client refreshes its token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refresh {
@@ -136,6 +139,8 @@ pub struct Held {
     pub refresh_outstanding: bool,
     /// True ms before which it does not connect again (after a refusal).
     pub retry_at_ms: u64,
+    /// When the latest token minted stops being valid, on the room's clock (ms).
+    pub valid_until_ms: u64,
 }
 
 /// Auth in one run: the policy the rooms run with, what was minted, and the oracle's state.
@@ -279,6 +284,7 @@ impl Tokens {
             },
         );
         let held = &mut self.held[client];
+        held.valid_until_ms = exp_secs * 1_000 + self.scenario.leeway_ms;
         held.short = !settling;
         held.refresh_outstanding = false;
         held.refresh_at_ms = match plan.refresh {
@@ -310,6 +316,20 @@ impl Tokens {
             return held.short;
         }
         held.refresh_at_ms.is_some_and(|at| now_ms >= at)
+    }
+
+    /// Whether `client`, once settled, lets its fault-phase token lapse instead of
+    /// refreshing it: a client that never refreshes, whose token expires on its room's clock
+    /// (offset `offset_ms` from true time, steady: the caller checks no clock stepped)
+    /// within a minute of true time `now_ms`. Its room, quiet and often hibernated by then,
+    /// must wake to close it 4001 (`auth-expired-closed`); it reconnects with a fresh token
+    /// long before the run ends.
+    pub fn lets_lapse(&self, client: usize, offset_ms: i64, now_ms: u64) -> bool {
+        let held = &self.held[client];
+        let until_true = held.valid_until_ms as i64 - EPOCH_MS as i64 - offset_ms;
+        self.plans[client].refresh == Refresh::Never
+            && held.short
+            && until_true <= now_ms as i64 + LAPSE_WITHIN_MS
     }
 
     /// The first instant `token` is invalid on the room's clock, by the rule.

@@ -218,6 +218,11 @@ pub enum HostEvent {
         /// The frame.
         text: String,
     },
+    /// A binary frame (its bytes do not matter: the protocol is text).
+    Binary {
+        /// From.
+        conn: ConnId,
+    },
     /// The socket closed (either end) or broke.
     Closed {
         /// Which.
@@ -261,6 +266,15 @@ pub enum HostEvent {
     Probe {
         /// Which.
         room: usize,
+    },
+    /// The HTTP publish route asks `room` to publish `message` (as the publisher).
+    Publish {
+        /// Which.
+        room: usize,
+        /// The request's id.
+        request: u64,
+        /// The text.
+        message: String,
     },
     /// The admin API asks `room` to moderate.
     Moderate {
@@ -356,6 +370,10 @@ pub struct ConnInfo {
 pub struct ClientConn {
     /// The connection.
     pub conn: Option<ConnId>,
+    /// What it sent that must be refused, and what was (the room model's error check).
+    pub errors: crate::model::ErrorBook,
+    /// Its join is held back until this true ms (the socket stays unnamed until then).
+    pub join_at_ms: Option<u64>,
     /// The `since` it joined with.
     pub since: Option<u64>,
     /// Whether `ready` arrived.
@@ -516,6 +534,8 @@ pub struct World {
     pub storage_free_at: Vec<Duration>,
     /// What the oracle knows, per room.
     pub rooms: Vec<RoomOracle>,
+    /// Publishes asked, by request id: the room and the text.
+    pub publishes: BTreeMap<u64, (usize, String)>,
     /// Frames accepted per IP (virtual ms, connection), for the window bound.
     pub accepts: BTreeMap<IpAddr, Vec<(u64, ConnId)>>,
     /// Zero-wait answers per IP, in the limiter's clamped clock.
@@ -675,6 +695,7 @@ impl World {
             storage_free_at: vec![Duration::ZERO; sc.hosts],
             rooms: vec![RoomOracle::default(); sc.rooms],
             accepts: BTreeMap::new(),
+            publishes: BTreeMap::new(),
             zero_answers: BTreeMap::new(),
             faults: BTreeMap::new(),
             violation: None,
@@ -1356,16 +1377,18 @@ impl World {
     /// last in the window. Hence: accepted frames ≤ `burst_max(window)` + sessions. This
     /// needs steady clocks and answers that arrive (a session re-asks after a lost answer),
     /// so it is checked only in runs without clock steps and limiter loss or partitions; the
-    /// per-session check in the host (a shadow [`SessionLimiter`]) holds in every run.
+    /// per-session check in the host (the oracle's [`SessionModel`]) holds in every run.
     ///
-    /// [`SessionLimiter`]: edgechat_core::limiter::SessionLimiter
+    /// [`SessionModel`]: crate::shadow::SessionModel
     fn check_rate_limits(&mut self) {
         let config = self.limiter_config;
         for (ip, answers) in &self.zero_answers {
             for i in 0..answers.len() {
                 for j in i..answers.len() {
                     let window = answers[j] - answers[i];
-                    if (j - i + 1) as u64 > config.burst_max(window) {
+                    if (j - i + 1) as u64
+                        > crate::shadow::burst_max(config.cost_ms, config.grace_ms, window)
+                    {
                         let detail = format!(
                             "limiter gave {ip} {} zero waits within {window} ms",
                             j - i + 1
@@ -1386,7 +1409,8 @@ impl World {
                 for j in i..accepts.len() {
                     sessions.insert(accepts[j].1);
                     let window = accepts[j].0 - accepts[i].0;
-                    let allowed = config.burst_max(window) + sessions.len() as u64;
+                    let allowed = crate::shadow::burst_max(config.cost_ms, config.grace_ms, window)
+                        + sessions.len() as u64;
                     if (j - i + 1) as u64 > allowed {
                         problem = Some(format!(
                             "{ip} had {} frames accepted within {window} ms over {} sessions \
