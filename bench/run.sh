@@ -10,6 +10,7 @@
 #   DURATION=20 REPEAT=3 bench/run.sh fanout
 #   SERVER=/tmp/old/target/release/edgechat bench/run.sh fanout-open   # A/B another build
 #   BENCH=/tmp/old/target/release/edgechat-bench bench/run.sh fanout     # A/B another generator
+#   NO_BUILD=1 SERVER=… BENCH=… bench/run.sh idle-rooms   # binaries built elsewhere: no cargo
 #   bench/run.sh peers <workers-chat-demo checkout>   # issue 15's peers (bench/peers/run.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,7 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="bench-results/$STAMP"
 mkdir -p "$OUT"
 
-cargo build --release -q -p edgechat-server -p edgechat-bench
+[ -n "${NO_BUILD-}" ] || cargo build --release -q -p edgechat-server -p edgechat-bench
 # SERVER=<path to another edgechat binary> compares builds with the same generator.
 SERVER=${SERVER:-target/release/edgechat}
 # BENCH=<path to another edgechat-bench binary> compares generators against the same server.

@@ -44,6 +44,8 @@ pub struct IdleConfig {
     pub prefix: String,
     /// Waves the connections open in, hibernating every room after each.
     pub waves: u64,
+    /// How long the connections stay open after the last reading (for a heap profiler).
+    pub hold: Duration,
 }
 
 /// Runs the scenario and returns its report.
@@ -143,6 +145,10 @@ pub async fn run(target: Arc<Target>, config: IdleConfig) -> anyhow::Result<serd
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
+    if !config.hold.is_zero() {
+        eprintln!("holding {} connections for {:?}", open, config.hold);
+        tokio::time::sleep(config.hold).await;
+    }
     hold_tx.send_replace(false);
     for task in tasks {
         let _ = task.await;

@@ -171,6 +171,10 @@ struct IdleArgs {
     /// Seconds to let the server settle before each RSS reading.
     #[arg(long, default_value_t = 2.0)]
     settle: f64,
+    /// Seconds to keep every connection open after the last reading (every room
+    /// hibernated), so that a heap profiler can look at the server in that state.
+    #[arg(long, default_value_t = 0.0)]
+    hold: f64,
 }
 
 fn seconds(value: f64, what: &str) -> anyhow::Result<Duration> {
@@ -309,6 +313,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 hibernate_wait: seconds(args.hibernate_wait, "--hibernate-wait")?,
                 concurrency: args.concurrency,
                 settle: seconds(args.settle, "--settle")?,
+                hold: if args.hold == 0.0 {
+                    Duration::ZERO
+                } else {
+                    seconds(args.hold, "--hold")?
+                },
                 prefix,
                 waves: args.waves,
             };

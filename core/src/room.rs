@@ -479,7 +479,9 @@ struct InFlight {
 #[derive(Debug)]
 pub struct Room {
     config: RoomConfig,
-    sessions: BTreeMap<ConnId, Session>,
+    /// Boxed: a map's node holds 11 entries, so a room with one session would otherwise
+    /// carry room for 11 whole sessions (about 2 KB) while it is resident.
+    sessions: BTreeMap<ConnId, Box<Session>>,
     /// Joined connections in roster order; `None` after the roster changed.
     roster_cache: Option<Arc<[ConnId]>>,
     /// Durable, broadcast messages, oldest first; consecutive ids.
@@ -604,14 +606,14 @@ impl Room {
                     };
                     room.sessions.insert(
                         conn,
-                        Session {
+                        Box::new(Session {
                             ip: attachment.ip,
                             phase,
                             limiter,
                             joined_frame,
                             identity: attachment.identity,
                             held: HeldFrames::default(),
-                        },
+                        }),
                     );
                 }
                 Err(_) => room.outputs.push_back(Output::Close {
@@ -682,7 +684,7 @@ impl Room {
             identity: None,
             held: HeldFrames::default(),
         };
-        self.sessions.insert(conn, session);
+        self.sessions.insert(conn, Box::new(session));
         self.push_attachment(conn);
         self.refuse_banned_ip(conn, ip, now);
         Ok(())

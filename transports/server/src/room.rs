@@ -62,17 +62,13 @@ const ROOM_INBOX_LEN: usize = 1_024;
 const INPUTS_PER_TURN_MAX: usize = 64;
 
 /// A message to a room task.
+///
+/// Kept small (the rarer, larger messages are boxed): a room's inbox allocates room for 32
+/// messages when it opens, so every resident room pays for the size 32 times.
 #[derive(Debug)]
 pub(crate) enum RoomMsg {
     /// A WebSocket was accepted; `ack` answers once the room holds it.
-    Connect {
-        conn: ConnId,
-        ip: IpAddr,
-        /// The verified user, when the upgrade carried a valid token.
-        identity: Option<Identity>,
-        writer: Arc<ConnWriter>,
-        ack: oneshot::Sender<()>,
-    },
+    Connect(Box<Connect>),
     /// A text frame from `conn`.
     Text { conn: ConnId, text: String },
     /// A binary frame from `conn`.
@@ -80,11 +76,7 @@ pub(crate) enum RoomMsg {
     /// `conn` closed or broke.
     Closed { conn: ConnId },
     /// Publish as a system user; answered with the id once durable.
-    Publish {
-        name: String,
-        message: String,
-        reply: oneshot::Sender<Result<u64, PublishError>>,
-    },
+    Publish(Box<Publish>),
     /// A page of history, newest first.
     History {
         query: HistoryQuery,
@@ -93,10 +85,7 @@ pub(crate) enum RoomMsg {
     /// The joined users' names.
     Presence { reply: oneshot::Sender<Vec<String>> },
     /// A moderation action of the admin API; answered once it is durable and in force.
-    Moderate {
-        action: ModAction,
-        reply: oneshot::Sender<Result<(), ModError>>,
-    },
+    Moderate(Box<Moderate>),
     /// Everything the admin API shows of the room.
     Inspect { reply: oneshot::Sender<RoomView> },
     /// The room's figures for the admin API's list, without restoring it if evicted.
@@ -108,6 +97,32 @@ pub(crate) enum RoomMsg {
     /// Something was due when the room was evicted (a token expiry, see
     /// `RoomHost::wake_at`): restore it and let it act.
     Wake,
+}
+
+/// [`RoomMsg::Connect`]: a WebSocket was accepted; `ack` answers once the room holds it.
+#[derive(Debug)]
+pub(crate) struct Connect {
+    pub conn: ConnId,
+    pub ip: IpAddr,
+    /// The verified user, when the upgrade carried a valid token.
+    pub identity: Option<Identity>,
+    pub writer: Arc<ConnWriter>,
+    pub ack: oneshot::Sender<()>,
+}
+
+/// [`RoomMsg::Publish`]: publish as a system user; answered with the id once durable.
+#[derive(Debug)]
+pub(crate) struct Publish {
+    pub name: String,
+    pub message: String,
+    pub reply: oneshot::Sender<Result<u64, PublishError>>,
+}
+
+/// [`RoomMsg::Moderate`]: an admin API action; answered once it is durable and in force.
+#[derive(Debug)]
+pub(crate) struct Moderate {
+    pub action: ModAction,
+    pub reply: oneshot::Sender<Result<(), ModError>>,
 }
 
 /// A room's figures for the admin API's list of rooms.
@@ -260,7 +275,19 @@ impl Rooms {
 
 /// Where a room task's replies arrive.
 struct Replies {
-    durable: mpsc::UnboundedReceiver<(BatchId, bool)>,
+    /// Storage's confirmations; opened with the room's first batch (a room that only sees
+    /// joins and leaves never writes, and a channel is most of a kilobyte).
+    durable: Option<mpsc::UnboundedReceiver<(BatchId, bool)>>,
+}
+
+impl Replies {
+    /// The next confirmation; never ready while no batch was ever written.
+    async fn durable(&mut self) -> Option<(BatchId, bool)> {
+        match &mut self.durable {
+            Some(durable) => durable.recv().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// One open connection, as the room task sees it.
@@ -312,7 +339,6 @@ fn spawn(rooms: Arc<Rooms>, id: ObjectId, start: RoomStart) {
             (conn, socket)
         })
         .collect();
-    let (durable, durable_rx) = mpsc::unbounded_channel();
     let settings = &context.settings;
     let task = RoomTask {
         backlog_max: settings.outbound_queue_len.max(1),
@@ -321,17 +347,18 @@ fn spawn(rooms: Arc<Rooms>, id: ObjectId, start: RoomStart) {
         rooms,
         id,
         sockets,
-        durable,
+        durable: None,
+        durable_opened: None,
         publishes: BTreeMap::new(),
         moderations: BTreeMap::new(),
         next_publish: 1,
         counted_resident: false,
         stopping: Vec::new(),
     };
-    let replies = Replies {
-        durable: durable_rx,
-    };
-    tokio::spawn(task.run(inbox, replies, pending));
+    let replies = Replies { durable: None };
+    // Boxed: the task's future then holds a pointer, not the whole state (which an async
+    // fn's arguments would otherwise occupy twice), in every resident room.
+    tokio::spawn(Box::new(task).run(inbox, replies, pending));
 }
 
 struct RoomTask {
@@ -344,8 +371,10 @@ struct RoomTask {
     /// Most frames from earlier turns a connection may leave unwritten after a flush (a
     /// turn's own frames, such as a join's roster and history, never count against it).
     backlog_max: usize,
-    /// Storage settles batches here.
-    durable: mpsc::UnboundedSender<(BatchId, bool)>,
+    /// Storage settles batches here (opened with the first batch).
+    durable: Option<mpsc::UnboundedSender<(BatchId, bool)>>,
+    /// Its receiving end, just opened, for the loop to take into its [`Replies`].
+    durable_opened: Option<mpsc::UnboundedReceiver<(BatchId, bool)>>,
     publishes: BTreeMap<PublishId, oneshot::Sender<Result<u64, PublishError>>>,
     /// Moderation requests waiting for storage (their ids share `next_publish`).
     moderations: BTreeMap<PublishId, oneshot::Sender<Result<(), ModError>>>,
@@ -357,7 +386,7 @@ struct RoomTask {
 
 impl RoomTask {
     async fn run(
-        mut self,
+        mut self: Box<Self>,
         mut inbox: mpsc::Receiver<RoomMsg>,
         mut replies: Replies,
         pending: Vec<RoomMsg>,
@@ -368,6 +397,9 @@ impl RoomTask {
         }
         self.drain_outputs();
         loop {
+            if let Some(opened) = self.durable_opened.take() {
+                replies.durable = Some(opened);
+            }
             // While a deferred eviction waits for a batch, the confirmation will wake the
             // loop; re-arming an already past deadline would only spin.
             let timeout = match self.host.room() {
@@ -376,9 +408,11 @@ impl RoomTask {
             };
             tokio::select! {
                 biased;
-                Some((batch, durable)) = replies.durable.recv() => {
+                Some((batch, durable)) = replies.durable() => {
                     self.handle_reply(RoomReply::Settled(batch, durable)).await;
-                    while let Ok((batch, durable)) = replies.durable.try_recv() {
+                    while let Some(Ok((batch, durable))) =
+                        replies.durable.as_mut().map(mpsc::UnboundedReceiver::try_recv)
+                    {
                         self.handle_reply(RoomReply::Settled(batch, durable)).await;
                     }
                 }
@@ -415,13 +449,14 @@ impl RoomTask {
 
     async fn handle_msg(&mut self, msg: RoomMsg) {
         match msg {
-            RoomMsg::Connect {
-                conn,
-                ip,
-                identity,
-                writer,
-                ack,
-            } => {
+            RoomMsg::Connect(connect) => {
+                let Connect {
+                    conn,
+                    ip,
+                    identity,
+                    writer,
+                    ack,
+                } = *connect;
                 // Restore first: the new connection is not part of the hibernated state.
                 if !self.ensure_resident().await {
                     return; // dropping `ack` tells the connection the room is unavailable
@@ -462,11 +497,12 @@ impl RoomTask {
                     }
                 }
             }
-            RoomMsg::Publish {
-                name,
-                message,
-                reply,
-            } => {
+            RoomMsg::Publish(publish) => {
+                let Publish {
+                    name,
+                    message,
+                    reply,
+                } = *publish;
                 if !self.ensure_resident().await {
                     return;
                 }
@@ -482,7 +518,8 @@ impl RoomTask {
                     }
                 }
             }
-            RoomMsg::Moderate { action, reply } => {
+            RoomMsg::Moderate(moderate) => {
+                let Moderate { action, reply } = *moderate;
                 if !self.ensure_resident().await {
                     return;
                 }
@@ -722,7 +759,15 @@ impl RoomTask {
                 }
             }
             Output::Persist(batch) => {
-                let durable = self.durable.clone();
+                let opened = &mut self.durable_opened;
+                let durable = self
+                    .durable
+                    .get_or_insert_with(|| {
+                        let (durable, receiver) = mpsc::unbounded_channel();
+                        *opened = Some(receiver);
+                        durable
+                    })
+                    .clone();
                 let id = batch.id;
                 self.rooms.context.store.write(
                     self.id,
@@ -831,33 +876,35 @@ impl RoomTask {
 
     /// Hands over: messages that raced with the retirement, and any that arrive meanwhile,
     /// go to a new task in order; the sockets stay in the registry as a dormant room.
-    async fn retire(self, mut inbox: mpsc::Receiver<RoomMsg>) {
+    async fn retire(self: Box<Self>, mut inbox: mpsc::Receiver<RoomMsg>) {
         let wake_at = self.host.wake_at().filter(|_| !self.sockets.is_empty());
         self.rooms.registry.begin_retiring(self.id, &mut inbox);
         let mut leftovers = Vec::new();
         while let Some(msg) = inbox.recv().await {
             leftovers.push(msg);
         }
-        let metrics = &self.rooms.context.metrics;
+        // No await from here on: the unboxed state never enters the future.
+        let this = *self;
+        let metrics = &this.rooms.context.metrics;
         dec(&metrics.room_tasks);
-        if self.counted_resident {
+        if this.counted_resident {
             dec(&metrics.rooms_resident);
         } else {
             dec(&metrics.rooms_hibernated);
         }
-        let dormant = (!self.sockets.is_empty()).then(|| {
+        let dormant = (!this.sockets.is_empty()).then(|| {
             // A dormant room counts as hibernated (until a task wakes from it).
             inc(&metrics.rooms_hibernated);
             DormantRoom {
-                sockets: self
+                sockets: this
                     .sockets
                     .into_iter()
                     .map(|(conn, socket)| (conn, socket.writer, socket.attachment.into()))
                     .collect(),
             }
         });
-        let rooms = self.rooms.clone();
-        let id = self.id;
+        let rooms = this.rooms.clone();
+        let id = this.id;
         rooms
             .registry
             .finish_retiring(id, dormant, leftovers, |start| {
@@ -874,5 +921,17 @@ impl RoomTask {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A room's inbox allocates 32 messages' worth when it opens: a message that grows
+    /// (a new variant carrying more than a pointer and a `String`) grows every resident room.
+    #[test]
+    fn a_room_message_stays_small() {
+        assert!(std::mem::size_of::<RoomMsg>() <= 40);
     }
 }

@@ -33,7 +33,7 @@ use crate::counter::{CounterMsg, Counters};
 use crate::error::OpenError;
 use crate::limiter::Limiters;
 use crate::metrics::Metrics;
-use crate::room::{RoomContext, RoomMsg, RoomSettings, Rooms};
+use crate::room::{Moderate, Publish, RoomContext, RoomMsg, RoomSettings, Rooms};
 use crate::socket::{ConnectionGuard, SocketContext, SocketSettings};
 use crate::store::Store;
 
@@ -703,11 +703,11 @@ impl Handle {
         message: String,
     ) -> Option<Result<u64, PublishError>> {
         let (reply, answer) = oneshot::channel();
-        let msg = RoomMsg::Publish {
+        let msg = RoomMsg::Publish(Box::new(Publish {
             name,
             message,
             reply,
-        };
+        }));
         self.ask_room(room, msg, answer).await
     }
 
@@ -718,8 +718,8 @@ impl Handle {
         action: ModAction,
     ) -> Option<Result<(), ModError>> {
         let (reply, answer) = oneshot::channel();
-        self.ask_room(room, RoomMsg::Moderate { action, reply }, answer)
-            .await
+        let msg = RoomMsg::Moderate(Box::new(Moderate { action, reply }));
+        self.ask_room(room, msg, answer).await
     }
 
     /// What the admin API shows of `room`; `None` if the room could not answer.

@@ -34,7 +34,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::conn::{self, ConnIo, ConnWriter, Io, Split};
 use crate::metrics::{dec, inc, Metrics};
 use crate::objects::Route;
-use crate::room::{RoomMsg, Rooms};
+use crate::room::{Connect, RoomMsg, Rooms};
 
 /// A WebSocket as tungstenite reads it (its writes go to the shared writer).
 type WebSocket = WebSocketStream<ConnIo>;
@@ -150,13 +150,13 @@ pub(crate) async fn serve(
     tokio::pin!(write_side);
 
     let (ack, acked) = oneshot::channel();
-    let connect = RoomMsg::Connect {
+    let connect = RoomMsg::Connect(Box::new(Connect {
         conn,
         ip,
         identity,
         writer: writer.clone(),
         ack,
-    };
+    }));
     let rooms = &context.rooms;
     let joined = rooms.send(room, connect).await.is_ok() && acked.await.is_ok();
     let mut write_done = false;
