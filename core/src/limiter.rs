@@ -463,6 +463,23 @@ mod tests {
     }
 
     #[test]
+    fn a_limiter_outgrows_its_reservation_only_beyond_it() {
+        let config = RateLimiterConfig::default();
+        let stored = RateLimiterState {
+            next_allowed: Timestamp(1_010_000),
+            latest_now: Timestamp(1_000_000),
+        };
+        let now = Timestamp(1_000_000);
+        // Exactly at the stored time it is not looser: no write needed.
+        assert!(!RateLimiter::from_state(config, stored).outgrows(&stored, now));
+        let beyond = RateLimiterState {
+            next_allowed: Timestamp(1_010_001),
+            ..stored
+        };
+        assert!(RateLimiter::from_state(config, beyond).outgrows(&stored, now));
+    }
+
+    #[test]
     fn a_zero_cost_limiter_is_never_waited_for() {
         let mut limiter = RateLimiter::new(RateLimiterConfig {
             cost_ms: 0,
