@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of edgechat-core (issue 18): a standing measurement, run by hand, not in CI.
 #
-#   core/mutants/run.sh [--tag NAME] [--shard K/N] [--stage 1|2|both] [FILE...]
+#   core/mutants/run.sh [--tag NAME] [--shard K/N] [--stage 1|2|both|recheck] [FILE...]
 #
 # Stage 1 runs every mutant of the chosen core files (default: all of core/src but the test
 # harness) against core's own unit tests (`cargo test -p edgechat-core --lib`; dependencies
@@ -9,7 +9,9 @@
 # against the simulator's CI seeds (`cargo test -p sim --test sim seeds_hold_every_invariant`,
 # seeds 0..2500). Each stage writes cargo-mutants' own output under
 # $CARGO_TARGET_DIR/mutants/<tag>/ and a summary (counts per file, the survivors' names) to
-# core/mutants/results/<tag>.stage<N>.md, which is committed.
+# core/mutants/results/<tag>.stage<N>.md, which is committed. `--stage recheck` runs stage 1's
+# survivors again against core's tests as they are now (after new tests were written for
+# them), into results/<tag>.stagerecheck.md.
 #
 # The mutants are applied in place (cargo-mutants' --in-place), so run it in a worktree of its
 # own: the files it mutates are rewritten and restored, and an edit made meanwhile would be
@@ -95,16 +97,33 @@ if [ "$stage" = 1 ] || [ "$stage" = both ]; then
     summarise 1 "$out/stage1"
 fi
 
-if [ "$stage" = 2 ] || [ "$stage" = both ]; then
+# Sets `regexes` to select exactly stage 1's survivors.
+survivors() {
     missed=$out/stage1/mutants.out/missed.txt
-    if [ ! -s "$missed" ]; then echo "stage 2: no survivors"; exit 0; fi
-    # One regex per survivor, matched against the names `--list` shows.
     regexes=()
+    [ -s "$missed" ] || return 0
+    # One regex per survivor, matched against the names `--list` shows,
     while IFS= read -r name; do
         regexes+=(-F "^$(printf '%s' "$name" | sed 's/[][\.*^$()+?{}|]/\\&/g')\$")
     done < "$missed"
     # and their files (cargo-mutants 27 lets "delete field" mutants past -F).
     for f in $(cut -d: -f1 "$missed" | sort -u); do regexes+=(-f "$f"); done
+}
+
+if [ "$stage" = recheck ]; then
+    survivors
+    if [ ${#regexes[@]} -eq 0 ]; then echo "recheck: no survivors"; exit 0; fi
+    start=$(date +%s)
+    nice -n 19 cargo mutants "${common[@]}" "$optimised_deps" "${regexes[@]}" \
+        --timeout 90 --build-timeout 600 --cargo-test-arg=--lib \
+        -o "$out/stagerecheck" || true
+    echo "recheck: $(( $(date +%s) - start )) s"
+    summarise recheck "$out/stagerecheck"
+fi
+
+if [ "$stage" = 2 ] || [ "$stage" = both ]; then
+    survivors
+    if [ ${#regexes[@]} -eq 0 ]; then echo "stage 2: no survivors"; exit 0; fi
     start=$(date +%s)
     nice -n 19 cargo mutants "${common[@]}" "${regexes[@]}" \
         --timeout 900 --build-timeout 900 \
