@@ -426,6 +426,60 @@ mod tests {
     }
 
     #[test]
+    fn burst_max_counts_the_zero_wait_answers_of_a_burst() {
+        let config = RateLimiterConfig::default();
+        // At one instant: the grace holds four costs (the module's "burst of four").
+        assert_eq!(config.burst_max(0), 4);
+        let mut limiter = RateLimiter::new(config);
+        let passed = (0..10)
+            .filter(|_| limiter.handle_action(Timestamp(1_000_000)) == 0)
+            .count() as u64;
+        assert_eq!(passed, config.burst_max(0));
+        // Each further cost of window adds one.
+        assert_eq!(config.burst_max(10_000), 6);
+    }
+
+    #[test]
+    fn only_a_zero_cost_limiter_never_waits() {
+        assert!(!RateLimiterConfig::default().never_waits());
+        let free = RateLimiterConfig {
+            cost_ms: 0,
+            grace_ms: 20_000,
+        };
+        assert!(free.never_waits());
+    }
+
+    #[test]
+    fn a_reservation_is_one_cost_and_the_reserve_ahead() {
+        let mut limiter = RateLimiter::new(RateLimiterConfig::default());
+        limiter.handle_action(Timestamp(1_000_000));
+        let reserved = limiter.reservation();
+        // Next allowed 1_005_000, plus one cost (5 s) and RESERVE_MS: no stricter than that.
+        assert_eq!(
+            reserved.next_allowed,
+            Timestamp(1_005_000 + 5_000 + RESERVE_MS)
+        );
+        assert_eq!(reserved.latest_now, Timestamp(1_000_000));
+    }
+
+    #[test]
+    fn a_limiter_outgrows_its_reservation_only_beyond_it() {
+        let config = RateLimiterConfig::default();
+        let stored = RateLimiterState {
+            next_allowed: Timestamp(1_010_000),
+            latest_now: Timestamp(1_000_000),
+        };
+        let now = Timestamp(1_000_000);
+        // Exactly at the stored time it is not looser: no write needed.
+        assert!(!RateLimiter::from_state(config, stored).outgrows(&stored, now));
+        let beyond = RateLimiterState {
+            next_allowed: Timestamp(1_010_001),
+            ..stored
+        };
+        assert!(RateLimiter::from_state(config, beyond).outgrows(&stored, now));
+    }
+
+    #[test]
     fn a_zero_cost_limiter_is_never_waited_for() {
         let mut limiter = RateLimiter::new(RateLimiterConfig {
             cost_ms: 0,

@@ -423,6 +423,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_adapters_message_limit_leaves_room_for_the_decoders_answer() {
+        // A frame over 4 KiB but far under the message limit must reach the decoder and get
+        // `Frame too large.` (PROTOCOL.md), not a 1009 close from the adapter.
+        let (message_max, frame_max) = (WS_MESSAGE_LEN_MAX_BYTES, CLIENT_FRAME_LEN_MAX_BYTES);
+        assert!(
+            message_max >= 16 * frame_max,
+            "{message_max} vs {frame_max}"
+        );
+    }
+
+    #[test]
     fn decodes_join_frames() {
         let cases: &[(&str, Result<ClientFrame, FrameError>)] = &[
             (r#"{"name":"alice"}"#, Ok(join("alice", None))),
@@ -500,6 +511,29 @@ mod tests {
             decode_client_frame(&nested, Expecting::Message),
             Err(FrameError::Malformed)
         );
+    }
+
+    #[test]
+    fn a_frame_of_exactly_the_limit_is_parsed() {
+        // JSON whitespace pads a valid join frame to the byte limit, then one byte over it.
+        let frame = |len: usize| format!(r#"{{"name":"a"{}}}"#, " ".repeat(len - 12));
+        assert_eq!(
+            frame(CLIENT_FRAME_LEN_MAX_BYTES).len(),
+            CLIENT_FRAME_LEN_MAX_BYTES
+        );
+        assert_eq!(
+            decode_client_frame(&frame(CLIENT_FRAME_LEN_MAX_BYTES), Expecting::Join),
+            Ok(join("a", None))
+        );
+        assert_eq!(
+            decode_client_frame(&frame(CLIENT_FRAME_LEN_MAX_BYTES + 1), Expecting::Join),
+            Err(FrameError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn a_message_text_reads_back_as_written() {
+        assert_eq!(MessageText::parse("hi 😀").unwrap().as_str(), "hi 😀");
     }
 
     #[test]
