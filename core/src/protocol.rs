@@ -355,16 +355,19 @@ impl ChatMessage {
     }
 }
 
-/// The id of a stored record: a chat message's, or a change record's (a deletion, an edit,
-/// a tombstone; see [`crate::moderation::ChangeRecord`]). `None` for any other frame.
-pub fn record_id(frame: &str) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct Id {
-        id: u64,
+/// The id and time of a stored record: a chat message's `id` and `timestamp`, or a change
+/// record's `id` and `at` (a deletion, an edit, a tombstone; see
+/// [`crate::moderation::ChangeRecord`]). `None` for any other frame.
+pub fn record_id_and_time(frame: &str) -> Option<(u64, Timestamp)> {
+    use crate::moderation::ChangeRecord;
+    if let Ok(message) = ChatMessage::decode(frame) {
+        return Some((message.id, message.timestamp));
     }
-    serde_json::from_str::<Id>(frame)
-        .ok()
-        .map(|record| record.id)
+    match ChangeRecord::decode(frame)? {
+        ChangeRecord::Deleted { id, at, .. } | ChangeRecord::Edited { id, at, .. } => {
+            Some((id, at))
+        }
+    }
 }
 
 #[derive(Serialize)]

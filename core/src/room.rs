@@ -26,7 +26,7 @@ use crate::auth::Identity;
 use crate::limiter::{SessionLimiter, SessionLimiterState, VerdictRequest};
 use crate::moderation::Restrictions;
 use crate::protocol::{
-    self, ChatMessage, ClientFrame, Expecting, Frame, FrameError, MessageText, UserName,
+    self, record_id_and_time, ClientFrame, Expecting, Frame, FrameError, MessageText, UserName,
     CLOSE_INTERNAL_ERROR, CLOSE_NAME_TOO_LONG, CLOSE_REASON_STATE_LOST, ERROR_NAME_TOO_LONG,
     ERROR_RATE_LIMITED, ERROR_STORAGE_UNAVAILABLE,
 };
@@ -552,15 +552,7 @@ impl Room {
             }
             let corrupt = || RestoreError::CorruptRecord { key: key.clone() };
             let id = keys::parse_message(key).ok_or_else(corrupt)?;
-            let (record_id, timestamp) = match ChatMessage::decode(value) {
-                Ok(message) => (message.id, message.timestamp),
-                Err(_) => {
-                    match crate::moderation::ChangeRecord::decode(value).ok_or_else(corrupt)? {
-                        crate::moderation::ChangeRecord::Deleted { id, at, .. }
-                        | crate::moderation::ChangeRecord::Edited { id, at, .. } => (id, at),
-                    }
-                }
-            };
+            let (record_id, timestamp) = record_id_and_time(value).ok_or_else(corrupt)?;
             // Ids start at 1, and a record must leave room for a successor: id 0 would slip
             // past the gap check below, and id or timestamp `u64::MAX` would make the next
             // message overflow its id or repeat its timestamp (found by fuzzing).

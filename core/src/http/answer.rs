@@ -12,7 +12,7 @@ use super::{HistoryQuery, Refusal, EXPECTED_WEBSOCKET, NOT_FOUND};
 use crate::auth::AuthError;
 use crate::ids::ObjectId;
 use crate::moderation::{ModError, RoomSummary, RoomView};
-use crate::protocol::record_id;
+use crate::protocol::record_id_and_time;
 use crate::room::PublishError;
 
 /// The content type of plain-text answers.
@@ -101,7 +101,10 @@ pub fn history_next_before<S: AsRef<str>>(frames: &[S], query: HistoryQuery) -> 
     if frames.len() != query.limit {
         return None;
     }
-    frames.last().and_then(|frame| record_id(frame.as_ref()))
+    frames
+        .last()
+        .and_then(|frame| record_id_and_time(frame.as_ref()))
+        .map(|(id, _)| id)
 }
 
 /// A history page: `{"messages":[..],"next_before":id|null}`, newest first.
