@@ -10,7 +10,7 @@
 //! quiescent and restores it from storage, crashes it (the write in flight lands or not),
 //! and checks a corrupt stored value is refused. Every answer is checked (`counter`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use edgechat_core::counter::{Counter, CounterOp, CounterOutput, CounterRequest};
@@ -26,7 +26,7 @@ struct Model {
     /// The durable value.
     value: i64,
     /// Reads not yet answered.
-    reads: BTreeMap<u64, ()>,
+    reads: BTreeSet<u64>,
     /// Changes accepted since the last batch began: (request, ±1).
     unbatched: VecDeque<(u64, i64)>,
     /// The changes of the batch in flight, in order.
@@ -35,7 +35,7 @@ struct Model {
 
 impl Model {
     fn reply(&mut self, request: u64, value: i64) -> Result<(), String> {
-        if self.reads.remove(&request).is_some() {
+        if self.reads.remove(&request) {
             return if value == self.value {
                 Ok(())
             } else {
@@ -109,7 +109,7 @@ pub(crate) async fn counter_main(world: Shared, fault_ms: u64) {
             next += 1;
             let op = match rng.gen_range(0..3) {
                 0 => {
-                    model.reads.insert(next, ());
+                    model.reads.insert(next);
                     CounterOp::Get
                 }
                 1 => {
@@ -149,14 +149,9 @@ pub(crate) async fn counter_main(world: Shared, fault_ms: u64) {
         } else if roll < 0.93 {
             if counter.is_quiescent() && in_flight.is_none() {
                 w.count_fault("counter-evict");
-                counter = restore(&store);
-                if counter.value() != model.value {
-                    problem = Some(format!(
-                        "restored {} after an eviction, the model {}",
-                        counter.value(),
-                        model.value
-                    ));
-                }
+                let restored;
+                (counter, restored) = restore_checked(&store, &model, "an eviction");
+                problem = restored.or(problem);
             }
         } else {
             w.count_fault("counter-crash");
@@ -168,14 +163,10 @@ pub(crate) async fn counter_main(world: Shared, fault_ms: u64) {
                 lands
             });
             model.crashed(landed);
-            counter = restore(&store);
-            if counter.value() != model.value {
-                problem = Some(format!(
-                    "restored {} after a crash (write landed: {landed}), the model {}",
-                    counter.value(),
-                    model.value
-                ));
-            }
+            let restored;
+            let after = format!("a crash (write landed: {landed})");
+            (counter, restored) = restore_checked(&store, &model, &after);
+            problem = restored.or(problem);
             if Counter::restore(Some("12x")).is_ok() {
                 problem = Some("a corrupt stored value restored".into());
             }
@@ -200,6 +191,20 @@ pub(crate) async fn counter_main(world: Shared, fault_ms: u64) {
             return;
         }
     }
+}
+
+/// Restores the counter from storage, as after `after`; with a problem if it does not hold
+/// the model's durable value.
+fn restore_checked(store: &MemoryStore, model: &Model, after: &str) -> (Counter, Option<String>) {
+    let counter = restore(store);
+    let problem = (counter.value() != model.value).then(|| {
+        format!(
+            "restored {} after {after}, the model {}",
+            counter.value(),
+            model.value
+        )
+    });
+    (counter, problem)
 }
 
 fn restore(store: &MemoryStore) -> Counter {

@@ -337,10 +337,7 @@ impl Host {
                         }
                     }
                 }
-                self.input(room, Input::Text { conn, text });
-                if let Some(socket) = self.sockets.get_mut(&conn) {
-                    socket.shadow.settle();
-                }
+                self.frame_input(room, conn, Input::Text { conn, text });
                 room
             }
             HostEvent::Binary { conn } => {
@@ -351,10 +348,7 @@ impl Host {
                 if let Some(socket) = self.sockets.get_mut(&conn) {
                     socket.shadow.arrive(now.0);
                 }
-                self.input(room, Input::Binary { conn });
-                if let Some(socket) = self.sockets.get_mut(&conn) {
-                    socket.shadow.settle();
-                }
+                self.frame_input(room, conn, Input::Binary { conn });
                 room
             }
             HostEvent::Closed { conn } => {
@@ -727,6 +721,15 @@ impl Host {
             );
         }
         self.drain(room);
+    }
+
+    /// Hands a frame of `conn` to its room, then tells the shadow limiter the room has
+    /// decided it (its arrival was recorded before).
+    fn frame_input(&mut self, room: usize, conn: ConnId, input: Input) {
+        self.input(room, input);
+        if let Some(socket) = self.sockets.get_mut(&conn) {
+            socket.shadow.settle();
+        }
     }
 
     fn input(&mut self, room: usize, input: Input) {

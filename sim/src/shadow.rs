@@ -34,7 +34,7 @@ pub fn is_rate_limit_error(frame: &str) -> bool {
 enum Stand {
     /// No question outstanding, no cooldown: the next frame is processed.
     Open,
-    /// Question number `seq` was asked at `at` and is unanswered.
+    /// A question was asked at `at` and is unanswered.
     Asked { at: u64 },
     /// Frames are refused before `until`.
     Cooling { until: u64 },
