@@ -162,7 +162,59 @@ impl TryFrom<String> for MessageText {
     }
 }
 
-/// Read access as `str` for both types: they are strings with a proof attached.
+/// The longest [`SendKey`], in bytes (all its characters are ASCII).
+pub const SEND_KEY_LEN_MAX: usize = 64;
+
+/// A chat frame's idempotency key (extension): chosen by the client, unique per message it
+/// sends, and sent again unchanged with a retry. The room stores a message once per sender
+/// and key, however many times it arrives, for as long as it retains the message.
+///
+/// 1 to [`SEND_KEY_LEN_MAX`] letters, digits, `-` or `_` (a UUID, hex or base64url token),
+/// so it is safe to store, echo and log.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SendKey(String);
+
+/// Why a text is not a [`SendKey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("Malformed frame: \"key\" must be 1 to 64 letters, digits, '-' or '_'.")]
+pub struct BadSendKey;
+
+impl SendKey {
+    /// Checks `key` against the rule.
+    ///
+    /// # Errors
+    /// [`BadSendKey`] if it is empty, too long, or has another character.
+    pub fn parse(key: &str) -> Result<SendKey, BadSendKey> {
+        SendKey::check(key)?;
+        Ok(SendKey(key.to_owned()))
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The one place the rule is written.
+    fn check(key: &str) -> Result<(), BadSendKey> {
+        let allowed = |byte: &u8| byte.is_ascii_alphanumeric() || *byte == b'-' || *byte == b'_';
+        if key.is_empty() || key.len() > SEND_KEY_LEN_MAX || !key.bytes().all(|b| allowed(&b)) {
+            return Err(BadSendKey);
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<String> for SendKey {
+    type Error = BadSendKey;
+
+    fn try_from(key: String) -> Result<SendKey, BadSendKey> {
+        SendKey::check(&key)?;
+        Ok(SendKey(key))
+    }
+}
+
+/// Read access as `str` for the checked types: they are strings with a proof attached.
 macro_rules! checked_text {
     ($type:ident) => {
         impl Deref for $type {
@@ -207,6 +259,7 @@ macro_rules! checked_text {
 
 checked_text!(UserName);
 checked_text!(MessageText);
+checked_text!(SendKey);
 
 /// A decoded client frame; its name or text has passed its length rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +275,8 @@ pub enum ClientFrame {
     Message {
         /// The message text.
         text: MessageText,
+        /// Its idempotency key, if the client sent one (extension).
+        key: Option<SendKey>,
     },
 }
 
@@ -254,6 +309,9 @@ pub enum FrameError {
     /// The chat frame's message is longer than [`MESSAGE_LEN_MAX_UTF16`].
     #[error("Message too long.")]
     MessageTooLong,
+    /// The chat frame's `key` is not a [`SendKey`].
+    #[error("{}", BadSendKey)]
+    BadSendKey,
 }
 
 /// The loose shape of any client frame: typed checks happen after parsing so that each
@@ -266,6 +324,8 @@ struct RawClientFrame {
     message: Option<serde_json::Value>,
     #[serde(default)]
     since: Option<serde_json::Value>,
+    #[serde(default)]
+    key: Option<serde_json::Value>,
 }
 
 /// Which frame the session expects next: the first frame joins, every later one chats.
@@ -313,8 +373,15 @@ pub fn decode_client_frame(text: &str, expecting: Expecting) -> Result<ClientFra
         }
         Expecting::Message => match raw.message {
             Some(serde_json::Value::String(text)) => {
+                let key = match raw.key {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::String(key)) => {
+                        Some(SendKey::try_from(key).map_err(|_| FrameError::BadSendKey)?)
+                    }
+                    Some(_) => return Err(FrameError::BadSendKey),
+                };
                 let text = MessageText::try_from(text).map_err(|_| FrameError::MessageTooLong)?;
-                Ok(ClientFrame::Message { text })
+                Ok(ClientFrame::Message { text, key })
             }
             _ => Err(FrameError::MessageNotString),
         },
@@ -487,6 +554,7 @@ mod tests {
             (r#"{"message":3}"#, Err(FrameError::MessageNotString)),
             (r#"{"message":null}"#, Err(FrameError::MessageNotString)),
             ("{", Err(FrameError::Malformed)),
+            (r#"{"message":"hi","key":null}"#, Ok(message("hi"))),
         ];
         for (input, expected) in cases {
             assert_eq!(
@@ -495,6 +563,51 @@ mod tests {
                 "input {input}"
             );
         }
+    }
+
+    #[test]
+    fn send_keys_are_1_to_64_letters_digits_dashes_or_underscores() {
+        let longest = "k".repeat(SEND_KEY_LEN_MAX);
+        for key in [
+            "a",
+            "0f-_Z",
+            "123e4567-e89b-12d3-a456-426614174000",
+            &longest,
+        ] {
+            let frame = format!(r#"{{"message":"hi","key":"{key}"}}"#);
+            let expected = ClientFrame::Message {
+                text: MessageText::parse("hi").unwrap(),
+                key: Some(SendKey::parse(key).unwrap()),
+            };
+            assert_eq!(
+                decode_client_frame(&frame, Expecting::Message),
+                Ok(expected)
+            );
+        }
+        let too_long = "k".repeat(SEND_KEY_LEN_MAX + 1);
+        for key in [
+            r#""""#,
+            r#""a b""#,
+            r#""é""#,
+            r#""a.b""#,
+            "7",
+            "[]",
+            &format!(r#""{too_long}""#),
+        ] {
+            let frame = format!(r#"{{"message":"hi","key":{key}}}"#);
+            let refused = decode_client_frame(&frame, Expecting::Message);
+            assert_eq!(refused, Err(FrameError::BadSendKey), "key {key}");
+            assert_eq!(
+                FrameError::BadSendKey.to_string(),
+                r#"Malformed frame: "key" must be 1 to 64 letters, digits, '-' or '_'."#
+            );
+        }
+        // A frame with both faults reports the key first (the text is checked last).
+        let both = format!(r#"{{"message":"{}","key":""}}"#, "m".repeat(300));
+        assert_eq!(
+            decode_client_frame(&both, Expecting::Message),
+            Err(FrameError::BadSendKey)
+        );
     }
 
     #[test]
@@ -584,6 +697,7 @@ mod tests {
     fn message(text: &str) -> ClientFrame {
         ClientFrame::Message {
             text: MessageText::parse(text).unwrap(),
+            key: None,
         }
     }
 

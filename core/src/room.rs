@@ -26,9 +26,9 @@ use crate::auth::Identity;
 use crate::limiter::{SessionLimiter, SessionLimiterState, VerdictRequest};
 use crate::moderation::Restrictions;
 use crate::protocol::{
-    self, record_id_and_time, ClientFrame, Expecting, Frame, FrameError, MessageText, UserName,
-    CLOSE_INTERNAL_ERROR, CLOSE_NAME_TOO_LONG, CLOSE_REASON_STATE_LOST, ERROR_NAME_TOO_LONG,
-    ERROR_RATE_LIMITED, ERROR_STORAGE_UNAVAILABLE,
+    self, record_id_and_time, ClientFrame, Expecting, Frame, FrameError, MessageText, SendKey,
+    UserName, CLOSE_INTERNAL_ERROR, CLOSE_NAME_TOO_LONG, CLOSE_REASON_STATE_LOST,
+    ERROR_NAME_TOO_LONG, ERROR_RATE_LIMITED, ERROR_STORAGE_UNAVAILABLE,
 };
 use crate::storage::{keys, BatchId, ListQuery, Value, Write, WriteBatch};
 use crate::time::Timestamp;
@@ -36,6 +36,7 @@ use crate::time::Timestamp;
 use crate::planted::PlantedBug;
 
 mod auth;
+mod dedupe;
 mod moderation;
 mod pipeline;
 mod unavailable;
@@ -45,6 +46,7 @@ pub use moderation::{Actor, Member};
 pub use pipeline::{PIPELINED_BYTES_MAX, PIPELINED_FRAMES_MAX, PIPELINE_WAIT_MAX_MS};
 pub use unavailable::close_after_restore_failure;
 
+use dedupe::RecentKeys;
 use moderation::{ChatRecord, MessageChange, PendingState};
 use pipeline::{HeldFrames, Incoming};
 
@@ -312,6 +314,9 @@ struct PendingMessage {
     message: StoredMessage,
     /// The connection that sent it (`None` for a publish or a change).
     sender: Option<ConnId>,
+    /// Other connections that sent it again with the same key while it waited; they hear
+    /// if its write fails (see `dedupe`).
+    duplicate_senders: Vec<ConnId>,
     publish: Option<PublishId>,
     /// The admin request that made this change.
     moderation: Option<PublishId>,
@@ -505,6 +510,8 @@ pub struct Room {
     /// Connections with held frames (see [`PIPELINED_FRAMES_MAX`]), for the timeout that
     /// releases them when a limiter's answer is lost.
     held_conns: BTreeSet<ConnId>,
+    /// The idempotency keys of retained and waiting messages.
+    recent_keys: RecentKeys,
 }
 
 impl Room {
@@ -526,6 +533,7 @@ impl Room {
             outputs: VecDeque::new(),
             stats: RoomStats::default(),
             held_conns: BTreeSet::new(),
+            recent_keys: RecentKeys::default(),
         }
     }
 
@@ -565,6 +573,7 @@ impl Room {
             room.last_id = id;
             room.durable_id = id;
             room.last_timestamp = room.last_timestamp.max(timestamp);
+            room.restore_key(id, value);
             room.history.push_back(StoredMessage {
                 id,
                 timestamp,
@@ -705,7 +714,7 @@ impl Room {
         }
         match protocol::decode_client_frame(text, expecting) {
             Ok(ClientFrame::Join { name, since }) => self.join(conn, name, since, now),
-            Ok(ClientFrame::Message { text }) => self.chat(conn, text, now),
+            Ok(ClientFrame::Message { text, key }) => self.chat(conn, text, key, now),
             Err(FrameError::NameTooLong) => self.refuse_name(conn),
             Err(error) => self.send_error(conn, &error.to_string()),
         }
@@ -837,14 +846,16 @@ impl Room {
             if message.change.is_none() {
                 self.stats.messages_refused_storage += 1;
             }
-            if let Some(conn) = message.sender {
-                if self.sessions.contains_key(&conn)
+            for conn in message.sender.iter().chain(&message.duplicate_senders) {
+                if self.sessions.contains_key(conn)
                     && !self.config.planted(PlantedBug::FailedWriteSilent)
                 {
-                    self.send_error(conn, ERROR_STORAGE_UNAVAILABLE);
+                    self.send_error(*conn, ERROR_STORAGE_UNAVAILABLE);
                 }
             }
         }
+        // None of the failed messages exists, so a retry with the same key is a new message.
+        self.recent_keys.forget_from(self.durable_id + 1);
         if self.config.planted(PlantedBug::FailedWriteReusesDurableId) {
             self.last_id = self.durable_id.saturating_sub(1);
         } else if !self.config.planted(PlantedBug::FailedBatchLandsLater)
@@ -895,7 +906,7 @@ impl Room {
         if self.pending_len() >= self.config.pending_messages_max {
             return Err(PublishError::Busy);
         }
-        self.accept_message(name.into(), message.into(), now, None, Some(request));
+        self.accept_message(name.into(), message.into(), None, now, None, Some(request));
         Ok(())
     }
 
@@ -1092,8 +1103,14 @@ impl Room {
         self.send(conn, protocol::encode_ready(recovered));
     }
 
-    fn chat(&mut self, conn: ConnId, text: MessageText, now: Timestamp) {
+    fn chat(&mut self, conn: ConnId, text: MessageText, key: Option<SendKey>, now: Timestamp) {
         if !self.check_send(conn) || !self.check_restrictions(conn, now) {
+            return;
+        }
+        if key
+            .as_ref()
+            .is_some_and(|key| self.answer_duplicate(conn, key))
+        {
             return;
         }
         // Planted: the room answers "busy" whenever a write is in flight.
@@ -1106,7 +1123,11 @@ impl Room {
             unreachable!("messages are only decoded for joined sessions");
         };
         let name = name.as_str().to_owned();
-        self.accept_message(name, text.into(), now, Some(conn), None);
+        let key_text = key.as_ref().map(|key| key.as_str().to_owned());
+        self.accept_message(name, text.into(), key_text, now, Some(conn), None);
+        if let Some(key) = key {
+            self.remember_key(conn, key, self.last_id);
+        }
     }
 
     /// Orders a message (id and timestamp) and queues it for the next batch.
@@ -1114,6 +1135,7 @@ impl Room {
         &mut self,
         name: String,
         message: String,
+        key: Option<String>,
         now: Timestamp,
         sender: Option<ConnId>,
         publish: Option<PublishId>,
@@ -1126,6 +1148,7 @@ impl Room {
             timestamp,
             id: self.last_id,
             user: None,
+            key,
             edited: false,
         };
         let frame = self.chat_record(sender, record);
@@ -1139,6 +1162,7 @@ impl Room {
                 frame,
             },
             sender,
+            duplicate_senders: Vec::new(),
             publish,
             moderation: None,
             change: None,

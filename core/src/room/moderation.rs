@@ -46,6 +46,9 @@ pub(super) struct ChatRecord {
     /// The author's token subject, for messages from verified users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The idempotency key the sender gave the message (see `dedupe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Set once a message has been edited.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub edited: bool,
@@ -424,6 +427,11 @@ impl Room {
             }
             self.history.pop_front();
         }
+        let oldest = self
+            .history
+            .front()
+            .map_or(self.durable_id + 1, |message| message.id);
+        self.recent_keys.forget_below(oldest);
     }
 
     /// When the oldest retained message ages out, if the room keeps messages by age (a
@@ -567,6 +575,7 @@ impl Room {
                 frame: record.encode(),
             },
             sender: None,
+            duplicate_senders: Vec::new(),
             publish: None,
             moderation: request,
             change: Some(MessageChange {
@@ -688,8 +697,9 @@ impl Room {
             .is_some_and(|identity| identity.role >= Role::Moderator)
     }
 
-    /// Who `conn` is for bans, mutes and kicks: its token subject, else its joined name.
-    fn user_key(&self, conn: ConnId) -> Option<String> {
+    /// Who `conn` is for bans, mutes, kicks and idempotency keys: its token subject, else
+    /// its joined name.
+    pub(super) fn user_key(&self, conn: ConnId) -> Option<String> {
         let session = self.sessions.get(&conn)?;
         if let Some(identity) = &session.identity {
             return Some(identity.sub.clone());

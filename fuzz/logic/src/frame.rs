@@ -91,7 +91,11 @@ fn check_frame(text: &str, expecting: Expecting) {
             assert!(since.is_none() || object.get("since").is_some_and(Value::is_u64));
             check_utf16(&name);
         }
-        (Expecting::Message, ClientFrame::Message { text: message }) => {
+        (Expecting::Message, ClientFrame::Message { text: message, key }) => {
+            match object.get("key") {
+                None | Some(Value::Null) => assert_eq!(key, None),
+                Some(other) => assert_eq!(other.as_str(), key.as_ref().map(|key| key.as_str())),
+            }
             let message = String::from(message);
             assert_eq!(object.get("message"), Some(&Value::String(message.clone())));
             check_utf16(&message);

@@ -70,6 +70,7 @@ pub fn cases() -> Vec<Case> {
     .into_iter()
     .chain(super::auth::cases())
     .chain(super::moderation::cases())
+    .chain(super::resend::cases())
     .collect()
 }
 

@@ -46,6 +46,7 @@ pub mod auth;
 pub mod cases;
 pub mod http;
 pub mod moderation;
+pub mod resend;
 pub mod ws;
 
 use std::fmt;

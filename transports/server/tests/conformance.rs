@@ -182,6 +182,9 @@ conformance_tests!(
     moderate_mute_makes_read_only,
     moderate_settings_topic_read_only_members,
     moderate_admin_views,
+    resend_with_key_is_stored_once,
+    resend_keys_are_per_sender,
+    resend_bad_keys_are_refused,
 );
 
 /// Runs every `auth_*` case against a server configured as `auth`; fails on any failure, and
