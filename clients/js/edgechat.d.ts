@@ -28,6 +28,8 @@ export interface ChatMessage {
   user?: string;
   /** Set when the message was edited since (a replay shows the current text). */
   edited?: true;
+  /** The idempotency key its sender gave it (this client sends one with every message). */
+  key?: string;
 }
 
 export interface ConnectOptions {

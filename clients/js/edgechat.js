@@ -16,7 +16,10 @@
 // frame is its refusal, and its echo is the first chat frame from our own name (as the
 // server echoed it in our `joined`) with the same text and an id above every id seen when
 // it was sent. A frame in flight when the socket drops is looked for in the resume replay;
-// if it is not there it was not stored, and it is sent again.
+// if it is not there it is sent again. Each message carries a random idempotency `key`
+// (PROTOCOL.md, "Idempotent sends"), the same in every resend: the frame from the socket
+// given up on may still reach the room after the replay (a server that stalled), and the
+// room then stores it once and answers the resend with it. The echo is matched by that key.
 
 /** The server's refusal while a session's rate limiter holds it back (PROTOCOL.md). */
 export const ERROR_RATE_LIMITED = "Your IP is being rate-limited, please try again later.";
@@ -91,6 +94,16 @@ function random() {
     return c.getRandomValues(new Uint32Array(1))[0] / 2 ** 32;
   }
   return Math.random();
+}
+
+/**
+ * A fresh idempotency key: 128 random bits as hex. Undefined without a CSPRNG (never weak
+ * randomness): then sends carry no key and echoes are matched by name and text.
+ */
+function sendKey() {
+  const c = globalThis.crypto;
+  if (!c || typeof c.getRandomValues !== "function") return undefined;
+  return Array.from(c.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** `http(s)` or `ws(s)` base URL (no trailing slash) for the given scheme family. */
@@ -249,7 +262,8 @@ export class RoomClient extends EventTarget {
       return Promise.reject(new EdgechatError("Too many messages waiting to be sent."));
     }
     return new Promise((resolve, reject) => {
-      this.#queue.push({ text, resolve, reject, sentOn: null, idAtSend: 0, maybeStored: false });
+      const pending = { text, key: sendKey(), resolve, reject, sentOn: null, idAtSend: 0, maybeStored: false };
+      this.#queue.push(pending);
       this.#pump();
     });
   }
@@ -457,6 +471,7 @@ export class RoomClient extends EventTarget {
         timestamp: data.timestamp,
       };
       if (typeof data.user === "string") message.user = data.user;
+      if (typeof data.key === "string") message.key = data.key;
       if (data.edited === true) message.edited = true;
       if (joining) joining.messages.push(message);
       else this.#deliver(ws, message);
@@ -485,7 +500,8 @@ export class RoomClient extends EventTarget {
       else this.#deliver(ws, item);
     }
     const head = this.#queue[0];
-    // A frame in flight when the last socket dropped and not in the replay was not stored.
+    // A frame in flight when the last socket dropped and not in the replay is sent again;
+    // its key lets the room store it once should the first copy still arrive.
     if (head && head.maybeStored) head.maybeStored = false;
     this.#setState("live");
     this.#emit("roster", { roster: this.roster, counts: this.rosterCounts });
@@ -561,9 +577,17 @@ export class RoomClient extends EventTarget {
     if (!this.#advance(message.id)) return;
     this.#emit("message", message);
     const head = this.#queue[0];
-    if (!head || message.name !== this.#joinName || message.message !== head.text) return;
-    const inFlight = head.sentOn === ws || head.maybeStored;
-    if (!inFlight || (message.id !== undefined && message.id <= head.idAtSend)) return;
+    if (!head || message.name !== this.#joinName) return;
+    if (head.key !== undefined && message.key !== undefined) {
+      // Our key is ours alone: the message is the head's, however it reached us.
+      if (message.key !== head.key) return;
+    } else {
+      // A server without keys: the first message from our name with our text and an id
+      // above every id seen when the frame was sent.
+      const inFlight = head.sentOn === ws || head.maybeStored;
+      if (message.message !== head.text || !inFlight) return;
+      if (message.id !== undefined && message.id <= head.idAtSend) return;
+    }
     this.#queue.shift();
     this.#clearSendTimer();
     this.#rateLimitStreak = 0;
@@ -635,7 +659,7 @@ export class RoomClient extends EventTarget {
     if (!head || head.sentOn || head.maybeStored || this.#retryTimer) return;
     head.sentOn = ws;
     head.idAtSend = this.#lastId;
-    ws.send(JSON.stringify({ message: head.text }));
+    ws.send(JSON.stringify(head.key === undefined ? { message: head.text } : { message: head.text, key: head.key }));
     this.#clearSendTimer();
     this.#sendTimer = setTimeout(() => {
       // No answer: the path is dead without a close. Replace it; resume settles the send.
@@ -744,7 +768,7 @@ export class RoomClient extends EventTarget {
 
 /**
  * @typedef {ReturnType<typeof setTimeout> | undefined} Timer
- * @typedef {{ text: string, resolve: (id: number) => void, reject: (error: Error) => void,
+ * @typedef {{ text: string, key: string | undefined, resolve: (id: number) => void, reject: (error: Error) => void,
  *   sentOn: WebSocket | null, idAtSend: number, maybeStored: boolean }} PendingSend
  * @typedef {{ change: "deleted" | "edited", id: number | undefined, target: number, message: string }} Change
  * @typedef {{ roster: Map<string, number>, messages: (ChatMessage | Change)[], lastJoined: string | null }} Joining

@@ -179,6 +179,8 @@ test("a server that stops answering: the send times out, the client rejoins, the
         ["before the stall", "during the stall"], "each message exactly once");
     }
     assert.equal(writerSeen.messages.find((m) => m.message === "during the stall").id, id);
+    // Each message carries the key its sender gave it, the same in every resend.
+    for (const m of writerSeen.messages) assert.match(m.key ?? "", /^[0-9a-f]{32}$/);
   } finally {
     if (stopped) process.kill(server.child.pid, "SIGCONT");
     await writer.close();

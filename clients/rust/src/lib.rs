@@ -94,6 +94,10 @@ pub struct ChatMessage {
     /// Whether a moderator (or the author) has edited it since it was sent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub edited: bool,
+    /// The idempotency key its sender gave it (this client sends one with every message;
+    /// PROTOCOL.md, "Idempotent sends").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Where a [`Room`] stands.

@@ -16,7 +16,12 @@
 //!   the frame is its refusal, and its echo is the first chat message from our own name (as
 //!   the server spelled it in our `joined`) with the same text and an id above every id seen
 //!   when it was sent. A frame in flight when the socket drops is looked for in the resume
-//!   replay; if it is not there, it was not stored, and it is sent again.
+//!   replay; if it is not there, it is sent again.
+//! - Idempotency: each message carries a random `key`, the same in every resend
+//!   (PROTOCOL.md, "Idempotent sends"). The frame from a socket given up on may still reach
+//!   the room after the replay (a server that stalled); the room then stores it once and
+//!   answers the resend with it. Against a server that echoes keys, the echo is the message
+//!   from our name with our key.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -357,6 +362,8 @@ impl Room {
 #[derive(Debug)]
 struct Pending {
     text: String,
+    /// The idempotency key, the same in every resend (`None` without OS randomness).
+    key: Option<String>,
     reply: oneshot::Sender<Result<u64>>,
     /// Sent on the current connection, no answer yet.
     in_flight: bool,
@@ -707,6 +714,7 @@ impl Actor {
                 } else {
                     self.queue.push_back(Pending {
                         text,
+                        key: send_key(),
                         reply,
                         in_flight: false,
                         id_at_send: 0,
@@ -870,7 +878,8 @@ impl Actor {
             self.deliver(conn, record);
         }
         if let Some(head) = self.queue.front_mut() {
-            // In flight when the last socket dropped and not in the replay: not stored.
+            // In flight when the last socket dropped and not in the replay: sent again, with
+            // its key, so that the room stores it once should the first copy still arrive.
             head.maybe_stored = false;
         }
         self.set_state(State::Live);
@@ -900,10 +909,17 @@ impl Actor {
             }
         }
         let acknowledges = self.queue.front().is_some_and(|head| {
-            Some(&message.name) == self.join_name.as_ref()
-                && message.message == head.text
-                && (head.in_flight || head.maybe_stored)
-                && message.id.is_none_or(|id| id > head.id_at_send)
+            let ours = Some(&message.name) == self.join_name.as_ref();
+            match (&head.key, &message.key) {
+                // Our key is ours alone: the message is the head's, however it reached us.
+                (Some(key), Some(echoed)) => ours && key == echoed,
+                // A server without keys: our name and text, and an id above those seen.
+                _ => {
+                    ours && message.message == head.text
+                        && (head.in_flight || head.maybe_stored)
+                        && message.id.is_none_or(|id| id > head.id_at_send)
+                }
+            }
         });
         let id = message.id;
         self.emit(Event::Message(message));
@@ -1008,7 +1024,11 @@ impl Actor {
         }
         head.in_flight = true;
         head.id_at_send = last_id;
-        let frame = serde_json::json!({ "message": head.text }).to_string();
+        let frame = match &head.key {
+            Some(key) => serde_json::json!({ "message": head.text, "key": key }),
+            None => serde_json::json!({ "message": head.text }),
+        }
+        .to_string();
         conn.send_deadline = Some(Instant::now() + self.options.send_timeout);
         // A failed write shows as the end of the socket on the next read.
         let _ = conn.session.send_text(frame).await;
@@ -1080,6 +1100,14 @@ fn remove_name(roster: &mut Vec<(String, usize)>, name: &str) {
 }
 
 /// Uniform in [0, 1) from the OS (it is only jitter; 0.5 if the OS has none to give).
+/// A fresh idempotency key: 128 random bits from the OS, as hex. `None` if the OS has no
+/// randomness to give (never weak randomness): the message then goes without a key.
+fn send_key() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
 fn random_unit() -> f64 {
     getrandom::u64().map_or(0.5, |bits| (bits >> 11) as f64 / (1u64 << 53) as f64)
 }
@@ -1112,5 +1140,6 @@ fn record_of(data: &Value) -> Option<Record> {
         id,
         user: data.get("user").and_then(Value::as_str).map(str::to_owned),
         edited: data.get("edited") == Some(&Value::Bool(true)),
+        key: data.get("key").and_then(Value::as_str).map(str::to_owned),
     }))
 }
