@@ -738,7 +738,8 @@ impl Host {
         }
         let now = self.now();
         let host = self.rooms.get_mut(&room).expect("room on this host");
-        let description = format!("{input:?}");
+        // Described only if refused: formatting every input cost a tenth of a seed's CPU.
+        let kept = input.clone();
         let from = match &input {
             Input::Text { conn, .. } | Input::Binary { conn } | Input::Closed { conn } => {
                 Some(*conn)
@@ -756,7 +757,7 @@ impl Host {
         {
             lock(&self.world).violate(
                 "host-contract",
-                format!("room {room} refused {description}: {error}"),
+                format!("room {room} refused {kept:?}: {error}"),
             );
         }
         self.drain(room);

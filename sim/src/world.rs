@@ -736,13 +736,20 @@ impl World {
 
     /// Appends a line to the trace (hashed; kept in part).
     pub fn trace(&mut self, line: impl fmt::Display) {
-        let line = format!("{:>9} {line}", self.elapsed().as_micros());
-        self.trace_hash = fnv1a(self.trace_hash, line.as_bytes());
+        use fmt::Write as _;
+        // Once the tail is full, the oldest line's buffer is reused: a run writes thousands
+        // of lines and keeps 400, so allocating each anew was a good part of their cost.
+        let mut buffer = if !self.keep_trace && self.trace.len() >= TRACE_TAIL_LINES {
+            let mut oldest = self.trace.pop_front().unwrap_or_default();
+            oldest.clear();
+            oldest
+        } else {
+            String::with_capacity(80)
+        };
+        let _ = write!(buffer, "{:>9} {line}", self.elapsed().as_micros());
+        self.trace_hash = fnv1a(self.trace_hash, buffer.as_bytes());
         self.trace_hash = fnv1a(self.trace_hash, b"\n");
-        self.trace.push_back(line);
-        if !self.keep_trace && self.trace.len() > TRACE_TAIL_LINES {
-            self.trace.pop_front();
-        }
+        self.trace.push_back(buffer);
     }
 
     /// Counts one fault of `kind`.
