@@ -1561,11 +1561,11 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
     w.trace(format_args!("u{index} {conn:?} <- #{id}"));
     let mut problem = None;
     // Storage failures: what was refused is never seen, what was acknowledged never changes.
-    let value = serde_json::from_str::<serde_json::Value>(frame).ok();
+    let value = crate::json::Object::parse(frame);
     let field = |key: &str| -> String {
         value
             .as_ref()
-            .and_then(|value| Some(value.get(key)?.as_str()?.to_owned()))
+            .and_then(|value| Some(value.str(key)?.to_owned()))
             .unwrap_or_default()
     };
     let (text, name) = (field("message"), field("name"));

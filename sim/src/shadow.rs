@@ -23,10 +23,7 @@ pub const RATE_LIMITED: &str = "Your IP is being rate-limited, please try again 
 
 /// Whether `frame` (as the room sends it) is the rate-limit error.
 pub fn is_rate_limit_error(frame: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(frame)
-        .ok()
-        .and_then(|v| v.get("error")?.as_str().map(|e| e == RATE_LIMITED))
-        .unwrap_or(false)
+    crate::json::Object::parse(frame).is_some_and(|v| v.str("error") == Some(RATE_LIMITED))
 }
 
 /// Where a session's limiter stands, in the model.
