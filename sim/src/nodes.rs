@@ -225,6 +225,8 @@ struct Host {
     /// `handle_timeout`, and no `Hibernated` seen since): only these can hibernate in a
     /// drain, so only these need the view taken for `eviction-invisible`.
     eviction_asked: BTreeSet<usize>,
+    /// The view of a room taken just before it was asked to hibernate (see `evict`).
+    view_before_eviction: Option<RoomView>,
     wakes: BTreeMap<usize, madsim::time::Instant>,
     /// The token of a refresh frame handed to its room and not yet answered, per
     /// connection, to judge the answer (the room may hold the frame for its limiter's answer
@@ -266,6 +268,7 @@ async fn host_main(world: Shared, index: usize) {
         in_flight: BTreeMap::new(),
         views: BTreeMap::new(),
         eviction_asked: BTreeSet::new(),
+        view_before_eviction: None,
         wakes: BTreeMap::new(),
         refreshing: BTreeMap::new(),
         corrupted: BTreeSet::new(),
@@ -528,10 +531,15 @@ impl Host {
         w.trace(format_args!("h{} r{room} eviction requested", self.index));
         drop(w);
         self.eviction_asked.insert(room);
-        self.rooms
-            .get_mut(&room)
-            .expect("room on this host")
-            .request_eviction();
+        let host = self.rooms.get_mut(&room).expect("room on this host");
+        // A quiescent room is evicted at once, inside `request_eviction`, before any drain
+        // could take its view: take it here, or such evictions go unchecked.
+        self.view_before_eviction = host
+            .room()
+            .is_some_and(|r| r.is_quiescent())
+            .then(|| view(host))
+            .flatten();
+        host.request_eviction();
         self.drain(room);
     }
 
@@ -804,7 +812,7 @@ impl Host {
     fn drain(&mut self, room: usize) {
         let now = self.now();
         let shared = self.world.clone();
-        let mut quiescent_view = None;
+        let mut quiescent_view = self.view_before_eviction.take();
         // Copying the room's presence and whole history at every drain was 4 % of a seed's
         // instructions; a room can only hibernate here if its eviction was asked for.
         let may_hibernate = self.eviction_asked.contains(&room);
