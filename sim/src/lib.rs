@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod counters;
+pub mod json;
 pub mod mailbox;
 pub mod model;
 pub mod moderation;

@@ -18,7 +18,7 @@
 //!   gets near the 10,000 messages waiting for storage), never "Message too long." for a
 //!   message within the limit.
 
-use serde_json::Value;
+use crate::json::Object;
 
 /// The errors the protocol documents, spelled as docs/PROTOCOL.md spells them.
 pub mod errors {
@@ -90,17 +90,17 @@ pub enum Seen {
 
 /// Parses a frame the room sent.
 pub fn parse(frame: &str) -> Seen {
-    let Ok(Value::Object(json)) = serde_json::from_str::<Value>(frame) else {
+    let Some(json) = Object::parse(frame) else {
         return Seen::Other;
     };
-    if let Some(error) = json.get("error").and_then(Value::as_str) {
+    if let Some(error) = json.str("error") {
         return Seen::Error(error.to_owned());
     }
     if json.get("ready").is_some() {
-        let recovered = json.get("recovered").and_then(Value::as_bool);
+        let recovered = json.bool("recovered");
         return Seen::Ready { recovered };
     }
-    match json.get("id").and_then(Value::as_u64) {
+    match json.u64("id") {
         Some(id) => Seen::Record(id),
         None => Seen::Other,
     }
@@ -109,11 +109,9 @@ pub fn parse(frame: &str) -> Seen {
 /// The `since` of a join frame (`Some(None)` for a join without it), `None` if `text` is
 /// not a join.
 pub fn join_since(text: &str) -> Option<Option<u64>> {
-    let Ok(Value::Object(json)) = serde_json::from_str::<Value>(text) else {
-        return None;
-    };
+    let json = Object::parse(text)?;
     json.get("name")?;
-    Some(json.get("since").and_then(Value::as_u64))
+    Some(json.u64("since"))
 }
 
 /// One socket's join as the host watches it: what it asked, what it was sent before

@@ -27,6 +27,8 @@ use madsim::rand::{thread_rng, Rng};
 use madsim::time::sleep;
 use serde_json::Value as Json;
 
+use crate::json::Object;
+
 use crate::world::{HostEvent, Shared, World};
 
 /// One record of a room's sequence, as the sim reads it.
@@ -69,19 +71,19 @@ pub enum Kind {
 impl Record {
     /// Parses a stored or received record (`None`: not a record of the sequence).
     pub fn parse(frame: &str) -> Option<Record> {
-        let json: Json = serde_json::from_str(frame).ok()?;
-        let id = json.get("id")?.as_u64()?;
-        let text = |key: &str| json.get(key).and_then(Json::as_str).map(str::to_owned);
-        if let Some(target) = json.get("deleted").and_then(Json::as_u64) {
-            let ts = json.get("at")?.as_u64()?;
+        let json = Object::parse(frame)?;
+        let id = json.u64("id")?;
+        let text = |key: &str| json.str(key).map(str::to_owned);
+        if let Some(target) = json.u64("deleted") {
+            let ts = json.u64("at")?;
             return Some(Record {
                 id,
                 ts,
                 kind: Kind::Deleted { target },
             });
         }
-        if let Some(target) = json.get("edited").and_then(Json::as_u64) {
-            let ts = json.get("at")?.as_u64()?;
+        if let Some(target) = json.u64("edited") {
+            let ts = json.u64("at")?;
             let text = text("message")?;
             return Some(Record {
                 id,
@@ -89,8 +91,8 @@ impl Record {
                 kind: Kind::Edited { target, text },
             });
         }
-        let ts = json.get("timestamp")?.as_u64()?;
-        let edited = json.get("edited").and_then(Json::as_bool).unwrap_or(false);
+        let ts = json.u64("timestamp")?;
+        let edited = json.bool("edited").unwrap_or(false);
         Some(Record {
             id,
             ts,
@@ -395,15 +397,20 @@ pub fn restored(w: &mut World, room: usize, stored: &[(String, Frame)]) {
         .map(|(key, until)| (key.clone(), *until))
         .collect();
     w.moderation.mutes.retain(|(r, _), _| *r != room);
+    // By key first: the messages, most of what is stored, need no parsing here.
+    let until = |value: &str| {
+        let json = serde_json::from_str::<Json>(value).ok()?;
+        Some(json.get("until").and_then(Json::as_u64))
+    };
     for (key, value) in stored {
-        let Ok(json) = serde_json::from_str::<Json>(value) else {
-            continue;
-        };
-        let until = json.get("until").and_then(Json::as_u64);
         if let Some(user) = key.strip_prefix("room/ban/user/") {
-            w.moderation.bans.insert((room, user.to_owned()), until);
+            if let Some(until) = until(value) {
+                w.moderation.bans.insert((room, user.to_owned()), until);
+            }
         } else if let Some(user) = key.strip_prefix("room/mute/") {
-            w.moderation.mutes.insert((room, user.to_owned()), until);
+            if let Some(until) = until(value) {
+                w.moderation.mutes.insert((room, user.to_owned()), until);
+            }
         }
     }
     // A mute whose confirmation a crash lost may have replaced one.
