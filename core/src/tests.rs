@@ -1408,7 +1408,9 @@ fn padded_message(message: &str, len: usize) -> String {
 #[test]
 fn held_frames_may_fill_the_byte_bound_exactly_and_it_frees_as_they_are_decided() {
     let t = Timestamp(1_000);
-    let frame_len = PIPELINED_BYTES_MAX / PIPELINED_FRAMES_MAX;
+    // Eight frames of 1 KiB: exactly the documented bound of 8 KiB.
+    let frame_len = 1024;
+    assert_eq!(frame_len * PIPELINED_FRAMES_MAX, 8 * 1024);
     let mut room = room_with_ada_and_one_message(RoomConfig::default(), t);
     drive(&mut room, t, false);
     let mut sends = Vec::new();
