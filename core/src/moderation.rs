@@ -739,4 +739,92 @@ mod tests {
         assert_eq!(patched.members_max, Some(3));
         assert!(patched.read_only);
     }
+
+    #[test]
+    fn each_refusal_has_its_http_status() {
+        let statuses = [
+            (ModError::Malformed("x"), 400),
+            (ModError::MessageTooLong, 400),
+            (ModError::TopicTooLong, 400),
+            (ModError::NotAllowed, 403),
+            (ModError::NoSuchMessage, 404),
+            (ModError::TooManyRestrictions, 409),
+            (ModError::Busy, 503),
+            (ModError::StorageUnavailable, 503),
+        ];
+        for (error, status) in statuses {
+            assert_eq!(error.status(), status, "{error}");
+        }
+    }
+
+    #[test]
+    fn only_edits_and_deletes_name_a_message_their_author_may_touch() {
+        let target = |json: &str| decode_action(json).unwrap().target_message();
+        assert_eq!(target(r#"{"delete":7}"#), Some(7));
+        assert_eq!(target(r#"{"edit":7,"message":"x"}"#), Some(7));
+        for json in [
+            r#"{"kick":"ada"}"#,
+            r#"{"ban":"ada"}"#,
+            r#"{"mute":"ada"}"#,
+            r#"{"settings":{"topic":"x"}}"#,
+        ] {
+            assert_eq!(target(json), None, "{json}");
+        }
+    }
+
+    #[test]
+    fn only_objects_naming_an_action_are_actions() {
+        let object = |json: &str| match serde_json::from_str(json).unwrap() {
+            Json::Object(object) => object,
+            _ => unreachable!(),
+        };
+        assert!(is_action(&object(r#"{"ban":"ada"}"#)));
+        assert!(!is_action(&object(r#"{"message":"ban"}"#)));
+        assert!(!is_action(&object(r#"{"name":"kick"}"#)));
+    }
+
+    #[test]
+    fn an_action_up_to_the_frame_limit_decodes_and_a_longer_one_is_too_large() {
+        let padded = |len: usize| {
+            let action = r#"{"kick":"ada"}"#;
+            format!("{action}{}", " ".repeat(len - action.len()))
+        };
+        assert_eq!(
+            decode_action(&padded(CLIENT_FRAME_LEN_MAX_BYTES)),
+            Ok(ModAction::Kick { user: "ada".into() })
+        );
+        assert_eq!(
+            decode_action(&padded(CLIENT_FRAME_LEN_MAX_BYTES + 1)),
+            Err(ModError::Malformed("too large"))
+        );
+    }
+
+    #[test]
+    fn settings_bounds_are_exact() {
+        let settings = |json: &str| decode_action(&format!(r#"{{"settings":{json}}}"#));
+        assert!(settings(r#"{"history_max_age_ms":1}"#).is_ok());
+        assert!(matches!(
+            settings(r#"{"history_max_age_ms":0}"#),
+            Err(ModError::Malformed(_))
+        ));
+        let topic = |len: usize| settings(&format!(r#"{{"topic":"{}"}}"#, "t".repeat(len)));
+        assert!(topic(TOPIC_LEN_MAX_UTF16).is_ok());
+        assert_eq!(topic(TOPIC_LEN_MAX_UTF16 + 1), Err(ModError::TopicTooLong));
+        // An empty topic clears it, as `null` does.
+        assert_eq!(settings(r#"{"topic":""}"#), settings(r#"{"topic":null}"#));
+    }
+
+    #[test]
+    fn restrictions_are_empty_until_a_ban_or_mute() {
+        let mut restrictions = Restrictions::default();
+        assert!(restrictions.is_empty());
+        restrictions
+            .mutes
+            .insert("ada".into(), Restriction { until: None });
+        assert!(!restrictions.is_empty());
+        // Settings alone are not restrictions.
+        let mut settings_only = Restrictions::default();
+        settings_only.settings.read_only = true;
+        assert!(settings_only.is_empty());
+    }
 }

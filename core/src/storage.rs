@@ -209,4 +209,18 @@ mod tests {
         assert_eq!(all.len(), 4);
         assert_eq!(store.get(keys::COUNTER_VALUE).map(|v| &**v), Some("3"));
     }
+
+    #[test]
+    fn a_memory_store_is_empty_until_a_write() {
+        let mut store = MemoryStore::new();
+        assert!(store.is_empty());
+        store.apply(&WriteBatch {
+            id: BatchId(1),
+            writes: vec![Write::Put {
+                key: keys::message(1),
+                value: "{}".into(),
+            }],
+        });
+        assert!(!store.is_empty());
+    }
 }

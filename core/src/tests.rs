@@ -1148,3 +1148,296 @@ fn a_failed_write_tells_only_its_senders_and_its_ids_are_reused() {
         kept.broadcasts[0]
     );
 }
+
+/// A bare room whose limiter never waits, with `ada` joined on connection 1 and every output
+/// taken.
+fn quiet_room_with_ada(config: RoomConfig, t: Timestamp) -> Room {
+    let mut room = Room::new(RoomConfig {
+        limiter_may_wait: false,
+        ..config
+    });
+    room.handle_connect(ConnId(1), [10, 0, 0, 1].into(), t)
+        .unwrap();
+    room.handle_text(ConnId(1), r#"{"name":"ada"}"#, t).unwrap();
+    drive(&mut room, t, false);
+    room
+}
+
+/// The next batch a room puts out, leaving it in flight (other outputs are dropped).
+fn next_batch(room: &mut Room) -> crate::storage::WriteBatch {
+    std::iter::from_fn(|| room.poll_output())
+        .find_map(|output| match output {
+            Output::Persist(batch) => Some(batch),
+            _ => None,
+        })
+        .expect("a batch")
+}
+
+#[test]
+fn a_confirmation_or_failure_of_another_batch_is_refused() {
+    use crate::room::RoomError;
+    let t = Timestamp(1_000);
+    let mut room = quiet_room_with_ada(RoomConfig::default(), t);
+    room.handle_text(ConnId(1), r#"{"message":"one"}"#, t)
+        .unwrap();
+    let first = next_batch(&mut room);
+    room.handle_durable(first.id, t).unwrap();
+    room.handle_text(ConnId(1), r#"{"message":"two"}"#, t)
+        .unwrap();
+    let second = next_batch(&mut room);
+    assert_ne!(first.id, second.id, "each batch has an id of its own");
+    // A stale or duplicated answer from storage changes nothing.
+    assert_eq!(
+        room.handle_durable(first.id, t),
+        Err(RoomError::UnknownBatch(first.id))
+    );
+    assert_eq!(
+        room.handle_write_failed(first.id, t),
+        Err(RoomError::UnknownBatch(first.id))
+    );
+    assert_eq!(room.last_durable_id(), 1);
+    assert!(room.poll_output().is_none(), "nothing sent or broadcast");
+    room.handle_durable(second.id, t).unwrap();
+    assert_eq!(room.last_durable_id(), 2);
+}
+
+#[test]
+fn a_sender_gone_before_its_write_fails_is_not_written_to() {
+    let t = Timestamp(1_000);
+    let mut room = quiet_room_with_ada(RoomConfig::default(), t);
+    room.handle_text(ConnId(1), r#"{"message":"lost"}"#, t)
+        .unwrap();
+    let batch = next_batch(&mut room);
+    room.handle_close(ConnId(1), t).unwrap();
+    drive(&mut room, t, false);
+    room.handle_write_failed(batch.id, t).unwrap();
+    let after: Vec<Output> = std::iter::from_fn(|| room.poll_output()).collect();
+    assert!(
+        !after
+            .iter()
+            .any(|output| matches!(output, Output::Send { conn, .. } if *conn == ConnId(1))),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn restore_accepts_a_history_whose_oldest_messages_were_trimmed() {
+    let record = |id: u64| {
+        (
+            keys::message(id),
+            format!(r#"{{"name":"a","message":"m{id}","timestamp":{id},"id":{id}}}"#).into(),
+        )
+    };
+    let stored = [record(5), record(6), record(7)];
+    let room = Room::restore(RoomConfig::default(), &stored, []).unwrap();
+    assert_eq!(room.last_durable_id(), 7);
+    assert_eq!(room.history_page(None, 10).len(), 3);
+    let gap = [record(5), record(7)];
+    assert!(Room::restore(RoomConfig::default(), &gap, []).is_err());
+}
+
+#[test]
+fn a_room_counts_its_connections_and_keeps_its_config() {
+    let config = RoomConfig {
+        history_retained_max: 7,
+        join_replay_max: 3,
+        ..RoomConfig::default()
+    };
+    let t = Timestamp(1_000);
+    let mut room = Room::new(config.clone());
+    assert_eq!(room.config(), &config);
+    assert_eq!(room.connection_count(), 0);
+    room.handle_connect(ConnId(1), [10, 0, 0, 1].into(), t)
+        .unwrap();
+    room.handle_connect(ConnId(2), [10, 0, 0, 2].into(), t)
+        .unwrap();
+    room.handle_text(ConnId(2), r#"{"name":"bob"}"#, t).unwrap();
+    assert_eq!(room.connection_count(), 2, "named or not");
+    room.handle_close(ConnId(1), t).unwrap();
+    assert_eq!(room.connection_count(), 1);
+}
+
+#[test]
+fn each_connection_gets_its_own_attachment_and_a_restore_keeps_them_all() {
+    let t = Timestamp(1_000);
+    let mut room = Room::new(RoomConfig::default());
+    // Two connections within one turn, before the adapter takes any output.
+    room.handle_connect(ConnId(1), [10, 0, 0, 1].into(), t)
+        .unwrap();
+    room.handle_connect(ConnId(2), [10, 0, 0, 2].into(), t)
+        .unwrap();
+    let attachments: Vec<(ConnId, Vec<u8>)> = std::iter::from_fn(|| room.poll_output())
+        .filter_map(|output| match output {
+            Output::SetAttachment { conn, attachment } => Some((conn, attachment)),
+            _ => None,
+        })
+        .collect();
+    let conns: Vec<ConnId> = attachments.iter().map(|(conn, _)| *conn).collect();
+    assert_eq!(conns, vec![ConnId(1), ConnId(2)]);
+    let restored = Room::restore(
+        RoomConfig::default(),
+        &[],
+        attachments
+            .iter()
+            .map(|(conn, bytes)| (*conn, bytes.as_slice())),
+    );
+    assert_eq!(restored.unwrap().connection_count(), 2);
+}
+
+#[test]
+fn attachments_up_to_the_length_limit_restore_and_longer_ones_close() {
+    use crate::room::ATTACHMENT_LEN_MAX_BYTES;
+    let t = Timestamp(1_000);
+    let mut room = Room::new(RoomConfig::default());
+    room.handle_connect(ConnId(1), [10, 0, 0, 1].into(), t)
+        .unwrap();
+    let attachment = std::iter::from_fn(|| room.poll_output())
+        .find_map(|output| match output {
+            Output::SetAttachment { attachment, .. } => Some(attachment),
+            _ => None,
+        })
+        .unwrap();
+    // The limit is on the stored bytes, whatever follows the encoding.
+    let padded = |len: usize| {
+        let mut bytes = attachment.clone();
+        bytes.resize(len, 0);
+        bytes
+    };
+    let (at_limit, beyond) = (
+        padded(ATTACHMENT_LEN_MAX_BYTES),
+        padded(ATTACHMENT_LEN_MAX_BYTES + 1),
+    );
+    let mut restored = Room::restore(
+        RoomConfig::default(),
+        &[],
+        [(ConnId(1), &at_limit[..]), (ConnId(2), &beyond[..])],
+    )
+    .unwrap();
+    let closed: Vec<ConnId> = std::iter::from_fn(|| restored.poll_output())
+        .filter_map(|output| match output {
+            Output::Close { conn, .. } => Some(conn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, vec![ConnId(2)]);
+    assert_eq!(restored.connection_count(), 1);
+}
+
+#[test]
+fn messages_beyond_the_pending_bound_are_refused_as_busy() {
+    use crate::room::ERROR_ROOM_BUSY;
+    let t = Timestamp(1_000);
+    let config = RoomConfig {
+        pending_messages_max: 2,
+        ..RoomConfig::default()
+    };
+    let mut room = quiet_room_with_ada(config, t);
+    room.handle_text(ConnId(1), r#"{"message":"in flight"}"#, t)
+        .unwrap();
+    let batch = next_batch(&mut room);
+    room.handle_text(ConnId(1), r#"{"message":"waiting"}"#, t)
+        .unwrap();
+    room.handle_text(ConnId(1), r#"{"message":"one too many"}"#, t)
+        .unwrap();
+    let busy = format!(r#"{{"error":"{ERROR_ROOM_BUSY}"}}"#);
+    let sends: Vec<String> = std::iter::from_fn(|| room.poll_output())
+        .filter_map(|output| match output {
+            Output::Send { frame, .. } => Some(frame.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends, vec![busy]);
+    room.handle_durable(batch.id, t).unwrap();
+    let driven = drive(&mut room, t, false);
+    let said: Vec<bool> = ["in flight", "waiting"]
+        .iter()
+        .map(|m| driven.broadcasts.iter().any(|f| f.contains(m)))
+        .collect();
+    assert_eq!(said, vec![true, true], "{:?}", driven.broadcasts);
+    assert_eq!(driven.broadcasts.len(), 2, "{:?}", driven.broadcasts);
+    assert_eq!(room.last_durable_id(), 2);
+}
+
+#[test]
+fn frames_refused_during_a_cooldown_are_counted() {
+    let mut h = harness();
+    join(&mut h, 1, "ada");
+    for n in 0..8 {
+        say(&mut h, 1, &format!("m{n}"));
+    }
+    let refused = h
+        .frames(1)
+        .iter()
+        .filter(|frame| frame.contains(ERROR_RATE_LIMITED))
+        .count();
+    assert!(refused > 1, "the burst is over and the cooldown refuses");
+    assert_eq!(h.host.take_stats().frames_rate_limited, refused as u64);
+}
+
+#[test]
+fn since_just_inside_the_retained_history_recovers_and_just_outside_falls_back() {
+    let config = RoomConfig {
+        history_retained_max: 5,
+        ..RoomConfig::default()
+    };
+    let mut h = unlimited_with(config);
+    join(&mut h, 1, "ada");
+    for n in 1..=8 {
+        say(&mut h, 1, &format!("m{n}"));
+    }
+    // Messages 4..=8 are held: `since: 3` misses nothing that is not held.
+    for (conn, since, recovered) in [(2u8, 3u64, true), (3, 2, false)] {
+        h.step(Step::Connect { conn, ip: conn }).unwrap();
+        h.step(text(conn, &format!(r#"{{"name":"x","since":{since}}}"#)))
+            .unwrap();
+        let frames = h.frames(conn);
+        assert_eq!(
+            frames.last().unwrap(),
+            &format!(r#"{{"ready":true,"recovered":{recovered}}}"#)
+        );
+        assert!(frames.iter().any(|f| f.contains(r#""id":4"#)), "{frames:?}");
+    }
+}
+
+/// A text frame of exactly `len` bytes: a chat message padded with JSON whitespace.
+fn padded_message(message: &str, len: usize) -> String {
+    let frame = format!(r#"{{"message":"{message}"}}"#);
+    format!("{frame}{}", " ".repeat(len - frame.len()))
+}
+
+#[test]
+fn held_frames_may_fill_the_byte_bound_exactly_and_it_frees_as_they_are_decided() {
+    let t = Timestamp(1_000);
+    // Eight frames of 1 KiB: exactly the documented bound of 8 KiB.
+    let frame_len = 1024;
+    assert_eq!(frame_len * PIPELINED_FRAMES_MAX, 8 * 1024);
+    let mut room = room_with_ada_and_one_message(RoomConfig::default(), t);
+    drive(&mut room, t, false);
+    let mut sends = Vec::new();
+    for round in 0..2 {
+        // Ada's next question is outstanding while these arrive: all are held.
+        room.handle_text(ConnId(1), &padded_message("ask", 32), t)
+            .unwrap();
+        for n in 0..PIPELINED_FRAMES_MAX {
+            let frame = padded_message(&format!("r{round} m{n}"), frame_len);
+            room.handle_text(ConnId(1), &frame, t).unwrap();
+        }
+        sends.extend(drive(&mut room, t, false).sends);
+    }
+    assert!(sends.is_empty(), "nothing refused: {sends:?}");
+    assert_eq!(
+        room.last_durable_id(),
+        2 * (1 + PIPELINED_FRAMES_MAX as u64) + 1
+    );
+}
+
+#[test]
+fn held_frames_refused_as_late_are_counted() {
+    let t = Timestamp(1_000);
+    let mut room = room_with_ada_and_one_message(RoomConfig::default(), t);
+    take_outputs(&mut room);
+    assert_eq!(room.take_stats().frames_rate_limited, 0);
+    room.handle_timeout(t.plus_millis(PIPELINE_WAIT_MAX_MS));
+    assert_eq!(asked_and_refused(&mut room), (0, 1));
+    assert_eq!(room.take_stats().frames_rate_limited, 1);
+}

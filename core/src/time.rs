@@ -31,3 +31,22 @@ impl Timestamp {
         self.0.saturating_sub(earlier.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timestamp_reads_back_its_milliseconds() {
+        let t = Timestamp(1_700_000_000_123);
+        assert_eq!(t.as_millis(), 1_700_000_000_123);
+        assert_eq!(t.plus_millis(7).as_millis(), 1_700_000_000_130);
+        assert_eq!(Timestamp(u64::MAX).plus_millis(1), Timestamp(u64::MAX));
+        assert_eq!(t.plus_millis(7).millis_since(t), 7);
+        assert_eq!(
+            t.millis_since(t.plus_millis(7)),
+            0,
+            "a clock that stepped back"
+        );
+    }
+}

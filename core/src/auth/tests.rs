@@ -873,3 +873,166 @@ fn sign_raw(alg: Algorithm, header: &Value, payload: &[u8]) -> String {
     let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, alg.to_jwt()).unwrap();
     format!("{message}.{signature}")
 }
+
+#[test]
+fn key_bounds_are_exact() {
+    assert_eq!(
+        VerifyingKeys::hs256(&[7; HS256_SECRET_LEN_MIN_BYTES])
+            .unwrap()
+            .len(),
+        1
+    );
+    // A document of exactly the limit is read (and found wanting); one byte more is not.
+    let document = |len: usize| " ".repeat(len);
+    assert_eq!(
+        VerifyingKeys::from_pem(
+            Algorithm::Rs256,
+            document(KEY_DOCUMENT_LEN_MAX_BYTES).as_bytes()
+        )
+        .unwrap_err(),
+        KeyError::BadPem("RS256")
+    );
+    assert_eq!(
+        VerifyingKeys::from_pem(
+            Algorithm::Rs256,
+            document(KEY_DOCUMENT_LEN_MAX_BYTES + 1).as_bytes()
+        )
+        .unwrap_err(),
+        KeyError::TooLarge
+    );
+    assert_eq!(
+        VerifyingKeys::from_jwks(&document(KEY_DOCUMENT_LEN_MAX_BYTES)).unwrap_err(),
+        KeyError::BadJwks
+    );
+    assert_eq!(
+        VerifyingKeys::from_jwks(&document(KEY_DOCUMENT_LEN_MAX_BYTES + 1)).unwrap_err(),
+        KeyError::TooLarge
+    );
+    // Exactly KEYS_MAX entries (one usable, the rest skipped) are read.
+    let usable: Value = serde_json::from_str::<Value>(JWKS).unwrap()["keys"][0].clone();
+    let mut entries = vec![json!({}); KEYS_MAX - 1];
+    entries.push(usable);
+    let at_max = json!({ "keys": entries }).to_string();
+    assert_eq!(VerifyingKeys::from_jwks(&at_max).unwrap().len(), 1);
+    // Merging up to KEYS_MAX keys is allowed, one more is not.
+    let one = || VerifyingKeys::hs256(SECRET).unwrap();
+    let full = (1..KEYS_MAX).fold(one(), |keys, _| keys.merge(one()).unwrap());
+    assert_eq!(full.len(), KEYS_MAX);
+    assert!(!full.is_empty());
+    assert_eq!(full.merge(one()).unwrap_err(), KeyError::TooLarge);
+    assert!(VerifyingKeys { keys: Vec::new() }.is_empty());
+}
+
+#[test]
+fn debug_names_each_key_by_kid_and_algorithm() {
+    let keys = VerifyingKeys::from_jwks(JWKS).unwrap();
+    let debug = format!("{keys:?}");
+    for shown in ["rsa-1", "RS256", "ec-1", "ES256", "ed-1", "EdDSA"] {
+        assert!(debug.contains(shown), "{shown} in {debug}");
+    }
+}
+
+/// The `x` of the committed JWKS's Ed25519 key.
+fn ed25519_x() -> Value {
+    let jwks: Value = serde_json::from_str(JWKS).unwrap();
+    jwks["keys"][2]["x"].clone()
+}
+
+#[test]
+fn jwks_keys_on_other_curves_are_skipped() {
+    for key in [
+        json!({"kty": "EC", "crv": "P-384", "x": "AAAA", "y": "AAAA"}),
+        // A well-formed 32-byte key labelled with a curve no OKP key has (the JWK library
+        // knows no other OKP curve: X25519 and Ed448 entries do not even parse).
+        json!({"kty": "OKP", "crv": "P-384", "x": ed25519_x()}),
+    ] {
+        let jwks = json!({ "keys": [key] }).to_string();
+        assert_eq!(
+            VerifyingKeys::from_jwks(&jwks).unwrap_err(),
+            KeyError::NoUsableKey,
+            "{jwks}"
+        );
+    }
+}
+
+#[test]
+fn exactly_room_grants_max_grants_are_read() {
+    let at_max: serde_json::Map<String, Value> = (0..ROOM_GRANTS_MAX)
+        .map(|i| (format!("r{i}"), json!("read")))
+        .collect();
+    let token = hs_token(json!({ "rooms": at_max }));
+    let grants = hs_verifier().verify(&token, NOW).unwrap().grants;
+    let last = ObjectId::from_name(Namespace::Room, &format!("r{}", ROOM_GRANTS_MAX - 1));
+    assert_eq!(grants.role_for(&last), Some(Role::Read));
+}
+
+#[test]
+fn a_token_of_exactly_the_length_limit_verifies_and_a_longer_one_is_malformed() {
+    // A valid token of `len` bytes, found by padding a claim and the kid.
+    let token_of = |len: usize| {
+        (0..len)
+            .flat_map(|pad| (0..4).map(move |kid| (pad, kid)))
+            .map(|(pad, kid)| {
+                let mut claims = claims();
+                claims["pad"] = json!("p".repeat(pad));
+                sign(Algorithm::Hs256, Some(&"k".repeat(kid + 1)), &claims)
+            })
+            .find(|token| token.len() == len)
+            .expect("a padding that fits")
+    };
+    let at_limit = token_of(TOKEN_LEN_MAX_BYTES);
+    assert!(hs_verifier().verify(&at_limit, NOW).is_ok());
+    let beyond = token_of(TOKEN_LEN_MAX_BYTES + 1);
+    assert_eq!(
+        hs_verifier().verify(&beyond, NOW),
+        Err(AuthError::Malformed)
+    );
+}
+
+#[test]
+fn a_config_reports_its_mode() {
+    for mode in [AuthMode::Off, AuthMode::Optional, AuthMode::Required] {
+        assert_eq!(config(mode, &[]).mode(), mode);
+    }
+}
+
+#[test]
+fn origins_with_a_path_never_match_and_a_bracketed_host_needs_no_port() {
+    let listed =
+        |entry: &str, origin: &str| origin_allowed(Some(origin), &[entry.to_owned()], None);
+    assert!(!listed(
+        "https://app.example/path",
+        "https://app.example/path"
+    ));
+    assert!(!listed(
+        "https://ada@app.example",
+        "https://ada@app.example"
+    ));
+    assert!(listed("https://[::1]", "https://[::1]"));
+    assert!(listed("https://[::1]", "https://[::1]:443"));
+}
+
+#[test]
+fn host_headers_up_to_the_length_limit_are_read() {
+    // The longest plausible Host: a 253-byte name, a colon and a five-digit port.
+    let longest = format!("{}:12345", "a".repeat(253));
+    assert_eq!(
+        own_origins(Some(&longest), PageScheme::Https),
+        [format!("https://{longest}")]
+    );
+    // A bracketed IPv6 host is checked by length too: one byte beyond the limit is odd.
+    let bracketed = |len: usize| format!("[:{}]", "0".repeat(len - 3));
+    assert_eq!(
+        own_origins(Some(&bracketed(HOST_LEN_MAX_BYTES)), PageScheme::Https).len(),
+        1
+    );
+    assert!(own_origins(Some(&bracketed(HOST_LEN_MAX_BYTES + 1)), PageScheme::Https).is_empty());
+}
+
+#[test]
+fn a_query_token_with_a_bad_escape_is_taken_as_it_came() {
+    assert_eq!(
+        token_from_query(Some("token=a%2Eb%zz")).as_deref(),
+        Some("a%2Eb%zz")
+    );
+}

@@ -424,4 +424,33 @@ mod tests {
         assert_eq!(restored.presence().collect::<Vec<_>>(), ["ADA", "ADA"]);
         assert_eq!(restored.poll_timeout(), ada.expires_at);
     }
+
+    #[test]
+    fn room_auths_are_equal_only_for_the_same_policy_and_room() {
+        let lobby_auth = auth();
+        assert_eq!(lobby_auth, lobby_auth.clone());
+        let hall = RoomAuth {
+            config: lobby_auth.config.clone(),
+            room: ObjectId::from_name(Namespace::Room, "hall"),
+        };
+        assert_ne!(lobby_auth, hall, "another room");
+        // A policy built again (as on a reload) is another policy, even if it reads the same.
+        assert_ne!(lobby_auth, auth());
+    }
+
+    #[test]
+    fn a_token_frame_up_to_the_frame_limit_is_checked_and_a_longer_one_is_too_long() {
+        let (mut room, _) = room_with_two();
+        let frame = |len: usize| {
+            let (head, tail) = (r#"{"token":""#, r#""}"#);
+            format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()))
+        };
+        let at_limit = text(&mut room, 1, &frame(CLIENT_FRAME_LEN_MAX_BYTES), NOW);
+        let beyond = text(&mut room, 1, &frame(CLIENT_FRAME_LEN_MAX_BYTES + 1), NOW);
+        let too_long = crate::protocol::FrameError::TooLarge.to_string();
+        assert_eq!(at_limit.len(), 1, "{at_limit:?}");
+        assert!(!at_limit[0].contains(&too_long), "{at_limit:?}");
+        assert!(at_limit[0].contains("oken"), "a token error: {at_limit:?}");
+        assert_eq!(beyond, [format!(r#"1<{{"error":"{too_long}"}}"#)]);
+    }
 }

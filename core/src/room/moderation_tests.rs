@@ -553,3 +553,206 @@ fn bans_and_mutes_are_bounded_and_expired_ones_make_room() {
         "storage forgot the expired ones too"
     );
 }
+
+#[test]
+fn restore_reads_every_restriction_and_the_settings() {
+    let mut d = Driver::new();
+    d.admin(r#"{"settings":{"topic":"Welcome"}}"#).unwrap();
+    for n in 0..RESTRICTIONS_MAX {
+        d.admin(&format!(r#"{{"ban":"u{n}"}}"#)).unwrap();
+    }
+    d.crash();
+    let restrictions = d.room.restrictions();
+    assert_eq!(restrictions.len(), RESTRICTIONS_MAX);
+    assert_eq!(restrictions.settings.topic.as_deref(), Some("Welcome"));
+    for n in [0, RESTRICTIONS_MAX - 1] {
+        let user = format!("u{n}");
+        assert!(restrictions.is_banned(Some(&user), ip(1), d.now), "{user}");
+    }
+}
+
+/// Hands the room `actions` within one turn (none durable before the next is asked),
+/// then settles.
+fn moderate_together(d: &mut Driver, actions: &[&str]) -> Vec<Result<(), ModError>> {
+    d.tick();
+    let results = actions
+        .iter()
+        .map(|action| {
+            let request = PublishId(d.next_request);
+            d.next_request += 1;
+            d.room
+                .handle_moderate(request, decode_action(action).unwrap(), d.now)
+        })
+        .collect();
+    d.settle();
+    results
+}
+
+#[test]
+fn bans_waiting_for_storage_count_towards_the_bound() {
+    let mut d = Driver::new();
+    assert_eq!(
+        moderate_together(&mut d, &[r#"{"ban":"a"}"#, r#"{"mute":"b"}"#]),
+        [Ok(()), Ok(())]
+    );
+    for n in 2..RESTRICTIONS_MAX - 1 {
+        d.admin(&format!(r#"{{"ban":"u{n}"}}"#)).unwrap();
+    }
+    assert_eq!(d.room.restrictions().len(), RESTRICTIONS_MAX - 1);
+    assert_eq!(
+        moderate_together(&mut d, &[r#"{"ban":"x"}"#, r#"{"mute":"y"}"#]),
+        [Ok(()), Err(ModError::TooManyRestrictions)]
+    );
+    assert_eq!(d.room.restrictions().len(), RESTRICTIONS_MAX);
+}
+
+#[test]
+fn only_expired_mutes_are_forgotten_to_make_room() {
+    let mut d = Driver::new();
+    d.admin(r#"{"mute":"keep"}"#).unwrap();
+    d.admin(r#"{"mute":"gone","for_ms":1000}"#).unwrap();
+    for n in 0..RESTRICTIONS_MAX - 2 {
+        d.admin(&format!(r#"{{"ban":"u{n}"}}"#)).unwrap();
+    }
+    d.now = d.now.plus_millis(2_000);
+    d.admin(r#"{"ban":"one-more"}"#).unwrap();
+    d.crash();
+    let restrictions = d.room.restrictions();
+    assert!(restrictions.is_muted("keep", d.now), "still muted");
+    assert!(!restrictions.mutes.contains_key("gone"), "forgotten");
+    assert!(restrictions.is_banned(Some("one-more"), ip(1), d.now));
+    assert_eq!(restrictions.len(), RESTRICTIONS_MAX);
+}
+
+#[test]
+fn the_admin_view_lists_every_connection_and_counts_the_joined() {
+    let mut d = Driver::new();
+    assert_eq!(d.room.member_count(), 0);
+    d.join(1, "ada");
+    d.connect(2, ip(2), None);
+    d.join(3, "bob");
+    let members: Vec<(u64, Option<String>)> = d
+        .room
+        .members(d.now)
+        .into_iter()
+        .map(|member| (member.conn, member.name))
+        .collect();
+    assert_eq!(
+        members,
+        [(1, Some("ada".into())), (2, None), (3, Some("bob".into()))]
+    );
+    assert_eq!(d.room.member_count(), 2, "only joined sessions count");
+}
+
+#[test]
+fn members_max_admits_exactly_that_many() {
+    let mut d = Driver::new();
+    d.admin(r#"{"settings":{"members_max":2}}"#).unwrap();
+    d.join(1, "ada");
+    d.join(2, "bob");
+    d.join(3, "cy");
+    assert!(!d.closed.contains_key(&1) && !d.closed.contains_key(&2));
+    assert_eq!(d.last(2), r#"{"ready":true}"#);
+    assert_eq!(d.closed[&3], (CLOSE_ROOM_FULL, CLOSE_REASON_ROOM_FULL));
+}
+
+#[test]
+fn an_ip_ban_closes_only_the_sockets_from_that_ip() {
+    let mut d = Driver::new();
+    d.join(1, "ada");
+    d.join(2, "bob");
+    d.admin(r#"{"ban_ip":"192.0.2.2"}"#).unwrap();
+    assert_eq!(d.closed.keys().collect::<Vec<_>>(), [&2]);
+    d.say(1, "still here");
+    assert!(d.last(1).contains("still here"));
+}
+
+#[test]
+fn a_room_keeping_messages_by_age_says_when_the_oldest_ages_out() {
+    let mut d = Driver::new();
+    d.join(1, "ada");
+    d.say(1, "old");
+    let said_at = d.now;
+    assert_eq!(d.room.history_age_deadline(), None, "kept by count");
+    d.admin(r#"{"settings":{"history_max_age_ms":100}}"#)
+        .unwrap();
+    assert_eq!(
+        d.room.history_age_deadline(),
+        Some(said_at.plus_millis(101))
+    );
+    d.now = said_at.plus_millis(101);
+    d.room.handle_timeout(d.now);
+    assert!(d.room.history_page(None, 10).is_empty());
+    assert_eq!(d.room.history_age_deadline(), None, "nothing left to age");
+}
+
+#[test]
+fn with_every_message_aged_out_since_recovers_only_when_nothing_was_missed() {
+    let mut d = Driver::new();
+    d.join(1, "ada");
+    for n in 1..=3 {
+        d.say(1, &format!("m{n}"));
+    }
+    d.admin(r#"{"settings":{"history_max_age_ms":100}}"#)
+        .unwrap();
+    d.now = d.now.plus_millis(1_000);
+    d.room.handle_timeout(d.now);
+    assert!(d.room.history_page(None, 10).is_empty());
+    let up_to_date = d.joiner_sees(2, Some(3));
+    assert_eq!(
+        up_to_date.last().unwrap(),
+        r#"{"ready":true,"recovered":true}"#
+    );
+    let missed_one = d.joiner_sees(3, Some(2));
+    assert_eq!(
+        missed_one.last().unwrap(),
+        r#"{"ready":true,"recovered":false}"#
+    );
+}
+
+#[test]
+fn a_settings_change_keeps_the_settings_it_does_not_name() {
+    let mut d = Driver::new();
+    d.admin(r#"{"settings":{"topic":"Welcome"}}"#).unwrap();
+    d.admin(r#"{"settings":{"members_max":5}}"#).unwrap();
+    let settings = &d.room.restrictions().settings;
+    assert_eq!(
+        (settings.topic.as_deref(), settings.members_max),
+        (Some("Welcome"), Some(5))
+    );
+    // The second change is asked before the first is durable: it builds on the first.
+    let together = moderate_together(
+        &mut d,
+        &[
+            r#"{"settings":{"topic":"Hi"}}"#,
+            r#"{"settings":{"members_max":7}}"#,
+        ],
+    );
+    assert_eq!(together, [Ok(()), Ok(())]);
+    d.crash();
+    let settings = &d.room.restrictions().settings;
+    assert_eq!(
+        (settings.topic.as_deref(), settings.members_max),
+        (Some("Hi"), Some(7))
+    );
+}
+
+#[test]
+fn deleting_a_message_leaves_the_others_intact_in_storage() {
+    let mut d = Driver::new();
+    d.join(1, "ada");
+    d.say(1, "one");
+    d.say(1, "two");
+    d.admin(r#"{"edit":1,"message":"one, corrected"}"#).unwrap();
+    d.admin(r#"{"delete":2}"#).unwrap();
+    d.crash();
+    let history = d.room.history_page(None, 10);
+    assert!(
+        history
+            .iter()
+            .any(|f| f.contains(r#""message":"one, corrected""#)),
+        "{history:?}"
+    );
+    let stored = d.stored_text();
+    assert!(stored.contains("one, corrected"), "{stored}");
+}
