@@ -43,6 +43,10 @@ pub const ERROR_RATE_LIMITED: &str = "Your IP is being rate-limited, please try 
 /// was not stored and nobody received it.
 pub const ERROR_STORAGE_UNAVAILABLE: &str = "Message not sent: storage unavailable.";
 
+/// The error text a client gets when it resends a keyed message that a moderator has since
+/// deleted: the message was stored once and is not stored again.
+pub const ERROR_RESEND_DELETED: &str = "Message not sent again: a moderator deleted it.";
+
 /// Largest WebSocket message an adapter accepts from a client, in bytes; a larger one closes
 /// the connection with [`CLOSE_FRAME_TOO_LARGE`].
 pub const WS_MESSAGE_LEN_MAX_BYTES: usize = 64 * 1024;

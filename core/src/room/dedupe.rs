@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::protocol::SendKey;
+use crate::protocol::{SendKey, ERROR_RESEND_DELETED};
 use crate::storage::Value;
 
 use super::{ConnId, PendingEntry, Room};
@@ -81,6 +81,12 @@ impl Room {
             return false;
         };
         if id <= self.durable_id {
+            if self.live_message(id).is_none() {
+                // Deleted (or being deleted): its tombstone would not answer the send, and
+                // storing it again would undo the moderator.
+                self.send_error(conn, ERROR_RESEND_DELETED);
+                return true;
+            }
             let front = self.history.front().map_or(u64::MAX, |message| message.id);
             let stored = id
                 .checked_sub(front)
@@ -143,8 +149,9 @@ impl Room {
 mod tests {
     use std::net::IpAddr;
 
-    use crate::protocol::ERROR_STORAGE_UNAVAILABLE;
-    use crate::room::{ConnId, Output, Room, RoomConfig};
+    use crate::moderation::decode_action;
+    use crate::protocol::{ERROR_RESEND_DELETED, ERROR_STORAGE_UNAVAILABLE};
+    use crate::room::{ConnId, Output, PublishId, Room, RoomConfig};
     use crate::storage::{Value, Write, WriteBatch};
     use crate::Timestamp;
 
@@ -245,6 +252,33 @@ mod tests {
         assert!(again.to(1).is_empty(), "nobody else sees it twice");
         assert_eq!(stored.len(), 1);
         assert_eq!(room.last_durable_id(), 1);
+    }
+
+    /// A client that missed its echo and resends after a moderator deleted the message
+    /// must hear a refusal (its tombstone would not answer the send), and the message must
+    /// not come back.
+    #[test]
+    fn a_resend_of_a_deleted_message_is_refused_and_not_stored_again() {
+        let mut room = room(1_000);
+        let mut stored = Vec::new();
+        join(&mut room, 1, "ada");
+        send(&mut room, 1, "oops", "k1");
+        settle(&mut room, &mut stored);
+        let delete = decode_action(r#"{"delete":1}"#).unwrap();
+        room.handle_moderate(PublishId(1), delete, NOW).unwrap();
+        settle(&mut room, &mut stored);
+        let stored_before = stored.clone();
+
+        join(&mut room, 2, "ada");
+        send(&mut room, 2, "oops", "k1");
+        let again = settle(&mut room, &mut stored);
+        assert_eq!(again.committed, 0, "nothing new is stored");
+        assert_eq!(
+            again.to(2),
+            [format!(r#"{{"error":"{ERROR_RESEND_DELETED}"}}"#)]
+        );
+        assert!(again.to(1).is_empty());
+        assert_eq!(stored, stored_before);
     }
 
     #[test]

@@ -590,7 +590,7 @@ impl Room {
 
     /// Message `id` as it stands: retained, a chat message, and not deleted (durably or by
     /// a change still waiting for storage).
-    fn live_message(&self, id: u64) -> Option<ChatRecord> {
+    pub(super) fn live_message(&self, id: u64) -> Option<ChatRecord> {
         let front = self.history.front()?.id;
         let stored = self
             .history

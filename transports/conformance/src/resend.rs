@@ -19,6 +19,7 @@ pub fn cases() -> Vec<Case> {
         case!(resend_with_key_is_stored_once),
         case!(resend_keys_are_per_sender),
         case!(resend_bad_keys_are_refused),
+        case!(resend_of_a_deleted_message_is_refused),
     ]
 }
 
@@ -143,6 +144,38 @@ async fn resend_bad_keys_are_refused(t: Target) -> Result<()> {
     ensure!(
         replayed(&t, &room).await?.len() == 1,
         "only the accepted one is stored"
+    );
+    Ok(())
+}
+
+async fn resend_of_a_deleted_message_is_refused(t: Target) -> Result<()> {
+    t.require_admin_token()?;
+    let room = unique_name("resend-del");
+    let (mut ann, _) = t.join(&room, "ann").await?;
+    let stored = send_keyed(&mut ann, "regrettable", "k-del").await?;
+    let id = stored.u64("id").context("an id")?;
+    t.moderate(&room, json!({ "delete": id })).await?;
+    ann.until("the deletion", |f| f.u64("deleted") == Some(id))
+        .await?;
+
+    // A client that never saw its echo resends from a new connection: the deletion stands.
+    let (mut ann_again, _) = t.join(&room, "ann").await?;
+    ann_again
+        .send_json(&json!({ "message": "regrettable", "key": "k-del" }))
+        .await?;
+    let (_, frame) = ann_again
+        .until("the answer", |f| f.error().is_some() || f.is_chat())
+        .await?;
+    let expected = "Message not sent again: a moderator deleted it.";
+    ensure!(
+        frame.error() == Some(expected),
+        "expected the error {expected:?}, got {frame}"
+    );
+    ann.expect_no_chat(SILENCE, "a refused resend is not broadcast")
+        .await?;
+    ensure!(
+        replayed(&t, &room).await?.is_empty(),
+        "the deleted message stays deleted"
     );
     Ok(())
 }

@@ -185,6 +185,7 @@ conformance_tests!(
     resend_with_key_is_stored_once,
     resend_keys_are_per_sender,
     resend_bad_keys_are_refused,
+    resend_of_a_deleted_message_is_refused,
 );
 
 /// Runs every `auth_*` case against a server configured as `auth`; fails on any failure, and
