@@ -59,11 +59,14 @@ pub enum PlantedBug {
     /// A chat message is refused "Room is busy" whenever a write is in flight, far below
     /// the limit of messages waiting for storage.
     BusyWhileWriting,
+    /// Idempotent sends are not deduplicated: a resend with a retained message's key is
+    /// stored again as a new message.
+    ResendStoredTwice,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 21] = [
+    pub const ALL: [PlantedBug; 22] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -85,5 +88,6 @@ impl PlantedBug {
         PlantedBug::CooldownOverrun,
         PlantedBug::SinceEdgeFallsBack,
         PlantedBug::BusyWhileWriting,
+        PlantedBug::ResendStoredTwice,
     ];
 }

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::planted::PlantedBug;
 use crate::protocol::{SendKey, ERROR_RESEND_DELETED};
 use crate::storage::Value;
 
@@ -74,6 +75,10 @@ impl Room {
     /// still waiting for storage reaches it with the broadcast, and `conn` hears if its write
     /// fails.
     pub(super) fn answer_duplicate(&mut self, conn: ConnId, key: &SendKey) -> bool {
+        // Planted: every resend is a new message.
+        if self.config.planted(PlantedBug::ResendStoredTwice) {
+            return false;
+        }
         let Some(sender) = self.user_key(conn) else {
             return false;
         };
