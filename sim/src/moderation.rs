@@ -139,6 +139,13 @@ pub struct ModOracle {
 }
 
 impl ModOracle {
+    /// Whether the moderator asked to delete message `id` of `room`.
+    pub fn delete_asked(&self, room: usize, id: u64) -> bool {
+        self.requests.values().any(|(r, action, _)| {
+            *r == room && matches!(action, ModAction::Delete { id: target } if *target == id)
+        })
+    }
+
     /// Whether `client` was ever the target of a ban (left out of liveness: it may be
     /// refused until the end).
     pub fn ever_banned(&self, room: usize, name: &str) -> bool {

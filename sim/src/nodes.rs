@@ -1362,6 +1362,19 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
     if w.settling {
         return;
     }
+    // A resend goes out alone on a quiet connection, and nothing follows it until it is
+    // answered, so that an error then is its answer.
+    let current = &w.clients[index].current;
+    if current
+        .resending
+        .keys()
+        .any(|key| !current.resend_broadcast.contains(key))
+    {
+        return;
+    }
+    if quiet && rng.gen_bool(0.08) && resend(shared, w, index, conn, &mut rng) {
+        return;
+    }
     let roll: f64 = rng.gen();
     if w.clients[index].burst_left > 0 || roll < 0.55 {
         let slot = &mut w.clients[index];
@@ -1376,7 +1389,15 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
             // Exactly at the limit, characters outside the BMP counting two units.
             message = pad_to_units(message, model::MESSAGE_UNITS_MAX, &mut rng);
         }
-        let text = format!(r#"{{"message":"{message}"}}"#);
+        // Most messages carry an idempotency key, which a resend repeats.
+        let text = if rng.gen_bool(0.7) {
+            let key = random_key(&mut rng, index, slot.sent);
+            let text = format!(r#"{{"message":"{message}","key":"{key}"}}"#);
+            slot.keyed.push((message.clone(), key));
+            text
+        } else {
+            format!(r#"{{"message":"{message}"}}"#)
+        };
         slot.sent_on.insert(message.clone(), conn);
         if at_limit {
             w.count_fault("sent-256-units");
@@ -1400,6 +1421,62 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
     } else if (0.66..0.69).contains(&roll) {
         send_malformed(shared, w, index, conn, &mut rng);
     }
+}
+
+/// A key of 1–64 characters of `[A-Za-z0-9_-]`: `<client>_<message number>_` (so keys are
+/// unique, and a frame's key names its sender even once an edit replaced its text), then
+/// random characters up to 64 in all (often none).
+fn random_key(rng: &mut impl Rng, index: usize, sent: u64) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
+    let mut key = format!("{index}_{sent}_");
+    let len = match rng.gen_range(0..10) {
+        0..=3 => key.len(),
+        4 => 64,
+        _ => rng.gen_range(key.len()..=32),
+    };
+    while key.len() < len {
+        key.push(char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]));
+    }
+    key
+}
+
+/// Sends a keyed message again with its key, as a client does after a reconnect whose
+/// replay did not show it (mostly), or on the same connection (sometimes). The resend's
+/// text is the original's `u<n>#<m>` plus `~r<k>`, so that a resend stored as a new message (the
+/// original failed, was trimmed, or was deleted before a rebuild) stays unique for the
+/// checks that match texts, and a deduplicated one is answered with the original's text.
+/// Returns whether it sent one.
+fn resend(shared: &Shared, w: &mut World, index: usize, conn: ConnId, rng: &mut impl Rng) -> bool {
+    let slot = &w.clients[index];
+    let recent = &slot.keyed[slot.keyed.len().saturating_sub(20)..];
+    let unseen = recent
+        .iter()
+        .rev()
+        .find(|(text, key)| !slot.keys_seen.contains(key) && slot.sent_on.get(text) != Some(&conn));
+    let pick = match unseen {
+        Some(pick) => pick,
+        None if !recent.is_empty() && rng.gen_bool(0.3) => &recent[rng.gen_range(0..recent.len())],
+        None => return false,
+    };
+    let (original, key) = pick.clone();
+    // The original's `u<n>#<m>` (without any padding), so a resend stays within the limit.
+    let number = slot.resends + 1;
+    let message = format!(
+        "{}~r{number}",
+        original.split(' ').next().unwrap_or_default()
+    );
+    let text = format!(r#"{{"message":"{message}","key":"{key}"}}"#);
+    let slot = &mut w.clients[index];
+    slot.resends = number;
+    slot.sent_on.insert(message.clone(), conn);
+    slot.current
+        .resending
+        .insert(key, (original, message.clone()));
+    w.count_fault("resend");
+    tokens::sending(w, conn, &message);
+    expect_answer(shared, w, index, conn);
+    to_host(shared, w, conn, HostEvent::Text { conn, text });
+    true
 }
 
 /// `message` padded to exactly `units` UTF-16 units with `x` and U+1F600 (two units each).
@@ -1531,6 +1608,7 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
             w.violate("refusals-deserved", detail);
             return;
         }
+        resend_refused(w, index, conn, room, &error);
         let current = &mut w.clients[index].current;
         if error == ERROR_STORAGE_UNAVAILABLE {
             current.storage_errors += 1;
@@ -1596,6 +1674,13 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
             .unwrap_or_default()
     };
     let (text, name) = (field("message"), field("name"));
+    let key = field("key");
+    if key.starts_with(&format!("{index}_")) {
+        w.clients[index].keys_seen.insert(key.clone());
+        if resend_answer(w, index, conn, room, id, frame, &text, &key) {
+            return;
+        }
+    }
     if model::utf16_units(&text) > model::MESSAGE_UNITS_MAX {
         let detail = format!("room {room}: u{index} saw id {id}, over the length limit");
         w.violate("refusals-deserved", detail);
@@ -1681,6 +1766,100 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
     if let Some((invariant, detail)) = problem {
         w.violate(invariant, format!("room {room}: {detail}"));
     }
+}
+
+/// The error a resend of a deleted message gets (docs/PROTOCOL.md, "Idempotent sends").
+const RESEND_DELETED: &str = "Message not sent again: a moderator deleted it.";
+
+/// An error reached `conn`: it answers the resend outstanding there, if any (it went out
+/// alone). `resend-answer`: one refused as deleted is a resend of a message the moderator
+/// asked to delete.
+fn resend_refused(w: &mut World, index: usize, conn: ConnId, room: usize, error: &str) {
+    let current = &mut w.clients[index].current;
+    let outstanding = current
+        .resending
+        .keys()
+        .find(|key| !current.resend_broadcast.contains(*key))
+        .cloned();
+    let entry = outstanding.and_then(|key| Some((current.resending.remove(&key)?, key)));
+    if error != RESEND_DELETED {
+        return;
+    }
+    let Some(((original, _), key)) = entry else {
+        let detail =
+            format!("room {room}: u{index} on {conn:?} got {RESEND_DELETED:?} with no resend out");
+        w.violate("resend-answer", detail);
+        return;
+    };
+    let stored = w.rooms[room]
+        .stored_keys
+        .get(&(index, key.clone()))
+        .copied();
+    if !stored.is_some_and(|id| w.moderation.delete_asked(room, id)) {
+        let detail = format!(
+            "room {room}: u{index}'s resend of {original} (key {key}, stored as {stored:?}) refused as deleted"
+        );
+        w.violate("resend-answer", detail);
+    }
+    w.count_fault("resend-deleted");
+}
+
+/// A keyed frame of `index`'s own reached `conn`: if it answers a resend there, check it is
+/// the stored message (same id as written under that key) and count the answer. Returns
+/// whether it was the room's copy for the resender alone (not part of the stream of ids).
+#[allow(clippy::too_many_arguments)]
+fn resend_answer(
+    w: &mut World,
+    index: usize,
+    conn: ConnId,
+    room: usize,
+    id: u64,
+    frame: &Frame,
+    text: &str,
+    key: &str,
+) -> bool {
+    let current = &mut w.clients[index].current;
+    let Some((_, resent)) = current.resending.get(key) else {
+        return false;
+    };
+    if resent == text {
+        // Stored as a new message (its original failed, was trimmed, or was deleted before
+        // the room was rebuilt): answered as any message is.
+        current.resending.remove(key);
+        current.resend_broadcast.remove(key);
+        return false;
+    }
+    let in_stream = current.last_id.is_none_or(|last| id > last);
+    if in_stream {
+        // The original's broadcast: the answer if the room took the resend while it was
+        // being written; if it was durable first, a copy follows (below).
+        if current.resend_broadcast.insert(key.to_owned()) {
+            answered(w, index, conn);
+        }
+        return false;
+    }
+    current.resending.remove(key);
+    let counted = current.resend_broadcast.remove(key);
+    let stored = w.rooms[room]
+        .stored_keys
+        .get(&(index, key.to_owned()))
+        .copied();
+    let same = w.rooms[room]
+        .seen
+        .get(&id)
+        .is_some_and(|(seen, _)| w.moderation.same_either(room, seen, frame));
+    if stored != Some(id) || !same {
+        let detail = format!(
+            "room {room}: u{index}'s resend with key {key} answered with {frame}, stored as {stored:?}"
+        );
+        w.violate("resend-answer", detail);
+    }
+    w.trace(format_args!("u{index} {conn:?} <- resend answer #{id}"));
+    w.count_fault("resend-answered");
+    if !counted {
+        answered(w, index, conn);
+    }
+    true
 }
 
 // ---------------------------------------------------------------------------------------

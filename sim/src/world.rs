@@ -394,6 +394,11 @@ pub struct ClientConn {
     pub storage_errors: u64,
     /// Storage errors owed: messages of this connection in batches that failed.
     pub storage_errors_owed: u64,
+    /// Resends on this connection awaiting their answer: key -> (original text, resent text).
+    pub resending: BTreeMap<String, (String, String)>,
+    /// Resends whose original's broadcast reached this connection first (which may or may
+    /// not have been the room's answer to the resend; a stored copy may follow).
+    pub resend_broadcast: BTreeSet<String>,
 }
 
 /// A client's state, shared so the oracle can read it.
@@ -419,6 +424,12 @@ pub struct ClientSlot {
     pub connects: u64,
     /// The connection each chat message (by text) was sent on.
     pub sent_on: BTreeMap<String, ConnId>,
+    /// Keyed messages sent, in order: (text, key).
+    pub keyed: Vec<(String, String)>,
+    /// Keys of its own messages it saw (on any connection).
+    pub keys_seen: BTreeSet<String>,
+    /// Resends sent (numbers each resend's text).
+    pub resends: u64,
 }
 
 /// What the oracle knows of a room.
@@ -436,6 +447,8 @@ pub struct RoomOracle {
     pub seen_texts: BTreeMap<String, u64>,
     /// Texts of messages in batches that failed: never to be seen or stored.
     pub refused: BTreeSet<String>,
+    /// The id each (sender, key) was last written under (`send-once`).
+    pub stored_keys: BTreeMap<(usize, String), u64>,
 }
 
 /// How long a room host waits for a commit before it gives up, reports the write failed
@@ -657,6 +670,9 @@ impl World {
                     burst_left: 0,
                     connects: 0,
                     sent_on: BTreeMap::new(),
+                    keyed: Vec::new(),
+                    keys_seen: BTreeSet::new(),
+                    resends: 0,
                 }
             })
             .collect();
@@ -1009,7 +1025,37 @@ impl World {
             }
             previous = Some((message.id, message.ts));
             tokens::judge_message(self, room, &text, &name, "is written");
+            if value.contains(r#""key":"#) {
+                self.check_send_once(room, id, &text, value);
+            }
         }
+    }
+
+    /// `send-once`: a new record `id` carrying a key is the only stored record of its
+    /// sender with that key (a resend of a retained message stores nothing).
+    fn check_send_once(&mut self, room: usize, id: u64, text: &str, value: &str) {
+        let key = crate::json::Object::parse(value).and_then(|v| Some(v.str("key")?.to_owned()));
+        let (Some(key), Some(client)) = (key, client_of_text(text)) else {
+            return;
+        };
+        let slot = (client, key);
+        if let Some(&old) = self.rooms[room].stored_keys.get(&slot) {
+            let still = self.stores[room]
+                .get(&keys::message(old))
+                .and_then(|old_value| {
+                    crate::json::Object::parse(old_value)
+                        .and_then(|v| Some(v.str("key")? == slot.1))
+                })
+                .unwrap_or(false);
+            if old != id && still {
+                let detail = format!(
+                    "room {room} writes id {id} = {value}, but id {old} holds the same sender's key {}",
+                    slot.1
+                );
+                self.violate("send-once", detail);
+            }
+        }
+        self.rooms[room].stored_keys.insert(slot, id);
     }
 
     /// Decides how a commit of `room` that starts now will end.
