@@ -1364,13 +1364,22 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
     }
     // A resend goes out alone on a quiet connection, and nothing follows it until it is
     // answered, so that an error then is its answer.
-    let current = &w.clients[index].current;
+    let current = &mut w.clients[index].current;
     if current
         .resending
         .keys()
         .any(|key| !current.resend_broadcast.contains(key))
     {
         return;
+    }
+    if !current.resend_broadcast.is_empty() {
+        if now_ms < current.resend_until_ms {
+            return;
+        }
+        // Answered by the original's broadcast: the room took the resend while the
+        // original was being written (else its own answer would have come by now).
+        let done = std::mem::take(&mut current.resend_broadcast);
+        current.resending.retain(|key, _| !done.contains(key));
     }
     if quiet && rng.gen_bool(0.08) && resend(shared, w, index, conn, &mut rng) {
         return;
@@ -1466,7 +1475,9 @@ fn resend(shared: &Shared, w: &mut World, index: usize, conn: ConnId, rng: &mut 
         original.split(' ').next().unwrap_or_default()
     );
     let text = format!(r#"{{"message":"{message}","key":"{key}"}}"#);
+    let until_ms = w.elapsed_ms() + w.answer_bound(slot.room).as_millis() as u64;
     let slot = &mut w.clients[index];
+    slot.current.resend_until_ms = until_ms;
     slot.resends = number;
     slot.sent_on.insert(message.clone(), conn);
     slot.current
@@ -1608,7 +1619,7 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
             w.violate("refusals-deserved", detail);
             return;
         }
-        resend_refused(w, index, conn, room, &error);
+        let counted = resend_refused(w, index, conn, room, &error);
         let current = &mut w.clients[index].current;
         if error == ERROR_STORAGE_UNAVAILABLE {
             current.storage_errors += 1;
@@ -1617,7 +1628,9 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
                 w.violate("healthy-rooms-unaffected", detail);
             }
         }
-        answered(w, index, conn);
+        if !counted {
+            answered(w, index, conn);
+        }
         return;
     }
     if let Some(name) = parsed.joined {
@@ -1772,24 +1785,31 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
 const RESEND_DELETED: &str = "Message not sent again: a moderator deleted it.";
 
 /// An error reached `conn`: it answers the resend outstanding there, if any (it went out
-/// alone). `resend-answer`: one refused as deleted is a resend of a message the moderator
+/// alone, and nothing follows it until it is answered or, once its original's broadcast
+/// came, the answer bound passed). Returns whether that broadcast was already counted as
+/// its answer. `resend-answer`: one refused as deleted is a resend of a message the moderator
 /// asked to delete.
-fn resend_refused(w: &mut World, index: usize, conn: ConnId, room: usize, error: &str) {
+fn resend_refused(w: &mut World, index: usize, conn: ConnId, room: usize, error: &str) -> bool {
     let current = &mut w.clients[index].current;
     let outstanding = current
         .resending
         .keys()
         .find(|key| !current.resend_broadcast.contains(*key))
+        .or_else(|| current.resend_broadcast.first())
         .cloned();
+    // Its original's broadcast came first and was taken for its answer: this is.
+    let counted = outstanding
+        .as_ref()
+        .is_some_and(|key| current.resend_broadcast.remove(key));
     let entry = outstanding.and_then(|key| Some((current.resending.remove(&key)?, key)));
     if error != RESEND_DELETED {
-        return;
+        return counted;
     }
     let Some(((original, _), key)) = entry else {
         let detail =
             format!("room {room}: u{index} on {conn:?} got {RESEND_DELETED:?} with no resend out");
         w.violate("resend-answer", detail);
-        return;
+        return counted;
     };
     let stored = w.rooms[room]
         .stored_keys
@@ -1802,6 +1822,7 @@ fn resend_refused(w: &mut World, index: usize, conn: ConnId, room: usize, error:
         w.violate("resend-answer", detail);
     }
     w.count_fault("resend-deleted");
+    counted
 }
 
 /// A keyed frame of `index`'s own reached `conn`: if it answers a resend there, check it is

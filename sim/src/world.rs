@@ -399,6 +399,8 @@ pub struct ClientConn {
     /// Resends whose original's broadcast reached this connection first (which may or may
     /// not have been the room's answer to the resend; a stored copy may follow).
     pub resend_broadcast: BTreeSet<String>,
+    /// Until this true ms, nothing follows the newest resend (its answer may still come).
+    pub resend_until_ms: u64,
 }
 
 /// A client's state, shared so the oracle can read it.
