@@ -234,4 +234,71 @@ mod tests {
         counter.handle_request(CounterRequest(4), CounterOp::Increment);
         assert_eq!(drain(&mut counter, &mut store), vec![(4, 2)]);
     }
+
+    #[test]
+    fn a_restored_counter_counts_on_from_its_stored_value_and_reads_only_durable_values() {
+        let mut store = MemoryStore::new();
+        let mut counter = Counter::restore(Some("5")).unwrap();
+        assert_eq!(counter.value(), 5);
+        counter.handle_request(CounterRequest(1), CounterOp::Decrement);
+        counter.handle_request(CounterRequest(2), CounterOp::Decrement);
+        // Not durable yet: the value is still the stored one.
+        assert_eq!(counter.value(), 5);
+        assert_eq!(drain(&mut counter, &mut store), vec![(1, 4), (2, 3)]);
+        assert_eq!(counter.value(), 3);
+        counter.handle_request(CounterRequest(3), CounterOp::Increment);
+        assert_eq!(drain(&mut counter, &mut store), vec![(3, 4)]);
+        assert_eq!(counter.value(), 4);
+    }
+
+    #[test]
+    fn each_batch_has_its_own_id_and_a_repeated_confirmation_is_refused() {
+        let mut counter = Counter::default();
+        counter.handle_request(CounterRequest(1), CounterOp::Increment);
+        let Some(CounterOutput::Persist(first)) = counter.poll_output() else {
+            panic!("expected a batch");
+        };
+        assert_eq!(counter.handle_durable(first.id), Ok(()));
+        assert_eq!(
+            counter.poll_output(),
+            Some(CounterOutput::Reply {
+                request: CounterRequest(1),
+                value: 1
+            })
+        );
+        counter.handle_request(CounterRequest(2), CounterOp::Increment);
+        let Some(CounterOutput::Persist(second)) = counter.poll_output() else {
+            panic!("expected a batch");
+        };
+        assert_ne!(first.id, second.id);
+        // The first batch's confirmation, delivered twice, does not confirm the second.
+        assert_eq!(counter.handle_durable(first.id), Err(first.id));
+        assert_eq!(counter.value(), 1);
+        assert_eq!(counter.handle_durable(second.id), Ok(()));
+        assert_eq!(counter.value(), 2);
+    }
+
+    #[test]
+    fn a_counter_is_quiescent_only_when_nothing_waits() {
+        let mut counter = Counter::default();
+        assert!(counter.is_quiescent());
+        // A change not yet polled waits in `pending`.
+        counter.handle_request(CounterRequest(1), CounterOp::Increment);
+        assert!(!counter.is_quiescent());
+        // Polled: its batch is in flight, nothing else waits.
+        let Some(CounterOutput::Persist(batch)) = counter.poll_output() else {
+            panic!("expected a batch");
+        };
+        assert!(!counter.is_quiescent());
+        // Durable: only its reply waits.
+        counter.handle_durable(batch.id).unwrap();
+        assert!(!counter.is_quiescent());
+        assert!(counter.poll_output().is_some());
+        assert!(counter.is_quiescent());
+        // A read waits only as a reply.
+        counter.handle_request(CounterRequest(2), CounterOp::Get);
+        assert!(!counter.is_quiescent());
+        assert!(counter.poll_output().is_some());
+        assert!(counter.is_quiescent());
+    }
 }

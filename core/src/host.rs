@@ -225,3 +225,22 @@ impl RoomHost {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_room_is_due_at_its_idle_deadline_and_evicted_then_not_before() {
+        let mut host = RoomHost::new(RoomConfig::default(), 1_000);
+        assert_eq!(host.poll_timeout(), None, "nothing resident, nothing due");
+        host.restore(&[], [], Timestamp(5_000)).unwrap();
+        assert_eq!(host.poll_timeout(), Some(Timestamp(6_000)));
+        host.handle_timeout(Timestamp(5_999));
+        while host.poll_output().is_some() {}
+        assert!(host.is_resident(), "not idle long enough");
+        host.handle_timeout(Timestamp(6_000));
+        assert_eq!(host.poll_output(), Some(HostOutput::Hibernated));
+        assert!(!host.is_resident());
+    }
+}

@@ -157,6 +157,8 @@ mod tests {
     use crate::moderation::decode_action;
     use crate::protocol::{ERROR_RESEND_DELETED, ERROR_STORAGE_UNAVAILABLE};
     use crate::room::{ConnId, Output, PublishId, Room, RoomConfig};
+
+    use super::DUPLICATE_SENDERS_MAX;
     use crate::storage::{Value, Write, WriteBatch};
     use crate::Timestamp;
 
@@ -368,5 +370,74 @@ mod tests {
         join(&mut restored, 3, "ada");
         send(&mut restored, 3, "third", "k3");
         assert!(settle(&mut restored, &mut stored).committed == 0);
+    }
+
+    /// Fails the first write after `resend` ran with message 1 (key "k1", from conn 1)
+    /// waiting, and returns the refusals each connection heard.
+    fn refusals_after_a_failed_write(conns: u64, resend: impl FnOnce(&mut Room)) -> Vec<usize> {
+        let mut room = room(1_000);
+        for conn in 1..=conns {
+            join(&mut room, conn, "ada");
+        }
+        send(&mut room, 1, "hi", "k1");
+        let batch = drain(&mut room).batches.pop().expect("the first write");
+        resend(&mut room);
+        drain(&mut room);
+        room.handle_write_failed(batch.id, NOW).unwrap();
+        let failed = drain(&mut room);
+        let refusal = format!(r#"{{"error":"{ERROR_STORAGE_UNAVAILABLE}"}}"#);
+        let heard = |conn| failed.to(conn).iter().filter(|f| **f == refusal).count();
+        (1..=conns).map(heard).collect()
+    }
+
+    #[test]
+    fn a_failed_write_is_heard_once_by_each_sender_however_often_it_resent() {
+        // The sender itself resends on the same connection: one refusal, not two.
+        let heard = refusals_after_a_failed_write(1, |room| send(room, 1, "hi", "k1"));
+        assert_eq!(heard, [1]);
+        // Another connection resends twice: it too hears it once.
+        let heard = refusals_after_a_failed_write(2, |room| {
+            send(room, 2, "hi", "k1");
+            send(room, 2, "hi", "k1");
+        });
+        assert_eq!(heard, [1, 1]);
+    }
+
+    #[test]
+    fn at_most_duplicate_senders_max_resenders_hear_a_failure() {
+        let resenders = DUPLICATE_SENDERS_MAX as u64 + 1;
+        let heard = refusals_after_a_failed_write(1 + resenders, |room| {
+            for conn in 2..=1 + resenders {
+                send(room, conn, "hi", "k1");
+            }
+        });
+        let mut expected = vec![1; 1 + DUPLICATE_SENDERS_MAX];
+        expected.push(0);
+        assert_eq!(heard, expected);
+    }
+
+    #[test]
+    fn a_resend_waits_for_its_own_message_not_an_earlier_one() {
+        let mut room = room(1_000);
+        let mut stored = Vec::new();
+        join(&mut room, 1, "ada");
+        join(&mut room, 2, "ada");
+        send(&mut room, 1, "one", "k1");
+        let first = drain(&mut room).batches.pop().expect("the first write");
+        // Message 2 waits behind message 1's write; conn 2 resends it.
+        send(&mut room, 1, "two", "k2");
+        send(&mut room, 2, "two", "k2");
+        drain(&mut room);
+        room.handle_durable(first.id, NOW).unwrap();
+        let second = drain(&mut room).batches.pop().expect("the second write");
+        room.handle_write_failed(second.id, NOW).unwrap();
+        let failed = drain(&mut room);
+        let refusal = format!(r#"{{"error":"{ERROR_STORAGE_UNAVAILABLE}"}}"#);
+        assert_eq!(
+            failed.to(2),
+            [refusal.as_str()],
+            "the resender of message 2 hears"
+        );
+        assert!(settle(&mut room, &mut stored).committed == 0);
     }
 }
