@@ -229,6 +229,77 @@ impl RoomHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::room::PublishId;
+
+    /// Publishes one message in `host`'s room and fails its write, as a full disk would.
+    fn publish_and_fail_the_write(host: &mut RoomHost, now: Timestamp) {
+        let room = host.room_mut(now).unwrap();
+        room.handle_publish(PublishId(1), "ops", "lost", now)
+            .unwrap();
+        let Some(HostOutput::Room(Output::Persist(batch))) = host.poll_output() else {
+            panic!("the publish starts a batch");
+        };
+        let failed = host
+            .room_mut(now)
+            .unwrap()
+            .handle_write_failed(batch.id, now);
+        assert_eq!(failed.unwrap(), vec![PublishId(1)]);
+    }
+
+    #[test]
+    fn messages_refused_by_storage_are_counted_across_evictions() {
+        let mut host = RoomHost::new(RoomConfig::default(), 1_000);
+        host.restore(&[], [], Timestamp(5_000)).unwrap();
+        publish_and_fail_the_write(&mut host, Timestamp(5_000));
+        assert_eq!(host.take_stats().messages_refused_storage, 1);
+        assert_eq!(host.take_stats().messages_refused_storage, 0, "taken once");
+
+        publish_and_fail_the_write(&mut host, Timestamp(5_001));
+        host.request_eviction();
+        assert_eq!(host.poll_output(), Some(HostOutput::Hibernated));
+        host.restore(&[], [], Timestamp(9_000)).unwrap();
+        publish_and_fail_the_write(&mut host, Timestamp(9_000));
+        let stats = host.take_stats();
+        assert_eq!(
+            stats.messages_refused_storage, 2,
+            "one before the eviction, one after"
+        );
+        assert_eq!(stats.messages_durable, 0);
+    }
+
+    #[test]
+    fn outputs_within_a_turn_come_out_but_the_batch_waits_for_the_turn_s_end() {
+        let mut host = RoomHost::new(RoomConfig::default(), 1_000);
+        assert_eq!(host.poll_output_within_turn(), None, "nothing resident");
+        let now = Timestamp(5_000);
+        host.restore(&[], [], now).unwrap();
+        let room = host.room_mut(now).unwrap();
+        room.handle_connect(ConnId(1), [10, 0, 0, 1].into(), now)
+            .unwrap();
+        room.handle_text(ConnId(1), r#"{"name":"ada"}"#, now)
+            .unwrap();
+        room.handle_publish(PublishId(1), "ops", "hello", now)
+            .unwrap();
+        let mut within = Vec::new();
+        while let Some(output) = host.poll_output_within_turn() {
+            within.push(output);
+        }
+        assert!(
+            within.iter().any(|o| matches!(
+                o,
+                Output::Send {
+                    conn: ConnId(1),
+                    ..
+                }
+            )),
+            "the join's frames come out within the turn: {within:?}"
+        );
+        assert!(!within.iter().any(|o| matches!(o, Output::Persist(_))));
+        assert!(matches!(
+            host.poll_output(),
+            Some(HostOutput::Room(Output::Persist(_)))
+        ));
+    }
 
     #[test]
     fn an_idle_room_is_due_at_its_idle_deadline_and_evicted_then_not_before() {
