@@ -265,4 +265,28 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
     }
+
+    #[test]
+    fn debug_never_shows_the_secret_and_shows_an_id_in_hex() {
+        assert_eq!(format!("{:?}", secret()), "IdSecret(..)");
+        let id = ObjectId::from_name(Namespace::Room, "lobby");
+        assert_eq!(format!("{id:?}"), format!("ObjectId({})", id.to_hex()));
+    }
+
+    #[test]
+    fn an_id_parsed_from_hex_has_exactly_those_bytes() {
+        let hex = "00ff10a0".repeat(8);
+        let id = ObjectId::parse_hex(&hex).unwrap();
+        assert_eq!(id.as_bytes(), &[0x00, 0xff, 0x10, 0xa0].repeat(8)[..]);
+        assert_eq!(id.to_hex(), hex);
+    }
+
+    #[test]
+    fn constant_time_eq_sees_every_differing_byte() {
+        assert!(constant_time_eq(b"same", b"same"));
+        assert!(!constant_time_eq(b"same", b"sane"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        // Two equal differences must not cancel out (an XOR accumulator would say equal).
+        assert!(!constant_time_eq(&[1, 1], &[0, 0]));
+    }
 }

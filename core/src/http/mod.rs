@@ -368,6 +368,49 @@ mod tests {
     }
 
     #[test]
+    fn methods_are_classified_by_name() {
+        assert_eq!(Method::parse("GET"), Method::Get);
+        assert_eq!(Method::parse("HEAD"), Method::Get);
+        assert_eq!(Method::parse("POST"), Method::Post);
+        assert_eq!(Method::parse("PUT"), Method::Other);
+        assert_eq!(
+            Method::parse("get"),
+            Method::Other,
+            "method names are case-sensitive"
+        );
+    }
+
+    #[test]
+    fn a_counter_needs_a_name() {
+        for path in ["/api/counter/", "/api/counter//increment"] {
+            assert_eq!(
+                refusal(r(Method::Get, path, false)),
+                (404, "Not found"),
+                "{path}"
+            );
+            assert_eq!(
+                refusal(r(Method::Post, path, false)),
+                (404, "Not found"),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_publish_body_of_exactly_the_length_limit_is_read_and_a_longer_one_is_too_large() {
+        let body = |len: usize| {
+            let json = r#"{"name":"ops","message":"hi"}"#;
+            format!("{json:<len$}")
+        };
+        let exact = body(PUBLISH_BODY_LEN_MAX_BYTES);
+        assert_eq!(exact.len(), 4096);
+        let (name, message) = PublishBody::parse(exact.as_bytes()).unwrap();
+        assert_eq!((name.as_str(), message.as_str()), ("ops", "hi"));
+        let over = body(PUBLISH_BODY_LEN_MAX_BYTES + 1);
+        assert_eq!(PublishBody::parse(over.as_bytes()), Err("Body too large."));
+    }
+
+    #[test]
     fn routes_the_demos_paths() {
         let lobby = RoomAddress {
             name: Some("lobby".into()),
