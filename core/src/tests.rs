@@ -1441,3 +1441,36 @@ fn held_frames_refused_as_late_are_counted() {
     assert_eq!(asked_and_refused(&mut room), (0, 1));
     assert_eq!(room.take_stats().frames_rate_limited, 1);
 }
+
+#[test]
+fn held_frames_are_decided_as_soon_as_their_limiter_answer_is_given_up_on() {
+    use crate::limiter::VERDICT_TIMEOUT_MS;
+    let t = Timestamp(1_000);
+    let mut room = Room::new(RoomConfig::default());
+    room.handle_connect(ConnId(1), "127.0.0.1".parse().unwrap(), t)
+        .unwrap();
+    // The join asks the limiter; the question is never answered.
+    room.handle_text(ConnId(1), r#"{"name":"ada"}"#, t).unwrap();
+    let first = take_outputs(&mut room);
+    assert_eq!(first.questions.len(), 1);
+    // A frame arriving just before the question is given up on is held
+    // (and would be late only PIPELINE_WAIT_MAX_MS after it arrived).
+    let arrives = t.plus_millis(VERDICT_TIMEOUT_MS - PIPELINE_WAIT_MAX_MS / 2);
+    room.handle_text(ConnId(1), r#"{"message":"held"}"#, arrives)
+        .unwrap();
+    let held = take_outputs(&mut room);
+    assert_eq!(
+        (held.questions.len(), held.errors),
+        (0, 0),
+        "{first:?} {held:?}"
+    );
+    // Once the answer is given up on, the held frame is decided at the next timeout, not
+    // when it would turn late.
+    room.handle_timeout(t.plus_millis(VERDICT_TIMEOUT_MS));
+    let decided = take_outputs(&mut room);
+    assert_eq!(
+        decided.questions.len() + decided.errors,
+        1,
+        "{first:?} {decided:?}"
+    );
+}
