@@ -787,11 +787,18 @@ fn a_closing_session_gets_nothing_for_its_held_frames() {
     let mut closed = false;
     while let Some(output) = d.room.poll_output() {
         match output {
-            Output::Close { conn, code, .. } if conn == ConnId(1) => {
+            Output::Close {
+                conn: ConnId(1),
+                code,
+                ..
+            } => {
                 assert_eq!(code, CLOSE_BANNED);
                 closed = true;
             }
-            Output::Send { conn, frame } if conn == ConnId(1) => {
+            Output::Send {
+                conn: ConnId(1),
+                frame,
+            } => {
                 assert!(!closed, "closing connection got {frame}");
             }
             _ => {}
