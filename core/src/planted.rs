@@ -62,11 +62,23 @@ pub enum PlantedBug {
     /// Idempotent sends are not deduplicated: a resend with a retained message's key is
     /// stored again as a new message.
     ResendStoredTwice,
+    /// A durable IP ban closes none of the IP's open sockets.
+    IpBanKeepsSockets,
+    /// A durable unban deletes the stored ban, but the room keeps enforcing it until it is
+    /// restored.
+    UnbanNotApplied,
+    /// A durable unmute deletes the stored mute, but the room keeps enforcing it until it
+    /// is restored.
+    UnmuteNotApplied,
+    /// A restore forgets that the room is read-only.
+    ReadOnlyNotEnforcedAfterRestore,
+    /// A topic change is stored and shown to later joiners, but not broadcast.
+    TopicNotBroadcast,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 22] = [
+    pub const ALL: [PlantedBug; 27] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -89,5 +101,10 @@ impl PlantedBug {
         PlantedBug::SinceEdgeFallsBack,
         PlantedBug::BusyWhileWriting,
         PlantedBug::ResendStoredTwice,
+        PlantedBug::IpBanKeepsSockets,
+        PlantedBug::UnbanNotApplied,
+        PlantedBug::UnmuteNotApplied,
+        PlantedBug::ReadOnlyNotEnforcedAfterRestore,
+        PlantedBug::TopicNotBroadcast,
     ];
 }

@@ -1,6 +1,7 @@
-//! Moderation under faults (issue 14): a moderator deletes and edits retained messages,
-//! kicks, bans and mutes clients through the admin API of the room's host, in a quarter of
-//! the runs (those without auth), while every other fault goes on.
+//! Moderation under faults (issues 14 and 18): a moderator deletes and edits retained
+//! messages, kicks, bans (by name or IP), mutes, unbans and unmutes clients, and sets the
+//! room read-only or not and its topic, through the admin API of the room's host, in a
+//! quarter of the runs (those without auth), while every other fault goes on.
 //!
 //! The oracle is the sim's own: it parses records itself (not with core's types), knows
 //! every text it made a moderator write, and learns that a deletion is durable from the
@@ -13,14 +14,30 @@
 //!   and timestamp and is the same message's next state; ids stay gap-free (the existing
 //!   `ids-gap-free`, `gap-free` and `stored-history` checks see change records as ids).
 //! - `banned-no-frames`: while a ban holds, no frame but the ban's own error reaches a
-//!   connection of the banned user.
+//!   connection of the banned user, or from the banned IP.
+//! - `unbanned-may-join`: nobody whose name and IP are surely unbanned (never banned, or an
+//!   unban after the newest ban confirmed) is closed as banned (4011).
 //! - `muted-not-written`: a chat message that reaches the room while its sender's mute
 //!   holds (and will hold for longer than the room may keep the frame waiting) is never
 //!   written.
+//! - `banned-ip-refused`: a connection from an IP whose ban surely holds is closed at once.
+//! - `unmuted-may-chat`: once an unmute is confirmed (and no mute of the user asked since),
+//!   the user never gets the mute's error.
+//! - `read-only-not-written` / `read-only-deserved`: a chat message that reaches a room
+//!   surely read-only is never written; the read-only error never comes while the room is
+//!   surely not read-only.
+//! - `topic-current`: a join gets `{"topic": T}` right before `ready` exactly when the
+//!   room's topic is surely `T`; when a topic change is confirmed, every joined socket was
+//!   last sent it; once settled, every client's last topic frame on its connection is the
+//!   room's topic.
+//!
+//! Unbans count for `liveness`: a client is left out only while a ban of its name or IP
+//! asked for may still hold (no confirmed unban after it).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
-use edgechat_core::moderation::{BanTarget, ModAction, CLOSE_REASON_BANNED};
+use edgechat_core::moderation::{BanTarget, ModAction, SettingsPatch};
 use edgechat_core::protocol::{Frame, MessageText};
 use edgechat_core::room::ConnId;
 use madsim::rand::{thread_rng, Rng};
@@ -113,6 +130,24 @@ impl Record {
     }
 }
 
+/// The ban's error and close reason, as docs/PROTOCOL.md spells them.
+const BANNED: &str = "Banned from this room.";
+/// The mute's error.
+const MUTED: &str = "You are muted in this room.";
+/// The read-only room's error.
+const READ_ONLY: &str = "This room is read-only.";
+/// The ban's close code.
+const CLOSE_BANNED: u16 = 4011;
+
+/// Whom a ban names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Banned {
+    /// A user (here: its joined name).
+    User(String),
+    /// An IP.
+    Ip(IpAddr),
+}
+
 /// What the moderation oracle knows (all per room).
 #[derive(Debug, Clone, Default)]
 pub struct ModOracle {
@@ -127,10 +162,24 @@ pub struct ModOracle {
     deleted: BTreeSet<(usize, u64)>,
     /// Texts that must never be seen again, per room, with the deleted id.
     forbidden: BTreeMap<usize, BTreeMap<String, u64>>,
-    /// Bans asked for, by (room, user).
-    bans_asked: BTreeSet<(usize, String)>,
-    /// Bans in force, by (room, user).
-    bans: BTreeMap<(usize, String), Option<u64>>,
+    /// Requests the room confirmed (durable and in force).
+    confirmed: BTreeSet<u64>,
+    /// The newest ban and unban requests handled, by (room, target).
+    ban_requests: BTreeMap<(usize, Banned), (Option<u64>, Option<u64>)>,
+    /// Bans in force, by (room, target).
+    bans: BTreeMap<(usize, Banned), Option<u64>>,
+    /// The newest mute or unmute request handled, by (room, user): (request, an unmute).
+    mute_requests: BTreeMap<(usize, String), (u64, bool)>,
+    /// The newest settings request handled that sets `read_only`, per room.
+    read_only_requests: BTreeMap<usize, (u64, bool)>,
+    /// The newest settings request handled that sets the topic, per room.
+    topic_requests: BTreeMap<usize, (u64, Option<String>)>,
+    /// Chat texts that reached a room while it was surely read-only: never written.
+    read_only_texts: BTreeMap<usize, BTreeSet<String>>,
+    /// Connections whose latest frame was a topic frame, with its topic.
+    topic_before: BTreeMap<ConnId, String>,
+    /// The latest topic frame sent to each connection.
+    topic_sent: BTreeMap<ConnId, String>,
     /// Mutes in force, by (room, user).
     mutes: BTreeMap<(usize, String), Option<u64>>,
     /// Chat texts that reached the room while their sender's mute held, with the sender:
@@ -146,10 +195,40 @@ impl ModOracle {
         })
     }
 
-    /// Whether `client` was ever the target of a ban (left out of liveness: it may be
-    /// refused until the end).
-    pub fn ever_banned(&self, room: usize, name: &str) -> bool {
-        self.bans_asked.contains(&(room, name.to_owned()))
+    /// Whether a ban of `name` or `ip` in `room` may still hold (left out of liveness: it
+    /// may be refused until the end): a ban was asked for and no unban after it was
+    /// confirmed.
+    pub fn may_stay_banned(&self, room: usize, name: &str, ip: IpAddr) -> bool {
+        !self.surely_unbanned(room, Banned::User(name.to_owned()))
+            || !self.surely_unbanned(room, Banned::Ip(ip))
+    }
+
+    /// Whether `target` is surely not banned in `room`: never asked, or an unban after the
+    /// newest ban asked for was confirmed.
+    fn surely_unbanned(&self, room: usize, target: Banned) -> bool {
+        match self.ban_requests.get(&(room, target)) {
+            Some((Some(ban), unban)) => {
+                unban.is_some_and(|u| u > *ban && self.confirmed.contains(&u))
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether `room` is surely read-only (`Some`), or surely not, as of the requests
+    /// handled: the newest that sets it was confirmed (none: never read-only).
+    fn read_only(&self, room: usize) -> Option<bool> {
+        match self.read_only_requests.get(&room) {
+            None => Some(false),
+            Some((request, value)) => self.confirmed.contains(request).then_some(*value),
+        }
+    }
+
+    /// The room's topic, if surely known (`Some(None)`: none).
+    fn topic(&self, room: usize) -> Option<Option<String>> {
+        match self.topic_requests.get(&room) {
+            None => Some(None),
+            Some((request, topic)) => self.confirmed.contains(request).then(|| topic.clone()),
+        }
     }
 
     /// Whether rewriting `old` (a record at some id) as `new` is the same message's next
@@ -263,6 +342,20 @@ pub fn check_write(w: &mut World, room: usize, key: &str, value: &str) {
     let text = Record::parse(value)
         .filter(|_| !w.clock_stepped)
         .and_then(|r| Some(r.text()?.to_owned()));
+    let read_only_text = Record::parse(value)
+        .and_then(|r| Some(r.text()?.to_owned()))
+        .filter(|t| {
+            w.moderation
+                .read_only_texts
+                .get(&room)
+                .is_some_and(|texts| texts.contains(t))
+        });
+    if let Some(text) = read_only_text {
+        let detail =
+            format!("room {room} writes {key} = {value}: {text} came while the room was read-only");
+        w.violate("read-only-not-written", detail);
+        return;
+    }
     if let Some(text) = text.filter(|t| {
         w.moderation
             .muted_texts
@@ -284,7 +377,9 @@ pub fn check_write(w: &mut World, room: usize, key: &str, value: &str) {
     }
 }
 
-/// A frame leaves the room for `conn`: no deleted text, nothing for a banned user.
+/// A frame leaves the room for `conn`: no deleted text, nothing for a banned user or IP, no
+/// mute error after an unmute, no read-only error in a room surely not read-only, and the
+/// topic right before `ready`.
 pub fn frame_out(w: &mut World, room: usize, conn: ConnId, frame: &Frame) {
     if !w.moderation.on {
         return;
@@ -298,18 +393,118 @@ pub fn frame_out(w: &mut World, room: usize, conn: ConnId, frame: &Frame) {
             return;
         }
     }
+    watch_topic(w, room, conn, frame);
     let Some(client) = w.conns.get(&conn).map(|info| info.client) else {
         return;
     };
     let user = w.clients[client].name.clone();
-    let Some(until) = w.moderation.bans.get(&(room, user.clone())).copied() else {
+    let ip = w.clients[client].ip;
+    let error = frame
+        .contains(r#""error""#)
+        .then(|| serde_json::from_str::<Json>(frame).ok())
+        .flatten()
+        .and_then(|json| Some(json.get("error")?.as_str()?.to_owned()));
+    if error.as_deref() == Some(MUTED) {
+        let unmuted = w.moderation.mute_requests.get(&(room, user.clone()));
+        if unmuted
+            .is_some_and(|(request, unmute)| *unmute && w.moderation.confirmed.contains(request))
+        {
+            let detail = format!("room {room} sends {user} on {conn:?} {frame} after its unmute");
+            w.violate("unmuted-may-chat", detail);
+            return;
+        }
+    }
+    if error.as_deref() == Some(READ_ONLY) && w.moderation.read_only(room) == Some(false) {
+        let detail = format!("room {room} sends {user} on {conn:?} {frame}: not read-only");
+        w.violate("read-only-deserved", detail);
+        return;
+    }
+    for target in [Banned::User(user.clone()), Banned::Ip(ip)] {
+        let Some(until) = w.moderation.bans.get(&(room, target.clone())).copied() else {
+            continue;
+        };
+        if surely_holds(w, room, until, 100) && error.as_deref() != Some(BANNED) {
+            let detail =
+                format!("room {room} sends {user} ({target:?} banned) on {conn:?}: {frame}");
+            w.violate("banned-no-frames", detail);
+            return;
+        }
+    }
+}
+
+/// Remembers a topic frame sent to `conn`; at `ready`, judges the topic the join got.
+fn watch_topic(w: &mut World, room: usize, conn: ConnId, frame: &Frame) {
+    let before = w.moderation.topic_before.remove(&conn);
+    if !frame.contains(r#""topic""#) && !frame.contains(r#""ready""#) {
+        return;
+    }
+    let Ok(json) = serde_json::from_str::<Json>(frame) else {
         return;
     };
-    let holds = surely_holds(w, room, until, 100);
-    let ban_error = format!(r#"{{"error":"{CLOSE_REASON_BANNED}"}}"#);
-    if holds && **frame != *ban_error {
-        let detail = format!("room {room} sends banned {user} on {conn:?}: {frame}");
-        w.violate("banned-no-frames", detail);
+    if let Some(topic) = json.get("topic").and_then(Json::as_str) {
+        w.moderation.topic_before.insert(conn, topic.to_owned());
+        w.moderation.topic_sent.insert(conn, topic.to_owned());
+        return;
+    }
+    if json.get("ready").is_none() {
+        return;
+    }
+    let Some(expected) = w.moderation.topic(room) else {
+        return;
+    };
+    if before != expected {
+        let detail = format!(
+            "room {room}: {conn:?} joined with topic {before:?}, the room's is {expected:?}"
+        );
+        w.violate("topic-current", detail);
+    }
+}
+
+/// A connection from `ip` was handed to `room` (`closed`: the room closed it at once): one
+/// from an IP whose ban surely holds must be.
+pub fn connected(w: &mut World, room: usize, conn: ConnId, ip: IpAddr, closed: bool) {
+    if !w.moderation.on || closed {
+        return;
+    }
+    let Some(until) = w.moderation.bans.get(&(room, Banned::Ip(ip))).copied() else {
+        return;
+    };
+    if surely_holds(w, room, until, 100) {
+        let detail = format!("room {room} let {conn:?} from banned {ip} stay open");
+        w.violate("banned-ip-refused", detail);
+    }
+}
+
+/// The room closes `conn` with `code`: never as banned (4011) when neither its user nor its
+/// IP may be banned.
+pub fn closed(w: &mut World, room: usize, conn: ConnId, code: u16) {
+    if !w.moderation.on || code != CLOSE_BANNED {
+        return;
+    }
+    let Some(client) = w.conns.get(&conn).map(|info| info.client) else {
+        return;
+    };
+    let (name, ip) = (w.clients[client].name.clone(), w.clients[client].ip);
+    if !w.moderation.may_stay_banned(room, &name, ip) {
+        let detail = format!("room {room} closes {name} ({ip}) on {conn:?} as banned");
+        w.violate("unbanned-may-join", detail);
+    }
+}
+
+/// Once settled: every client in the liveness check (`clients`) saw the room's topic last.
+pub fn check_topics(w: &mut World, room: usize, clients: &[usize]) {
+    let Some(expected) = w.moderation.topic(room).filter(|_| w.moderation.on) else {
+        return;
+    };
+    for &client in clients {
+        let seen = w.clients[client].current.topic.clone();
+        if seen != expected {
+            let name = &w.clients[client].name;
+            let detail =
+                format!("room {room}: {name} last saw topic {seen:?}, the room's is {expected:?}");
+            w.violate("topic-current", detail);
+            return;
+        }
     }
 }
 
@@ -333,6 +528,13 @@ pub fn text_arrives(w: &mut World, room: usize, conn: ConnId, text: &str) {
         return;
     };
     let user = w.clients[client].name.clone();
+    if w.moderation.read_only(room) == Some(true) {
+        if let Some(message) = chat_text(text) {
+            w.count_fault("mod-read-only-sent");
+            let texts = w.moderation.read_only_texts.entry(room).or_default();
+            texts.insert(message);
+        }
+    }
     let Some(until) = w.moderation.mutes.get(&(room, user)).copied() else {
         return;
     };
@@ -341,14 +543,17 @@ pub fn text_arrives(w: &mut World, room: usize, conn: ConnId, text: &str) {
     if !surely_holds(w, room, until, margin) {
         return;
     }
-    let message = serde_json::from_str::<Json>(text)
-        .ok()
-        .and_then(|json| Some(json.get("message")?.as_str()?.to_owned()));
-    if let Some(message) = message {
+    if let Some(message) = chat_text(text) {
         w.count_fault("mod-muted-sent");
         let muted = w.moderation.muted_texts.entry(room).or_default();
         muted.insert(message, w.clients[client].name.clone());
     }
+}
+
+/// The `message` of a chat frame.
+fn chat_text(text: &str) -> Option<String> {
+    let json = serde_json::from_str::<Json>(text).ok()?;
+    Some(json.get("message")?.as_str()?.to_owned())
 }
 
 /// Another mute of `user` came into force: what the room decides about the user's texts
@@ -359,8 +564,9 @@ fn forget_muted_texts(w: &mut World, room: usize, user: &str) {
     }
 }
 
-/// A room confirmed admin request `request`: durable and in force.
-pub fn moderated(w: &mut World, room: usize, request: u64) {
+/// A room confirmed admin request `request`: durable and in force (`joined`: the room's
+/// joined sockets, which must have been sent a new topic).
+pub fn moderated(w: &mut World, room: usize, request: u64, joined: &[ConnId]) {
     let Some((asked_room, action, asked_at)) = w.moderation.requests.get(&request).cloned() else {
         w.violate(
             "host-contract",
@@ -376,18 +582,55 @@ pub fn moderated(w: &mut World, room: usize, request: u64) {
         return;
     }
     w.trace(format_args!("r{room} moderated #{request} {action:?}"));
-    if let ModAction::Ban {
-        target: BanTarget::User(user),
-        for_ms,
-    } = action
-    {
-        let until = for_ms.map(|ms| asked_at + ms);
-        w.moderation.bans.insert((room, user), until);
-    } else if let ModAction::Mute { user, for_ms } = action {
-        let until = for_ms.map(|ms| asked_at + ms);
-        if w.moderation.mutes.insert((room, user.clone()), until) != Some(until) {
+    w.moderation.confirmed.insert(request);
+    match action {
+        ModAction::Ban { target, for_ms } => {
+            let until = for_ms.map(|ms| asked_at + ms);
+            w.moderation.bans.insert((room, banned(&target)), until);
+        }
+        ModAction::Unban { target } => {
+            w.count_fault("mod-unbanned");
+            w.moderation.bans.remove(&(room, banned(&target)));
+        }
+        ModAction::Mute { user, for_ms } => {
+            let until = for_ms.map(|ms| asked_at + ms);
+            if w.moderation.mutes.insert((room, user.clone()), until) != Some(until) {
+                forget_muted_texts(w, room, &user);
+            }
+        }
+        ModAction::Unmute { user } => {
+            w.count_fault("mod-unmuted");
+            w.moderation.mutes.remove(&(room, user.clone()));
             forget_muted_texts(w, room, &user);
         }
+        ModAction::Settings(patch) => {
+            if patch.read_only == Some(false) {
+                w.moderation.read_only_texts.remove(&room);
+            }
+            if let Some(topic) = patch.topic {
+                for conn in joined {
+                    let seen = w.moderation.topic_sent.get(conn).cloned();
+                    let seen = seen.filter(|t| !t.is_empty());
+                    if seen != topic {
+                        let detail = format!(
+                            "room {room}: topic {topic:?} in force, joined {conn:?} was last sent \
+                             {seen:?}"
+                        );
+                        w.violate("topic-current", detail);
+                        return;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The oracle's name for a ban's target.
+fn banned(target: &BanTarget) -> Banned {
+    match target {
+        BanTarget::User(user) => Banned::User(user.clone()),
+        BanTarget::Ip(ip) => Banned::Ip(*ip),
     }
 }
 
@@ -412,7 +655,19 @@ pub fn restored(w: &mut World, room: usize, stored: &[(String, Frame)]) {
     for (key, value) in stored {
         if let Some(user) = key.strip_prefix("room/ban/user/") {
             if let Some(until) = until(value) {
-                w.moderation.bans.insert((room, user.to_owned()), until);
+                let target = Banned::User(user.to_owned());
+                w.moderation.bans.insert((room, target), until);
+            }
+        } else if let Some(ip) = key.strip_prefix("room/ban/ip/") {
+            if let (Some(until), Ok(ip)) = (until(value), ip.parse::<IpAddr>()) {
+                w.moderation.bans.insert((room, Banned::Ip(ip)), until);
+            }
+        } else if key == "room/settings" {
+            let read_only = serde_json::from_str::<Json>(value)
+                .ok()
+                .and_then(|json| json.get("read_only")?.as_bool());
+            if read_only != Some(true) {
+                w.moderation.read_only_texts.remove(&room);
             }
         } else if let Some(user) = key.strip_prefix("room/mute/") {
             if let Some(until) = until(value) {
@@ -456,11 +711,30 @@ pub fn handling(w: &mut World, room: usize, request: u64, action: &ModAction, no
                 forbidden.insert(text.to_owned(), *id);
             }
         }
-        ModAction::Ban {
-            target: BanTarget::User(user),
-            ..
-        } => {
-            w.moderation.bans_asked.insert((room, user.clone()));
+        ModAction::Ban { target, .. } => {
+            let asked = w.moderation.ban_requests.entry((room, banned(target)));
+            asked.or_default().0 = Some(request);
+        }
+        ModAction::Unban { target } => {
+            let asked = w.moderation.ban_requests.entry((room, banned(target)));
+            asked.or_default().1 = Some(request);
+        }
+        ModAction::Mute { user, .. } | ModAction::Unmute { user } => {
+            let unmute = matches!(action, ModAction::Unmute { .. });
+            let key = (room, user.clone());
+            w.moderation.mute_requests.insert(key, (request, unmute));
+        }
+        ModAction::Settings(patch) => {
+            if let Some(read_only) = patch.read_only {
+                w.moderation
+                    .read_only_requests
+                    .insert(room, (request, read_only));
+            }
+            if let Some(topic) = &patch.topic {
+                w.moderation
+                    .topic_requests
+                    .insert(room, (request, topic.clone()));
+            }
         }
         _ => {}
     }
@@ -469,6 +743,7 @@ pub fn handling(w: &mut World, room: usize, request: u64, action: &ModAction, no
 /// The moderator: acts at random times during the fault phase.
 pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
     let mut edits = 0u64;
+    let mut topics = 0u64;
     let mut bans = 0u32;
     loop {
         let pause = thread_rng().gen_range(500..6_000);
@@ -479,11 +754,11 @@ pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
         }
         let mut rng = thread_rng();
         let room = rng.gen_range(0..w.sc.rooms);
-        let users: Vec<String> = w
+        let members: Vec<(String, IpAddr)> = w
             .clients
             .iter()
             .filter(|c| c.room == room)
-            .map(|c| c.name.clone())
+            .map(|c| (c.name.clone(), c.ip))
             .collect();
         // The newest acknowledged chat messages (not change records, not tombstones).
         let ids: Vec<u64> = w.rooms[room]
@@ -496,31 +771,70 @@ pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
             .take(30)
             .map(|(id, _)| *id)
             .collect();
+        // Bans and mutes asked for in this room, to lift.
+        let banned: Vec<BanTarget> = w
+            .moderation
+            .ban_requests
+            .iter()
+            .filter(|((r, _), (ban, _))| *r == room && ban.is_some())
+            .map(|((_, target), _)| match target {
+                Banned::User(user) => BanTarget::User(user.clone()),
+                Banned::Ip(ip) => BanTarget::Ip(*ip),
+            })
+            .collect();
+        let muted: Vec<String> = w
+            .moderation
+            .mute_requests
+            .keys()
+            .filter(|(r, _)| *r == room)
+            .map(|(_, user)| user.clone())
+            .collect();
         let roll: f64 = rng.gen();
-        let action = if roll < 0.4 && !ids.is_empty() {
+        let action = if roll < 0.3 && !ids.is_empty() {
             ModAction::Delete {
                 id: ids[rng.gen_range(0..ids.len())],
             }
-        } else if roll < 0.75 && !ids.is_empty() {
+        } else if roll < 0.55 && !ids.is_empty() {
             edits += 1;
             let message = MessageText::parse(&format!("m{edits}")).expect("a short text");
             ModAction::Edit {
                 id: ids[rng.gen_range(0..ids.len())],
                 message,
             }
-        } else if users.is_empty() {
+        } else if roll < 0.67 && !banned.is_empty() && rng.gen_bool(0.7) {
+            ModAction::Unban {
+                target: banned[rng.gen_range(0..banned.len())].clone(),
+            }
+        } else if roll < 0.67 && !muted.is_empty() && rng.gen_bool(0.4) {
+            ModAction::Unmute {
+                user: muted[rng.gen_range(0..muted.len())].clone(),
+            }
+        } else if roll < 0.8 {
+            let mut patch = SettingsPatch::default();
+            if rng.gen_bool(0.5) {
+                patch.read_only = Some(rng.gen_bool(0.5));
+            } else if rng.gen_bool(0.75) {
+                topics += 1;
+                patch.topic = Some(Some(format!("t{topics}")));
+            } else {
+                patch.topic = Some(None);
+            }
+            ModAction::Settings(patch)
+        } else if members.is_empty() {
             continue;
         } else {
-            let user = users[rng.gen_range(0..users.len())].clone();
+            let (user, ip) = members[rng.gen_range(0..members.len())].clone();
             let for_ms = rng.gen_bool(0.5).then(|| rng.gen_range(1_000..30_000));
-            if roll < 0.85 {
+            if roll < 0.84 {
                 ModAction::Kick { user }
-            } else if roll < 0.92 && bans < 2 {
+            } else if roll < 0.91 && bans < 6 {
                 bans += 1;
-                ModAction::Ban {
-                    target: BanTarget::User(user),
-                    for_ms,
-                }
+                let target = if rng.gen_bool(0.4) {
+                    BanTarget::Ip(ip)
+                } else {
+                    BanTarget::User(user)
+                };
+                ModAction::Ban { target, for_ms }
             } else {
                 ModAction::Mute { user, for_ms }
             }
@@ -529,7 +843,15 @@ pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
             ModAction::Delete { .. } => "mod-delete",
             ModAction::Edit { .. } => "mod-edit",
             ModAction::Kick { .. } => "mod-kick",
+            ModAction::Ban {
+                target: BanTarget::Ip(_),
+                ..
+            } => "mod-ban-ip",
             ModAction::Ban { .. } => "mod-ban",
+            ModAction::Unban { .. } => "mod-unban",
+            ModAction::Unmute { .. } => "mod-unmute",
+            ModAction::Settings(patch) if patch.read_only.is_some() => "mod-read-only",
+            ModAction::Settings(_) => "mod-topic",
             _ => "mod-mute",
         };
         let host = room % w.sc.hosts;

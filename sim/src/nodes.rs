@@ -326,6 +326,8 @@ impl Host {
                     Access::User(identity) => self.connect_as(room, conn, ip, identity),
                     Access::Anonymous => self.input(room, Input::Connect { conn, ip }),
                 }
+                let closed = self.sockets.get(&conn).is_none_or(|s| s.closing);
+                moderation::connected(&mut lock(&self.world), room, conn, ip, closed);
                 room
             }
             HostEvent::Text { conn, text } => {
@@ -871,6 +873,7 @@ impl Host {
                         socket.closing = true;
                     }
                     w.trace(format_args!("r{room} close {conn:?} {code} {reason}"));
+                    moderation::closed(&mut w, room, conn, code);
                     if code == CLOSE_TOKEN_EXPIRED {
                         tokens::judge_expiry_close(&mut w, conn, now);
                     }
@@ -983,7 +986,13 @@ impl Host {
                     to_limiter(&shared, &mut w, ask);
                 }
                 HostOutput::Room(Output::Moderated { request }) => {
-                    moderation::moderated(&mut w, room, request.0);
+                    let joined: Vec<ConnId> = self
+                        .sockets
+                        .iter()
+                        .filter(|(_, s)| s.room == room && s.join.ready && !s.closing)
+                        .map(|(conn, _)| *conn)
+                        .collect();
+                    moderation::moderated(&mut w, room, request.0, &joined);
                 }
                 HostOutput::Room(Output::Published { request, id }) => {
                     publish::published(&mut w, room, request.0, id);
@@ -1632,6 +1641,15 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
             answered(w, index, conn);
         }
         return;
+    }
+    if frame.contains(r#""topic""#) {
+        let topic =
+            crate::json::Object::parse(frame).and_then(|json| Some(json.str("topic")?.to_owned()));
+        if let Some(topic) = topic {
+            w.trace(format_args!("u{index} {conn:?} <- topic {topic:?}"));
+            w.clients[index].current.topic = Some(topic).filter(|t| !t.is_empty());
+            return;
+        }
     }
     if let Some(name) = parsed.joined {
         w.trace(format_args!("u{index} {conn:?} <- joined {name}"));

@@ -401,6 +401,8 @@ pub struct ClientConn {
     pub resend_broadcast: BTreeSet<String>,
     /// Until this true ms, nothing follows the newest resend (its answer may still come).
     pub resend_until_ms: u64,
+    /// The latest topic frame's topic on this connection (`None`: none, or cleared).
+    pub topic: Option<String>,
 }
 
 /// A client's state, shared so the oracle can read it.
@@ -1366,13 +1368,17 @@ impl World {
         let newest = newest_id(&self.stores[room]);
         let mut problem = None;
         let can_join = |client: usize| self.tokens.as_ref().is_none_or(|t| t.can_join(client));
+        let mut live = Vec::new();
         for (index, client) in self.clients.iter().enumerate() {
             if client.room != room
                 || !can_join(index)
-                || self.moderation.ever_banned(room, &client.name)
+                || self
+                    .moderation
+                    .may_stay_banned(room, &client.name, client.ip)
             {
                 continue;
             }
+            live.push(index);
             let current = &client.current;
             let connected = current
                 .conn
@@ -1394,7 +1400,9 @@ impl World {
         }
         if let Some(problem) = problem {
             self.violate("liveness", format!("room {room}: {problem}"));
+            return;
         }
+        moderation::check_topics(self, room, &live);
     }
 
     /// Once settled, every client's roster and the room's presence are the same multiset.

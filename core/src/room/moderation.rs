@@ -285,6 +285,12 @@ impl Room {
         match parsed {
             mod_keys::StateKey::Settings => {
                 self.restrictions.settings = serde_json::from_str(value).map_err(|_| ())?;
+                if self
+                    .config
+                    .planted(PlantedBug::ReadOnlyNotEnforcedAfterRestore)
+                {
+                    self.restrictions.settings.read_only = false;
+                }
             }
             mod_keys::StateKey::Ban(target) => {
                 let restriction = serde_json::from_str(value).map_err(|_| ())?;
@@ -368,6 +374,9 @@ impl Room {
                     .sessions
                     .iter()
                     .filter(|(conn, session)| match &target {
+                        BanTarget::Ip(_) if self.config.planted(PlantedBug::IpBanKeepsSockets) => {
+                            false
+                        }
                         BanTarget::Ip(ip) => session.ip == *ip,
                         BanTarget::User(user) => {
                             self.user_key(**conn).as_deref() == Some(user.as_str())
@@ -380,13 +389,17 @@ impl Room {
                 }
             }
             StateEffect::Unban(target) => {
-                self.restrictions.bans.remove(&target);
+                if !self.config.planted(PlantedBug::UnbanNotApplied) {
+                    self.restrictions.bans.remove(&target);
+                }
             }
             StateEffect::Mute(user, restriction) => {
                 self.restrictions.mutes.insert(user, restriction);
             }
             StateEffect::Unmute(user) => {
-                self.restrictions.mutes.remove(&user);
+                if !self.config.planted(PlantedBug::UnmuteNotApplied) {
+                    self.restrictions.mutes.remove(&user);
+                }
             }
             StateEffect::Forget(bans, mutes) => {
                 for target in bans {
@@ -399,7 +412,7 @@ impl Room {
             StateEffect::Settings(settings) => {
                 let topic_changed = settings.topic != self.restrictions.settings.topic;
                 self.restrictions.settings = settings;
-                if topic_changed {
+                if topic_changed && !self.config.planted(PlantedBug::TopicNotBroadcast) {
                     let frame =
                         moderation::encode_topic(self.restrictions.settings.topic.as_deref());
                     self.broadcast(frame);

@@ -756,3 +756,53 @@ fn deleting_a_message_leaves_the_others_intact_in_storage() {
     let stored = d.stored_text();
     assert!(stored.contains("one, corrected"), "{stored}");
 }
+
+/// Found by the simulator (seed 37495, issue 18): a banned session's frames held for the
+/// limiter, overdue when the ban came into force, were refused with the rate-limit error
+/// after the session's 4011 close, when the host's timeout came before it handled the close.
+#[test]
+fn a_closing_session_gets_nothing_for_its_held_frames() {
+    let mut d = Driver::with(RoomConfig {
+        limiter_may_wait: true,
+        ..RoomConfig::default()
+    });
+    d.join(1, "ada");
+    d.join(2, "bob");
+    d.say(1, "held");
+    d.say(1, "held too");
+    d.now = d.now.plus_millis(crate::room::PIPELINE_WAIT_MAX_MS + 500);
+    let action = decode_action(r#"{"ban":"ada"}"#).unwrap();
+    d.room.handle_moderate(PublishId(1), action, d.now).unwrap();
+    let batch = loop {
+        match d.room.poll_output() {
+            Some(Output::Persist(batch)) => break batch,
+            Some(_) => {}
+            None => panic!("the ban is written"),
+        }
+    };
+    d.store.apply(&batch);
+    d.room.handle_durable(batch.id, d.now).unwrap();
+    // The host's timer fires before it handles the close (one turn).
+    d.room.handle_timeout(d.now);
+    let mut closed = false;
+    while let Some(output) = d.room.poll_output() {
+        match output {
+            Output::Close {
+                conn: ConnId(1),
+                code,
+                ..
+            } => {
+                assert_eq!(code, CLOSE_BANNED);
+                closed = true;
+            }
+            Output::Send {
+                conn: ConnId(1),
+                frame,
+            } => {
+                assert!(!closed, "closing connection got {frame}");
+            }
+            _ => {}
+        }
+    }
+    assert!(closed);
+}

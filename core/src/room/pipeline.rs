@@ -181,6 +181,10 @@ impl Room {
             if session.held.is_empty() {
                 self.held_conns.remove(&conn);
             }
+            // A closing socket gets nothing more: its frames are moot (as in `admit_frame`).
+            if session.phase == Phase::Closing {
+                return;
+            }
         }
         for _ in 0..refused {
             self.stats.frames_rate_limited += 1;
