@@ -74,11 +74,16 @@ pub enum PlantedBug {
     ReadOnlyNotEnforcedAfterRestore,
     /// A topic change is stored and shown to later joiners, but not broadcast.
     TopicNotBroadcast,
+    /// A session's moderation frame is authorized whatever its token grants (anyone may
+    /// delete, edit, kick, ban...).
+    AnyoneMayModerate,
+    /// A read-only room refuses its moderators' messages too.
+    ModeratorNotExemptFromReadOnly,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 27] = [
+    pub const ALL: [PlantedBug; 29] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -106,5 +111,7 @@ impl PlantedBug {
         PlantedBug::UnmuteNotApplied,
         PlantedBug::ReadOnlyNotEnforcedAfterRestore,
         PlantedBug::TopicNotBroadcast,
+        PlantedBug::AnyoneMayModerate,
+        PlantedBug::ModeratorNotExemptFromReadOnly,
     ];
 }

@@ -185,14 +185,43 @@ pub struct ModOracle {
     /// Chat texts that reached the room while their sender's mute held, with the sender:
     /// never written (unless another mute of the sender replaces that one meanwhile).
     muted_texts: BTreeMap<usize, BTreeMap<String, String>>,
+    /// Deletions sessions allowed to make them asked for: (room, target).
+    session_deletes: BTreeSet<(usize, u64)>,
+    /// Edit texts of session frames that must be refused, per room: never written or sent.
+    refused_edits: BTreeMap<usize, BTreeSet<String>>,
+    /// Rooms whose settings a session may have changed (the oracle claims nothing about
+    /// their read-only state or topic: it learns no confirmation of a session's request).
+    session_settings: BTreeSet<usize>,
+    /// Edit texts made for sessions so far.
+    session_edits: u64,
+}
+
+/// The refusal of a session's moderation frame without the right to it.
+pub const NOT_ALLOWED: &str = "Only moderators may do that.";
+/// The rate limiter's refusal, as docs/PROTOCOL.md spells it.
+const RATE_LIMITED: &str = "Your IP is being rate-limited, please try again later.";
+
+/// A moderation frame a session sent, awaiting its answer.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// Its number on the connection.
+    pub seq: u64,
+    /// The frame.
+    pub frame: String,
+    /// Sent on a session whose token grants `moderator`: never refused as not allowed.
+    pub moderator: bool,
+    /// docs/PROTOCOL.md says it must be refused (not a moderator, and not a verified
+    /// author deleting or editing its own message).
+    pub must_refuse: bool,
 }
 
 impl ModOracle {
     /// Whether the moderator asked to delete message `id` of `room`.
     pub fn delete_asked(&self, room: usize, id: u64) -> bool {
-        self.requests.values().any(|(r, action, _)| {
-            *r == room && matches!(action, ModAction::Delete { id: target } if *target == id)
-        })
+        self.session_deletes.contains(&(room, id))
+            || self.requests.values().any(|(r, action, _)| {
+                *r == room && matches!(action, ModAction::Delete { id: target } if *target == id)
+            })
     }
 
     /// Whether a ban of `name` or `ip` in `room` may still hold (left out of liveness: it
@@ -217,6 +246,9 @@ impl ModOracle {
     /// Whether `room` is surely read-only (`Some`), or surely not, as of the requests
     /// handled: the newest that sets it was confirmed (none: never read-only).
     fn read_only(&self, room: usize) -> Option<bool> {
+        if self.session_settings.contains(&room) {
+            return None;
+        }
         match self.read_only_requests.get(&room) {
             None => Some(false),
             Some((request, value)) => self.confirmed.contains(request).then_some(*value),
@@ -225,6 +257,9 @@ impl ModOracle {
 
     /// The room's topic, if surely known (`Some(None)`: none).
     fn topic(&self, room: usize) -> Option<Option<String>> {
+        if self.session_settings.contains(&room) {
+            return None;
+        }
         match self.topic_requests.get(&room) {
             None => Some(None),
             Some((request, topic)) => self.confirmed.contains(request).then(|| topic.clone()),
@@ -301,6 +336,11 @@ fn deleted(w: &mut World, room: usize, target: u64) {
         return;
     }
     w.count_fault("mod-deleted-durable");
+    if !w.moderation.delete_asked(room, target) {
+        let detail = format!("room {room}: message {target} deleted, nobody allowed asked to");
+        w.violate("only-moderators-moderate", detail);
+        return;
+    }
     let texts = w
         .moderation
         .texts
@@ -350,6 +390,11 @@ pub fn check_write(w: &mut World, room: usize, key: &str, value: &str) {
                 .get(&room)
                 .is_some_and(|texts| texts.contains(t))
         });
+    if let Some(text) = refused_edit(w, room, value) {
+        let detail = format!("room {room} writes {key} = {value}: {text} must have been refused");
+        w.violate("only-moderators-moderate", detail);
+        return;
+    }
     if let Some(text) = read_only_text {
         let detail =
             format!("room {room} writes {key} = {value}: {text} came while the room was read-only");
@@ -393,10 +438,21 @@ pub fn frame_out(w: &mut World, room: usize, conn: ConnId, frame: &Frame) {
             return;
         }
     }
+    if let Some(text) = refused_edit(w, room, frame) {
+        let detail = format!("room {room} sends {conn:?} {frame}: {text} must have been refused");
+        w.violate("only-moderators-moderate", detail);
+        return;
+    }
     watch_topic(w, room, conn, frame);
     let Some(client) = w.conns.get(&conn).map(|info| info.client) else {
         return;
     };
+    let moderator = w.tokens.as_ref().is_some_and(|t| t.is_moderator(client));
+    if moderator && frame.contains(READ_ONLY) {
+        let detail = format!("room {room} sends moderator u{client} on {conn:?} {frame}");
+        w.violate("moderators-not-refused", detail);
+        return;
+    }
     let user = w.clients[client].name.clone();
     let ip = w.clients[client].ip;
     let error = frame
@@ -508,6 +564,12 @@ pub fn check_topics(w: &mut World, room: usize, clients: &[usize]) {
     }
 }
 
+/// The edit text of a refused session frame that `frame` mentions, if any.
+fn refused_edit(w: &World, room: usize, frame: &str) -> Option<String> {
+    let texts = w.moderation.refused_edits.get(&room)?;
+    texts.iter().find(|text| mentions(frame, text)).cloned()
+}
+
 /// Whether a restriction until `until` (room clock ms) surely holds for `margin_ms` more on
 /// the room's clock (a timed one never once a clock has stepped: the room may see a later
 /// time than the sim assumes).
@@ -527,6 +589,9 @@ pub fn text_arrives(w: &mut World, room: usize, conn: ConnId, text: &str) {
     let Some(client) = w.conns.get(&conn).map(|info| info.client) else {
         return;
     };
+    if w.sc.mod_sessions && session_action(text) {
+        return; // an edit's text is no chat message
+    }
     let user = w.clients[client].name.clone();
     if w.moderation.read_only(room) == Some(true) {
         if let Some(message) = chat_text(text) {
@@ -548,6 +613,13 @@ pub fn text_arrives(w: &mut World, room: usize, conn: ConnId, text: &str) {
         let muted = w.moderation.muted_texts.entry(room).or_default();
         muted.insert(message, w.clients[client].name.clone());
     }
+}
+
+/// Whether a frame is one of the moderation frames sessions send here.
+fn session_action(text: &str) -> bool {
+    ["\"delete\"", "\"edit\"", "\"kick\"", "\"settings\""]
+        .iter()
+        .any(|key| text.contains(key))
 }
 
 /// The `message` of a chat frame.
@@ -699,18 +771,7 @@ pub fn handling(w: &mut World, room: usize, request: u64, action: &ModAction, no
         .requests
         .insert(request, (room, action.clone(), now_ms));
     match action {
-        ModAction::Edit { id, message } => {
-            let text: &str = message.as_ref();
-            w.moderation
-                .texts
-                .entry((room, *id))
-                .or_default()
-                .insert(text.to_owned());
-            if w.moderation.deleted.contains(&(room, *id)) {
-                let forbidden = w.moderation.forbidden.entry(room).or_default();
-                forbidden.insert(text.to_owned(), *id);
-            }
-        }
+        ModAction::Edit { id, message } => edit_asked(w, room, *id, message.as_ref()),
         ModAction::Ban { target, .. } => {
             let asked = w.moderation.ban_requests.entry((room, banned(target)));
             asked.or_default().0 = Some(request);
@@ -737,6 +798,148 @@ pub fn handling(w: &mut World, room: usize, request: u64, action: &ModAction, no
             }
         }
         _ => {}
+    }
+}
+
+/// An edit of message `id` of `room` to `text` was asked for by someone allowed to.
+fn edit_asked(w: &mut World, room: usize, id: u64, text: &str) {
+    w.moderation
+        .texts
+        .entry((room, id))
+        .or_default()
+        .insert(text.to_owned());
+    if w.moderation.deleted.contains(&(room, id)) {
+        let forbidden = w.moderation.forbidden.entry(room).or_default();
+        forbidden.insert(text.to_owned(), id);
+    }
+}
+
+/// A session of client `index` in `room`, ready and quiet, sends a moderation frame (in
+/// runs where sessions moderate): a moderator deletes (35 %) or edits (35 %) one of the 30
+/// newest acknowledged chat messages, kicks a client of the room (10 %) or sets the room
+/// read-only or not (20 %); any other session tries the same (deleting or editing its own
+/// message half the time when it has one). Returns the frame and what the oracle expects
+/// of it, or `None` if there is nothing to act on.
+pub fn session_attempt(w: &mut World, index: usize, seq: u64) -> Option<Attempt> {
+    let mut rng = thread_rng();
+    let room = w.clients[index].room;
+    let tokens = w.tokens.as_ref()?;
+    let moderator = tokens.is_moderator(index);
+    let verified = tokens.plans[index].carries_token;
+    let me = format!("user-{index}");
+    // The newest acknowledged chat messages, with their authors (`user`).
+    let ids: Vec<(u64, bool)> = w.rooms[room]
+        .acked
+        .iter()
+        .rev()
+        .filter_map(|(id, frame)| {
+            let record = Record::parse(frame)?;
+            if !matches!(record.kind, Kind::Chat { .. }) {
+                return None;
+            }
+            let mine = verified && Object::parse(frame)?.str("user") == Some(me.as_str());
+            Some((*id, mine))
+        })
+        .take(30)
+        .collect();
+    let mine: Vec<u64> = ids.iter().filter(|(_, m)| *m).map(|(id, _)| *id).collect();
+    let targets: Vec<String> = (0..w.sc.clients)
+        .filter(|&c| w.clients[c].room == room)
+        .map(|c| match tokens.plans[c].carries_token {
+            true => format!("user-{c}"),
+            false => format!("u{c}"),
+        })
+        .collect();
+    let roll: f64 = rng.gen();
+    let target = if !mine.is_empty() && !moderator && rng.gen_bool(0.5) {
+        Some((mine[rng.gen_range(0..mine.len())], true))
+    } else if ids.is_empty() {
+        None
+    } else {
+        Some(ids[rng.gen_range(0..ids.len())])
+    };
+    let (frame, allowed) = match target {
+        Some((id, own)) if roll < 0.35 => {
+            let allowed = moderator || own;
+            w.count_fault("session-mod-delete");
+            if allowed {
+                w.moderation.session_deletes.insert((room, id));
+            }
+            (format!(r#"{{"delete":{id}}}"#), allowed)
+        }
+        Some((id, own)) if roll < 0.7 => {
+            let allowed = moderator || own;
+            w.count_fault("session-mod-edit");
+            w.moderation.session_edits += 1;
+            let text = format!("e{index}_{}", w.moderation.session_edits);
+            if allowed {
+                edit_asked(w, room, id, &text);
+            } else {
+                let refused = w.moderation.refused_edits.entry(room).or_default();
+                refused.insert(text.clone());
+            }
+            (format!(r#"{{"edit":{id},"message":"{text}"}}"#), allowed)
+        }
+        _ if roll < 0.8 && !targets.is_empty() => {
+            w.count_fault("session-mod-kick");
+            let user = &targets[rng.gen_range(0..targets.len())];
+            (format!(r#"{{"kick":"{user}"}}"#), moderator)
+        }
+        _ => {
+            w.count_fault("session-mod-read-only");
+            w.moderation.session_settings.insert(room);
+            let read_only = rng.gen_bool(0.6);
+            let frame = format!(r#"{{"settings":{{"read_only":{read_only}}}}}"#);
+            (frame, moderator)
+        }
+    };
+    if moderator {
+        w.count_fault("session-mod-by-moderator");
+    } else if !allowed {
+        w.count_fault("session-mod-must-refuse");
+    }
+    Some(Attempt {
+        seq,
+        frame,
+        moderator,
+        must_refuse: !allowed,
+    })
+}
+
+/// The error `error` came while `attempt` awaited its answer on client `index`'s `conn`:
+/// a moderator is never refused as not allowed; a frame that must be refused gets that
+/// refusal (or the rate limiter's).
+pub fn session_answered(w: &mut World, index: usize, attempt: &Attempt, error: &str) {
+    if error == NOT_ALLOWED {
+        w.count_fault("session-mod-refused");
+    }
+    if error == NOT_ALLOWED && attempt.moderator {
+        let detail = format!("moderator u{index} got {error:?} for {}", attempt.frame);
+        w.violate("moderators-not-refused", detail);
+    } else if attempt.must_refuse && error != NOT_ALLOWED && error != RATE_LIMITED {
+        let detail = format!(
+            "u{index} got {error:?} for {}: not the refusal",
+            attempt.frame
+        );
+        w.violate("only-moderators-moderate", detail);
+    }
+}
+
+/// The answer bound passed since client `index` sent attempt `seq` on `conn`: one that must
+/// be refused was (an error came), if the connection is still open.
+pub fn session_overdue(w: &mut World, index: usize, conn: edgechat_core::room::ConnId, seq: u64) {
+    let current = &w.clients[index].current;
+    if current.conn != Some(conn) {
+        return;
+    }
+    let open = w.conns.get(&conn).is_some_and(|info| info.open);
+    let Some(attempt) = current.mod_pending.clone().filter(|a| a.seq == seq) else {
+        return;
+    };
+    w.clients[index].current.mod_pending = None;
+    if open && attempt.must_refuse {
+        let detail = format!("u{index} on {conn:?} got no refusal for {}", attempt.frame);
+        w.violate("only-moderators-moderate", detail);
     }
 }
 

@@ -1340,6 +1340,9 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
         }
         return;
     }
+    if client.current.mod_pending.is_some() {
+        return; // a moderation frame goes out alone: nothing follows until it is answered
+    }
     let (now_ms, settling, room) = (w.elapsed_ms(), w.settling, client.room);
     // A refresh goes out alone: after every frame before it is answered, and nothing
     // else is sent until it is answered (so each answer is known to be the refresh's).
@@ -1391,6 +1394,11 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
         current.resending.retain(|key, _| !done.contains(key));
     }
     if quiet && rng.gen_bool(0.08) && resend(shared, w, index, conn, &mut rng) {
+        return;
+    }
+    let moderator = w.tokens.as_ref().is_some_and(|t| t.is_moderator(index));
+    if w.sc.mod_sessions && quiet && rng.gen_bool(if moderator { 0.2 } else { 0.06 }) {
+        send_moderation(shared, w, index, conn);
         return;
     }
     let roll: f64 = rng.gen();
@@ -1551,6 +1559,27 @@ fn send_malformed(shared: &Shared, w: &mut World, index: usize, conn: ConnId, rn
     to_host(shared, w, conn, event);
 }
 
+/// Sends a session's moderation frame alone on a quiet connection (see
+/// [`moderation::session_attempt`]); an error before the answer bound passes is its answer.
+fn send_moderation(shared: &Shared, w: &mut World, index: usize, conn: ConnId) {
+    let current = &mut w.clients[index].current;
+    current.mod_sent += 1;
+    let seq = current.mod_sent;
+    let Some(attempt) = moderation::session_attempt(w, index, seq) else {
+        return;
+    };
+    let text = attempt.frame.clone();
+    w.trace(format_args!("u{index} {conn:?} moderates {text}"));
+    w.clients[index].current.mod_pending = Some(attempt);
+    let bound = w.answer_bound(w.clients[index].room);
+    let timer = shared.clone();
+    madsim::task::spawn(async move {
+        sleep(bound).await;
+        moderation::session_overdue(&mut lock(&timer), index, conn, seq);
+    });
+    to_host(shared, w, conn, HostEvent::Text { conn, text });
+}
+
 /// A chat frame is about to be sent on `conn`: it must be answered (echo or error) within
 /// the room's bound while the connection lasts.
 fn expect_answer(shared: &Shared, w: &mut World, index: usize, conn: ConnId) {
@@ -1603,6 +1632,11 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
     }
     if let Some(error) = parsed.error {
         w.trace(format_args!("u{index} {conn:?} <- error {error}"));
+        if let Some(attempt) = w.clients[index].current.mod_pending.take() {
+            // Sent alone: this error answers it.
+            moderation::session_answered(w, index, &attempt, &error);
+            return;
+        }
         if let Some(tokens) = w.tokens.as_mut() {
             let held = &mut tokens.held[index];
             // A refresh goes out alone, so this error refuses it (for the rate limit, say):

@@ -25,7 +25,7 @@
 //! - `auth-name`: messages and rosters show a token holder under the token's name, never
 //!   the name the client asked for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,6 +161,10 @@ pub struct Tokens {
     pub conns: BTreeMap<ConnId, ConnAccess>,
     /// Per chat text sent: whether its connection may send, and the name it must show.
     pub senders: BTreeMap<String, (bool, String)>,
+    /// Sessions send moderation frames (then only [`Tokens::moderators`] get `moderator`).
+    pub sessions_moderate: bool,
+    /// Clients (granted `Send`) whose tokens grant their room `moderator`.
+    pub moderators: BTreeSet<usize>,
 }
 
 impl Tokens {
@@ -213,6 +217,8 @@ impl Tokens {
             minted: BTreeMap::new(),
             conns: BTreeMap::new(),
             senders: BTreeMap::new(),
+            sessions_moderate: false,
+            moderators: BTreeSet::new(),
         }
     }
 
@@ -222,6 +228,14 @@ impl Tokens {
             config: self.config.clone(),
             room: room_id(room),
         }
+    }
+
+    /// Whether `client`'s sessions are moderators of its room (it always carries a token
+    /// granting `moderator`), when sessions moderate.
+    pub fn is_moderator(&self, client: usize) -> bool {
+        self.sessions_moderate
+            && self.plans[client].carries_token
+            && self.moderators.contains(&client)
     }
 
     /// Whether `client` can ever get in (the final liveness check leaves out those who
@@ -251,7 +265,12 @@ impl Tokens {
         let exp_secs = (EPOCH_MS + now_ms + lifetime_ms) / 1_000;
         let own = format!("r{room}");
         let other = format!("r{}", room + 1);
+        let moderator = self.moderators.contains(&client);
         let rooms = match (plan.grant, rng.gen_range(0..3)) {
+            // When sessions moderate, the role is the client's, fixed for the run.
+            (Grant::Send, 1) if moderator => json!({ "*": "moderator", other: "read" }),
+            (Grant::Send, _) if moderator => json!({ own: "moderator" }),
+            (Grant::Send, 2) if self.sessions_moderate => json!({ own: "write" }),
             (Grant::Send, 0) => json!({ own: "write" }),
             (Grant::Send, 1) => json!({ "*": "write", other: "read" }),
             (Grant::Send, _) => json!({ own: "moderator" }),

@@ -174,6 +174,9 @@ pub struct Scenario {
     pub auth: Option<AuthScenario>,
     /// A moderator acts (see [`crate::moderation`]), in half of the runs without auth.
     pub moderation: bool,
+    /// Sessions send moderation frames over their sockets (some with a `moderator` grant),
+    /// in half of the runs with auth.
+    pub mod_sessions: bool,
 }
 
 /// A broken invariant.
@@ -403,6 +406,11 @@ pub struct ClientConn {
     pub resend_until_ms: u64,
     /// The latest topic frame's topic on this connection (`None`: none, or cleared).
     pub topic: Option<String>,
+    /// A moderation frame sent on this connection, awaiting its answer (sent alone, and
+    /// nothing follows it until an error comes or the answer bound passes).
+    pub mod_pending: Option<moderation::Attempt>,
+    /// Moderation frames sent on this connection.
+    pub mod_sent: u64,
 }
 
 /// A client's state, shared so the oracle can read it.
@@ -619,6 +627,7 @@ impl World {
             faulty_rooms,
             auth: None,
             moderation: false,
+            mod_sessions: false,
         };
         let on = |kind| sc.faults.contains(&kind);
         let skew = |rng: &mut madsim::rand::GlobalRng| {
@@ -685,8 +694,25 @@ impl World {
             .then(|| Tokens::draw(&mut rng, sc.clients));
         sc.auth = tokens.as_ref().map(|t| t.scenario);
         sc.moderation = tokens.is_none() && rng.gen_bool(0.5);
+        let mut tokens = tokens;
+        if let Some(tokens) = tokens.as_mut() {
+            sc.mod_sessions = rng.gen_bool(0.5);
+            if sc.mod_sessions {
+                tokens.sessions_moderate = true;
+                // The first client that can be one is a moderator, each other one 40 %.
+                for client in 0..sc.clients {
+                    let plan = tokens.plans[client];
+                    if plan.grant == crate::tokens::Grant::Send
+                        && plan.carries_token
+                        && (tokens.moderators.is_empty() || rng.gen_bool(0.4))
+                    {
+                        tokens.moderators.insert(client);
+                    }
+                }
+            }
+        }
         let mut moderation = ModOracle::default();
-        moderation.on = sc.moderation;
+        moderation.on = sc.moderation || sc.mod_sessions;
         World {
             seed,
             // The demo's limiter scaled down five times (same burst of four, then one per
