@@ -194,6 +194,8 @@ pub struct ModOracle {
     session_settings: BTreeSet<usize>,
     /// Edit texts made for sessions so far.
     session_edits: u64,
+    /// Bans moderator sessions asked for so far (at most six per run).
+    session_bans: u32,
 }
 
 /// The refusal of a session's moderation frame without the right to it.
@@ -422,6 +424,15 @@ pub fn check_write(w: &mut World, room: usize, key: &str, value: &str) {
     }
 }
 
+/// Who `client` is for bans and mutes (docs/PROTOCOL.md's `<user>`): its token's subject
+/// (`user-<n>`, the sim mints it) when it carries a token, else the name it joins with.
+pub fn user_key(w: &World, client: usize) -> String {
+    match w.tokens.as_ref().filter(|t| t.plans[client].carries_token) {
+        Some(_) => format!("user-{client}"),
+        None => w.clients[client].name.clone(),
+    }
+}
+
 /// A frame leaves the room for `conn`: no deleted text, nothing for a banned user or IP, no
 /// mute error after an unmute, no read-only error in a room surely not read-only, and the
 /// topic right before `ready`.
@@ -453,7 +464,7 @@ pub fn frame_out(w: &mut World, room: usize, conn: ConnId, frame: &Frame) {
         w.violate("moderators-not-refused", detail);
         return;
     }
-    let user = w.clients[client].name.clone();
+    let user = user_key(w, client);
     let ip = w.clients[client].ip;
     let error = frame
         .contains(r#""error""#)
@@ -540,7 +551,7 @@ pub fn closed(w: &mut World, room: usize, conn: ConnId, code: u16) {
     let Some(client) = w.conns.get(&conn).map(|info| info.client) else {
         return;
     };
-    let (name, ip) = (w.clients[client].name.clone(), w.clients[client].ip);
+    let (name, ip) = (user_key(w, client), w.clients[client].ip);
     if !w.moderation.may_stay_banned(room, &name, ip) {
         let detail = format!("room {room} closes {name} ({ip}) on {conn:?} as banned");
         w.violate("unbanned-may-join", detail);
@@ -592,7 +603,8 @@ pub fn text_arrives(w: &mut World, room: usize, conn: ConnId, text: &str) {
     if w.sc.mod_sessions && session_action(text) {
         return; // an edit's text is no chat message
     }
-    let user = w.clients[client].name.clone();
+    let user = user_key(w, client);
+    let sender = user.clone();
     if w.moderation.read_only(room) == Some(true) {
         if let Some(message) = chat_text(text) {
             w.count_fault("mod-read-only-sent");
@@ -611,15 +623,26 @@ pub fn text_arrives(w: &mut World, room: usize, conn: ConnId, text: &str) {
     if let Some(message) = chat_text(text) {
         w.count_fault("mod-muted-sent");
         let muted = w.moderation.muted_texts.entry(room).or_default();
-        muted.insert(message, w.clients[client].name.clone());
+        muted.insert(message, sender);
     }
 }
 
 /// Whether a frame is one of the moderation frames sessions send here.
 fn session_action(text: &str) -> bool {
-    ["\"delete\"", "\"edit\"", "\"kick\"", "\"settings\""]
-        .iter()
-        .any(|key| text.contains(key))
+    [
+        "\"delete\"",
+        "\"edit\"",
+        "\"kick\"",
+        "\"ban\"",
+        "\"ban_ip\"",
+        "\"unban\"",
+        "\"unban_ip\"",
+        "\"mute\"",
+        "\"unmute\"",
+        "\"settings\"",
+    ]
+    .iter()
+    .any(|key| text.contains(key))
 }
 
 /// The `message` of a chat frame.
@@ -765,6 +788,59 @@ pub fn restored(w: &mut World, room: usize, stored: &[(String, Frame)]) {
     }
 }
 
+/// The room of a run where sessions moderate handled the durability of `writes` (a ban,
+/// mute or their lifting among them is now in force: the room applies it as it learns the
+/// write is durable): what they store is what holds, as a restore would find it.
+pub fn state_durable(w: &mut World, room: usize, writes: &[edgechat_core::storage::Write]) {
+    use edgechat_core::storage::Write;
+    if !w.sc.mod_sessions {
+        return;
+    }
+    let until = |value: &str| {
+        let json = serde_json::from_str::<Json>(value).ok()?;
+        Some(json.get("until").and_then(Json::as_u64))
+    };
+    for write in writes {
+        let (key, value) = match write {
+            Write::Put { key, value } => (key.as_str(), Some(&**value)),
+            Write::Delete { key } => (key.as_str(), None),
+        };
+        let target = if let Some(user) = key.strip_prefix("room/ban/user/") {
+            Banned::User(user.to_owned())
+        } else if let Some(ip) = key.strip_prefix("room/ban/ip/") {
+            let Ok(ip) = ip.parse::<IpAddr>() else {
+                continue;
+            };
+            Banned::Ip(ip)
+        } else if let Some(user) = key.strip_prefix("room/mute/") {
+            let old = w.moderation.mutes.get(&(room, user.to_owned())).copied();
+            match value.and_then(until) {
+                Some(until) => {
+                    w.moderation.mutes.insert((room, user.to_owned()), until);
+                }
+                None => {
+                    w.moderation.mutes.remove(&(room, user.to_owned()));
+                }
+            }
+            if old != w.moderation.mutes.get(&(room, user.to_owned())).copied() {
+                forget_muted_texts(w, room, user);
+            }
+            continue;
+        } else {
+            continue;
+        };
+        match value.and_then(until) {
+            Some(until) => {
+                w.count_fault("session-mod-ban-durable");
+                w.moderation.bans.insert((room, target), until);
+            }
+            None => {
+                w.moderation.bans.remove(&(room, target));
+            }
+        }
+    }
+}
+
 /// The host handles request `request` now (its clock: `now_ms`): remember what it asks.
 pub fn handling(w: &mut World, room: usize, request: u64, action: &ModAction, now_ms: u64) {
     w.moderation
@@ -843,12 +919,9 @@ pub fn session_attempt(w: &mut World, index: usize, seq: u64) -> Option<Attempt>
         .take(30)
         .collect();
     let mine: Vec<u64> = ids.iter().filter(|(_, m)| *m).map(|(id, _)| *id).collect();
-    let targets: Vec<String> = (0..w.sc.clients)
+    let members: Vec<(String, IpAddr)> = (0..w.sc.clients)
         .filter(|&c| w.clients[c].room == room)
-        .map(|c| match tokens.plans[c].carries_token {
-            true => format!("user-{c}"),
-            false => format!("u{c}"),
-        })
+        .map(|c| (user_key(w, c), w.clients[c].ip))
         .collect();
     let roll: f64 = rng.gen();
     let target = if !mine.is_empty() && !moderator && rng.gen_bool(0.5) {
@@ -858,8 +931,17 @@ pub fn session_attempt(w: &mut World, index: usize, seq: u64) -> Option<Attempt>
     } else {
         Some(ids[rng.gen_range(0..ids.len())])
     };
-    let (frame, allowed) = match target {
-        Some((id, own)) if roll < 0.35 => {
+    // Requests of sessions are never confirmed to the oracle: what they ask only makes it
+    // claim less (a ban may hold for ever, an unban or unmute is never sure).
+    w.moderation.next_request += 1;
+    let request = w.moderation.next_request;
+    let member = (!members.is_empty()).then(|| members[rng.gen_range(0..members.len())].clone());
+    let for_ms = rng
+        .gen_bool(0.5)
+        .then(|| rng.gen_range(1_000..30_000u64))
+        .map_or(String::new(), |ms| format!(r#","for_ms":{ms}"#));
+    let (frame, allowed) = match (target, member) {
+        (Some((id, own)), _) if roll < 0.3 => {
             let allowed = moderator || own;
             w.count_fault("session-mod-delete");
             if allowed {
@@ -867,7 +949,7 @@ pub fn session_attempt(w: &mut World, index: usize, seq: u64) -> Option<Attempt>
             }
             (format!(r#"{{"delete":{id}}}"#), allowed)
         }
-        Some((id, own)) if roll < 0.7 => {
+        (Some((id, own)), _) if roll < 0.55 => {
             let allowed = moderator || own;
             w.count_fault("session-mod-edit");
             w.moderation.session_edits += 1;
@@ -880,10 +962,59 @@ pub fn session_attempt(w: &mut World, index: usize, seq: u64) -> Option<Attempt>
             }
             (format!(r#"{{"edit":{id},"message":"{text}"}}"#), allowed)
         }
-        _ if roll < 0.8 && !targets.is_empty() => {
+        (_, Some((user, _))) if roll < 0.63 => {
             w.count_fault("session-mod-kick");
-            let user = &targets[rng.gen_range(0..targets.len())];
             (format!(r#"{{"kick":"{user}"}}"#), moderator)
+        }
+        (_, Some((user, ip))) if roll < 0.73 && w.moderation.session_bans < 6 => {
+            let (target, frame) = if rng.gen_bool(0.4) {
+                w.count_fault("session-mod-ban-ip");
+                (Banned::Ip(ip), format!(r#"{{"ban_ip":"{ip}"{for_ms}}}"#))
+            } else {
+                w.count_fault("session-mod-ban");
+                (
+                    Banned::User(user.clone()),
+                    format!(r#"{{"ban":"{user}"{for_ms}}}"#),
+                )
+            };
+            if moderator {
+                w.moderation.session_bans += 1;
+                let asked = w.moderation.ban_requests.entry((room, target));
+                asked.or_default().0 = Some(request);
+            }
+            (frame, moderator)
+        }
+        (_, Some((user, _))) if roll < 0.8 => {
+            w.count_fault("session-mod-mute");
+            if moderator {
+                let key = (room, user.clone());
+                w.moderation.mute_requests.insert(key, (request, false));
+            }
+            (format!(r#"{{"mute":"{user}"{for_ms}}}"#), moderator)
+        }
+        (_, Some((user, ip))) if roll < 0.9 => {
+            let (frame, target) = match rng.gen_range(0..3) {
+                0 => (format!(r#"{{"unban_ip":"{ip}"}}"#), Some(Banned::Ip(ip))),
+                1 => (
+                    format!(r#"{{"unban":"{user}"}}"#),
+                    Some(Banned::User(user.clone())),
+                ),
+                _ => (format!(r#"{{"unmute":"{user}"}}"#), None),
+            };
+            w.count_fault("session-mod-unban-unmute");
+            if moderator {
+                match target {
+                    Some(target) => {
+                        let asked = w.moderation.ban_requests.entry((room, target));
+                        asked.or_default().1 = Some(request);
+                    }
+                    None => {
+                        let key = (room, user.clone());
+                        w.moderation.mute_requests.insert(key, (request, true));
+                    }
+                }
+            }
+            (frame, moderator)
         }
         _ => {
             w.count_fault("session-mod-read-only");

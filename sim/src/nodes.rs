@@ -439,9 +439,11 @@ impl Host {
             }
             HostEvent::Durable { room, batch } => {
                 self.trace(format_args!("h{} r{room} durable {batch:?}", self.index));
+                let mut durable = None;
                 match self.in_flight.remove(&room) {
                     Some(in_flight) if in_flight.id == batch => {
                         lock(&self.world).acknowledge(room, &in_flight);
+                        durable = Some(in_flight);
                     }
                     other => lock(&self.world).violate(
                         "host-contract",
@@ -449,6 +451,9 @@ impl Host {
                     ),
                 }
                 self.input(room, Input::Durable { batch });
+                if let Some(durable) = durable {
+                    moderation::state_durable(&mut lock(&self.world), room, &durable.writes);
+                }
                 room
             }
             HostEvent::Wake { room } => {

@@ -1398,9 +1398,11 @@ impl World {
         for (index, client) in self.clients.iter().enumerate() {
             if client.room != room
                 || !can_join(index)
-                || self
-                    .moderation
-                    .may_stay_banned(room, &client.name, client.ip)
+                || self.moderation.may_stay_banned(
+                    room,
+                    &moderation::user_key(self, index),
+                    client.ip,
+                )
             {
                 continue;
             }
