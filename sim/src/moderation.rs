@@ -941,17 +941,23 @@ pub fn session_attempt(w: &mut World, index: usize, seq: u64) -> Option<Attempt>
         .then(|| rng.gen_range(1_000..30_000u64))
         .map_or(String::new(), |ms| format!(r#","for_ms":{ms}"#));
     let (frame, allowed) = match (target, member) {
-        (Some((id, own)), _) if roll < 0.3 => {
+        (Some((id, own)), _) if roll < 0.25 => {
             let allowed = moderator || own;
             w.count_fault("session-mod-delete");
+            if own && !moderator {
+                w.count_fault("session-mod-own");
+            }
             if allowed {
                 w.moderation.session_deletes.insert((room, id));
             }
             (format!(r#"{{"delete":{id}}}"#), allowed)
         }
-        (Some((id, own)), _) if roll < 0.55 => {
+        (Some((id, own)), _) if roll < 0.45 => {
             let allowed = moderator || own;
             w.count_fault("session-mod-edit");
+            if own && !moderator {
+                w.count_fault("session-mod-own");
+            }
             w.moderation.session_edits += 1;
             let text = format!("e{index}_{}", w.moderation.session_edits);
             if allowed {
@@ -962,11 +968,11 @@ pub fn session_attempt(w: &mut World, index: usize, seq: u64) -> Option<Attempt>
             }
             (format!(r#"{{"edit":{id},"message":"{text}"}}"#), allowed)
         }
-        (_, Some((user, _))) if roll < 0.63 => {
+        (_, Some((user, _))) if roll < 0.52 => {
             w.count_fault("session-mod-kick");
             (format!(r#"{{"kick":"{user}"}}"#), moderator)
         }
-        (_, Some((user, ip))) if roll < 0.73 && w.moderation.session_bans < 6 => {
+        (_, Some((user, ip))) if roll < 0.6 && w.moderation.session_bans < 6 => {
             let (target, frame) = if rng.gen_bool(0.4) {
                 w.count_fault("session-mod-ban-ip");
                 (Banned::Ip(ip), format!(r#"{{"ban_ip":"{ip}"{for_ms}}}"#))
@@ -984,7 +990,7 @@ pub fn session_attempt(w: &mut World, index: usize, seq: u64) -> Option<Attempt>
             }
             (frame, moderator)
         }
-        (_, Some((user, _))) if roll < 0.8 => {
+        (_, Some((user, _))) if roll < 0.67 => {
             w.count_fault("session-mod-mute");
             if moderator {
                 let key = (room, user.clone());
@@ -992,7 +998,7 @@ pub fn session_attempt(w: &mut World, index: usize, seq: u64) -> Option<Attempt>
             }
             (format!(r#"{{"mute":"{user}"{for_ms}}}"#), moderator)
         }
-        (_, Some((user, ip))) if roll < 0.9 => {
+        (_, Some((user, ip))) if roll < 0.75 => {
             let (frame, target) = match rng.gen_range(0..3) {
                 0 => (format!(r#"{{"unban_ip":"{ip}"}}"#), Some(Banned::Ip(ip))),
                 1 => (
@@ -1019,7 +1025,7 @@ pub fn session_attempt(w: &mut World, index: usize, seq: u64) -> Option<Attempt>
         _ => {
             w.count_fault("session-mod-read-only");
             w.moderation.session_settings.insert(room);
-            let read_only = rng.gen_bool(0.6);
+            let read_only = rng.gen_bool(0.75);
             let frame = format!(r#"{{"settings":{{"read_only":{read_only}}}}}"#);
             (frame, moderator)
         }

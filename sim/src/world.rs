@@ -696,7 +696,7 @@ impl World {
         sc.moderation = tokens.is_none() && rng.gen_bool(0.5);
         let mut tokens = tokens;
         if let Some(tokens) = tokens.as_mut() {
-            sc.mod_sessions = rng.gen_bool(0.5);
+            sc.mod_sessions = rng.gen_bool(0.7);
             if sc.mod_sessions {
                 tokens.sessions_moderate = true;
                 // The first client that can be one is a moderator, each other one 40 %.
