@@ -79,11 +79,13 @@ pub enum PlantedBug {
     AnyoneMayModerate,
     /// A read-only room refuses its moderators' messages too.
     ModeratorNotExemptFromReadOnly,
+    /// A join is let in after a restore whatever the room's `members_max`.
+    MembersMaxNotEnforcedAfterRestore,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 29] = [
+    pub const ALL: [PlantedBug; 30] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -113,5 +115,6 @@ impl PlantedBug {
         PlantedBug::TopicNotBroadcast,
         PlantedBug::AnyoneMayModerate,
         PlantedBug::ModeratorNotExemptFromReadOnly,
+        PlantedBug::MembersMaxNotEnforcedAfterRestore,
     ];
 }

@@ -136,6 +136,8 @@ const BANNED: &str = "Banned from this room.";
 const MUTED: &str = "You are muted in this room.";
 /// The read-only room's error.
 const READ_ONLY: &str = "This room is read-only.";
+/// The refusal of a join beyond `members_max`.
+const ROOM_FULL: &str = "Room is full.";
 /// The ban's close code.
 const CLOSE_BANNED: u16 = 4011;
 
@@ -196,6 +198,8 @@ pub struct ModOracle {
     session_edits: u64,
     /// Bans moderator sessions asked for so far (at most six per run).
     session_bans: u32,
+    /// The newest settings request handled that sets `members_max`, per room.
+    members_requests: BTreeMap<usize, (u64, Option<u32>)>,
 }
 
 /// The refusal of a session's moderation frame without the right to it.
@@ -254,6 +258,15 @@ impl ModOracle {
         match self.read_only_requests.get(&room) {
             None => Some(false),
             Some((request, value)) => self.confirmed.contains(request).then_some(*value),
+        }
+    }
+
+    /// The room's `members_max`, if surely known (`Some(None)`: none): the newest request
+    /// that sets it was confirmed (none asked: none).
+    fn members_max(&self, room: usize) -> Option<Option<u32>> {
+        match self.members_requests.get(&room) {
+            None => Some(None),
+            Some((request, max)) => self.confirmed.contains(request).then_some(*max),
         }
     }
 
@@ -471,6 +484,9 @@ pub fn frame_out(w: &mut World, room: usize, conn: ConnId, frame: &Frame) {
         .then(|| serde_json::from_str::<Json>(frame).ok())
         .flatten()
         .and_then(|json| Some(json.get("error")?.as_str()?.to_owned()));
+    if error.as_deref() == Some(ROOM_FULL) {
+        w.count_fault("mod-room-full");
+    }
     if error.as_deref() == Some(MUTED) {
         let unmuted = w.moderation.mute_requests.get(&(room, user.clone()));
         if unmuted
@@ -496,6 +512,21 @@ pub fn frame_out(w: &mut World, room: usize, conn: ConnId, frame: &Frame) {
             w.violate("banned-no-frames", detail);
             return;
         }
+    }
+}
+
+/// `room` sends `ready` to `conn` (a join completes) while `others` other sockets of the room
+/// are joined: never as many as a `members_max` surely in force (docs/PROTOCOL.md: a join
+/// beyond it gets `Room is full.` and 1013).
+pub fn joins(w: &mut World, room: usize, conn: ConnId, others: usize) {
+    let Some(Some(max)) = w.moderation.members_max(room) else {
+        return;
+    };
+    w.count_fault("mod-members-max-join");
+    if others >= max as usize {
+        let detail =
+            format!("room {room}: {conn:?} joined with {others} joined, members_max {max}");
+        w.violate("members-max", detail);
     }
 }
 
@@ -872,6 +903,9 @@ pub fn handling(w: &mut World, room: usize, request: u64, action: &ModAction, no
                     .topic_requests
                     .insert(room, (request, topic.clone()));
             }
+            if let Some(max) = patch.members_max {
+                w.moderation.members_requests.insert(room, (request, max));
+            }
         }
         _ => {}
     }
@@ -1088,8 +1122,13 @@ pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
     loop {
         let pause = thread_rng().gen_range(500..6_000);
         sleep(std::time::Duration::from_millis(pause)).await;
+        let ended = world.lock().expect("world lock").elapsed_ms() >= fault_ms;
+        if ended {
+            clear_members_max(&world).await;
+            return;
+        }
         let mut w = world.lock().expect("world lock");
-        if w.violation.is_some() || w.elapsed_ms() >= fault_ms {
+        if w.violation.is_some() {
             return;
         }
         let mut rng = thread_rng();
@@ -1151,7 +1190,10 @@ pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
             }
         } else if roll < 0.8 {
             let mut patch = SettingsPatch::default();
-            if rng.gen_bool(0.5) {
+            if rng.gen_bool(0.2) {
+                let max = rng.gen_range(1..=4);
+                patch.members_max = Some(Some(max).filter(|_| rng.gen_bool(0.6)));
+            } else if rng.gen_bool(0.5) {
                 patch.read_only = Some(rng.gen_bool(0.5));
             } else if rng.gen_bool(0.75) {
                 topics += 1;
@@ -1191,6 +1233,7 @@ pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
             ModAction::Unban { .. } => "mod-unban",
             ModAction::Unmute { .. } => "mod-unmute",
             ModAction::Settings(patch) if patch.read_only.is_some() => "mod-read-only",
+            ModAction::Settings(patch) if patch.members_max.is_some() => "mod-members-max",
             ModAction::Settings(_) => "mod-topic",
             _ => "mod-mute",
         };
@@ -1207,5 +1250,48 @@ pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
             request,
             action,
         });
+    }
+}
+
+/// Once faults end: the moderator lifts every room's `members_max` (asking again after 6 s
+/// while no lifting is confirmed), so that every client can be back for the final checks.
+async fn clear_members_max(world: &Shared) {
+    let mut asked: BTreeMap<usize, u64> = BTreeMap::new();
+    loop {
+        {
+            let mut w = world.lock().expect("world lock");
+            if w.violation.is_some() {
+                return;
+            }
+            let now_ms = w.elapsed_ms();
+            let rooms: Vec<usize> = (0..w.sc.rooms)
+                .filter(|&room| w.moderation.members_max(room) != Some(None))
+                .filter(|room| asked.get(room).is_none_or(|at| now_ms >= at + 6_000))
+                .collect();
+            for room in rooms {
+                let Some(inbox) = w.hosts[room % w.sc.hosts].inbox.clone() else {
+                    continue;
+                };
+                asked.insert(room, now_ms);
+                let patch = SettingsPatch {
+                    members_max: Some(None),
+                    ..SettingsPatch::default()
+                };
+                w.moderation.next_request += 1;
+                let request = w.moderation.next_request;
+                w.trace(format_args!(
+                    "moderator r{room} #{request} lifts members_max"
+                ));
+                inbox.push(HostEvent::Moderate {
+                    room,
+                    request,
+                    action: ModAction::Settings(patch),
+                });
+            }
+            if (0..w.sc.rooms).all(|room| w.moderation.members_max(room) == Some(None)) {
+                return;
+            }
+        }
+        sleep(std::time::Duration::from_millis(500)).await;
     }
 }

@@ -846,6 +846,19 @@ impl Host {
                             self.check_counted(&mut w, conn, &frame, now);
                         }
                     }
+                    if w.moderation.on
+                        && frame.contains(r#""ready""#)
+                        && self.sockets.get(&conn).is_some_and(|s| !s.join.ready)
+                    {
+                        let others = self
+                            .sockets
+                            .iter()
+                            .filter(|(c, s)| {
+                                **c != conn && s.room == room && s.join.ready && !s.closing
+                            })
+                            .count();
+                        moderation::joins(&mut w, room, conn, others);
+                    }
                     self.watch_join(&mut w, room, conn, &frame);
                     moderation::frame_out(&mut w, room, conn, &frame);
                     self.judge_refresh(&shared, &mut w, conn, &frame, now);

@@ -296,6 +296,12 @@ impl Room {
                 {
                     self.restrictions.settings.read_only = false;
                 }
+                if self
+                    .config
+                    .planted(PlantedBug::MembersMaxNotEnforcedAfterRestore)
+                {
+                    self.restrictions.settings.members_max = None;
+                }
             }
             mod_keys::StateKey::Ban(target) => {
                 let restriction = serde_json::from_str(value).map_err(|_| ())?;
