@@ -1190,8 +1190,8 @@ pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
             }
         } else if roll < 0.8 {
             let mut patch = SettingsPatch::default();
-            if rng.gen_bool(0.2) {
-                let max = rng.gen_range(1..=4);
+            if rng.gen_bool(0.1) {
+                let max = rng.gen_range(2..=5);
                 patch.members_max = Some(Some(max).filter(|_| rng.gen_bool(0.6)));
             } else if rng.gen_bool(0.5) {
                 patch.read_only = Some(rng.gen_bool(0.5));
