@@ -33,6 +33,13 @@
 //!
 //! Unbans count for `liveness`: a client is left out only while a ban of its name or IP
 //! asked for may still hold (no confirmed unban after it).
+//!
+//! In token runs, sessions moderate over their sockets instead (`mod_sessions`): see
+//! [`session_attempt`]. Checks: `only-moderators-moderate` (a frame docs/PROTOCOL.md says
+//! must be refused gets `Only moderators may do that.` and changes nothing) and
+//! `moderators-not-refused` (a moderator is never refused as not allowed, nor as
+//! read-only). What their bans and mutes put in force is learned from the durable writes
+//! ([`state_durable`]). The admin moderator also sets `members_max`: `members-max`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -924,12 +931,13 @@ fn edit_asked(w: &mut World, room: usize, id: u64, text: &str) {
     }
 }
 
-/// A session of client `index` in `room`, ready and quiet, sends a moderation frame (in
-/// runs where sessions moderate): a moderator deletes (35 %) or edits (35 %) one of the 30
-/// newest acknowledged chat messages, kicks a client of the room (10 %) or sets the room
-/// read-only or not (20 %); any other session tries the same (deleting or editing its own
-/// message half the time when it has one). Returns the frame and what the oracle expects
-/// of it, or `None` if there is nothing to act on.
+/// A session of client `index`, ready and quiet, sends a moderation frame (in runs where
+/// sessions moderate): it deletes (25 %) or edits (20 %) one of the 30 newest acknowledged
+/// chat messages, kicks (7 %), bans by user or IP (8 %, at most six moderator bans a run),
+/// mutes (7 %), unbans or unmutes (8 %) a client of its room, or sets the room read-only or
+/// not (the rest); a non-moderator tries the same (deleting or editing its own message half
+/// the time when it has one). Returns the frame and what the oracle expects of it (`None`
+/// in runs without auth).
 pub fn session_attempt(w: &mut World, index: usize, seq: u64) -> Option<Attempt> {
     let mut rng = thread_rng();
     let room = w.clients[index].room;
