@@ -236,6 +236,14 @@ const EXIT_STORAGE_REFUSED: u8 = 4;
 /// Exit code when a stop could not write everything that was accepted.
 const EXIT_UNWRITTEN: u8 = 3;
 
+/// jemalloc, not the system allocator: with its background thread and a 1 s decay
+/// (`.cargo/config.toml` builds that in; `_RJEM_MALLOC_CONF` overrides it at run time) the
+/// memory a room frees when it hibernates goes back to the OS within seconds, where glibc's
+/// malloc keeps the resident peak for good. Measured in BENCHMARKS.md ("jemalloc, adopted").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
