@@ -52,10 +52,12 @@ use serde_json::Value as Json;
 use crate::world::World;
 
 mod admin;
+mod reads;
 mod record;
 mod sessions;
 
 pub(crate) use admin::moderator_main;
+pub use reads::{read_admin, read_summaries, Figures, HeldSocket};
 pub use record::{Kind, Record};
 use sessions::session_action;
 pub use sessions::{session_answered, session_attempt, session_overdue, Attempt, NOT_ALLOWED};
