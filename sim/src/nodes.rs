@@ -1988,10 +1988,14 @@ fn resend_answer(
         .stored_keys
         .get(&(index, key.to_owned()))
         .copied();
-    let same = w.rooms[room]
-        .seen
-        .get(&id)
-        .is_some_and(|(seen, _)| w.moderation.same_either(room, seen, frame));
+    // Compared with what everyone saw for that id, or, when nobody saw it yet (its
+    // broadcast lost with every connection, the joins' replays too short), with the record
+    // acknowledged under it.
+    let known = match w.rooms[room].seen.get(&id) {
+        Some((seen, _)) => Some(seen),
+        None => w.rooms[room].acked.get(&id),
+    };
+    let same = known.is_some_and(|known| w.moderation.same_either(room, known, frame));
     if stored != Some(id) || !same {
         let detail = format!(
             "room {room}: u{index}'s resend with key {key} answered with {frame}, stored as {stored:?}"
