@@ -549,7 +549,7 @@ pub fn text_arrives(w: &mut World, room: usize, conn: ConnId, text: &str) {
     }
     let user = user_key(w, client);
     let sender = user.clone();
-    if w.moderation.read_only(room) == Some(true) {
+    if w.moderation.read_only(room) == Some(true) && !may_moderate(w, conn) {
         if let Some(message) = chat_text(text) {
             w.count_fault("mod-read-only-sent");
             let texts = w.moderation.read_only_texts.entry(room).or_default();
@@ -568,6 +568,20 @@ pub fn text_arrives(w: &mut World, room: usize, conn: ConnId, text: &str) {
         w.count_fault("mod-muted-sent");
         let muted = w.moderation.muted_texts.entry(room).or_default();
         muted.insert(message, sender);
+    }
+}
+
+/// Whether the session on `conn` may be a moderator (exempt from read-only): a token
+/// holder that may send, unless sessions moderate (then the moderators are known; in other
+/// token runs some tokens spell `write` as `moderator`).
+fn may_moderate(w: &World, conn: ConnId) -> bool {
+    let Some(tokens) = w.tokens.as_ref() else {
+        return false;
+    };
+    match tokens.conns.get(&conn) {
+        None => false,
+        Some(access) if w.sc.mod_sessions => tokens.is_moderator(access.client),
+        Some(access) => access.may_send,
     }
 }
 
