@@ -1,7 +1,7 @@
 //! Moderation under faults (issues 14 and 18): a moderator deletes and edits retained
 //! messages, kicks, bans (by name or IP), mutes, unbans and unmutes clients, and sets the
-//! room read-only or not and its topic, through the admin API of the room's host, in a
-//! quarter of the runs (those without auth), while every other fault goes on.
+//! room read-only or not and its topic, through the admin API of the room's host, in half
+//! of the runs (with auth or without), while every other fault goes on.
 //!
 //! The oracle is the sim's own: it parses records itself (not with core's types), knows
 //! every text it made a moderator write, and learns that a deletion is durable from the
@@ -34,12 +34,15 @@
 //! Unbans count for `liveness`: a client is left out only while a ban of its name or IP
 //! asked for may still hold (no confirmed unban after it).
 //!
-//! In token runs, sessions moderate over their sockets instead (`mod_sessions`): see
+//! In token runs, sessions may moderate over their sockets too (`mod_sessions`): see
 //! [`session_attempt`]. Checks: `only-moderators-moderate` (a frame docs/PROTOCOL.md says
 //! must be refused gets `Only moderators may do that.` and changes nothing) and
 //! `moderators-not-refused` (a moderator is never refused as not allowed, nor as
 //! read-only). What their bans and mutes put in force is learned from the durable writes
 //! ([`state_durable`]). The admin moderator also sets `members_max`: `members-max`.
+//!
+//! The admin API's read routes are read and judged in `reads.rs` (`admin-read-*`,
+//! `admin-summary`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
