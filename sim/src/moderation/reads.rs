@@ -25,7 +25,8 @@
 //! - `admin-read-restrictions`: `bans` and `mutes` are exactly the restrictions in force
 //!   (what the oracle learned from confirmations, durable writes and restores) that hold at
 //!   the read's `now` (`now < until`, the boundary included), users then IPs, with their
-//!   `until`; IP bans by `ip`.
+//!   `until`; IP bans by `ip`. At the boundary too: a timed ban and a timed mute in force
+//!   are listed by a view at `until - 1` and not by one at `until`.
 //! - `admin-read-settings`: `read_only`, `topic`, `members_max`, `history_max` and
 //!   `history_max_age_ms` each equal what the newest request that set it made them, when
 //!   that request was confirmed (none asked: the default); a room whose settings a session
@@ -101,6 +102,10 @@ pub fn read_admin(w: &mut World, room: usize, r: &Room, now: Timestamp, sockets:
             "admin-read-restrictions",
             format!("room {room} at {}: {why}; view {body}", now.0),
         );
+        return;
+    }
+    if let Err(why) = check_boundary(w, room, r, now) {
+        w.violate("admin-read-restrictions", format!("room {room}: {why}"));
         return;
     }
     if let Err(why) = check_settings(w, room, &json) {
@@ -219,6 +224,9 @@ fn check_restrictions(
     if shown != in_force {
         return Err(format!("bans listed {shown:?}, in force {in_force:?}"));
     }
+    if !shown.is_empty() {
+        w.count_fault("admin-read-bans-listed");
+    }
     let in_force: Vec<(Banned, Option<u64>)> = w
         .moderation
         .mutes
@@ -230,7 +238,46 @@ fn check_restrictions(
     if shown != in_force {
         return Err(format!("mutes listed {shown:?}, in force {in_force:?}"));
     }
+    if !shown.is_empty() {
+        w.count_fault("admin-read-mutes-listed");
+    }
     w.count_fault("admin-read-restrictions-judged");
+    Ok(())
+}
+
+/// The expiry boundary: the first timed ban and mute in force that still hold at `now`
+/// must be listed by a view at their last instant (`until - 1`) and not by one at `until`
+/// (a read landing exactly there; the view depends on `now` alone).
+fn check_boundary(w: &mut World, room: usize, r: &Room, now: Timestamp) -> Result<(), String> {
+    let o = &w.moderation;
+    let timed = |until: &Option<u64>| until.filter(|until| now.0 < *until);
+    let ban = o.bans.iter().find_map(|((r, target), until)| {
+        Some((target.clone(), timed(until).filter(|_| *r == room)?))
+    });
+    let mute = o.mutes.iter().find_map(|((r, user), until)| {
+        Some((
+            Banned::User(user.clone()),
+            timed(until).filter(|_| *r == room)?,
+        ))
+    });
+    for (key, probe) in [("bans", ban), ("mutes", mute)] {
+        let Some((target, until)) = probe else {
+            continue;
+        };
+        w.count_fault("admin-read-boundary-judged");
+        for (at, listed_then) in [(until - 1, true), (until, false)] {
+            let body = answer::room_view(&r.admin_view(Timestamp(at)))
+                .body
+                .into_owned();
+            let json = serde_json::from_str::<Json>(&body).map_err(|e| e.to_string())?;
+            let shown = listed(&json, key)?;
+            if shown.iter().any(|(t, _)| *t == target) != listed_then {
+                return Err(format!(
+                    "{key}: {target:?} until {until}, a view at {at} lists {shown:?}"
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
