@@ -81,11 +81,15 @@ pub enum PlantedBug {
     ModeratorNotExemptFromReadOnly,
     /// A join is let in after a restore whatever the room's `members_max`.
     MembersMaxNotEnforcedAfterRestore,
+    /// The admin view lists bans that have expired (until lifted or the room forgets them).
+    AdminViewListsExpiredBans,
+    /// The admin view shows the room's settings without its topic.
+    AdminViewDropsTopic,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 30] = [
+    pub const ALL: [PlantedBug; 32] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -116,5 +120,7 @@ impl PlantedBug {
         PlantedBug::AnyoneMayModerate,
         PlantedBug::ModeratorNotExemptFromReadOnly,
         PlantedBug::MembersMaxNotEnforcedAfterRestore,
+        PlantedBug::AdminViewListsExpiredBans,
+        PlantedBug::AdminViewDropsTopic,
     ];
 }

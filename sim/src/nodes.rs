@@ -236,6 +236,8 @@ struct Host {
     corrupted: BTreeSet<ConnId>,
     /// Sockets closed for a lost session and forgotten.
     lost: BTreeSet<ConnId>,
+    /// A read drawn after a durability input, done once the oracle has learned the batch.
+    read_after_durable: Option<usize>,
 }
 
 async fn host_main(world: Shared, index: usize) {
@@ -273,6 +275,7 @@ async fn host_main(world: Shared, index: usize) {
         refreshing: BTreeMap::new(),
         corrupted: BTreeSet::new(),
         lost: BTreeSet::new(),
+        read_after_durable: None,
     };
     while let Some(event) = host.inbox.recv().await {
         host.handle(event);
@@ -453,6 +456,9 @@ impl Host {
                 self.input(room, Input::Durable { batch });
                 if let Some(durable) = durable {
                     moderation::state_durable(&mut lock(&self.world), room, &durable.writes);
+                }
+                if let Some(room) = self.read_after_durable.take() {
+                    self.read_views(room);
                 }
                 room
             }
@@ -782,9 +788,15 @@ impl Host {
                 format!("room {room} refused {kept:?}: {error}"),
             );
         }
+        let durable = matches!(kept, Input::Durable { .. });
         self.drain(room);
         if thread_rng().gen_bool(READ_AFTER_INPUT_P) {
-            self.read_views(room);
+            if durable {
+                // After the oracle learns what the batch put in force (`state_durable`).
+                self.read_after_durable = Some(room);
+            } else {
+                self.read_views(room);
+            }
         }
     }
 
@@ -814,6 +826,47 @@ impl Host {
         w.count_fault("reads");
         publish::check_history(&mut w, room, before, limit, &page);
         publish::check_presence(&mut w, room, names, joined);
+        drop(w);
+        self.read_admin(room);
+    }
+
+    /// An operator reads the admin API's routes: the room's view, and the rooms list's
+    /// figures of every room of this host (see [`moderation::read_admin`]).
+    fn read_admin(&mut self, room: usize) {
+        let held = |room: usize| -> Vec<moderation::HeldSocket> {
+            let sockets = self.sockets.iter().filter(|(_, s)| s.room == room);
+            sockets
+                .map(|(conn, s)| moderation::HeldSocket {
+                    conn: *conn,
+                    joined: s.join.ready && !s.closing,
+                    closing: s.closing,
+                })
+                .collect()
+        };
+        let now = self.now();
+        let figures: Vec<moderation::Figures> = self
+            .rooms
+            .iter()
+            .map(|(&r, host)| {
+                let sockets = held(r);
+                moderation::Figures {
+                    room: r,
+                    resident: host
+                        .room()
+                        .map(|room| (room.member_count(), room.last_durable_id())),
+                    connections: sockets.len(),
+                    joined: sockets.iter().filter(|s| s.joined).count(),
+                    still_dormant: !host.is_resident(),
+                }
+            })
+            .collect();
+        let sockets = held(room);
+        let Some(r) = self.rooms.get(&room).and_then(|host| host.room()) else {
+            return;
+        };
+        let mut w = lock(&self.world);
+        moderation::read_admin(&mut w, room, r, now, &sockets);
+        moderation::read_summaries(&mut w, &figures);
     }
 
     fn drain(&mut self, room: usize) {
@@ -1935,10 +1988,14 @@ fn resend_answer(
         .stored_keys
         .get(&(index, key.to_owned()))
         .copied();
-    let same = w.rooms[room]
-        .seen
-        .get(&id)
-        .is_some_and(|(seen, _)| w.moderation.same_either(room, seen, frame));
+    // Compared with what everyone saw for that id, or, when nobody saw it yet (its
+    // broadcast lost with every connection, the joins' replays too short), with the record
+    // acknowledged under it.
+    let known = match w.rooms[room].seen.get(&id) {
+        Some((seen, _)) => Some(seen),
+        None => w.rooms[room].acked.get(&id),
+    };
+    let same = known.is_some_and(|known| w.moderation.same_either(room, known, frame));
     if stored != Some(id) || !same {
         let detail = format!(
             "room {room}: u{index}'s resend with key {key} answered with {frame}, stored as {stored:?}"

@@ -172,7 +172,8 @@ pub struct Scenario {
     pub faulty_rooms: BTreeSet<usize>,
     /// The rooms run with auth (see [`crate::tokens`]), in half of the runs.
     pub auth: Option<AuthScenario>,
-    /// A moderator acts (see [`crate::moderation`]), in half of the runs without auth.
+    /// The admin moderator acts (see [`crate::moderation`]), in half of the runs (with auth
+    /// or without).
     pub moderation: bool,
     /// Sessions send moderation frames over their sockets (some with a `moderator` grant),
     /// in half of the runs with auth.
@@ -710,6 +711,8 @@ impl World {
                     }
                 }
             }
+            // The admin API moderates in half of the token runs too, beside any sessions.
+            sc.moderation = rng.gen_bool(0.5);
         }
         let mut moderation = ModOracle::default();
         moderation.on = sc.moderation || sc.mod_sessions;

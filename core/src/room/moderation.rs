@@ -177,7 +177,12 @@ impl Room {
             ip,
             until: r.until,
         };
-        let bans = self.restrictions.bans.iter().filter(|(_, r)| r.holds(now));
+        let expired_too = self.config.planted(PlantedBug::AdminViewListsExpiredBans);
+        let bans = self
+            .restrictions
+            .bans
+            .iter()
+            .filter(|(_, r)| r.holds(now) || expired_too);
         let mutes = self.restrictions.mutes.iter().filter(|(_, r)| r.holds(now));
         RoomView {
             last_id: self.durable_id,
@@ -192,7 +197,15 @@ impl Room {
             mutes: mutes
                 .map(|(user, r)| view(Some(user.clone()), None, r))
                 .collect(),
-            settings: self.restrictions.settings.clone(),
+            settings: RoomSettings {
+                topic: self
+                    .restrictions
+                    .settings
+                    .topic
+                    .clone()
+                    .filter(|_| !self.config.planted(PlantedBug::AdminViewDropsTopic)),
+                ..self.restrictions.settings.clone()
+            },
         }
     }
 

@@ -1,4 +1,4 @@
-//! The admin moderator (runs without auth): through its host's admin API, at random times
+//! The admin moderator (half of the runs, with auth or without): through its host's admin API, at random times
 //! of the fault phase, it deletes, edits, kicks, bans, mutes, lifts bans and mutes, and
 //! changes settings; once faults end it lifts every `members_max`.
 
@@ -32,11 +32,10 @@ pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
         }
         let mut rng = thread_rng();
         let room = rng.gen_range(0..w.sc.rooms);
-        let members: Vec<(String, IpAddr)> = w
-            .clients
-            .iter()
-            .filter(|c| c.room == room)
-            .map(|c| (c.name.clone(), c.ip))
+        // Named as the room keys them: the token's subject in token runs.
+        let members: Vec<(String, IpAddr)> = (0..w.clients.len())
+            .filter(|&c| w.clients[c].room == room)
+            .map(|c| (super::user_key(&w, c), w.clients[c].ip))
             .collect();
         // The newest acknowledged chat messages (not change records, not tombstones).
         let ids: Vec<u64> = w.rooms[room]

@@ -1,7 +1,7 @@
 //! Moderation under faults (issues 14 and 18): a moderator deletes and edits retained
 //! messages, kicks, bans (by name or IP), mutes, unbans and unmutes clients, and sets the
-//! room read-only or not and its topic, through the admin API of the room's host, in a
-//! quarter of the runs (those without auth), while every other fault goes on.
+//! room read-only or not and its topic, through the admin API of the room's host, in half
+//! of the runs (with auth or without), while every other fault goes on.
 //!
 //! The oracle is the sim's own: it parses records itself (not with core's types), knows
 //! every text it made a moderator write, and learns that a deletion is durable from the
@@ -34,12 +34,15 @@
 //! Unbans count for `liveness`: a client is left out only while a ban of its name or IP
 //! asked for may still hold (no confirmed unban after it).
 //!
-//! In token runs, sessions moderate over their sockets instead (`mod_sessions`): see
+//! In token runs, sessions may moderate over their sockets too (`mod_sessions`): see
 //! [`session_attempt`]. Checks: `only-moderators-moderate` (a frame docs/PROTOCOL.md says
 //! must be refused gets `Only moderators may do that.` and changes nothing) and
 //! `moderators-not-refused` (a moderator is never refused as not allowed, nor as
 //! read-only). What their bans and mutes put in force is learned from the durable writes
 //! ([`state_durable`]). The admin moderator also sets `members_max`: `members-max`.
+//!
+//! The admin API's read routes are read and judged in `reads.rs` (`admin-read-*`,
+//! `admin-summary`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -52,10 +55,12 @@ use serde_json::Value as Json;
 use crate::world::World;
 
 mod admin;
+mod reads;
 mod record;
 mod sessions;
 
 pub(crate) use admin::moderator_main;
+pub use reads::{read_admin, read_summaries, Figures, HeldSocket};
 pub use record::{Kind, Record};
 use sessions::session_action;
 pub use sessions::{session_answered, session_attempt, session_overdue, Attempt, NOT_ALLOWED};
@@ -547,7 +552,7 @@ pub fn text_arrives(w: &mut World, room: usize, conn: ConnId, text: &str) {
     }
     let user = user_key(w, client);
     let sender = user.clone();
-    if w.moderation.read_only(room) == Some(true) {
+    if w.moderation.read_only(room) == Some(true) && !may_moderate(w, conn) {
         if let Some(message) = chat_text(text) {
             w.count_fault("mod-read-only-sent");
             let texts = w.moderation.read_only_texts.entry(room).or_default();
@@ -566,6 +571,20 @@ pub fn text_arrives(w: &mut World, room: usize, conn: ConnId, text: &str) {
         w.count_fault("mod-muted-sent");
         let muted = w.moderation.muted_texts.entry(room).or_default();
         muted.insert(message, sender);
+    }
+}
+
+/// Whether the session on `conn` may be a moderator (exempt from read-only): a token
+/// holder that may send, unless sessions moderate (then the moderators are known; in other
+/// token runs some tokens spell `write` as `moderator`).
+fn may_moderate(w: &World, conn: ConnId) -> bool {
+    let Some(tokens) = w.tokens.as_ref() else {
+        return false;
+    };
+    match tokens.conns.get(&conn) {
+        None => false,
+        Some(access) if w.sc.mod_sessions => tokens.is_moderator(access.client),
+        Some(access) => access.may_send,
     }
 }
 
