@@ -461,6 +461,8 @@ pub struct RoomOracle {
     pub refused: BTreeSet<String>,
     /// The id each (sender, key) was last written under (`send-once`).
     pub stored_keys: BTreeMap<(usize, String), u64>,
+    /// The retention in force (`history_max`, `history_max_age_ms`), as far as known.
+    pub retention: crate::retention::Retention,
 }
 
 /// How long a room host waits for a commit before it gives up, reports the write failed
@@ -781,6 +783,22 @@ impl World {
     /// Host `host`'s clock: true time plus its skew.
     pub fn host_now(&self, host: usize) -> Timestamp {
         skewed(EPOCH_MS + self.elapsed_ms(), self.host_offset_ms[host])
+    }
+
+    /// Where `room`'s held run of ids may start, `(lo, hi)` (see [`crate::retention`]),
+    /// with `newest` its newest id (0: none); `join_now`: the clock of a join that just
+    /// trimmed.
+    pub fn retained_range(&self, room: usize, newest: u64, join_now: Option<u64>) -> (u64, u64) {
+        let oracle = &self.rooms[room];
+        let retained = self.sc.room.history_retained_max as u64;
+        let now = self.host_now(room % self.sc.hosts).0;
+        let hi = oracle
+            .retention
+            .surely_from(&oracle.acked, newest, retained, now);
+        let lo = oracle
+            .retention
+            .lowest(&oracle.acked, newest, retained, join_now);
+        (lo.min(hi), hi)
     }
 
     /// The limiter's clock.
@@ -1257,6 +1275,21 @@ impl World {
             return;
         }
         let newest = ids.last().copied().unwrap_or(0);
+        if self.rooms[room].retention.changed {
+            // At most the configured window, at least everything surely held.
+            let (_, hi) = self.retained_range(room, newest, None);
+            let first = ids.first().copied().unwrap_or(newest + 1);
+            if ids.len() as u64 > newest.min(retained) || first > hi {
+                self.violate(
+                    "stored-history",
+                    format!(
+                        "room {room} stores ids {ids:?}: at most the newest {retained}, and \
+                         every id from {hi} (the retention in force keeps those)"
+                    ),
+                );
+            }
+            return;
+        }
         let expected = newest.min(retained) as usize;
         if ids.len() != expected {
             self.violate(
@@ -1313,7 +1346,11 @@ impl World {
     pub fn check_seen_stored(&mut self, room: usize) {
         let retained = self.sc.room.history_retained_max as u64;
         let newest = newest_id(&self.stores[room]);
-        let floor = newest.saturating_sub(retained) + 1;
+        let floor = if self.rooms[room].retention.changed {
+            self.retained_range(room, newest, None).1
+        } else {
+            newest.saturating_sub(retained) + 1
+        };
         let mut problem = None;
         for (id, (frame, _)) in self.rooms[room].seen.range(floor..) {
             match self.stores[room].get(&keys::message(*id)) {
@@ -1352,11 +1389,25 @@ impl World {
     fn check_acked_stored(&mut self, room: usize) {
         let retained = self.sc.room.history_retained_max;
         let stored = self.stores[room].list(all_messages());
+        let newest = self.rooms[room]
+            .acked
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0);
+        // Under retention settings storage keeps at least what is surely held.
+        let keep = if self.rooms[room].retention.changed {
+            let hi = self.retained_range(room, newest, None).1;
+            let surely = (newest + 1 - hi) as usize;
+            stored.len().clamp(surely, retained)
+        } else {
+            retained
+        };
         let acked = &self.rooms[room].acked;
         let expected: Vec<(String, Frame)> = acked
             .iter()
             .rev()
-            .take(retained)
+            .take(keep)
             .rev()
             .map(|(id, frame)| (keys::message(*id), frame.clone()))
             .collect();
@@ -1392,6 +1443,9 @@ impl World {
     /// Liveness: every client is connected, joined, and has every message.
     fn check_converged(&mut self, room: usize) {
         let newest = newest_id(&self.stores[room]);
+        // Every message may have aged out before a client's last join: then it saw none.
+        let all_may_age = self.rooms[room].retention.changed
+            && self.retained_range(room, newest, None).1 > newest;
         let mut problem = None;
         let can_join = |client: usize| self.tokens.as_ref().is_none_or(|t| t.can_join(client));
         let mut live = Vec::new();
@@ -1416,7 +1470,10 @@ impl World {
                     "{} did not get back in (connected {connected}, ready {})",
                     client.name, current.ready
                 ));
-            } else if newest > 0 && current.last_id != Some(newest) {
+            } else if newest > 0
+                && current.last_id != Some(newest)
+                && !(all_may_age && current.last_id.is_none())
+            {
                 problem = Some(format!(
                     "{} has seen up to {:?}, the room is at {newest}",
                     client.name, current.last_id
