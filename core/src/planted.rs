@@ -81,11 +81,15 @@ pub enum PlantedBug {
     ModeratorNotExemptFromReadOnly,
     /// A join is let in after a restore whatever the room's `members_max`.
     MembersMaxNotEnforcedAfterRestore,
+    /// A restore forgets the room's `history_max`: it keeps the configured window again.
+    HistoryMaxNotEnforcedAfterRestore,
+    /// A restore forgets the room's `history_max_age_ms`: nothing ages out any more.
+    HistoryAgeNotEnforcedAfterRestore,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 30] = [
+    pub const ALL: [PlantedBug; 32] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -116,5 +120,7 @@ impl PlantedBug {
         PlantedBug::AnyoneMayModerate,
         PlantedBug::ModeratorNotExemptFromReadOnly,
         PlantedBug::MembersMaxNotEnforcedAfterRestore,
+        PlantedBug::HistoryMaxNotEnforcedAfterRestore,
+        PlantedBug::HistoryAgeNotEnforcedAfterRestore,
     ];
 }
