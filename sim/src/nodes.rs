@@ -1130,6 +1130,14 @@ impl Host {
                 // The join trimmed by age against this very clock.
                 let now = w.host_now(room % w.sc.hosts).0;
                 let held = w.retained_range(room, newest, Some(now));
+                if w.rooms[room].retention.changed {
+                    let exact = held.0 == held.1;
+                    w.count_fault(if exact {
+                        "join-retention-exact"
+                    } else {
+                        "join-retention-range"
+                    });
+                }
                 let replay_max = w.sc.room.join_replay_max as u64;
                 let judged = socket.join.judge_ready(recovered, newest, held, replay_max);
                 if let Err(problem) = judged {

@@ -1074,27 +1074,54 @@ impl World {
             previous = Some((message.id, message.ts));
             tokens::judge_message(self, room, &text, &name, "is written");
             if value.contains(r#""key":"#) {
-                self.check_send_once(room, id, &text, value);
+                self.check_send_once(room, id, &text, value, batch);
             }
         }
     }
 
     /// `send-once`: a new record `id` carrying a key is the only stored record of its
-    /// sender with that key (a resend of a retained message stores nothing).
-    fn check_send_once(&mut self, room: usize, id: u64, text: &str, value: &str) {
+    /// sender with that key once `batch` commits (a resend of a retained message stores
+    /// nothing; one the room trimmed is new, and the batch deletes the original if storage
+    /// still held it: the room's retention settings trim memory before storage).
+    fn check_send_once(
+        &mut self,
+        room: usize,
+        id: u64,
+        text: &str,
+        value: &str,
+        batch: &WriteBatch,
+    ) {
         let key = crate::json::Object::parse(value).and_then(|v| Some(v.str("key")?.to_owned()));
         let (Some(key), Some(client)) = (key, client_of_text(text)) else {
             return;
         };
         let slot = (client, key);
         if let Some(&old) = self.rooms[room].stored_keys.get(&slot) {
-            let still = self.stores[room]
-                .get(&keys::message(old))
-                .and_then(|old_value| {
-                    crate::json::Object::parse(old_value)
-                        .and_then(|v| Some(v.str("key")? == slot.1))
-                })
-                .unwrap_or(false);
+            let old_key = keys::message(old);
+            // Only under retention settings, for an original the room may have trimmed
+            // (without them a trimmed record leaves storage in the batch that pushes it out,
+            // so a resend of a retained one is caught even when its own batch pushes the
+            // original out).
+            let newest = self.rooms[room]
+                .acked
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(0);
+            let deleted = self.rooms[room].retention.changed
+                && old < self.retained_range(room, newest, None).1
+                && batch
+                    .writes
+                    .iter()
+                    .any(|write| matches!(write, Write::Delete { key } if *key == old_key));
+            let still = !deleted
+                && self.stores[room]
+                    .get(&old_key)
+                    .and_then(|old_value| {
+                        crate::json::Object::parse(old_value)
+                            .and_then(|v| Some(v.str("key")? == slot.1))
+                    })
+                    .unwrap_or(false);
             if old != id && still {
                 let detail = format!(
                     "room {room} writes id {id} = {value}, but id {old} holds the same sender's key {}",
