@@ -11,7 +11,8 @@
 //! Reads (`history-read`, `presence-read`) happen after 2 % of a host's inputs: the room's
 //! `history_page(before, limit)` (no `before`, or one around the retained window; a limit
 //! of 1–50) must be the acknowledged ids below `before`, newest first, at most `limit`, none
-//! older than the retained window, each the acknowledged frame (or its moderated next
+//! older than the retained window (under retention settings, a possible start of the held
+//! run: [`crate::retention`]), each the acknowledged frame (or its moderated next
 //! state); `presence` must name as many users as the sockets the model saw joined and not
 //! yet closing.
 

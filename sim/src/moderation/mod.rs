@@ -39,7 +39,9 @@
 //! must be refused gets `Only moderators may do that.` and changes nothing) and
 //! `moderators-not-refused` (a moderator is never refused as not allowed, nor as
 //! read-only). What their bans and mutes put in force is learned from the durable writes
-//! ([`state_durable`]). The admin moderator also sets `members_max`: `members-max`.
+//! ([`state_durable`]). The admin moderator also sets `members_max`: `members-max`, and
+//! the retention (`history_max`, `history_max_age_ms`), which [`crate::retention`] models
+//! from the confirmations and restores (the checks of the held history follow it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
