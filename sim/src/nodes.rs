@@ -991,7 +991,7 @@ impl Host {
                         }
                         w.check_batch(room, &batch);
                         w.stores[room].apply(&batch);
-                        w.check_store(room);
+                        w.check_store(room, true);
                         moderation::check_storage(&mut w, room);
                         w.trace(format_args!("r{room} committed {:?}", batch.id));
                         inbox.push(HostEvent::Durable {

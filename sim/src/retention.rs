@@ -82,6 +82,15 @@ impl Retention {
         (shortest, longest)
     }
 
+    /// The most records the room may keep under the settings possibly in force (at most
+    /// `retained`, the configured window). Storage keeps at most this many right after a
+    /// commit: a batch trims storage to the count in force when it was built, which stays
+    /// possible until the batch is durable (a confirmation comes only with a durable batch,
+    /// one at a time, and a crash voids the batch in flight).
+    pub fn count_max(&self, retained: u64) -> u64 {
+        self.counts(retained).1
+    }
+
     /// The room's clock read `now` (ms) at an input.
     pub fn observe_now(&mut self, now: u64) {
         self.now_max = self.now_max.max(now);

@@ -1286,8 +1286,11 @@ impl World {
         })
     }
 
-    /// Checks the shape of a room's storage: ids consecutive, exactly the newest retained.
-    pub fn check_store(&mut self, room: usize) {
+    /// Checks the shape of a room's storage: ids consecutive, exactly the newest retained
+    /// (`at_commit`: right after a commit, when storage keeps at most the count the batch
+    /// was built under; later a confirmed change may have lowered it, with storage trimmed
+    /// only by the next batch).
+    pub fn check_store(&mut self, room: usize, at_commit: bool) {
         let retained = self.sc.room.history_retained_max as u64;
         let ids: Vec<u64> = self.stores[room]
             .list(all_messages())
@@ -1303,14 +1306,19 @@ impl World {
         }
         let newest = ids.last().copied().unwrap_or(0);
         if self.rooms[room].retention.changed {
-            // At most the configured window, at least everything surely held.
+            // At most the largest count possibly in force, at least everything surely held.
             let (_, hi) = self.retained_range(room, newest, None);
+            let most = if at_commit {
+                self.rooms[room].retention.count_max(retained)
+            } else {
+                retained
+            };
             let first = ids.first().copied().unwrap_or(newest + 1);
-            if ids.len() as u64 > newest.min(retained) || first > hi {
+            if ids.len() as u64 > newest.min(most) || first > hi {
                 self.violate(
                     "stored-history",
                     format!(
-                        "room {room} stores ids {ids:?}: at most the newest {retained}, and \
+                        "room {room} stores ids {ids:?}: at most the newest {most}, and \
                          every id from {hi} (the retention in force keeps those)"
                     ),
                 );
@@ -1403,7 +1411,7 @@ impl World {
     /// The end-of-run checks (after settling).
     pub fn check_final(&mut self) {
         for room in 0..self.sc.rooms {
-            self.check_store(room);
+            self.check_store(room, false);
             self.check_seen_stored(room);
             self.check_acked_stored(room);
             self.check_converged(room);
