@@ -85,11 +85,15 @@ pub enum PlantedBug {
     AdminViewListsExpiredBans,
     /// The admin view shows the room's settings without its topic.
     AdminViewDropsTopic,
+    /// A restore forgets the room's `history_max`: it keeps the configured window again.
+    HistoryMaxNotEnforcedAfterRestore,
+    /// A restore forgets the room's `history_max_age_ms`: nothing ages out any more.
+    HistoryAgeNotEnforcedAfterRestore,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that go through all of them.
-    pub const ALL: [PlantedBug; 32] = [
+    pub const ALL: [PlantedBug; 34] = [
         PlantedBug::TimestampNotClamped,
         PlantedBug::RestoreForgetsAttachment,
         PlantedBug::HistoryTrimOffByOne,
@@ -122,5 +126,7 @@ impl PlantedBug {
         PlantedBug::MembersMaxNotEnforcedAfterRestore,
         PlantedBug::AdminViewListsExpiredBans,
         PlantedBug::AdminViewDropsTopic,
+        PlantedBug::HistoryMaxNotEnforcedAfterRestore,
+        PlantedBug::HistoryAgeNotEnforcedAfterRestore,
     ];
 }

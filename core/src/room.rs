@@ -1241,6 +1241,12 @@ impl Room {
             }
             Write::Delete { .. } => true,
         });
+        // Storage keeps the newest record even when the room's age limit dropped it from
+        // memory: it is how a restore knows where ids stand (with no record left, ids would
+        // start from 1 again, reusing acknowledged ones). The restore trims it again.
+        if last_id > 0 {
+            stored_from = stored_from.min(last_id);
+        }
         if self.config.planted(PlantedBug::HistoryTrimOffByOne) {
             stored_from += 1;
         }

@@ -27,6 +27,7 @@ pub mod model;
 pub mod moderation;
 mod nodes;
 pub mod publish;
+pub mod retention;
 pub mod shadow;
 pub mod tokens;
 pub mod world;

@@ -6,8 +6,8 @@
 //! What it claims, and where it is checked:
 //! - a join (host side, [`JoinWatch`]): `recovered` is present exactly when the join gave
 //!   `since`, and `true` exactly when the room still holds everything after `since` (its
-//!   retained history, the newest `history_retained_max` acknowledged ids, reaches down to
-//!   `since + 1`, and `since` is not beyond the newest); a recovered join replays exactly the
+//!   retained history, the newest `history_retained_max` acknowledged ids or fewer under the
+//!   room's retention settings, reaches down to `since + 1`, and `since` is not beyond the newest); a recovered join replays exactly the
 //!   ids `since + 1 ..= newest`, in order; any other join replays exactly the newest
 //!   `join_replay_max` ids as of its socket's connection (however long it stayed unnamed,
 //!   across evictions), and every id since, within the retained window;
@@ -132,28 +132,34 @@ pub struct JoinWatch {
 
 impl JoinWatch {
     /// Judges the `ready` frame: the room's acknowledged ids end at `newest` (0: none) and
-    /// it retains the newest `retained`. `Err` says what is wrong.
+    /// the run it holds starts at some id in `held` (`lo..=hi`, at most `newest + 1`; one id
+    /// when the retention in force is known, see [`crate::retention`]): the answer must be
+    /// right for one of them. `Err` says what is wrong.
     pub fn judge_ready(
         &mut self,
         recovered: Option<bool>,
         newest: u64,
-        retained: u64,
+        held: (u64, u64),
         replay_max: u64,
     ) -> Result<(), String> {
         self.ready = true;
         let Some(since) = self.since else {
             return Ok(()); // not a join frame we saw (cannot happen; claim nothing)
         };
-        let oldest = newest.saturating_sub(retained) + 1;
-        let held = since.map(|since| since <= newest && since + 1 >= oldest);
-        if recovered != held {
+        let (lo, hi) = held;
+        // Surely held when `since + 1` reaches the highest possible start, surely not when
+        // it is below the lowest; in between the answer itself says which start it was.
+        let surely = since.map(|since| since <= newest && since + 1 >= hi);
+        let maybe = since.map(|since| since <= newest && since + 1 >= lo);
+        if recovered != surely && recovered != maybe {
             return Err(format!(
                 "join since {since:?} answered recovered {recovered:?}; the room holds ids \
-                 {oldest}..={newest}, so it must be {held:?}"
+                 {lo}..={newest} (at most) to {hi}..={newest} (at least), so it must be \
+                 {surely:?}"
             ));
         }
         let replay = std::mem::take(&mut self.replay);
-        match (since, held) {
+        match (since, recovered) {
             (Some(since), Some(true)) => {
                 let want: Vec<u64> = (since + 1..=newest).collect();
                 if replay != want {
@@ -164,13 +170,23 @@ impl JoinWatch {
                 }
             }
             _ => {
-                let from = (self.connect_last.saturating_sub(replay_max) + 1).max(oldest);
+                // Not recovered although `since` is not beyond the newest: the run starts
+                // above `since + 1`.
+                let lo = match since {
+                    Some(since) if since <= newest => lo.max(since + 2).min(hi),
+                    _ => lo,
+                };
+                let base = self.connect_last.saturating_sub(replay_max) + 1;
+                let clamp = |oldest: u64| base.max(oldest).min(newest + 1);
+                let from = replay.first().copied().unwrap_or(newest + 1);
                 let want: Vec<u64> = (from..=newest).collect();
-                if replay != want {
+                if replay != want || !(clamp(lo) <= from && from <= clamp(hi)) {
                     return Err(format!(
                         "join since {since:?} (connected at id {}) replayed {replay:?}, not \
-                         {from}..={newest}",
-                        self.connect_last
+                         {}..={newest} (from at most {})",
+                        self.connect_last,
+                        clamp(lo),
+                        clamp(hi)
                     ));
                 }
             }
@@ -242,7 +258,7 @@ mod tests {
                 ready: false,
                 connect_last: 9,
             };
-            watch.judge_ready(recovered, 10, 4, 2)
+            watch.judge_ready(recovered, 10, (7, 7), 2)
         };
         assert!(judge(Some(6), Some(true), vec![7, 8, 9, 10]).is_ok());
         assert!(judge(Some(6), Some(false), vec![8, 9, 10]).is_err(), "held");

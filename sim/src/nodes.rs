@@ -615,7 +615,17 @@ impl Host {
         }
         if let Some(before) = self.views.remove(&room) {
             let after = view(host);
-            if Some(&before) != after.as_ref() {
+            // Records may age out meanwhile (or, the clock stepped back, come back from
+            // storage): only the newest run both hold must agree.
+            let aged = w.rooms[room].retention.age_ever;
+            let same = match (&before, &after) {
+                (before, Some(after)) if aged => {
+                    let common = before.1.len().min(after.1.len());
+                    before.0 == after.0 && before.1[..common] == after.1[..common]
+                }
+                _ => Some(&before) == after.as_ref(),
+            };
+            if !same {
                 w.violate(
                     "eviction-invisible",
                     format!("room {room}: eviction changed {before:?} into {after:?}"),
@@ -809,7 +819,8 @@ impl Host {
         let (before, limit) = {
             let w = lock(&self.world);
             let newest = w.rooms[room].acked.keys().next_back().copied().unwrap_or(0);
-            let reach = w.sc.room.history_retained_max as u64 + 2;
+            let held = w.retained_range(room, newest, None).1;
+            let reach = (newest + 1 - held).max(w.sc.room.history_retained_max as u64) + 2;
             let before = rng
                 .gen_bool(0.5)
                 .then(|| (newest + 1).saturating_sub(rng.gen_range(0..=reach)));
@@ -871,6 +882,7 @@ impl Host {
 
     fn drain(&mut self, room: usize) {
         let now = self.now();
+        lock(&self.world).rooms[room].retention.observe_now(now.0);
         let shared = self.world.clone();
         let mut quiescent_view = self.view_before_eviction.take();
         // Copying the room's presence and whole history at every drain was 4 % of a seed's
@@ -1032,7 +1044,7 @@ impl Host {
                         }
                         w.check_batch(room, &batch);
                         w.stores[room].apply(&batch);
-                        w.check_store(room);
+                        w.check_store(room, true);
                         moderation::check_storage(&mut w, room);
                         w.trace(format_args!("r{room} committed {:?}", batch.id));
                         inbox.push(HostEvent::Durable {
@@ -1168,11 +1180,19 @@ impl Host {
                 };
                 w.count_fault(kind);
                 let newest = w.rooms[room].acked.keys().next_back().copied().unwrap_or(0);
-                let retained = w.sc.room.history_retained_max as u64;
+                // The join trimmed by age against this very clock.
+                let now = w.host_now(room % w.sc.hosts).0;
+                let held = w.retained_range(room, newest, Some(now));
+                if w.rooms[room].retention.changed {
+                    let exact = held.0 == held.1;
+                    w.count_fault(if exact {
+                        "join-retention-exact"
+                    } else {
+                        "join-retention-range"
+                    });
+                }
                 let replay_max = w.sc.room.join_replay_max as u64;
-                let judged = socket
-                    .join
-                    .judge_ready(recovered, newest, retained, replay_max);
+                let judged = socket.join.judge_ready(recovered, newest, held, replay_max);
                 if let Err(problem) = judged {
                     w.violate("join-replay", format!("room {room} {conn:?}: {problem}"));
                 }
@@ -1350,8 +1370,7 @@ fn client_act(shared: &Shared, w: &mut World, index: usize) {
         // what this client has seen (it would skip messages).
         let newest = w.rooms[client.room].acked.keys().next_back().copied();
         if let (Some(seen), Some(newest)) = (since, newest) {
-            let retained = w.sc.room.history_retained_max as u64;
-            let edge = (newest + 1).saturating_sub(retained);
+            let edge = w.retained_range(client.room, newest, None).1;
             if edge >= 2 && rng.gen_bool(0.4) {
                 let pick = edge - 2 + rng.gen_range(0..3);
                 since = Some(pick.min(seen));
@@ -1873,8 +1892,14 @@ fn client_frame(w: &mut World, index: usize, conn: ConnId, frame: &Frame) {
     }
     // Durability before visibility: what a client sees is committed (unless trimmed since).
     let retained = w.sc.room.history_retained_max as u64;
+    let store_newest = newest_id(&w.stores[room]);
+    let surely_stored = if w.rooms[room].retention.changed {
+        id >= w.retained_range(room, store_newest, None).1
+    } else {
+        store_newest < id + retained
+    };
     let store = &w.stores[room];
-    if newest_id(store) < id + retained
+    if surely_stored
         && !store
             .get(&keys::message(id))
             .is_some_and(|stored| w.moderation.same_either(room, frame, stored))

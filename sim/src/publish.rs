@@ -11,7 +11,8 @@
 //! Reads (`history-read`, `presence-read`) happen after 2 % of a host's inputs: the room's
 //! `history_page(before, limit)` (no `before`, or one around the retained window; a limit
 //! of 1–50) must be the acknowledged ids below `before`, newest first, at most `limit`, none
-//! older than the retained window, each the acknowledged frame (or its moderated next
+//! older than the retained window (under retention settings, a possible start of the held
+//! run: [`crate::retention`]), each the acknowledged frame (or its moderated next
 //! state); `presence` must name as many users as the sockets the model saw joined and not
 //! yet closing.
 
@@ -99,8 +100,9 @@ pub fn published(w: &mut World, room: usize, request: u64, id: u64) {
 }
 
 /// A history read of `room` (`before`, `limit`) returned `page` (newest first): it must be
-/// the acknowledged records below `before`, newest first, at most `limit`, none older than
-/// the retained window.
+/// the acknowledged records below `before`, newest first, at most `limit`, down to where the
+/// room's retained run starts (a range while the retention in force is not surely known:
+/// any start in it is taken).
 pub fn check_history(
     w: &mut World,
     room: usize,
@@ -108,12 +110,11 @@ pub fn check_history(
     limit: usize,
     page: &[std::sync::Arc<str>],
 ) {
+    let newest = w.rooms[room].acked.keys().next_back().copied().unwrap_or(0);
+    // The held run starts somewhere in `held` (one id when the retention is known).
+    let held = w.retained_range(room, newest, None);
     let acked = &w.rooms[room].acked;
-    let newest = acked.keys().next_back().copied().unwrap_or(0);
-    let retained = w.sc.room.history_retained_max as u64;
-    let oldest = newest.saturating_sub(retained) + 1;
     let below = before.unwrap_or(u64::MAX).min(newest + 1);
-    let want: Vec<u64> = (oldest..below).rev().take(limit).collect();
     let got: Vec<Option<u64>> = page
         .iter()
         .map(|frame| match crate::model::parse(frame) {
@@ -121,6 +122,12 @@ pub fn check_history(
             _ => None,
         })
         .collect();
+    // The page starts where the held run does, or `limit` below `below`, whichever is newer.
+    let start = below.saturating_sub(got.len() as u64);
+    let clamp = |oldest: u64| oldest.max(below.saturating_sub(limit as u64)).min(below);
+    let fits = crate::retention::start_fits(start, held, clamp);
+    let oldest = if fits { start } else { clamp(held.0) };
+    let want: Vec<u64> = (oldest..below).rev().take(limit).collect();
     let ids_right = got.len() == want.len() && got.iter().zip(&want).all(|(g, w)| *g == Some(*w));
     let frames_right = ids_right
         && page.iter().zip(&want).all(|(frame, id)| {

@@ -462,6 +462,8 @@ pub struct RoomOracle {
     pub refused: BTreeSet<String>,
     /// The id each (sender, key) was last written under (`send-once`).
     pub stored_keys: BTreeMap<(usize, String), u64>,
+    /// The retention in force (`history_max`, `history_max_age_ms`), as far as known.
+    pub retention: crate::retention::Retention,
 }
 
 /// How long a room host waits for a commit before it gives up, reports the write failed
@@ -786,6 +788,22 @@ impl World {
         skewed(EPOCH_MS + self.elapsed_ms(), self.host_offset_ms[host])
     }
 
+    /// Where `room`'s held run of ids may start, `(lo, hi)` (see [`crate::retention`]),
+    /// with `newest` its newest id (0: none); `join_now`: the clock of a join that just
+    /// trimmed.
+    pub fn retained_range(&self, room: usize, newest: u64, join_now: Option<u64>) -> (u64, u64) {
+        let oracle = &self.rooms[room];
+        let retained = self.sc.room.history_retained_max as u64;
+        let now = self.host_now(room % self.sc.hosts).0;
+        let hi = oracle
+            .retention
+            .surely_from(&oracle.acked, newest, retained, now);
+        let lo = oracle
+            .retention
+            .lowest(&oracle.acked, newest, retained, join_now);
+        (lo.min(hi), hi)
+    }
+
     /// The limiter's clock.
     pub fn limiter_now(&self) -> Timestamp {
         skewed(EPOCH_MS + self.elapsed_ms(), self.limiter_offset_ms)
@@ -1059,27 +1077,54 @@ impl World {
             previous = Some((message.id, message.ts));
             tokens::judge_message(self, room, &text, &name, "is written");
             if value.contains(r#""key":"#) {
-                self.check_send_once(room, id, &text, value);
+                self.check_send_once(room, id, &text, value, batch);
             }
         }
     }
 
     /// `send-once`: a new record `id` carrying a key is the only stored record of its
-    /// sender with that key (a resend of a retained message stores nothing).
-    fn check_send_once(&mut self, room: usize, id: u64, text: &str, value: &str) {
+    /// sender with that key once `batch` commits (a resend of a retained message stores
+    /// nothing; one the room trimmed is new, and the batch deletes the original if storage
+    /// still held it: the room's retention settings trim memory before storage).
+    fn check_send_once(
+        &mut self,
+        room: usize,
+        id: u64,
+        text: &str,
+        value: &str,
+        batch: &WriteBatch,
+    ) {
         let key = crate::json::Object::parse(value).and_then(|v| Some(v.str("key")?.to_owned()));
         let (Some(key), Some(client)) = (key, client_of_text(text)) else {
             return;
         };
         let slot = (client, key);
         if let Some(&old) = self.rooms[room].stored_keys.get(&slot) {
-            let still = self.stores[room]
-                .get(&keys::message(old))
-                .and_then(|old_value| {
-                    crate::json::Object::parse(old_value)
-                        .and_then(|v| Some(v.str("key")? == slot.1))
-                })
-                .unwrap_or(false);
+            let old_key = keys::message(old);
+            // Only under retention settings, for an original the room may have trimmed
+            // (without them a trimmed record leaves storage in the batch that pushes it out,
+            // so a resend of a retained one is caught even when its own batch pushes the
+            // original out).
+            let newest = self.rooms[room]
+                .acked
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(0);
+            let deleted = self.rooms[room].retention.changed
+                && old < self.retained_range(room, newest, None).1
+                && batch
+                    .writes
+                    .iter()
+                    .any(|write| matches!(write, Write::Delete { key } if *key == old_key));
+            let still = !deleted
+                && self.stores[room]
+                    .get(&old_key)
+                    .and_then(|old_value| {
+                        crate::json::Object::parse(old_value)
+                            .and_then(|v| Some(v.str("key")? == slot.1))
+                    })
+                    .unwrap_or(false);
             if old != id && still {
                 let detail = format!(
                     "room {room} writes id {id} = {value}, but id {old} holds the same sender's key {}",
@@ -1244,8 +1289,11 @@ impl World {
         })
     }
 
-    /// Checks the shape of a room's storage: ids consecutive, exactly the newest retained.
-    pub fn check_store(&mut self, room: usize) {
+    /// Checks the shape of a room's storage: ids consecutive, exactly the newest retained
+    /// (`at_commit`: right after a commit, when storage keeps at most the count the batch
+    /// was built under; later a confirmed change may have lowered it, with storage trimmed
+    /// only by the next batch).
+    pub fn check_store(&mut self, room: usize, at_commit: bool) {
         let retained = self.sc.room.history_retained_max as u64;
         let ids: Vec<u64> = self.stores[room]
             .list(all_messages())
@@ -1260,6 +1308,26 @@ impl World {
             return;
         }
         let newest = ids.last().copied().unwrap_or(0);
+        if self.rooms[room].retention.changed {
+            // At most the largest count possibly in force, at least everything surely held.
+            let (_, hi) = self.retained_range(room, newest, None);
+            let most = if at_commit {
+                self.rooms[room].retention.count_max(retained)
+            } else {
+                retained
+            };
+            let first = ids.first().copied().unwrap_or(newest + 1);
+            if ids.len() as u64 > newest.min(most) || first > hi {
+                self.violate(
+                    "stored-history",
+                    format!(
+                        "room {room} stores ids {ids:?}: at most the newest {most}, and \
+                         every id from {hi} (the retention in force keeps those)"
+                    ),
+                );
+            }
+            return;
+        }
         let expected = newest.min(retained) as usize;
         if ids.len() != expected {
             self.violate(
@@ -1316,7 +1384,11 @@ impl World {
     pub fn check_seen_stored(&mut self, room: usize) {
         let retained = self.sc.room.history_retained_max as u64;
         let newest = newest_id(&self.stores[room]);
-        let floor = newest.saturating_sub(retained) + 1;
+        let floor = if self.rooms[room].retention.changed {
+            self.retained_range(room, newest, None).1
+        } else {
+            newest.saturating_sub(retained) + 1
+        };
         let mut problem = None;
         for (id, (frame, _)) in self.rooms[room].seen.range(floor..) {
             match self.stores[room].get(&keys::message(*id)) {
@@ -1342,7 +1414,7 @@ impl World {
     /// The end-of-run checks (after settling).
     pub fn check_final(&mut self) {
         for room in 0..self.sc.rooms {
-            self.check_store(room);
+            self.check_store(room, false);
             self.check_seen_stored(room);
             self.check_acked_stored(room);
             self.check_converged(room);
@@ -1355,11 +1427,25 @@ impl World {
     fn check_acked_stored(&mut self, room: usize) {
         let retained = self.sc.room.history_retained_max;
         let stored = self.stores[room].list(all_messages());
+        let newest = self.rooms[room]
+            .acked
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0);
+        // Under retention settings storage keeps at least what is surely held.
+        let keep = if self.rooms[room].retention.changed {
+            let hi = self.retained_range(room, newest, None).1;
+            let surely = (newest + 1 - hi) as usize;
+            stored.len().clamp(surely, retained)
+        } else {
+            retained
+        };
         let acked = &self.rooms[room].acked;
         let expected: Vec<(String, Frame)> = acked
             .iter()
             .rev()
-            .take(retained)
+            .take(keep)
             .rev()
             .map(|(id, frame)| (keys::message(*id), frame.clone()))
             .collect();
@@ -1395,6 +1481,9 @@ impl World {
     /// Liveness: every client is connected, joined, and has every message.
     fn check_converged(&mut self, room: usize) {
         let newest = newest_id(&self.stores[room]);
+        // Every message may have aged out before a client's last join: then it saw none.
+        let all_may_age = self.rooms[room].retention.changed
+            && self.retained_range(room, newest, None).1 > newest;
         let mut problem = None;
         let can_join = |client: usize| self.tokens.as_ref().is_none_or(|t| t.can_join(client));
         let mut live = Vec::new();
@@ -1419,7 +1508,10 @@ impl World {
                     "{} did not get back in (connected {connected}, ready {})",
                     client.name, current.ready
                 ));
-            } else if newest > 0 && current.last_id != Some(newest) {
+            } else if newest > 0
+                && current.last_id != Some(newest)
+                && !(all_may_age && current.last_id.is_none())
+            {
                 problem = Some(format!(
                     "{} has seen up to {:?}, the room is at {newest}",
                     client.name, current.last_id

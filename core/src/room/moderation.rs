@@ -315,6 +315,18 @@ impl Room {
                 {
                     self.restrictions.settings.members_max = None;
                 }
+                if self
+                    .config
+                    .planted(PlantedBug::HistoryMaxNotEnforcedAfterRestore)
+                {
+                    self.restrictions.settings.history_max = None;
+                }
+                if self
+                    .config
+                    .planted(PlantedBug::HistoryAgeNotEnforcedAfterRestore)
+                {
+                    self.restrictions.settings.history_max_age_ms = None;
+                }
             }
             mod_keys::StateKey::Ban(target) => {
                 let restriction = serde_json::from_str(value).map_err(|_| ())?;

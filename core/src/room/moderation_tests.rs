@@ -710,6 +710,34 @@ fn with_every_message_aged_out_since_recovers_only_when_nothing_was_missed() {
     );
 }
 
+/// With every message aged out and the next batch deleting them, storage must still tell a
+/// restore where ids stand: a restore that found no message would start ids from 1 again,
+/// reusing acknowledged ids (found by the simulator once it changed retention settings).
+#[test]
+fn ids_continue_after_a_restore_when_every_message_aged_out() {
+    let mut d = Driver::new();
+    d.join(1, "ada");
+    for n in 1..=3 {
+        d.say(1, &format!("m{n}"));
+    }
+    d.admin(r#"{"settings":{"history_max_age_ms":100}}"#)
+        .unwrap();
+    d.now = d.now.plus_millis(1_000);
+    d.room.handle_timeout(d.now);
+    assert!(d.room.history_page(None, 10).is_empty());
+    // A batch after the trim: it deletes what memory dropped.
+    d.admin(r#"{"settings":{"topic":"t"}}"#).unwrap();
+    d.crash();
+    assert!(d.room.history_page(None, 10).is_empty(), "still aged out");
+    d.join(2, "bob");
+    d.say(2, "next");
+    assert!(
+        d.last(2).contains(r#""id":4"#),
+        "ids go on from the newest acknowledged: {:?}",
+        d.frames(2)
+    );
+}
+
 #[test]
 fn a_settings_change_keeps_the_settings_it_does_not_name() {
     let mut d = Driver::new();

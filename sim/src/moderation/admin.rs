@@ -13,6 +13,9 @@ use madsim::time::sleep;
 use super::{Banned, Kind, Record};
 use crate::world::{HostEvent, Shared};
 
+/// How often a settings change sets the retention (`history_max`, `history_max_age_ms`).
+const RETENTION_P: f64 = 0.3;
+
 /// The moderator: acts at random times during the fault phase.
 pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
     let mut edits = 0u64;
@@ -88,7 +91,19 @@ pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
             }
         } else if roll < 0.8 {
             let mut patch = SettingsPatch::default();
-            if rng.gen_bool(0.1) {
+            if rng.gen_bool(RETENTION_P) {
+                // Retention: small counts that really trim, ages on the scale of the chat's
+                // cadence; each cleared now and then.
+                let which = rng.gen_range(0..3);
+                if which != 1 {
+                    let max = rng.gen_range(1..=30);
+                    patch.history_max = Some(Some(max).filter(|_| rng.gen_bool(0.8)));
+                }
+                if which != 0 {
+                    let age = rng.gen_range(2_000..=60_000);
+                    patch.history_max_age_ms = Some(Some(age).filter(|_| rng.gen_bool(0.75)));
+                }
+            } else if rng.gen_bool(0.1) {
                 let max = rng.gen_range(2..=5);
                 patch.members_max = Some(Some(max).filter(|_| rng.gen_bool(0.6)));
             } else if rng.gen_bool(0.5) {
@@ -132,6 +147,11 @@ pub(crate) async fn moderator_main(world: Shared, fault_ms: u64) {
             ModAction::Unmute { .. } => "mod-unmute",
             ModAction::Settings(patch) if patch.read_only.is_some() => "mod-read-only",
             ModAction::Settings(patch) if patch.members_max.is_some() => "mod-members-max",
+            ModAction::Settings(patch)
+                if patch.history_max.is_some() || patch.history_max_age_ms.is_some() =>
+            {
+                "mod-retention"
+            }
             ModAction::Settings(_) => "mod-topic",
             _ => "mod-mute",
         };

@@ -39,7 +39,9 @@
 //! must be refused gets `Only moderators may do that.` and changes nothing) and
 //! `moderators-not-refused` (a moderator is never refused as not allowed, nor as
 //! read-only). What their bans and mutes put in force is learned from the durable writes
-//! ([`state_durable`]). The admin moderator also sets `members_max`: `members-max`.
+//! ([`state_durable`]). The admin moderator also sets `members_max`: `members-max`, and
+//! the retention (`history_max`, `history_max_age_ms`), which [`crate::retention`] models
+//! from the confirmations and restores (the checks of the held history follow it).
 //!
 //! The admin API's read routes are read and judged in `reads.rs` (`admin-read-*`,
 //! `admin-summary`).
@@ -642,6 +644,18 @@ pub fn moderated(w: &mut World, room: usize, request: u64, joined: &[ConnId]) {
             forget_muted_texts(w, room, &user);
         }
         ModAction::Settings(patch) => {
+            if patch.history_max.is_some() || patch.history_max_age_ms.is_some() {
+                w.count_fault("retention-confirmed");
+            }
+            let retained = w.sc.room.history_retained_max as u64;
+            let oracle = &mut w.rooms[room];
+            oracle.retention.confirmed(
+                &oracle.acked,
+                retained,
+                request,
+                patch.history_max,
+                patch.history_max_age_ms,
+            );
             if patch.read_only == Some(false) {
                 w.moderation.read_only_texts.remove(&room);
             }
@@ -676,6 +690,15 @@ fn banned(target: &BanTarget) -> Banned {
 /// are in force, and no other (a ban's confirmation may have been lost with a crash; a later ban
 /// of the same user replaces it).
 pub fn restored(w: &mut World, room: usize, stored: &[(String, Frame)]) {
+    let settings = stored
+        .iter()
+        .find(|(key, _)| key == "room/settings")
+        .map_or((None, None), |(_, value)| {
+            crate::retention::stored_settings(value)
+        });
+    let retained = w.sc.room.history_retained_max as u64;
+    let oracle = &mut w.rooms[room];
+    oracle.retention.restored(&oracle.acked, retained, settings);
     w.moderation.bans.retain(|(r, _), _| *r != room);
     let before: BTreeMap<_, _> = w
         .moderation
@@ -818,6 +841,8 @@ pub fn handling(w: &mut World, room: usize, request: u64, action: &ModAction, no
             if let Some(max) = patch.members_max {
                 w.moderation.members_requests.insert(room, (request, max));
             }
+            let retention = &mut w.rooms[room].retention;
+            retention.asked(request, patch.history_max, patch.history_max_age_ms);
         }
         _ => {}
     }
