@@ -61,6 +61,11 @@ struct ServeArgs {
     /// history do not count) before a client too slow to read is closed (1008).
     #[arg(long, env = "EDGECHAT_OUTBOUND_QUEUE", default_value_t = edgechat_server::OUTBOUND_QUEUE_LEN_DEFAULT)]
     outbound_queue: usize,
+    /// Write a room's turn to its sockets in one io_uring submission (Linux; falls back to
+    /// one write per socket where the kernel refuses it). Saves CPU per delivery in large
+    /// rooms; see BENCHMARKS.md "io_uring" before turning it on.
+    #[arg(long, env = "EDGECHAT_IO_URING")]
+    io_uring: bool,
     /// Take the client IP (for rate limiting) from this header, e.g. X-Forwarded-For. Only
     /// set this behind a proxy that overwrites the header; otherwise clients could forge it.
     /// Without it, the TCP peer address is the client IP.
@@ -203,6 +208,7 @@ impl ServeArgs {
             max_frame_bytes: self.max_frame_bytes,
             max_connections: self.max_connections,
             outbound_queue_len: self.outbound_queue,
+            io_uring: self.io_uring,
             trust_proxy_header: self.trust_proxy_header,
             admin_token: self.admin_token,
             rate_limit: RateLimiterConfig {

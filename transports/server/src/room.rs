@@ -49,7 +49,9 @@ use edgechat_core::storage::BatchId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{now, sleep_until};
-use crate::conn::{text_frame, ConnWriter, Queued, CLOSE_REASON_TOO_SLOW, CLOSE_TOO_SLOW};
+use crate::conn::{
+    flush_all, text_frame, ConnWriter, Queued, CLOSE_REASON_TOO_SLOW, CLOSE_TOO_SLOW,
+};
 use crate::limiter::Limiters;
 use crate::metrics::{dec, inc, Metrics};
 use crate::objects::{HibernatingRegistry, Route, Start};
@@ -150,6 +152,8 @@ pub(crate) struct RoomSettings {
     pub idle_ms: u64,
     /// Most frames from earlier turns a connection may leave unwritten after a flush.
     pub outbound_queue_len: usize,
+    /// A turn's socket writes go to io_uring in one submission.
+    pub io_uring: bool,
 }
 
 /// What a room task needs besides its own state, shared by every room.
@@ -342,6 +346,7 @@ fn spawn(rooms: Arc<Rooms>, id: ObjectId, start: RoomStart) {
     let settings = &context.settings;
     let task = RoomTask {
         backlog_max: settings.outbound_queue_len.max(1),
+        batch_writes: settings.io_uring,
         dirty: Vec::new(),
         host: RoomHost::new(room_config(settings, id), settings.idle_ms),
         rooms,
@@ -371,6 +376,8 @@ struct RoomTask {
     /// Most frames from earlier turns a connection may leave unwritten after a flush (a
     /// turn's own frames, such as a join's roster and history, never count against it).
     backlog_max: usize,
+    /// [`RoomSettings::io_uring`].
+    batch_writes: bool,
     /// Storage settles batches here (opened with the first batch).
     durable: Option<mpsc::UnboundedSender<(BatchId, bool)>>,
     /// Its receiving end, just opened, for the loop to take into its [`Replies`].
@@ -722,17 +729,28 @@ impl RoomTask {
             .fetch_add(stats.messages_refused_storage, relaxed);
     }
 
-    /// Writes every connection that got frames this turn, once each; closes those whose
-    /// queue is still over its limit afterwards. Returns whether any was closed.
+    /// Writes every connection that got frames this turn, once each (all in one
+    /// submission where the kernel allows: `conn::flush_all`); closes those whose queue is
+    /// still over its limit afterwards. Returns whether any was closed.
     fn flush_dirty(&mut self) -> bool {
-        let mut closed_any = false;
         let mut dirty = std::mem::take(&mut self.dirty);
-        for conn in dirty.drain(..) {
-            let Some(socket) = self.sockets.get_mut(&conn) else {
-                continue;
-            };
-            let fresh = std::mem::take(&mut socket.queued_this_turn);
-            if socket.writer.flush() > self.backlog_max + fresh {
+        let mut fresh = Vec::with_capacity(dirty.len());
+        dirty.retain(|conn| match self.sockets.get_mut(conn) {
+            Some(socket) => {
+                fresh.push(std::mem::take(&mut socket.queued_this_turn));
+                true
+            }
+            None => false,
+        });
+        let writers: Vec<&ConnWriter> = dirty
+            .iter()
+            .filter_map(|conn| self.sockets.get(conn).map(|socket| &*socket.writer))
+            .collect();
+        let still_queued = flush_all(&writers, self.batch_writes);
+        drop(writers);
+        let mut closed_any = false;
+        for ((conn, queued), fresh) in dirty.drain(..).zip(still_queued).zip(fresh) {
+            if queued > self.backlog_max + fresh {
                 self.close_slow_consumer(conn);
                 closed_any = true;
             }

@@ -50,6 +50,8 @@ pub struct Config {
     pub max_connections: usize,
     /// See [`RuntimeConfig::outbound_queue_len`].
     pub outbound_queue_len: usize,
+    /// See [`RuntimeConfig::io_uring`].
+    pub io_uring: bool,
     /// See [`RuntimeConfig::trust_proxy_header`].
     pub trust_proxy_header: Option<String>,
     /// See [`RuntimeConfig::admin_token`].
@@ -82,6 +84,7 @@ impl Default for Config {
             max_frame_bytes: runtime.max_frame_bytes,
             max_connections: runtime.max_connections,
             outbound_queue_len: runtime.outbound_queue_len,
+            io_uring: runtime.io_uring,
             trust_proxy_header: runtime.trust_proxy_header,
             admin_token: runtime.admin_token,
             rate_limit: runtime.rate_limit,
@@ -105,6 +108,7 @@ impl Config {
             max_frame_bytes: self.max_frame_bytes,
             max_connections: self.max_connections,
             outbound_queue_len: self.outbound_queue_len,
+            io_uring: self.io_uring,
             trust_proxy_header: self.trust_proxy_header.clone(),
             admin_token: self.admin_token.clone(),
             rate_limit: self.rate_limit,

@@ -4,7 +4,8 @@
 //! The server trusts `CF-Connecting-IP` so that every connection of a case claims its own
 //! client IP (the real limiter, default settings, applies to each), and has an admin token
 //! for publishing and forced hibernation. One more test runs every case against a server
-//! that hibernates rooms after 25 ms of idleness, so evictions also happen mid-case.
+//! that hibernates rooms after 25 ms of idleness, so evictions also happen mid-case, and one
+//! more against a server that writes each room turn through io_uring (`--io-uring`).
 //!
 //! The identity cases (`auth_*`) run once per auth mode (`auth_cases_mode_*`), each against a
 //! server configured that way: an HS256 secret, a token-free default, and an origin
@@ -57,6 +58,15 @@ async fn start(idle_ms: Option<u64>) -> (Server, Target, DataDir) {
 
 /// A server configured as `auth` says (the core's policy with the default leeway).
 async fn start_with(idle_ms: Option<u64>, auth: AuthSetup) -> (Server, Target, DataDir) {
+    start_configured(idle_ms, auth, false).await
+}
+
+/// As [`start_with`], with a turn's socket writes batched through io_uring or not.
+async fn start_configured(
+    idle_ms: Option<u64>,
+    auth: AuthSetup,
+    io_uring: bool,
+) -> (Server, Target, DataDir) {
     let dir = DataDir::new();
     let mode = match auth.mode {
         AuthMode::Off => edgechat_core::auth::AuthMode::Off,
@@ -78,6 +88,7 @@ async fn start_with(idle_ms: Option<u64>, auth: AuthSetup) -> (Server, Target, D
         listen: "127.0.0.1:0".parse().expect("a socket address"),
         trust_proxy_header: Some(IP_HEADER.into()),
         admin_token: Some(ADMIN_TOKEN.into()),
+        io_uring,
         ..Config::default()
     };
     if let Some(idle_ms) = idle_ms {
@@ -267,6 +278,28 @@ async fn every_case_under_constant_hibernation() {
     assert!(
         failures.is_empty(),
         "with 25 ms idle hibernation:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Every case again, against a server that submits each room turn's socket writes to
+/// io_uring together (`--io-uring`): the same answers, written the other way. Where the
+/// kernel refuses io_uring the server writes one socket at a time and this repeats the suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_with_io_uring_writes() {
+    let (server, target, _dir) = start_configured(None, AuthSetup::default(), true).await;
+    let mut failures = Vec::new();
+    for case in cases() {
+        let outcome = run_case(&case, &target, CASE_TIMEOUT).await;
+        println!("{} ... {outcome}", case.name);
+        if let Outcome::Failed(why) = outcome {
+            failures.push(format!("{}: {why}", case.name));
+        }
+    }
+    server.shutdown().await;
+    assert!(
+        failures.is_empty(),
+        "with io_uring writes:\n{}",
         failures.join("\n")
     );
 }

@@ -150,9 +150,21 @@ async fn kill_9_loses_nothing_any_client_saw() {
 
 #[tokio::test]
 async fn a_slow_consumer_is_closed_not_buffered() {
-    let dir = DataDir::new("slow");
+    slow_consumer_is_closed(false).await;
+}
+
+/// The same with a turn's writes submitted through io_uring: a full socket's `WouldBlock`
+/// and partial writes come back from the ring instead of `writev`.
+#[tokio::test]
+async fn a_slow_consumer_is_closed_not_buffered_with_io_uring_writes() {
+    slow_consumer_is_closed(true).await;
+}
+
+async fn slow_consumer_is_closed(io_uring: bool) {
+    let dir = DataDir::new(if io_uring { "slow-uring" } else { "slow" });
     let server = start(edgechat_server::Config {
         outbound_queue_len: 8,
+        io_uring,
         ..config(&dir.db())
     })
     .await;

@@ -5,6 +5,7 @@
 //! - `queue`: the frames waiting for the socket and the queue's one state enum;
 //! - `io`: the socket glue (direct `writev` on plain TCP, the task's writes under TLS);
 //! - `writer`: [`ConnWriter`], the queue and the glue behind one lock;
+//! - `batch`: a room's turn of writes to many sockets in one io_uring submission;
 //! - `stream`: [`ConnIo`], the stream tungstenite reads (and answers pings) through.
 //!
 //! Frames are encoded for the wire once ([`text_frame`]: header and payload in one shared
@@ -23,6 +24,7 @@
 //! control frames are refused past `QUEUE_LEN_MAX` queued frames (a peer that pings but
 //! never reads).
 
+mod batch;
 mod frame;
 mod io;
 mod queue;
@@ -33,6 +35,7 @@ use std::sync::Arc;
 
 use tokio::io::WriteHalf;
 
+pub(crate) use self::batch::flush_all;
 pub(crate) use self::frame::text_frame;
 pub(crate) use self::io::{Io, TaskIo};
 pub(crate) use self::stream::ConnIo;

@@ -5,6 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::io::WriteHalf;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 use super::frame::{close_frame, ping_frame};
@@ -111,20 +112,42 @@ impl ConnWriter {
     /// how many frames are still queued. The rest is left to the connection's task.
     pub(crate) fn flush(&self) -> usize {
         let mut queue = self.queue_lock();
-        if queue.is_empty() || queue.flusher() != Some(Flusher::Caller) {
+        if !Self::caller_flushes(&queue) {
             return queue.len();
         }
-        if let Sink::Tcp(tcp) = &self.sink {
-            if let Err(error) = write_some(tcp, &mut queue) {
-                tracing::debug!(%error, "websocket write failed");
-                queue.fail();
-                // The task notices and ends the connection.
-                self.wake.notify_one();
-                return 0;
-            }
-            if queue.is_empty() {
-                return 0;
-            }
+        let result = match &self.sink {
+            Sink::Tcp(tcp) => write_some(tcp, &mut queue),
+            Sink::Task => Ok(()),
+        };
+        self.flushed(&mut queue, result)
+    }
+
+    /// Whether the caller (the room) writes this queue now: it has frames and its
+    /// connection's task is not the one writing them.
+    pub(super) fn caller_flushes(queue: &WriteQueue) -> bool {
+        !queue.is_empty() && queue.flusher() == Some(Flusher::Caller)
+    }
+
+    /// The socket, if the caller may write to it directly (plain TCP).
+    pub(super) fn direct_socket(&self) -> Option<&OwnedWriteHalf> {
+        match &self.sink {
+            Sink::Tcp(tcp) => Some(tcp),
+            Sink::Task => None,
+        }
+    }
+
+    /// Ends a flush by the caller: a failed write breaks the queue; what the socket did
+    /// not take goes to the connection's task. Returns how many frames are still queued.
+    pub(super) fn flushed(&self, queue: &mut WriteQueue, result: io::Result<()>) -> usize {
+        if let Err(error) = result {
+            tracing::debug!(%error, "websocket write failed");
+            queue.fail();
+            // The task notices and ends the connection.
+            self.wake.notify_one();
+            return 0;
+        }
+        if queue.is_empty() {
+            return 0;
         }
         queue.hand_to_task();
         self.wake.notify_one();
