@@ -16,13 +16,14 @@
 //! - `banned-no-frames`: while a ban holds, no frame but the ban's own error reaches a
 //!   connection of the banned user, or from the banned IP.
 //! - `unbanned-may-join`: nobody whose name and IP are surely unbanned (never banned, or an
-//!   unban after the newest ban confirmed) is closed as banned (4011).
+//!   unban after the newest ban confirmed, and never a moderator session's ban target) is
+//!   closed as banned (4011).
 //! - `muted-not-written`: a chat message that reaches the room while its sender's mute
 //!   holds (and will hold for longer than the room may keep the frame waiting) is never
 //!   written.
 //! - `banned-ip-refused`: a connection from an IP whose ban surely holds is closed at once.
-//! - `unmuted-may-chat`: once an unmute is confirmed (and no mute of the user asked since),
-//!   the user never gets the mute's error.
+//! - `unmuted-may-chat`: once an unmute is confirmed (and no mute of the user asked since,
+//!   nor ever by a moderator session), the user never gets the mute's error.
 //! - `read-only-not-written` / `read-only-deserved`: a chat message that reaches a room
 //!   surely read-only is never written; the read-only error never comes while the room is
 //!   surely not read-only.
@@ -135,6 +136,13 @@ pub struct ModOracle {
     session_edits: u64,
     /// Bans moderator sessions asked for so far (at most six per run).
     session_bans: u32,
+    /// Targets a moderator session asked to ban, per room: never surely unbanned again. A
+    /// session's frame may reach the room after an unban the admin asked later was
+    /// confirmed (it waits in flight or for its limiter), so request order says nothing.
+    session_banned: BTreeSet<(usize, Banned)>,
+    /// Users a moderator session asked to mute, per room: never surely unmuted again (as
+    /// for bans).
+    session_muted: BTreeSet<(usize, String)>,
     /// The newest settings request handled that sets `members_max`, per room.
     members_requests: BTreeMap<usize, (u64, Option<u32>)>,
 }
@@ -157,8 +165,11 @@ impl ModOracle {
     }
 
     /// Whether `target` is surely not banned in `room`: never asked, or an unban after the
-    /// newest ban asked for was confirmed.
+    /// newest ban asked for was confirmed, and no moderator session ever asked to ban it.
     fn surely_unbanned(&self, room: usize, target: Banned) -> bool {
+        if self.session_banned.contains(&(room, target.clone())) {
+            return false;
+        }
         match self.ban_requests.get(&(room, target)) {
             Some((Some(ban), unban)) => {
                 unban.is_some_and(|u| u > *ban && self.confirmed.contains(&u))
@@ -407,8 +418,11 @@ pub fn frame_out(w: &mut World, room: usize, conn: ConnId, frame: &Frame) {
     }
     if error.as_deref() == Some(MUTED) {
         let unmuted = w.moderation.mute_requests.get(&(room, user.clone()));
-        if unmuted
-            .is_some_and(|(request, unmute)| *unmute && w.moderation.confirmed.contains(request))
+        let session_muted = w.moderation.session_muted.contains(&(room, user.clone()));
+        if !session_muted
+            && unmuted.is_some_and(|(request, unmute)| {
+                *unmute && w.moderation.confirmed.contains(request)
+            })
         {
             let detail = format!("room {room} sends {user} on {conn:?} {frame} after its unmute");
             w.violate("unmuted-may-chat", detail);

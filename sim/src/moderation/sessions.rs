@@ -145,6 +145,7 @@ pub fn session_attempt(w: &mut World, index: usize, seq: u64) -> Option<Attempt>
             };
             if moderator {
                 w.moderation.session_bans += 1;
+                w.moderation.session_banned.insert((room, target.clone()));
                 let asked = w.moderation.ban_requests.entry((room, target));
                 asked.or_default().0 = Some(request);
             }
@@ -153,6 +154,7 @@ pub fn session_attempt(w: &mut World, index: usize, seq: u64) -> Option<Attempt>
         (_, Some((user, _))) if roll < 0.67 => {
             w.count_fault("session-mod-mute");
             if moderator {
+                w.moderation.session_muted.insert((room, user.clone()));
                 let key = (room, user.clone());
                 w.moderation.mute_requests.insert(key, (request, false));
             }
