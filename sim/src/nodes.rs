@@ -306,12 +306,7 @@ impl Host {
                     self.close_sockets(room, vec![conn]);
                     return;
                 }
-                let connect_last = lock(&self.world).rooms[room]
-                    .acked
-                    .keys()
-                    .next_back()
-                    .copied()
-                    .unwrap_or(0);
+                let connect_last = lock(&self.world).rooms[room].newest_acked();
                 self.sockets.insert(
                     conn,
                     Socket {
@@ -818,7 +813,7 @@ impl Host {
         let mut rng = thread_rng();
         let (before, limit) = {
             let w = lock(&self.world);
-            let newest = w.rooms[room].acked.keys().next_back().copied().unwrap_or(0);
+            let newest = w.rooms[room].newest_acked();
             let held = w.retained_range(room, newest, None).1;
             let reach = (newest + 1 - held).max(w.sc.room.history_retained_max as u64) + 2;
             let before = rng
@@ -1179,7 +1174,7 @@ impl Host {
                     None => "join-fresh",
                 };
                 w.count_fault(kind);
-                let newest = w.rooms[room].acked.keys().next_back().copied().unwrap_or(0);
+                let newest = w.rooms[room].newest_acked();
                 // The join trimmed by age against this very clock.
                 let now = w.host_now(room % w.sc.hosts).0;
                 let held = w.retained_range(room, newest, Some(now));

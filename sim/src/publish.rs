@@ -110,7 +110,7 @@ pub fn check_history(
     limit: usize,
     page: &[std::sync::Arc<str>],
 ) {
-    let newest = w.rooms[room].acked.keys().next_back().copied().unwrap_or(0);
+    let newest = w.rooms[room].newest_acked();
     // The held run starts somewhere in `held` (one id when the retention is known).
     let held = w.retained_range(room, newest, None);
     let acked = &w.rooms[room].acked;

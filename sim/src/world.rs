@@ -466,6 +466,13 @@ pub struct RoomOracle {
     pub retention: crate::retention::Retention,
 }
 
+impl RoomOracle {
+    /// The newest acknowledged id (0: none).
+    pub fn newest_acked(&self) -> u64 {
+        self.acked.keys().next_back().copied().unwrap_or(0)
+    }
+}
+
 /// How long a room host waits for a commit before it gives up, reports the write failed
 /// (so the senders are told) and rolls the write back.
 pub const COMMIT_BOUND_MS: u64 = 5_000;
@@ -1105,12 +1112,7 @@ impl World {
             // (without them a trimmed record leaves storage in the batch that pushes it out,
             // so a resend of a retained one is caught even when its own batch pushes the
             // original out).
-            let newest = self.rooms[room]
-                .acked
-                .keys()
-                .next_back()
-                .copied()
-                .unwrap_or(0);
+            let newest = self.rooms[room].newest_acked();
             let deleted = self.rooms[room].retention.changed
                 && old < self.retained_range(room, newest, None).1
                 && batch
@@ -1427,12 +1429,7 @@ impl World {
     fn check_acked_stored(&mut self, room: usize) {
         let retained = self.sc.room.history_retained_max;
         let stored = self.stores[room].list(all_messages());
-        let newest = self.rooms[room]
-            .acked
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(0);
+        let newest = self.rooms[room].newest_acked();
         // Under retention settings storage keeps at least what is surely held.
         let keep = if self.rooms[room].retention.changed {
             let hi = self.retained_range(room, newest, None).1;

@@ -84,7 +84,7 @@ pub fn read_admin(w: &mut World, room: usize, r: &Room, now: Timestamp, sockets:
         );
         return;
     };
-    let newest = newest_acked(w, room);
+    let newest = w.rooms[room].newest_acked();
     if json.get("last_id").and_then(Json::as_u64) != Some(newest) {
         let detail = format!("room {room}: admin view {body}, newest acknowledged {newest}");
         w.violate("admin-read-last-id", detail);
@@ -114,11 +114,6 @@ pub fn read_admin(w: &mut World, room: usize, r: &Room, now: Timestamp, sockets:
             format!("room {room}: {why}; view {body}"),
         );
     }
-}
-
-/// The newest acknowledged id of `room` (0: none).
-fn newest_acked(w: &World, room: usize) -> u64 {
-    w.rooms[room].acked.keys().next_back().copied().unwrap_or(0)
 }
 
 fn check_members(
@@ -389,7 +384,7 @@ pub fn read_summaries(w: &mut World, figures: &[Figures]) {
                 (
                     Some(true),
                     Json::from(f.joined),
-                    Json::from(newest_acked(w, room)),
+                    Json::from(w.rooms[room].newest_acked()),
                 )
             }
             None => {

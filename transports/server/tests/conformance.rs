@@ -261,11 +261,8 @@ fn every_case_has_a_test() {
     );
 }
 
-/// Every case again, against a server that evicts rooms after 25 ms without traffic: the
-/// same answers must come whether or not a room was rebuilt between two frames.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_case_under_constant_hibernation() {
-    let (server, target, _dir) = start(Some(25)).await;
+/// Runs every case against one server; fails listing every failure, headed by `setting`.
+async fn run_every_case(server: Server, target: Target, setting: &str) {
     let mut failures = Vec::new();
     for case in cases() {
         let outcome = run_case(&case, &target, CASE_TIMEOUT).await;
@@ -275,11 +272,15 @@ async fn every_case_under_constant_hibernation() {
         }
     }
     server.shutdown().await;
-    assert!(
-        failures.is_empty(),
-        "with 25 ms idle hibernation:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{setting}:\n{}", failures.join("\n"));
+}
+
+/// Every case again, against a server that evicts rooms after 25 ms without traffic: the
+/// same answers must come whether or not a room was rebuilt between two frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_under_constant_hibernation() {
+    let (server, target, _dir) = start(Some(25)).await;
+    run_every_case(server, target, "with 25 ms idle hibernation").await;
 }
 
 /// Every case again, against a server that submits each room turn's socket writes to
@@ -288,18 +289,5 @@ async fn every_case_under_constant_hibernation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_case_with_io_uring_writes() {
     let (server, target, _dir) = start_configured(None, AuthSetup::default(), true).await;
-    let mut failures = Vec::new();
-    for case in cases() {
-        let outcome = run_case(&case, &target, CASE_TIMEOUT).await;
-        println!("{} ... {outcome}", case.name);
-        if let Outcome::Failed(why) = outcome {
-            failures.push(format!("{}: {why}", case.name));
-        }
-    }
-    server.shutdown().await;
-    assert!(
-        failures.is_empty(),
-        "with io_uring writes:\n{}",
-        failures.join("\n")
-    );
+    run_every_case(server, target, "with io_uring writes").await;
 }
