@@ -686,8 +686,9 @@ fn a_room_keeping_messages_by_age_says_when_the_oldest_ages_out() {
     assert_eq!(d.room.history_age_deadline(), None, "nothing left to age");
 }
 
-#[test]
-fn with_every_message_aged_out_since_recovers_only_when_nothing_was_missed() {
+/// A room where `ada` said m1..m3, then a 100 ms age limit and a second passed: nothing
+/// is retained any more.
+fn every_message_aged_out() -> Driver {
     let mut d = Driver::new();
     d.join(1, "ada");
     for n in 1..=3 {
@@ -698,6 +699,12 @@ fn with_every_message_aged_out_since_recovers_only_when_nothing_was_missed() {
     d.now = d.now.plus_millis(1_000);
     d.room.handle_timeout(d.now);
     assert!(d.room.history_page(None, 10).is_empty());
+    d
+}
+
+#[test]
+fn with_every_message_aged_out_since_recovers_only_when_nothing_was_missed() {
+    let mut d = every_message_aged_out();
     let up_to_date = d.joiner_sees(2, Some(3));
     assert_eq!(
         up_to_date.last().unwrap(),
@@ -715,16 +722,7 @@ fn with_every_message_aged_out_since_recovers_only_when_nothing_was_missed() {
 /// reusing acknowledged ids (found by the simulator once it changed retention settings).
 #[test]
 fn ids_continue_after_a_restore_when_every_message_aged_out() {
-    let mut d = Driver::new();
-    d.join(1, "ada");
-    for n in 1..=3 {
-        d.say(1, &format!("m{n}"));
-    }
-    d.admin(r#"{"settings":{"history_max_age_ms":100}}"#)
-        .unwrap();
-    d.now = d.now.plus_millis(1_000);
-    d.room.handle_timeout(d.now);
-    assert!(d.room.history_page(None, 10).is_empty());
+    let mut d = every_message_aged_out();
     // A batch after the trim: it deletes what memory dropped.
     d.admin(r#"{"settings":{"topic":"t"}}"#).unwrap();
     d.crash();

@@ -50,7 +50,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{now, sleep_until};
 use crate::conn::{
-    flush_all, text_frame, ConnWriter, Queued, CLOSE_REASON_TOO_SLOW, CLOSE_TOO_SLOW,
+    flush_all, text_frame, ConnWriter, Queued, BATCH_WRITERS_MIN, CLOSE_REASON_TOO_SLOW,
+    CLOSE_TOO_SLOW,
 };
 use crate::limiter::Limiters;
 use crate::metrics::{dec, inc, Metrics};
@@ -730,10 +731,35 @@ impl RoomTask {
     }
 
     /// Writes every connection that got frames this turn, once each (all in one
-    /// submission where the kernel allows: `conn::flush_all`); closes those whose queue is
-    /// still over its limit afterwards. Returns whether any was closed.
+    /// submission with `--io-uring`: `conn::flush_all`); closes those whose queue is still
+    /// over its limit afterwards. Returns whether any was closed.
     fn flush_dirty(&mut self) -> bool {
         let mut dirty = std::mem::take(&mut self.dirty);
+        let closed_any = if self.batch_writes && dirty.len() >= BATCH_WRITERS_MIN {
+            self.flush_dirty_batched(&mut dirty)
+        } else {
+            // The default path allocates nothing per turn.
+            let mut closed_any = false;
+            for conn in dirty.iter().copied() {
+                let Some(socket) = self.sockets.get_mut(&conn) else {
+                    continue;
+                };
+                let fresh = std::mem::take(&mut socket.queued_this_turn);
+                if socket.writer.flush() > self.backlog_max + fresh {
+                    self.close_slow_consumer(conn);
+                    closed_any = true;
+                }
+            }
+            closed_any
+        };
+        // Keep the allocation for the next turn.
+        dirty.clear();
+        self.dirty = dirty;
+        closed_any
+    }
+
+    /// [`RoomTask::flush_dirty`] through one io_uring submission.
+    fn flush_dirty_batched(&mut self, dirty: &mut Vec<ConnId>) -> bool {
         let mut fresh = Vec::with_capacity(dirty.len());
         dirty.retain(|conn| match self.sockets.get_mut(conn) {
             Some(socket) => {
@@ -746,17 +772,15 @@ impl RoomTask {
             .iter()
             .filter_map(|conn| self.sockets.get(conn).map(|socket| &*socket.writer))
             .collect();
-        let still_queued = flush_all(&writers, self.batch_writes);
+        let still_queued = flush_all(&writers);
         drop(writers);
         let mut closed_any = false;
-        for ((conn, queued), fresh) in dirty.drain(..).zip(still_queued).zip(fresh) {
+        for ((conn, queued), fresh) in dirty.iter().zip(still_queued).zip(fresh) {
             if queued > self.backlog_max + fresh {
-                self.close_slow_consumer(conn);
+                self.close_slow_consumer(*conn);
                 closed_any = true;
             }
         }
-        // Keep the allocation for the next turn.
-        self.dirty = dirty;
         closed_any
     }
 

@@ -254,6 +254,7 @@ mod tests {
     #[test]
     fn a_closed_peer_is_an_error_not_a_panic() {
         let Ok(mut batch) = WriteBatch::new(4) else {
+            eprintln!("io_uring refused here: nothing to test");
             return;
         };
         let (writer, reader) = pair();

@@ -29,10 +29,11 @@ thread_local! {
     static RING: RefCell<Option<Option<WriteBatch>>> = const { RefCell::new(None) };
 }
 
-/// Flushes every writer of `writers`, as [`ConnWriter::flush`] does one, and returns how many
-/// frames each still has queued, in order; with `batch`, in one io_uring submission.
-pub(crate) fn flush_all(writers: &[&ConnWriter], batch: bool) -> Vec<usize> {
-    if !batch || writers.len() < BATCH_WRITERS_MIN {
+/// Flushes every writer of `writers`, as [`ConnWriter::flush`] does one, in one io_uring
+/// submission where the kernel allows, and returns how many frames each still has queued,
+/// in order.
+pub(crate) fn flush_all(writers: &[&ConnWriter]) -> Vec<usize> {
+    if writers.len() < BATCH_WRITERS_MIN {
         return writers.iter().map(|writer| writer.flush()).collect();
     }
     RING.with(|cell| {

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use tokio::io::WriteHalf;
 
-pub(crate) use self::batch::flush_all;
+pub(crate) use self::batch::{flush_all, BATCH_WRITERS_MIN};
 pub(crate) use self::frame::text_frame;
 pub(crate) use self::io::{Io, TaskIo};
 pub(crate) use self::stream::ConnIo;
